@@ -1,0 +1,1 @@
+"""LLM compression adapters (installed as ``levelsearch.adapters``)."""

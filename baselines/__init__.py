@@ -1,0 +1,1 @@
+"""Baseline optimizers (installed as ``levelsearch.baselines``)."""

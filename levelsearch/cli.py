@@ -1,0 +1,169 @@
+"""The ``levelsearch`` command line.
+
+Commands: ``run``, ``resume``, ``optimizers``, ``problems``; ``bench`` and
+``report`` when present; more (e.g. ``compress``) from the
+``levelsearch.commands`` entry-point group: each entry point names a function
+``add_parser(subparsers)`` that adds a sub-command whose ``func(args)`` returns
+an exit status.
+
+Errors a user can cause print one line (``levelsearch: error: ...``) and exit
+with status 2; Ctrl-C exits with 130 after saying how to resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import metadata
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runner import run_config
+
+    cfg = load_config(args.config)
+    if args.seed is not None:
+        cfg.seed = args.seed
+    summary = run_config(cfg, args.out, progress=not args.quiet)
+    _print_summary(summary, args.out)
+    return 130 if summary.get("stopped_by") == "interrupted" else 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .runner import resume_dir
+
+    summary = resume_dir(args.dir, progress=not args.quiet)
+    _print_summary(summary, args.dir)
+    return 130 if summary.get("stopped_by") == "interrupted" else 0
+
+
+def _print_summary(summary: dict[str, Any], out: str) -> None:
+    if summary.get("stopped_by") == "interrupted":
+        print(f"interrupted; resume with: levelsearch resume {out}", file=sys.stderr)
+    opt = summary.get("optimum")
+    gap = "" if opt is None else f" (optimum {opt:.6g})"
+    print(
+        f"best {summary['best_value']:.6g}{gap} after {summary['n_evaluations']} evaluations, "
+        f"cost {summary['cost']:.6g}; wrote {out}/summary.json"
+    )
+
+
+def _cmd_optimizers(args: argparse.Namespace) -> int:
+    from .optimizer import available_optimizers, get_optimizer
+
+    for name in available_optimizers():
+        try:
+            cls = get_optimizer(name)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            line = doc[0] if doc else ""
+        except ValueError as exc:
+            line = f"(unavailable: {exc})"
+        print(f"{name:34s} {line}")
+    return 0
+
+
+def _cmd_problems(args: argparse.Namespace) -> int:
+    from .problem import available_problems, get_problem_factory
+
+    for name in available_problems():
+        try:
+            doc = (get_problem_factory(name).__doc__ or "").strip().splitlines()
+            line = doc[0] if doc else ""
+        except ValueError as exc:
+            line = f"(unavailable: {exc})"
+        print(f"{name:20s} {line}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="levelsearch", description="Dynamic, non-uniform compression search (EvoPress and baselines)."
+    )
+    parser.add_argument("--version", action="version", version=f"levelsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a YAML config into an output directory")
+    p.add_argument("config", help="YAML run config (see examples/)")
+    p.add_argument("--out", required=True, help="run directory (journal, summary.json, convergence.png)")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted run from its journal")
+    p.add_argument("dir", help="run directory written by `levelsearch run`")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("optimizers", help="list registered optimizers")
+    p.set_defaults(func=_cmd_optimizers)
+    p = sub.add_parser("problems", help="list registered problem kinds")
+    p.set_defaults(func=_cmd_problems)
+
+    for modname in ("bench", "report"):
+        try:
+            mod = __import__(f"levelsearch.{modname}", fromlist=["add_parser"])
+        except ImportError:
+            continue
+        add = getattr(mod, "add_parser", None)
+        if add is not None:
+            add(sub)
+
+    for ep in metadata.entry_points(group="levelsearch.commands"):
+        try:
+            ep.load()(sub)
+        except ImportError as exc:
+            # the command's extra is missing: keep a stub that says how to install it
+            stub = sub.add_parser(ep.name, help=f"(needs an extra: {exc.name or exc})")
+            stub.set_defaults(func=_missing_extra(ep.name, str(exc.name or exc)))
+    return parser
+
+
+def _missing_extra(name: str, module: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        raise ValueError(f"`levelsearch {name}` needs {module}: pip install 'levelsearch[llm]'")
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``levelsearch`` console script; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"levelsearch: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"levelsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from .driver import AllFailedError
+
+        if not isinstance(exc, AllFailedError):
+            raise
+        print(f"levelsearch: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("levelsearch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `levelsearch optimizers | head`
+        return 0
+
+
+def _json(obj: Any) -> str:  # pragma: no cover - debugging helper
+    return json.dumps(obj, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

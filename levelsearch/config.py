@@ -1,0 +1,159 @@
+"""Run configs: YAML files that say which problem, optimizer, budget and evaluator to use.
+
+A run config looks like::
+
+    problem: {kind: linear, n_units: 64, n_levels: 2, total: 16, seed: 0}
+    optimizer: {name: evopress, offspring: 16}   # or just: evopress
+    seed: 0
+    budget: {max_evaluations: 20000}             # and/or max_cost (fidelity units)
+    evaluator: {kind: serial, retries: 0}        # or {kind: ray, workers: 2, ...}
+    max_consecutive_failures: 100
+
+Every error a user can make is a ``ValueError`` with one sentence saying what
+to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["RunConfig", "load_config", "parse_config"]
+
+_TOP_KEYS = {"problem", "optimizer", "seed", "budget", "evaluator", "max_consecutive_failures", "name"}
+_BUDGET_KEYS = {"max_evaluations", "max_cost"}
+_EVALUATOR_KINDS = {"serial", "ray"}
+
+
+@dataclass
+class RunConfig:
+    """A validated run config (see the module docstring for the YAML form)."""
+
+    problem: dict[str, Any]
+    optimizer: str
+    optimizer_options: dict[str, Any]
+    seed: int = 0
+    max_evaluations: int | None = None
+    max_cost: float | None = None
+    evaluator: dict[str, Any] = field(default_factory=lambda: {"kind": "serial"})
+    max_consecutive_failures: int = 100
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        opt: dict[str, Any] = {"name": self.optimizer, **self.optimizer_options}
+        budget: dict[str, Any] = {}
+        if self.max_evaluations is not None:
+            budget["max_evaluations"] = self.max_evaluations
+        if self.max_cost is not None:
+            budget["max_cost"] = self.max_cost
+        out = {
+            "problem": self.problem,
+            "optimizer": opt,
+            "seed": self.seed,
+            "budget": budget,
+            "evaluator": self.evaluator,
+            "max_consecutive_failures": self.max_consecutive_failures,
+        }
+        if self.name:
+            out["name"] = self.name
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What must not change between a run and its resume (the evaluator and budget may)."""
+        return {
+            "problem": self.problem,
+            "optimizer": self.optimizer,
+            "options": self.optimizer_options,
+            "seed": self.seed,
+        }
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable YAML or an invalid config (one clear sentence).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{p}: not valid YAML{where}") from None
+    return parse_config(data, source=str(p))
+
+
+def _int(x: Any, what: str, minimum: int = 0) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {x!r}")
+    return x
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate a config given as a mapping (see :func:`load_config`)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: a run config must be a mapping with at least 'problem' and 'budget'")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise ValueError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(_TOP_KEYS))}")
+    if "problem" not in data:
+        raise ValueError(f"{source}: missing 'problem' (e.g. problem: {{kind: linear}})")
+    problem = data["problem"]
+    if isinstance(problem, str):
+        problem = {"kind": problem}
+    if not isinstance(problem, Mapping) or "kind" not in problem:
+        raise ValueError(f"{source}: 'problem' must be a mapping with a 'kind' (see `levelsearch problems`)")
+    opt = data.get("optimizer", "evopress")
+    if isinstance(opt, str) and opt:
+        opt_name, options = opt, {}
+    elif isinstance(opt, Mapping) and isinstance(opt.get("name"), str) and opt["name"]:
+        opt_name = str(opt["name"])
+        options = {k: v for k, v in opt.items() if k != "name"}
+    else:
+        raise ValueError(f"{source}: 'optimizer' must be a name or a mapping with a 'name'")
+    seed = _int(data.get("seed", 0), f"{source}: seed")
+    budget = data.get("budget")
+    if not isinstance(budget, Mapping) or not budget:
+        raise ValueError(f"{source}: missing 'budget' (e.g. budget: {{max_evaluations: 5000}})")
+    bad = sorted(set(budget) - _BUDGET_KEYS)
+    if bad:
+        raise ValueError(f"{source}: unknown budget key {bad[0]!r}; use max_evaluations and/or max_cost")
+    max_eval = budget.get("max_evaluations")
+    if max_eval is not None:
+        max_eval = _int(max_eval, f"{source}: budget.max_evaluations", 1)
+    max_cost = budget.get("max_cost")
+    if max_cost is not None:
+        if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or max_cost <= 0:
+            raise ValueError(f"{source}: budget.max_cost must be a positive number, got {max_cost!r}")
+        max_cost = float(max_cost)
+    if max_eval is None and max_cost is None:
+        raise ValueError(f"{source}: budget needs max_evaluations or max_cost")
+    ev = data.get("evaluator", {"kind": "serial"})
+    if isinstance(ev, str):
+        ev = {"kind": ev}
+    if not isinstance(ev, Mapping) or ev.get("kind", "serial") not in _EVALUATOR_KINDS:
+        raise ValueError(f"{source}: evaluator.kind must be one of {sorted(_EVALUATOR_KINDS)}")
+    ev = {"kind": "serial", **dict(ev)}
+    mcf = _int(data.get("max_consecutive_failures", 100), f"{source}: max_consecutive_failures", 1)
+    name = data.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"{source}: name must be a string")
+    return RunConfig(
+        problem=dict(problem),
+        optimizer=opt_name,
+        optimizer_options=dict(options),
+        seed=seed,
+        max_evaluations=max_eval,
+        max_cost=max_cost,
+        evaluator=ev,
+        max_consecutive_failures=mcf,
+        name=name,
+    )

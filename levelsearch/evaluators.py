@@ -1,0 +1,104 @@
+"""Evaluators run batches of requests against a problem's oracle.
+
+The in-process :class:`SerialEvaluator` is the default. Every evaluator has the
+same interface — ``evaluate(requests) -> list[Outcome]`` in request order — so
+a distributed one (Ray) is a drop-in replacement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .optimizer import Request
+from .problem import Problem
+
+__all__ = ["Outcome", "Evaluator", "SerialEvaluator", "evaluate_one"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of one evaluation.
+
+    Attributes:
+        value: the fitness, ``inf`` when the evaluation failed.
+        error: ``None`` on success, else a one-line reason (exception, NaN, inf).
+        seconds: wall time of the oracle call(s), retries included.
+        worker: which worker ran it (``"local"`` in-process).
+        attempts: how many times the oracle was called.
+    """
+
+    value: float
+    error: str | None = None
+    seconds: float = 0.0
+    worker: str = "local"
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def evaluate_one(problem: Problem, req: Request, retries: int = 0, worker: str = "local") -> Outcome:
+    """Call the oracle once (plus ``retries`` more times on an exception); never raises for oracle errors.
+
+    NaN and infinite values are failures but are not retried: a deterministic
+    oracle would return them again.
+    """
+    t0 = time.perf_counter()
+    error = "unknown"
+    attempts = 0
+    for _ in range(retries + 1):
+        attempts += 1
+        try:
+            value = float(problem.evaluate(req.levels, req.fidelity, req.sample))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the oracle is user code: any exception is a failed evaluation
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+            error = f"{type(exc).__name__}: {exc}{where}"
+            continue
+        if math.isnan(value):
+            return Outcome(math.inf, "fitness returned NaN", time.perf_counter() - t0, worker, attempts)
+        if math.isinf(value):
+            return Outcome(math.inf, f"fitness returned {value}", time.perf_counter() - t0, worker, attempts)
+        return Outcome(value, None, time.perf_counter() - t0, worker, attempts)
+    return Outcome(math.inf, error, time.perf_counter() - t0, worker, attempts)
+
+
+OnResult = Callable[[int, Outcome], None]
+
+
+class Evaluator:
+    """Interface of evaluators: run a batch, return one :class:`Outcome` per request, in order.
+
+    ``on_result(index, outcome)`` is called as soon as each evaluation finishes
+    (in any order), so the driver can journal it before the batch completes.
+    """
+
+    def evaluate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Outcome]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release workers (no-op for in-process evaluation)."""
+
+
+class SerialEvaluator(Evaluator):
+    """Evaluate requests one after the other in this process (the default)."""
+
+    def __init__(self, problem: Problem, *, retries: int = 0) -> None:
+        self.problem = problem
+        self.retries = int(retries)
+
+    def evaluate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Outcome]:
+        out = []
+        for k, r in enumerate(requests):
+            o = evaluate_one(self.problem, r, self.retries)
+            if on_result is not None:
+                on_result(k, o)
+            out.append(o)
+        return out

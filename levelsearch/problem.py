@@ -1,0 +1,202 @@
+"""Problems: a level space plus a black-box oracle, and the problem registry.
+
+A problem's ``evaluate(levels, fidelity, sample)`` returns a float, lower is
+better. *Fidelity* is how much data the oracle may use (tokens, samples); the
+*sample* seed picks which data, so every evaluation is reproducible. Problems
+without a notion of fidelity ignore both.
+
+Problems are built from configs (``{"kind": NAME, ...params}``) through a
+registry filled by this package and the ``levelsearch.problems`` entry-point
+group, so a Ray worker or a resumed run can rebuild the same oracle.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from .space import LevelSpace
+
+__all__ = [
+    "Problem",
+    "FunctionProblem",
+    "register_problem",
+    "get_problem_factory",
+    "available_problems",
+    "make_problem",
+]
+
+
+class Problem:
+    """Base class: a :class:`LevelSpace` and an oracle.
+
+    Attributes a user may rely on:
+        name: short name used in reports.
+        space: the level space.
+        optimum: the known optimal value (``None`` when unknown).
+        optimum_levels: an optimal assignment when known.
+        max_fidelity: the highest fidelity the oracle accepts (``None`` when it
+            has no fidelity); a request with ``fidelity=None`` uses it.
+        uses_fidelity: whether values depend on fidelity and sample at all.
+    """
+
+    name: str = "problem"
+    optimum: float | None = None
+    optimum_levels: np.ndarray | None = None
+    max_fidelity: int | None = None
+    uses_fidelity: bool = False
+
+    def __init__(self, space: LevelSpace) -> None:
+        self.space = space
+
+    def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
+        """The fitness of ``levels`` (lower is better)."""
+        raise NotImplementedError
+
+    def true_value(self, levels: np.ndarray) -> float | None:
+        """The noise-free value of ``levels`` when it is cheap to know (synthetic problems), else ``None``."""
+        return None
+
+    def cost_of(self, fidelity: int | None) -> float:
+        """Budget units an evaluation at ``fidelity`` costs (its fidelity; 1 without fidelity)."""
+        if not self.uses_fidelity:
+            return 1.0
+        if fidelity is None:
+            return float(self.max_fidelity or 1)
+        return float(fidelity)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity of the problem (checked when a journal is resumed)."""
+        return {"name": self.name, "space": self.space.to_dict()}
+
+
+class FunctionProblem(Problem):
+    """Wrap a plain function ``fn(levels)`` or ``fn(levels, fidelity, seed)``.
+
+    The signature is detected: a function that accepts three positional
+    arguments gets fidelity and sample seed and is treated as multi-fidelity.
+    """
+
+    def __init__(
+        self, fn: Callable[..., float], space: LevelSpace, *, max_fidelity: int | None = None, name: str | None = None
+    ) -> None:
+        super().__init__(space)
+        if not callable(fn):
+            raise ValueError(f"fitness must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.uses_fidelity = _takes_fidelity(fn)
+        self.max_fidelity = max_fidelity
+        self.name = str(name or getattr(fn, "__qualname__", "function"))
+
+    def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
+        if self.uses_fidelity:
+            return float(self.fn(levels, fidelity, sample))
+        return float(self.fn(levels))
+
+
+def _takes_fidelity(fn: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    positional = 0
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return True
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= 3
+
+
+ProblemFactory = Callable[..., Problem]
+_REGISTRY: dict[str, ProblemFactory | str] = {}
+_LOADED = False
+ENTRY_POINT_GROUP = "levelsearch.problems"
+
+
+def register_problem(name: str, factory: ProblemFactory | str, *, replace: bool = False) -> None:
+    """Register a problem factory (called with the config's keyword parameters).
+
+    Raises:
+        ValueError: if the name is taken and ``replace`` is false.
+    """
+    if not replace and name in _REGISTRY and _REGISTRY[name] != factory:
+        raise ValueError(f"a problem named {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def _load() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from . import synthetic  # noqa: F401  (registers the built-in problems)
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY and _REGISTRY[ep.name] != ep.value:
+            raise ValueError(f"entry point problem {ep.name!r} collides with a registered problem")
+        _REGISTRY[ep.name] = ep.value
+
+
+def available_problems() -> list[str]:
+    """Names of every registered problem kind, sorted."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get_problem_factory(name: str) -> ProblemFactory:
+    """The factory registered under ``name`` (``ValueError`` if unknown or not installed)."""
+    _load()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown problem kind {name!r}; known: {', '.join(available_problems())}")
+    target = _REGISTRY[name]
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        try:
+            module = __import__(module_name, fromlist=[attr])
+        except ImportError as exc:
+            raise ValueError(
+                f"problem {name!r} needs a package that is not installed ({exc.name or exc}); "
+                "install the extra, e.g. pip install 'levelsearch[llm]'"
+            ) from None
+        target = getattr(module, attr)
+        _REGISTRY[name] = target
+    return target
+
+
+def make_problem(config: Mapping[str, Any]) -> Problem:
+    """Build a problem from ``{"kind": NAME, **params}``.
+
+    Raises:
+        ValueError: unknown kind, or parameters the factory does not take.
+    """
+    if not isinstance(config, Mapping) or "kind" not in config:
+        raise ValueError("problem config needs a 'kind' (see `levelsearch problems`)")
+    params = {k: v for k, v in config.items() if k != "kind"}
+    factory = get_problem_factory(str(config["kind"]))
+    _check_params(factory, params, str(config["kind"]))
+    return factory(**params)
+
+
+def _check_params(factory: Callable[..., Any], params: Mapping[str, Any], kind: str) -> None:
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = {n for n, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"problem {kind!r} has no parameter {unknown[0]!r}; it takes: {', '.join(sorted(allowed))}")
+    missing = [
+        n
+        for n, p in sig.parameters.items()
+        if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in params
+    ]
+    if missing:
+        raise ValueError(f"problem {kind!r} needs parameter {missing[0]!r}")
