@@ -88,13 +88,27 @@ class Evaluator:
 
 
 class SerialEvaluator(Evaluator):
-    """Evaluate requests one after the other in this process (the default)."""
+    """Evaluate requests one after the other in this process (the default).
+
+    A problem that defines ``evaluate_many(requests) -> list[float]`` gets the
+    whole batch at once (e.g. to share work between candidates, such as the
+    activations of an unchanged prefix of layers); if that raises, the batch is
+    evaluated one request at a time so that only the failing ones fail.
+    """
 
     def __init__(self, problem: Problem, *, retries: int = 0) -> None:
         self.problem = problem
         self.retries = int(retries)
 
     def evaluate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Outcome]:
+        many = getattr(self.problem, "evaluate_many", None)
+        if many is not None and len(requests) > 1:
+            batch = self._try_many(many, requests)
+            if batch is not None:
+                for k, o in enumerate(batch):
+                    if on_result is not None:
+                        on_result(k, o)
+                return batch
         out = []
         for k, r in enumerate(requests):
             o = evaluate_one(self.problem, r, self.retries)
@@ -102,3 +116,22 @@ class SerialEvaluator(Evaluator):
                 on_result(k, o)
             out.append(o)
         return out
+
+    def _try_many(self, many: Callable[..., Sequence[float]], requests: Sequence[Request]) -> list[Outcome] | None:
+        t0 = time.perf_counter()
+        try:
+            values = [float(v) for v in many(list(requests))]
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            return None
+        if len(values) != len(requests):
+            return None
+        each = (time.perf_counter() - t0) / max(1, len(requests))
+        outs = []
+        for v in values:
+            if math.isnan(v) or math.isinf(v):
+                outs.append(Outcome(math.inf, f"fitness returned {v}", each))
+            else:
+                outs.append(Outcome(v, None, each))
+        return outs
