@@ -1,0 +1,246 @@
+"""Calibration driver: per-linear-layer Hessians ``H = 2 X Xᵀ / N``, one decoder layer at a time.
+
+The model is never run end to end with hooks everywhere: the inputs of the first
+decoder layer are captured once (one pass up to that layer), then every decoder
+layer is run on them on its own, with forward hooks on its ``nn.Linear``
+modules accumulating ``Xᵀ X`` in fp32, and its outputs become the next layer's
+inputs. Only one layer's activations for the calibration set live in memory.
+
+Works on any Hugging Face causal LM whose decoder layers form an
+``nn.ModuleList`` (Llama, Mistral, Qwen, SmolLM, Phi-3, Gemma ... all do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "decoder_layers",
+    "linear_units",
+    "LayerInputs",
+    "capture_layer_inputs",
+    "run_layer",
+    "layer_hessians",
+    "prepare_hessian",
+]
+
+DAMPING = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ / SparseGPT default)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM (the longest ``nn.ModuleList`` of blocks containing linears).
+
+    Raises:
+        ValueError: if the model has no list of decoder layers.
+    """
+    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    best: nn.ModuleList | None = None
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and any(isinstance(m, nn.Linear) for m in mod.modules()):
+            if best is None or len(mod) > len(best):
+                best = mod
+    if best is None:
+        raise ValueError("the model has no list of decoder layers; pass a Hugging Face causal LM")
+    return best
+
+
+def linear_units(model: nn.Module) -> list[tuple[str, int, nn.Linear]]:
+    """Every ``nn.Linear`` of every decoder layer as ``(name, layer index, module)``, in layer order.
+
+    ``name`` is the module path relative to the model (e.g. ``model.layers.3.mlp.up_proj``).
+    """
+    layers = decoder_layers(model)
+    prefix = {id(layer): i for i, layer in enumerate(layers)}
+    names = {id(m): n for n, m in model.named_modules()}
+    out: list[tuple[str, int, nn.Linear]] = []
+    for i, layer in enumerate(layers):
+        assert id(layer) in prefix
+        for _, mod in layer.named_modules():
+            if isinstance(mod, nn.Linear):
+                out.append((names[id(mod)], i, mod))
+    return out
+
+
+@dataclass
+class LayerInputs:
+    """Inputs of one decoder layer for every calibration batch.
+
+    ``hidden`` holds one ``(batch, seq, hidden)`` tensor per batch; ``kwargs``
+    the other keyword arguments the model passed to its layers (attention mask,
+    position embeddings ...), the same for every layer.
+    """
+
+    hidden: list[torch.Tensor]
+    kwargs: list[dict[str, Any]]
+
+
+class _Captured(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_layer_inputs(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8) -> LayerInputs:
+    """Run the model up to its first decoder layer on ``tokens`` (``(n_seq, seq_len)`` int64).
+
+    Only the embedding (and rotary tables) run; the pass stops at layer 0.
+    """
+    layers = decoder_layers(model)
+    device = next(model.parameters()).device
+    hidden: list[torch.Tensor] = []
+    kwargs_list: list[dict[str, Any]] = []
+
+    def grab(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        h = args[0] if args else kwargs.pop("hidden_states")
+        hidden.append(h.detach())
+        kw = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "past_key_value")}
+        kw["use_cache"] = False
+        kwargs_list.append(kw)
+        raise _Captured
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for start in range(0, tokens.shape[0], batch_size):
+            try:
+                model(tokens[start : start + batch_size].to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return LayerInputs(hidden, kwargs_list)
+
+
+@torch.no_grad()
+def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
+    """Outputs of ``layer`` for every batch, as the next layer's inputs."""
+    outs = []
+    for h, kw in zip(inputs.hidden, inputs.kwargs):
+        out = layer(h, **kw)
+        outs.append((out[0] if isinstance(out, tuple) else out).detach())
+    return LayerInputs(outs, inputs.kwargs)
+
+
+@torch.no_grad()
+def _accumulate(layer: nn.Module, inputs: LayerInputs) -> dict[str, torch.Tensor]:
+    """``2 Xᵀ X / N`` (fp32) of every linear in ``layer`` over all tokens of ``inputs``."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...], _out: Any) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            if name not in sums:
+                sums[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
+                counts[name] = 0
+            sums[name].addmm_(x.T, x)
+            counts[name] += x.shape[0]
+
+        return hook
+
+    for name, mod in layer.named_modules():
+        if isinstance(mod, nn.Linear):
+            handles.append(mod.register_forward_hook(make_hook(name)))
+    try:
+        for h, kw in zip(inputs.hidden, inputs.kwargs):
+            layer(h, **kw)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return {name: s.mul_(2.0 / max(counts[name], 1)) for name, s in sums.items()}
+
+
+def layer_hessians(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    start_layer: int = 0,
+    progress: bool = True,
+    transform: Callable[[int, nn.Module], None] | None = None,
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield ``(layer index, {linear name within the layer: H})`` for each decoder layer in order.
+
+    Args:
+        model: a Hugging Face causal LM (fp32 recommended on CPU).
+        tokens: ``(n_seq, seq_len)`` calibration token ids.
+        batch_size: sequences per forward call.
+        start_layer: first layer to yield; earlier layers are only run forward
+            (to resume an interrupted database build).
+        progress: show a tqdm bar over layers.
+        transform: optional ``fn(layer index, layer)`` called after a layer's
+            Hessians are yielded and before its outputs feed the next layer
+            (e.g. to propagate through a quantized prefix). Default: inputs of
+            every layer come from the dense model.
+
+    The Hessians are raw (undamped); see :func:`prepare_hessian`.
+    """
+    layers = decoder_layers(model)
+    inputs = capture_layer_inputs(model, tokens, batch_size=batch_size)
+    bar = tqdm(range(len(layers)), desc="calibration", unit="layer", disable=not progress)
+    for i in bar:
+        layer = layers[i]
+        if i >= start_layer:
+            yield i, _accumulate(layer, inputs)
+            if transform is not None:
+                transform(i, layer)
+        if i + 1 < len(layers):
+            inputs = run_layer(layer, inputs)
+
+
+def prepare_hessian(h: torch.Tensor, damping: float = DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
+    """Damped copy of ``h`` and the mask of dead input columns.
+
+    A column whose input was always zero (``H[j, j] == 0``) gets ``H[j, j] = 1``
+    so the matrix is invertible; the weights of such a column never affect the
+    output. Then ``damping · mean(diag H)`` is added to the diagonal.
+    """
+    h = h.detach().to(torch.float32).clone()
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    diag[dead] = 1.0
+    diag += damping * torch.mean(diag)
+    return h, dead
+
+
+def inverse_cholesky(h: torch.Tensor, damping: float = DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper Cholesky factor ``U`` of ``(H + damping)⁻¹`` (``U Uᵀ``-free form used by OBS updates) and dead mask.
+
+    ``Uᵀ U = H⁻¹``; row ``j`` of ``U`` holds the update coefficients for
+    eliminating column ``j`` given that columns ``< j`` are already fixed. If
+    the damped matrix is still not positive definite the damping is raised
+    tenfold (up to three times) before giving up.
+
+    Raises:
+        ValueError: if ``H`` stays singular after raising the damping.
+    """
+    for attempt in range(4):
+        hd, dead = prepare_hessian(h, damping * (10**attempt))
+        lower, info = torch.linalg.cholesky_ex(hd)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0:
+                return upper, dead
+    raise ValueError("the calibration Hessian is singular even with 10x damping; use more calibration tokens")
+
+
+def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
+    """Normalised layer output error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` with ``ΔW = W_hat − W`` (raw ``H``)."""
+    w = w.to(torch.float32)
+    dw = w_hat.to(torch.float32) - w
+    num = torch.sum((dw @ h) * dw)
+    den = torch.sum((w @ h) * w)
+    return float(num / den) if float(den) > 0 else float(num)
