@@ -12,6 +12,7 @@ Works on any Hugging Face causal LM whose decoder layers form an
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,9 +50,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             return obj
     best: nn.ModuleList | None = None
     for mod in model.modules():
-        if isinstance(mod, nn.ModuleList) and any(isinstance(m, nn.Linear) for m in mod.modules()):
-            if best is None or len(mod) > len(best):
-                best = mod
+        has_linear = isinstance(mod, nn.ModuleList) and any(isinstance(m, nn.Linear) for m in mod.modules())
+        if has_linear and (best is None or len(mod) > len(best)):
+            best = mod
     if best is None:
         raise ValueError("the model has no list of decoder layers; pass a Hugging Face causal LM")
     return best
@@ -113,10 +114,8 @@ def capture_layer_inputs(model: nn.Module, tokens: torch.Tensor, *, batch_size: 
     handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         for start in range(0, tokens.shape[0], batch_size):
-            try:
+            with contextlib.suppress(_Captured):
                 model(tokens[start : start + batch_size].to(device), use_cache=False)
-            except _Captured:
-                pass
     finally:
         handle.remove()
     return LayerInputs(hidden, kwargs_list)

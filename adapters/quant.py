@@ -89,9 +89,7 @@ def _split(w: torch.Tensor, bits: list[int], codes, scales, zeros, group_size) -
     out = []
     for k, b in enumerate(bits):
         sl = slice(k * rows, (k + 1) * rows)
-        out.append(
-            Quantized(b, group_size, codes[sl].to(torch.uint8), scales[sl].clone(), zeros[sl].to(torch.uint8))
-        )
+        out.append(Quantized(b, group_size, codes[sl].to(torch.uint8), scales[sl].clone(), zeros[sl].to(torch.uint8)))
     return out
 
 

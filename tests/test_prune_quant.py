@@ -21,8 +21,13 @@ from levelsearch.adapters.quant import gptq_quantize, pack_codes, rtn_quantize, 
 def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
-        vocab_size=128, hidden_size=80, intermediate_size=144, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        vocab_size=128,
+        hidden_size=80,
+        intermediate_size=144,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
     )
     return transformers.LlamaForCausalLM(cfg).eval()
 
