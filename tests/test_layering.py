@@ -1,0 +1,49 @@
+"""The arrows point one way: the core stays light and never imports adapters or baselines."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = (
+    "torch",
+    "transformers",
+    "optuna",
+    "nevergrad",
+    "ray",
+    "matplotlib",
+    "levelsearch.adapters",
+    "levelsearch.baselines",
+)
+
+
+def test_importing_levelsearch_pulls_no_heavy_dependency():
+    code = f"import sys, levelsearch; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(("." * node.level) + node.module)
+    return names
+
+
+def test_core_modules_never_import_adapters_or_baselines():
+    for path in (ROOT / "levelsearch").glob("*.py"):
+        bad = {n for n in _imports(path) if "adapters" in n or "baselines" in n}
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_adapters_and_baselines_do_not_import_each_other():
+    for folder, other in (("adapters", "baselines"), ("baselines", "adapters")):
+        for path in (ROOT / folder).glob("*.py"):
+            bad = {n for n in _imports(path) if other in n}
+            assert not bad, f"{folder}/{path.name} imports {bad}"
