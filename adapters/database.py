@@ -1,0 +1,377 @@
+"""Variant databases: every unit's weight at every compression level, on disk.
+
+Layout of a database directory::
+
+    manifest.json          model fingerprint, method, level spec, calibration, seed,
+                           per-unit level values and errors, per-file sha256
+    layer_000.safetensors  all variants of the linears of decoder layer 0
+    ...
+
+A sparsity variant is stored as a bit mask of its nonzeros plus the nonzero
+values in fp16 (≈ (1 − s)·2 + 1/8 bytes per weight); a quantized variant as
+its integer codes packed to ``bits`` bits plus per-group fp32 scales and uint8
+zero points, so a database is well under one dense fp16 copy per level.
+
+The build runs the calibration driver layer by layer and writes each layer's
+file atomically before recording it in the manifest: a killed build resumes at
+the next unbuilt layer. A database refuses a model whose fingerprint differs.
+Loading is memory-mapped (``safetensors.safe_open``) and :meth:`apply` only
+swaps in units whose level changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .hessian import decoder_layers, layer_hessians, linear_units, relative_output_error
+from .prune import magnitude_prune, sparsegpt_prune, wanda_prune
+from .quant import Quantized, gptq_quantize, pack_codes, rtn_quantize, unpack_codes
+
+__all__ = ["FORMAT", "model_fingerprint", "unit_level_values", "build_database", "VariantDatabase", "OWL_M_GRID"]
+
+FORMAT = 1
+OWL_M_GRID = (3.0, 5.0, 7.0, 10.0)  # outlier thresholds M of the OWL paper's grid
+_SPARSE = ("magnitude", "wanda", "sparsegpt")
+_QUANT = ("rtn", "gptq")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the names and shapes of all linears and the bytes of the first decoder layer's weights."""
+    h = hashlib.sha256()
+    units = linear_units(model)
+    for name, layer, mod in units:
+        h.update(f"{name}:{tuple(mod.weight.shape)};".encode())
+        if layer == 0:
+            h.update(mod.weight.detach().to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def unit_level_values(spec: dict[str, Any], numel: int) -> list[int]:
+    """The level values of a unit with ``numel`` weights: numbers of zeros (sparsity) or bit-widths.
+
+    Sparsity: ``round(target·numel) + l·step`` for ``l = −max_offset .. max_offset``,
+    keeping those within ``[0, numel]``, so every step changes the number of
+    nonzeros by the same ``step`` whatever the layer's size.
+    """
+    if spec["kind"] == "quant":
+        return [int(b) for b in spec["bits"]]
+    base = int(round(float(spec["target"]) * numel))
+    step, top = int(spec["step"]), int(spec["max_offset"])
+    return [base + k * step for k in range(-top, top + 1) if 0 <= base + k * step <= numel]
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    kind, method = spec.get("kind"), spec.get("method")
+    if kind == "sparsity":
+        if method not in _SPARSE:
+            raise ValueError(f"sparsity method must be one of {', '.join(_SPARSE)}, got {method!r}")
+        if not 0.0 <= float(spec["target"]) <= 1.0 or int(spec["step"]) < 1 or int(spec["max_offset"]) < 0:
+            raise ValueError("sparsity spec needs target in [0, 1], step >= 1 weight and max_offset >= 0")
+    elif kind == "quant":
+        if method not in _QUANT:
+            raise ValueError(f"quantization method must be one of {', '.join(_QUANT)}, got {method!r}")
+        if not spec["bits"] or any(not 1 <= int(b) <= 8 for b in spec["bits"]):
+            raise ValueError("quantization spec needs bit-widths in 1..8")
+    else:
+        raise ValueError(f"database kind must be 'sparsity' or 'quant', got {kind!r}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _encode_sparse(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    mask = w != 0
+    vals = w[mask].to(torch.float16)
+    # a value too small for fp16 would silently become a zero and change the sparsity
+    tiny = vals == 0
+    if bool(tiny.any()):
+        vals[tiny] = torch.sign(w[mask][tiny]).to(torch.float16) * torch.finfo(torch.float16).smallest_normal
+    packed = np.packbits(mask.cpu().numpy().reshape(-1))
+    return {"mask": torch.from_numpy(packed), "values": vals.cpu()}
+
+
+def _encode_quant(q: Quantized) -> dict[str, torch.Tensor]:
+    return {
+        "codes": torch.from_numpy(pack_codes(q.codes, q.bits)),
+        "scales": q.scales.to(torch.float32).cpu().contiguous(),
+        "zeros": q.zeros.cpu().contiguous(),
+    }
+
+
+def _variants(spec: dict[str, Any], w: torch.Tensor, h: torch.Tensor, values: list[int]) -> list[Any]:
+    method = spec["method"]
+    if method == "sparsegpt":
+        return list(sparsegpt_prune(w, h, values, block_size=int(spec.get("block_size", 128))))
+    if method == "wanda":
+        return list(wanda_prune(w, h, values))
+    if method == "magnitude":
+        return list(magnitude_prune(w, values))
+    gs = spec.get("group_size", 128)
+    if method == "gptq":
+        return gptq_quantize(w, h, values, group_size=gs, block_size=int(spec.get("block_size", 128)))
+    return rtn_quantize(w, values, group_size=gs)
+
+
+def _owl_ratios(layer_units: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """OWL's layerwise outlier distribution: share of ``|W|·||X||`` entries above ``M`` times their mean."""
+    scores = [(w.abs() * torch.sqrt(torch.diagonal(h).clamp_min(0))[None, :]).flatten() for w, h in layer_units]
+    allv = torch.cat(scores)
+    mean = float(allv.mean())
+    return {f"{m:g}": float((allv > m * mean).float().mean()) for m in OWL_M_GRID}
+
+
+def build_database(
+    root: str | os.PathLike[str],
+    model: nn.Module,
+    tokens: torch.Tensor,
+    spec: dict[str, Any],
+    *,
+    model_id: str = "model",
+    calibration: dict[str, Any] | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+    on_layer: Callable[[int], None] | None = None,
+) -> VariantDatabase:
+    """Build (or finish building) the database of ``model`` at ``root``.
+
+    Args:
+        root: database directory (created if missing).
+        model: the dense model (its weights are not modified).
+        tokens: ``(n_seq, seq_len)`` calibration tokens.
+        spec: ``{"kind": "sparsity", "method": "sparsegpt"|"wanda"|"magnitude",
+            "target": 0.5, "step": weights per level, "max_offset": 8}`` or
+            ``{"kind": "quant", "method": "gptq"|"rtn", "bits": [2, 3, 4, 5, 6],
+            "group_size": 128}`` (``block_size`` optional, default 128).
+        model_id: how the model was named (recorded; the fingerprint decides).
+        calibration: description of the calibration data (source, tokens, seed), recorded.
+        seed: recorded with the calibration description.
+        batch_size: sequences per forward call of the calibration driver.
+        progress: tqdm bar over layers.
+        on_layer: called with a layer's index after its file is durably recorded.
+
+    Raises:
+        ValueError: the directory holds a database for another model or with other settings.
+    """
+    _check_spec(spec)
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    fp = model_fingerprint(model)
+    units = linear_units(model)
+    identity = {"format": FORMAT, "fingerprint": fp, "spec": spec, "calibration": calibration or {}, "seed": seed}
+    mpath = path / "manifest.json"
+    if mpath.is_file():
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("fingerprint") != fp:
+            raise ValueError(
+                f"{path} holds a database built for another model ({manifest.get('model_id')}); use another directory"
+            )
+        if {k: manifest.get(k) for k in identity} != identity:
+            raise ValueError(f"{path} holds a database built with other settings; use another directory")
+    else:
+        manifest = {
+            **identity,
+            "model_id": model_id,
+            "units": {
+                name: {
+                    "layer": layer,
+                    "shape": list(mod.weight.shape),
+                    "values": unit_level_values(spec, mod.weight.numel()),
+                }
+                for name, layer, mod in units
+            },
+            "layers": {},
+            "build_seconds": 0.0,
+        }
+        _write_json(mpath, manifest)
+    done = {int(k) for k in manifest["layers"]}
+    n_layers = 1 + max(layer for _, layer, _ in units)
+    todo = [i for i in range(n_layers) if i not in done]
+    if todo:
+        by_layer: dict[int, list[tuple[str, nn.Linear]]] = {}
+        for name, layer, mod in units:
+            by_layer.setdefault(layer, []).append((name, mod))
+        for i, hessians in layer_hessians(model, tokens, batch_size=batch_size, start_layer=todo[0], progress=progress):
+            if i in done:
+                continue
+            t0 = time.perf_counter()
+            tensors: dict[str, torch.Tensor] = {}
+            errors: dict[str, list[float]] = {}
+            pairs = []
+            local_names = {id(m): n for n, m in decoder_layers(model)[i].named_modules()}
+            for name, mod in by_layer[i]:
+                h = hessians[local_names[id(mod)]]
+                w = mod.weight.detach().to(torch.float32)
+                pairs.append((w, h))
+                values = manifest["units"][name]["values"]
+                variants = _variants(spec, w, h, values)
+                errs = []
+                for k, var in enumerate(variants):
+                    dense = var.dequantize() if isinstance(var, Quantized) else var
+                    errs.append(relative_output_error(w, dense, h))
+                    enc = _encode_quant(var) if isinstance(var, Quantized) else _encode_sparse(var)
+                    for part, t in enc.items():
+                        tensors[f"{name}/{k}/{part}"] = t.contiguous()
+                errors[name] = errs
+            fname = f"layer_{i:03d}.safetensors"
+            tmp = path / (fname + ".tmp")
+            save_file(tensors, str(tmp))
+            os.replace(tmp, path / fname)
+            manifest["layers"][str(i)] = {
+                "file": fname,
+                "sha256": _sha256(path / fname),
+                "errors": errors,
+                "owl": _owl_ratios(pairs),
+            }
+            manifest["build_seconds"] = float(manifest["build_seconds"]) + time.perf_counter() - t0
+            _write_json(mpath, manifest)
+            done.add(i)
+            if on_layer is not None:
+                on_layer(i)
+    return VariantDatabase(path)
+
+
+class VariantDatabase:
+    """A finished database, opened read-only and memory-mapped.
+
+    Attributes:
+        manifest: the parsed manifest.
+        unit_names: units in model order.
+        spec: the level spec it was built with.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        mpath = self.root / "manifest.json"
+        if not mpath.is_file():
+            raise FileNotFoundError(f"{self.root} holds no variant database (no manifest.json); build one first")
+        self.manifest = json.loads(mpath.read_text())
+        self.spec: dict[str, Any] = self.manifest["spec"]
+        self.unit_names: list[str] = list(self.manifest["units"])
+        layers = {u["layer"] for u in self.manifest["units"].values()}
+        missing = sorted(layers - {int(k) for k in self.manifest["layers"]})
+        if missing:
+            raise ValueError(
+                f"the database at {self.root} is incomplete (layers {missing[:5]} unbuilt); build it again"
+            )
+        self._handles: dict[int, Any] = {}
+        self._current: dict[str, int] = {}
+
+    @property
+    def kind(self) -> str:
+        return str(self.spec["kind"])
+
+    def values(self, unit: str) -> list[int]:
+        """Level values of ``unit``: numbers of zeros (sparsity) or bit-widths (quant), by level index."""
+        return list(self.manifest["units"][unit]["values"])
+
+    def shape(self, unit: str) -> tuple[int, int]:
+        s = self.manifest["units"][unit]["shape"]
+        return int(s[0]), int(s[1])
+
+    def errors(self) -> np.ndarray:
+        """``(n_units, max_levels)`` normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (nan-padded)."""
+        k = max(len(self.values(u)) for u in self.unit_names)
+        out = np.full((len(self.unit_names), k), np.nan)
+        for i, u in enumerate(self.unit_names):
+            e = self.manifest["layers"][str(self.manifest["units"][u]["layer"])]["errors"][u]
+            out[i, : len(e)] = e
+        return out
+
+    def owl_ratios(self, m: float) -> dict[int, float]:
+        """OWL outlier ratio of each decoder layer for threshold ``m`` (one of :data:`OWL_M_GRID`)."""
+        return {int(k): float(v["owl"][f"{m:g}"]) for k, v in self.manifest["layers"].items()}
+
+    def size_bytes(self) -> int:
+        """Bytes of all layer files on disk."""
+        return sum((self.root / v["file"]).stat().st_size for v in self.manifest["layers"].values())
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ``ValueError`` if ``model`` is not the model the database was built for."""
+        if model_fingerprint(model) != self.manifest["fingerprint"]:
+            raise ValueError(
+                f"the database at {self.root} was built for another model ({self.manifest.get('model_id')}); "
+                "build one for this model"
+            )
+
+    def verify(self) -> None:
+        """Check every layer file against its recorded sha256 (``ValueError`` on a mismatch)."""
+        for v in self.manifest["layers"].values():
+            if _sha256(self.root / v["file"]) != v["sha256"]:
+                raise ValueError(f"{self.root / v['file']} is corrupt (checksum mismatch); rebuild the database")
+
+    def _handle(self, layer: int) -> Any:
+        if layer not in self._handles:
+            f = self.root / self.manifest["layers"][str(layer)]["file"]
+            self._handles[layer] = safe_open(str(f), framework="pt")
+        return self._handles[layer]
+
+    def weight(self, unit: str, level: int) -> torch.Tensor:
+        """The fp32 ``(out, in)`` weight of ``unit`` at level index ``level``."""
+        values = self.values(unit)
+        if not 0 <= level < len(values):
+            raise ValueError(f"unit {unit} has levels 0..{len(values) - 1}, got {level}")
+        f = self._handle(int(self.manifest["units"][unit]["layer"]))
+        rows, cols = self.shape(unit)
+        key = f"{unit}/{level}"
+        if self.kind == "sparsity":
+            mask_bits = f.get_tensor(key + "/mask").numpy()
+            mask = torch.from_numpy(np.unpackbits(mask_bits)[: rows * cols].astype(bool))
+            out = torch.zeros(rows * cols, dtype=torch.float32)
+            out[mask] = f.get_tensor(key + "/values").to(torch.float32)
+            return out.view(rows, cols)
+        bits = values[level]
+        codes = unpack_codes(f.get_tensor(key + "/codes").numpy(), bits, (rows, cols))
+        q = Quantized(
+            bits, self.spec.get("group_size", 128), codes, f.get_tensor(key + "/scales"), f.get_tensor(key + "/zeros")
+        )
+        return q.dequantize()
+
+    def apply(self, model: nn.Module, levels: Sequence[int] | np.ndarray) -> int:
+        """Put every unit of ``model`` at its level (by index, in :attr:`unit_names` order).
+
+        Only units whose level differs from what this database last applied are
+        loaded. Returns the number of units swapped in. Call :meth:`forget` if
+        the model's weights were changed by someone else.
+        """
+        lv = [int(x) for x in levels]
+        if len(lv) != len(self.unit_names):
+            raise ValueError(f"an assignment needs {len(self.unit_names)} levels, got {len(lv)}")
+        modules = dict(model.named_modules())
+        swapped = 0
+        for unit, level in zip(self.unit_names, lv):
+            if self._current.get(unit) == level:
+                continue
+            mod = modules[unit]
+            with torch.no_grad():
+                mod.weight.copy_(self.weight(unit, level).to(mod.weight.dtype))
+            self._current[unit] = level
+            swapped += 1
+        return swapped
+
+    def forget(self) -> None:
+        """Forget which levels are in the model (the next :meth:`apply` loads every unit)."""
+        self._current.clear()
