@@ -7,7 +7,8 @@ Commands: ``run``, ``resume``, ``optimizers``, ``problems``; ``bench`` and
 an exit status.
 
 Errors a user can cause print one line (``levelsearch: error: ...``) and exit
-with status 2; Ctrl-C exits with 130 after saying how to resume.
+with status 2; Ctrl-C (or SIGTERM) stops cleanly and exits with 130 after
+saying how to resume; an oracle that keeps failing exits with 1.
 """
 
 from __future__ import annotations
@@ -131,6 +132,23 @@ def _missing_extra(name: str, module: str) -> Any:
     return run
 
 
+def _stop_on_sigterm() -> Any:
+    """Treat SIGTERM (a scheduler preempting the job) like Ctrl-C: stop cleanly, keep the journal.
+
+    Returns the previous handler (``None`` when none was installed).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``levelsearch`` console script; returns the exit status."""
     parser = _build_parser()
@@ -138,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"levelsearch: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `levelsearch optimizers | head`
+        return 0
     except OSError as exc:
         print(f"levelsearch: error: {exc}", file=sys.stderr)
         return 2
@@ -155,10 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"levelsearch: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("levelsearch: interrupted", file=sys.stderr)
+        where = getattr(args, "out", None) or getattr(args, "dir", None)
+        hint = f"; resume with: levelsearch resume {where}" if args.command in ("run", "resume") and where else ""
+        print(f"levelsearch: interrupted{hint}", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `levelsearch optimizers | head`
-        return 0
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _json(obj: Any) -> str:  # pragma: no cover - debugging helper

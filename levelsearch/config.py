@@ -9,6 +9,14 @@ A run config looks like::
     evaluator: {kind: serial, retries: 0}        # or {kind: ray, workers: 2, ...}
     max_consecutive_failures: 100
 
+``evaluator.retries`` is how many extra times an evaluation that raised an
+exception is attempted (NaN/inf are not retried); after
+``max_consecutive_failures`` failed evaluations in a row the run stops with an
+error. The Ray evaluator takes ``workers`` (actors, default 1),
+``resources_per_worker`` (e.g. ``{CPU: 1, GPU: 1}``), ``address`` (join a
+cluster, e.g. ``auto``; default: start Ray locally) and ``max_worker_restarts``
+(default ``4 * workers``).
+
 Every error a user can make is a ``ValueError`` with one sentence saying what
 to change.
 """
@@ -27,6 +35,10 @@ __all__ = ["RunConfig", "load_config", "parse_config"]
 _TOP_KEYS = {"problem", "optimizer", "seed", "budget", "evaluator", "max_consecutive_failures", "name"}
 _BUDGET_KEYS = {"max_evaluations", "max_cost"}
 _EVALUATOR_KINDS = {"serial", "ray"}
+_EVALUATOR_KEYS = {
+    "serial": {"kind", "retries"},
+    "ray": {"kind", "retries", "workers", "resources_per_worker", "address", "max_worker_restarts"},
+}
 
 
 @dataclass
@@ -97,6 +109,41 @@ def _int(x: Any, what: str, minimum: int = 0) -> int:
     return x
 
 
+def _parse_evaluator(ev: Any, source: str) -> dict[str, Any]:
+    if isinstance(ev, str):
+        ev = {"kind": ev}
+    if not isinstance(ev, Mapping) or ev.get("kind", "serial") not in _EVALUATOR_KINDS:
+        raise ValueError(f"{source}: evaluator.kind must be one of {sorted(_EVALUATOR_KINDS)}")
+    ev = {"kind": "serial", **dict(ev)}
+    allowed = _EVALUATOR_KEYS[ev["kind"]]
+    bad = sorted(set(ev) - allowed)
+    if bad:
+        raise ValueError(
+            f"{source}: unknown evaluator key {bad[0]!r} for kind {ev['kind']}; allowed: {', '.join(sorted(allowed))}"
+        )
+    _int(ev.get("retries", 0), f"{source}: evaluator.retries")
+    if "workers" in ev:
+        _int(ev["workers"], f"{source}: evaluator.workers", 1)
+    res = ev.get("resources_per_worker")
+    if res is not None and (
+        not isinstance(res, Mapping)
+        or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for k, v in res.items()
+        )
+    ):
+        raise ValueError(
+            f"{source}: evaluator.resources_per_worker must map resource names to numbers >= 0, "
+            f"e.g. {{CPU: 1, GPU: 1}}, got {res!r}"
+        )
+    address = ev.get("address")
+    if address is not None and (not isinstance(address, str) or not address):
+        raise ValueError(f"{source}: evaluator.address must be a Ray address such as 'auto' or 'ray://host:10001'")
+    if "max_worker_restarts" in ev:
+        _int(ev["max_worker_restarts"], f"{source}: evaluator.max_worker_restarts")
+    return ev
+
+
 def parse_config(data: Any, source: str = "config") -> RunConfig:
     """Validate a config given as a mapping (see :func:`load_config`)."""
     if not isinstance(data, Mapping):
@@ -136,12 +183,7 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         max_cost = float(max_cost)
     if max_eval is None and max_cost is None:
         raise ValueError(f"{source}: budget needs max_evaluations or max_cost")
-    ev = data.get("evaluator", {"kind": "serial"})
-    if isinstance(ev, str):
-        ev = {"kind": ev}
-    if not isinstance(ev, Mapping) or ev.get("kind", "serial") not in _EVALUATOR_KINDS:
-        raise ValueError(f"{source}: evaluator.kind must be one of {sorted(_EVALUATOR_KINDS)}")
-    ev = {"kind": "serial", **dict(ev)}
+    ev = _parse_evaluator(data.get("evaluator", {"kind": "serial"}), source)
     mcf = _int(data.get("max_consecutive_failures", 100), f"{source}: max_consecutive_failures", 1)
     name = data.get("name")
     if name is not None and not isinstance(name, str):

@@ -25,7 +25,7 @@ from .optimizer import Optimizer, Request, make_optimizer
 from .problem import FunctionProblem, Problem
 from .space import LevelSpace
 
-__all__ = ["minimize", "Result", "Evaluation", "TracePoint", "AllFailedError"]
+__all__ = ["minimize", "Result", "Evaluation", "TracePoint", "AllFailedError", "run_identity"]
 
 
 class AllFailedError(RuntimeError):
@@ -141,7 +141,8 @@ def minimize(
         A :class:`Result`.
 
     Raises:
-        ValueError: bad arguments (no stopping rule, unknown optimizer, ...).
+        ValueError: bad arguments (no stopping rule, unknown optimizer, a budget
+            too small for one evaluation, a journal of another run, ...).
         AllFailedError: the oracle failed ``max_consecutive_failures`` times in a row.
     """
     t_start = time.perf_counter()
@@ -156,29 +157,42 @@ def minimize(
         opt = make_optimizer(optimizer, space, seed=seed, **dict(options or {}))
         opt_name = optimizer
     _check_budget(max_evaluations, max_cost, opt)
-    evaluator = evaluator or SerialEvaluator(problem, retries=retries)
+    if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if (
+        isinstance(max_consecutive_failures, bool)
+        or not isinstance(max_consecutive_failures, (int, np.integer))
+        or max_consecutive_failures < 1
+    ):
+        raise ValueError(f"max_consecutive_failures must be a positive integer, got {max_consecutive_failures!r}")
+    if evaluator is not None and retries:
+        raise ValueError("retries= configures the default evaluator; give retries to your evaluator instead")
+    evaluator = evaluator or SerialEvaluator(problem, retries=int(retries))
 
     jr: Journal | None
     own_journal = False
     if journal is None or isinstance(journal, Journal):
         jr = journal
     else:
-        ident = {
-            "problem": problem.describe(),
-            "optimizer": opt_name,
-            "options": dict(options or {}),
-            "seed": int(seed),
-            **dict(identity or {}),
-        }
-        jr = Journal(journal, identity=ident)
+        jr = Journal(journal, identity=run_identity(problem, opt_name, options, seed, identity))
         own_journal = True
 
     # answers available without calling the oracle
     replay: dict[tuple[Any, ...], list[Outcome]] = {}
     if jr is not None:
-        for rec in jr.records():
-            k = _norm_key(problem, rec.levels, rec.fidelity, rec.sample)
-            replay.setdefault(k, []).append(Outcome(rec.value, rec.error, rec.seconds, rec.worker))
+        try:
+            if not jr.readonly and jr.meta("cost_model") is None:  # lets reports price fidelity=None
+                jr.set_meta(
+                    "cost_model",
+                    {"uses_fidelity": bool(problem.uses_fidelity), "max_fidelity": problem.max_fidelity},
+                )
+            for rec in jr.records():
+                k = _norm_key(problem, rec.levels, rec.fidelity, rec.sample)
+                replay.setdefault(k, []).append(Outcome(rec.value, rec.error, rec.seconds, rec.worker))
+        except BaseException:
+            if own_journal:
+                jr.close()
+            raise
     cache: dict[tuple[Any, ...], float] = {}
 
     led = _Ledger(problem, jr)
@@ -218,6 +232,11 @@ def minimize(
                     room -= c
                     fit += 1
                 allowed = fit
+                if fit == 0 and todo and led.n_eval == 0:
+                    raise ValueError(
+                        f"max_cost={max_cost:g} does not cover a single evaluation "
+                        f"(one costs {problem.cost_of(batch[todo[0]].fidelity):g}); raise max_cost"
+                    )
             complete = allowed == len(todo)
             idle_batches = 0 if todo else idle_batches + 1
             if idle_batches > _MAX_IDLE_BATCHES:
@@ -237,7 +256,10 @@ def minimize(
                 sink = _Sink(led, batch, fresh, values)
                 outs = evaluator.evaluate([batch[i] for i in fresh], on_result=sink)
                 sink.finish(outs)
-            if led.consecutive_fail >= max_consecutive_failures:
+            # Replayed failures count towards the streak (a resumed run behaves like an
+            # uninterrupted one), but a batch answered only from the journal never aborts:
+            # resuming a run that stopped on failures (after fixing the oracle) tries again.
+            if fresh and led.consecutive_fail >= max_consecutive_failures:
                 raise AllFailedError(
                     f"{led.consecutive_fail} evaluations in a row failed (last: {led.history[-1].error}); "
                     "the fitness function looks broken"
@@ -350,6 +372,23 @@ class _Sink:
     def finish(self, outs: Sequence[Outcome]) -> None:
         for k, out in enumerate(outs):
             self(k, out)
+
+
+def run_identity(
+    problem: Problem,
+    optimizer: str,
+    options: Mapping[str, Any] | None,
+    seed: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a journal must have been written by to be replayed: problem, optimizer, options, seed (+ ``extra``)."""
+    return {
+        "problem": problem.describe(),
+        "optimizer": optimizer,
+        "options": dict(options or {}),
+        "seed": int(seed),
+        **dict(extra or {}),
+    }
 
 
 def _norm_key(problem: Problem, levels: np.ndarray, fidelity: int | None, sample: int | None) -> tuple[Any, ...]:

@@ -7,6 +7,15 @@ evaluation: levels, fidelity, sample, value or failure, wall time, worker.
 Because optimizers are deterministic given their seed and told values, resume
 is replay: a fresh optimizer's requests are answered from the journal, and the
 oracle is called only past its end.
+
+Durability: a result is committed before the optimizer is told, so a killed
+process (SIGKILL, OOM, preemption) loses only the evaluations in flight. The
+WAL is synced at checkpoints (``synchronous=NORMAL``): after a power loss the
+file stays consistent and at most the last few results are run again.
+
+A file that is not a levelsearch journal (another SQLite database, a text
+file, a damaged journal) is refused with a ``ValueError`` before anything is
+written to it.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ class JournalMismatch(ValueError):
 
 @dataclass(frozen=True)
 class JournalRecord:
+    """One journaled evaluation (``value`` is ``inf`` and ``error`` set when it failed)."""
+
     index: int
     levels: np.ndarray
     fidelity: int | None
@@ -43,6 +54,10 @@ class JournalRecord:
     worker: str
     time: float
 
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
     def key(self) -> tuple[bytes, int | None, int | None]:
         return (self.levels.astype(np.int64).tobytes(), self.fidelity, self.sample)
 
@@ -51,77 +66,129 @@ class Journal:
     """An append-only SQLite log of one run.
 
     Args:
-        path: the journal file; created when missing.
+        path: the journal file; created when missing (its directory must exist).
         identity: JSON-able description of the run (problem, optimizer, seed...).
             For an existing journal it must equal the stored one, else
-            :class:`JournalMismatch` is raised.
-        readonly: open for reading only (reports); ``identity`` is not checked.
+            :class:`JournalMismatch` is raised and nothing is written.
+        readonly: open for reading only (reports, also while a run is writing);
+            ``identity`` is not checked.
 
     Raises:
-        ValueError: if the file is not a levelsearch journal or is corrupt.
-        FileNotFoundError: with ``readonly`` when the file does not exist.
+        ValueError: the file is not a levelsearch journal or is damaged.
+        JournalMismatch: the journal belongs to a different run.
+        FileNotFoundError: with ``readonly`` when the file does not exist, or
+            when the directory of ``path`` does not exist.
     """
 
     def __init__(self, path: str | Path, identity: dict[str, Any] | None = None, *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly and not self.path.exists():
+        self.readonly = readonly
+        if readonly and not self.path.is_file():
             raise FileNotFoundError(f"no journal at {self.path}")
-        existed = self.path.exists() and self.path.stat().st_size > 0
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"directory {self.path.parent} does not exist; create it first")
+        if self.path.exists() and not self.path.is_file():
+            raise ValueError(f"{self.path} is not a file; give the path of a journal file")
+        self.conn: sqlite3.Connection | None = None
         try:
-            if readonly:
-                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
-            else:
-                self.conn = sqlite3.connect(self.path, timeout=30)
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-            if existed:
-                self._check_format()
-            else:
-                self._create()
+            self._open(identity)
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise ValueError(f"{self.path} is not a readable levelsearch journal ({exc})") from None
-        if identity is not None and not readonly:
-            stored = self.meta("identity")
-            canon = json.loads(json.dumps(identity, sort_keys=True, default=str))
-            if stored is None:
-                self.set_meta("identity", canon)
-            elif stored != canon:
-                diff = _first_difference(stored, canon)
-                raise JournalMismatch(
-                    f"journal {self.path} belongs to a different run ({diff}); "
-                    "use a new output directory or the same config"
-                )
+        except BaseException:
+            self.close()
+            raise
 
-    def _create(self) -> None:
-        with self.conn:
+    def _open(self, identity: dict[str, Any] | None) -> None:
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        if self.readonly:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            self.conn = sqlite3.connect(uri, uri=True, timeout=30)
+        else:
+            self.conn = sqlite3.connect(self.path, timeout=30)
+        # Read and check before writing anything: a foreign file must stay untouched.
+        fresh = not existed or self._is_empty_database()
+        if not fresh:
+            self._check_format()
+            self._check_identity(identity)
+        if self.readonly:
+            return
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        if fresh:
+            self._create(identity)
+
+    def _is_empty_database(self) -> bool:
+        # a file SQLite created but a kill hit before the schema was committed holds no tables
+        assert self.conn is not None
+        return self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+
+    def _create(self, identity: dict[str, Any] | None) -> None:
+        from . import __version__
+
+        assert self.conn is not None
+        with self.conn:  # one transaction: a journal either has its schema and identity or is empty
             self.conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self.conn.execute(
                 "CREATE TABLE evals (id INTEGER PRIMARY KEY, levels BLOB NOT NULL, fidelity INTEGER, "
                 "sample INTEGER, value REAL, error TEXT, seconds REAL, worker TEXT, time REAL)"
             )
-            self.conn.execute("INSERT INTO meta VALUES ('format', ?)", (json.dumps([_MAGIC, _SCHEMA_VERSION]),))
+            rows = [
+                ("format", [_MAGIC, _SCHEMA_VERSION]),
+                ("levelsearch_version", __version__),
+                ("created", time.time()),
+            ]
+            if identity is not None:
+                rows.append(("identity", _canon(identity)))
+            self.conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, sort_keys=True)) for k, v in rows]
+            )
 
     def _check_format(self) -> None:
+        assert self.conn is not None
         try:
             row = self.conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
-        except sqlite3.DatabaseError:
-            row = None
-        if row is None or json.loads(row[0])[0] != _MAGIC:
-            raise ValueError(f"{self.path} is not a levelsearch journal")
-        if json.loads(row[0])[1] > _SCHEMA_VERSION:
+            fmt = None if row is None else json.loads(row[0])
+        except (sqlite3.OperationalError, ValueError):
+            fmt = None
+        if not isinstance(fmt, list) or len(fmt) != 2 or fmt[0] != _MAGIC:
+            raise ValueError(f"{self.path} is not a levelsearch journal; give a journal.db written by levelsearch")
+        if not isinstance(fmt[1], int) or fmt[1] > _SCHEMA_VERSION:
             raise ValueError(f"{self.path} was written by a newer levelsearch; upgrade to read it")
-        self.conn.execute("SELECT count(*) FROM evals").fetchone()
+        check = self.conn.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise ValueError(f"{self.path} is damaged ({check[0] if check else 'no answer'}); start a new run")
+
+    def _check_identity(self, identity: dict[str, Any] | None) -> None:
+        if identity is None or self.readonly:
+            return
+        stored = self.meta("identity")
+        canon = _canon(identity)
+        if stored is None:
+            self.set_meta("identity", canon)
+        elif stored != canon:
+            diff = _first_difference(stored, canon)
+            raise JournalMismatch(
+                f"journal {self.path} belongs to a different run ({diff}); "
+                "use a new output directory or the config that wrote it"
+            )
+
+    def _db(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise ValueError(f"journal {self.path} is closed")
+        return self.conn
 
     # ---------------------------------------------------------------- meta
     def meta(self, key: str) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        """A stored fact (``identity``, ``config``, ``levelsearch_version``...), ``None`` when absent."""
+        row = self._db().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self.conn:
-            self.conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, sort_keys=True, default=str))
-            )
+        """Store a JSON-able fact (one transaction)."""
+        db = self._db()
+        with db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(_canon(value), sort_keys=True)))
 
     # ------------------------------------------------------------- records
     def append(
@@ -134,30 +201,47 @@ class Journal:
         seconds: float,
         worker: str,
     ) -> None:
-        """Durably append one evaluation (one transaction)."""
-        v = None if not np.isfinite(value) else float(value)
-        with self.conn:
-            self.conn.execute(
+        """Durably append one evaluation (one transaction); a non-finite value is stored as a failure."""
+        v = float(value)
+        if not np.isfinite(v):
+            v_db = None
+            error = error or f"fitness returned {v}"
+        else:
+            v_db = v
+        db = self._db()
+        with db:
+            db.execute(
                 "INSERT INTO evals (levels, fidelity, sample, value, error, seconds, worker, time) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     np.ascontiguousarray(levels, dtype=np.int64).tobytes(),
-                    fidelity,
-                    sample,
-                    v,
+                    None if fidelity is None else int(fidelity),
+                    None if sample is None else int(sample),
+                    v_db,
                     error,
                     float(seconds),
-                    worker,
+                    str(worker),
                     time.time(),
                 ),
             )
 
     def records(self) -> Iterator[JournalRecord]:
-        """Every evaluation in the order it was journaled."""
-        cur = self.conn.execute(
-            "SELECT id, levels, fidelity, sample, value, error, seconds, worker, time FROM evals ORDER BY id"
-        )
-        for row in cur:
+        """Every evaluation in the order it was journaled.
+
+        Raises:
+            ValueError: the file is damaged.
+        """
+        try:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT id, levels, fidelity, sample, value, error, seconds, worker, time FROM evals ORDER BY id"
+                )
+                .fetchall()
+            )
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is damaged ({exc}); start a new run") from None
+        for row in rows:
             value = float("inf") if row[4] is None else float(row[4])
             yield JournalRecord(
                 index=int(row[0]),
@@ -165,17 +249,39 @@ class Journal:
                 fidelity=row[2],
                 sample=row[3],
                 value=value,
-                error=row[5],
+                error=row[5] if row[5] is not None or row[4] is not None else "failed",
                 seconds=float(row[6] or 0.0),
                 worker=str(row[7]),
                 time=float(row[8] or 0.0),
             )
 
     def __len__(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM evals").fetchone()[0])
+        return int(self._db().execute("SELECT count(*) FROM evals").fetchone()[0])
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the file (idempotent)."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _canon(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, numpy scalars numbers)."""
+
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+
+    return json.loads(json.dumps(value, sort_keys=True, default=default))
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:

@@ -18,8 +18,10 @@ import numpy as np
 import yaml
 
 from .config import RunConfig, parse_config
-from .driver import Result, minimize
+from .driver import Result, minimize, run_identity
 from .evaluators import Evaluator, SerialEvaluator
+from .journal import Journal
+from .optimizer import make_optimizer
 from .problem import Problem, make_problem
 
 __all__ = ["run_config", "resume_dir", "make_evaluator", "summary_of"]
@@ -30,7 +32,11 @@ SUMMARY = "summary.json"
 
 
 def make_evaluator(config: RunConfig, problem: Problem) -> Evaluator:
-    """The evaluator a config asks for (serial by default; Ray when ``kind: ray``)."""
+    """The evaluator a config asks for (serial by default; Ray when ``kind: ray``).
+
+    Raises:
+        ValueError: unknown kind or options, or Ray asked for but not installed.
+    """
     ev = dict(config.evaluator)
     kind = ev.pop("kind", "serial")
     retries = ev.pop("retries", 0)
@@ -50,12 +56,44 @@ def make_evaluator(config: RunConfig, problem: Problem) -> Evaluator:
 
 
 def _check_writable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output directory {out} is a file; choose a directory with --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"cannot create output directory {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise ValueError(f"output directory {out} is not writable")
+        raise ValueError(f"cannot create output directory {out} ({exc.strerror}); choose another --out") from None
+    probe = out / f".levelsearch-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"output directory {out} is not writable ({exc.strerror}); choose another --out") from None
+
+
+def _build_problem(config: RunConfig) -> Problem:
+    try:
+        return make_problem(config.problem)
+    except TypeError as exc:  # a parameter of the wrong type deep in the factory
+        raise ValueError(f"problem {config.problem.get('kind')!r}: bad parameter ({exc})") from None
+
+
+def _check_optimizer(config: RunConfig, problem: Problem) -> None:
+    """Build the optimizer once, before the directory is touched: bad options and a budget
+    that cannot pay for one evaluation are refused up front."""
+    opt = make_optimizer(config.optimizer, problem.space, seed=config.seed, **config.optimizer_options)
+    if config.max_cost is not None:
+        first = opt.ask()
+        if first and problem.cost_of(first[0].fidelity) > config.max_cost:
+            raise ValueError(
+                f"budget.max_cost={config.max_cost:g} does not cover a single evaluation "
+                f"(the first costs {problem.cost_of(first[0].fidelity):g}); raise max_cost"
+            )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def summary_of(config: RunConfig, problem: Problem, result: Result, wall: float) -> dict[str, Any]:
@@ -78,32 +116,48 @@ def summary_of(config: RunConfig, problem: Problem, result: Result, wall: float)
 def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plot: bool = True) -> dict[str, Any]:
     """Run (or continue) ``config`` in directory ``out`` and return the summary.
 
+    Everything a user can get wrong (problem, optimizer options, budget, the
+    directory, a journal of another run) is checked before anything in ``out``
+    is written. A directory holding a run of the same config is continued
+    (its journal replayed); the budget may be raised to run longer.
+
     Raises:
         ValueError: bad config, unwritable directory, or a journal of another run.
+        AllFailedError: the oracle failed ``max_consecutive_failures`` times in a row.
     """
+    from . import __version__
+
     out = Path(out)
+    problem = _build_problem(config)
+    _check_optimizer(config, problem)
     _check_writable(out)
     cfg_path = out / CONFIG
     if cfg_path.exists():
         try:
             stored = yaml.safe_load(cfg_path.read_text())
-        except yaml.YAMLError:
-            stored = None
-        if stored is not None and parse_config(stored, str(cfg_path)).identity() != config.identity():
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            raise ValueError(f"{cfg_path} is not a readable run config; choose a new --out directory") from None
+        if parse_config(stored, str(cfg_path)).identity() != config.identity():
             raise ValueError(
                 f"{out} already holds a run of a different config; choose a new --out directory "
                 "(nothing there was changed)"
             )
-    problem = make_problem(config.problem)
-    evaluator = make_evaluator(config, problem)
-    if not cfg_path.exists():
-        tmp = cfg_path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        tmp.replace(cfg_path)
-    from . import __version__
-
-    t0 = time.perf_counter()
+    # refuses a damaged or foreign journal before anything is written
+    journal = Journal(
+        out / JOURNAL,
+        identity=run_identity(
+            problem, config.optimizer, config.optimizer_options, config.seed, {"levelsearch": _major(__version__)}
+        ),
+    )
+    evaluator: Evaluator | None = None
     try:
+        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        if not cfg_path.exists() or cfg_path.read_text() != text:
+            _write_atomic(cfg_path, text)  # same identity: at most the budget or evaluator changed
+        journal.set_meta("config", config.to_dict())
+        journal.set_meta("levelsearch_version_last", __version__)
+        evaluator = make_evaluator(config, problem)
+        t0 = time.perf_counter()
         result = minimize(
             problem,
             optimizer=config.optimizer,
@@ -112,21 +166,20 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
             max_evaluations=config.max_evaluations,
             max_cost=config.max_cost,
             evaluator=evaluator,
-            journal=out / JOURNAL,
-            identity={"levelsearch": __version__.split(".")[0]},
+            journal=journal,
             max_consecutive_failures=config.max_consecutive_failures,
             progress=progress,
         )
     finally:
-        evaluator.close()
+        if evaluator is not None:
+            evaluator.close()
+        journal.close()
     wall = time.perf_counter() - t0
     summary = summary_of(config, problem, result, wall)
     summary["n_replayed"] = int(result.n_replayed)
     if result.stopped_by == "interrupted":
         summary["resume"] = f"levelsearch resume {out}"
-    tmp = out / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / SUMMARY)
+    _write_atomic(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     if plot and result.trace:
         from .plots import plot_convergence
 
@@ -139,6 +192,10 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
         )
     np.save(out / "best_levels.npy", result.best_levels)
     return summary
+
+
+def _major(version: str) -> str:
+    return version.split(".")[0]
 
 
 def resume_dir(out: str | Path, *, progress: bool = True) -> dict[str, Any]:
@@ -155,6 +212,6 @@ def resume_dir(out: str | Path, *, progress: bool = True) -> dict[str, Any]:
         )
     try:
         data = yaml.safe_load(cfg_path.read_text())
-    except yaml.YAMLError:
-        raise ValueError(f"{cfg_path} is not valid YAML") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ValueError(f"{cfg_path} is not valid YAML; restore it or start a new run") from None
     return run_config(parse_config(data, str(cfg_path)), out, progress=progress)
