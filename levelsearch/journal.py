@@ -285,12 +285,18 @@ def _canon(value: Any) -> Any:
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    """Where ``a`` (stored) and ``b`` (given) first differ, in words; the run's main facts first."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
+        order = {"problem": 0, "name": 1, "optimizer": 2, "options": 3, "seed": 4}
+        for k in sorted(set(a) | set(b), key=lambda k: (order.get(k, 9), k)):
             if k not in a:
-                return f"{path}{k} is new"
+                return f"{path}{k} is not in the journal"
             if k not in b:
-                return f"{path}{k} is missing"
+                return f"{path}{k} is only in the journal"
             if a[k] != b[k]:
                 return _first_difference(a[k], b[k], f"{path}{k}.")
-    return f"{path.rstrip('.') or 'value'} differs"
+    where = path.rstrip(".") or "value"
+    sa, sb = json.dumps(a), json.dumps(b)
+    if len(sa) + len(sb) <= 80:
+        return f"{where}: journal has {sa}, this run has {sb}"
+    return f"{where} differs"

@@ -55,7 +55,7 @@ def test_journal_of_another_run_is_refused_and_left_unchanged(tmp_path):
     with Journal(tmp_path / "j.db", {"seed": 1}) as jr:
         jr.append(np.array([0, 1]), None, None, 1.0, None, 0.0, "local")
     before = _snapshot(tmp_path)
-    with pytest.raises(JournalMismatch, match="different run .*seed differs"):
+    with pytest.raises(JournalMismatch, match=r"different run \(seed: journal has 1, this run has 2\)"):
         Journal(tmp_path / "j.db", {"seed": 2})
     assert _snapshot(tmp_path) == before
 
@@ -139,7 +139,7 @@ def test_raising_the_budget_continues_exactly_like_one_long_run(tmp_path):
 def test_minimize_refuses_a_journal_of_another_seed(tmp_path):
     problem = make_problem(LINEAR)
     minimize(problem, max_evaluations=20, seed=1, journal=tmp_path / "j.db")
-    with pytest.raises(JournalMismatch, match="seed differs"):
+    with pytest.raises(JournalMismatch, match="seed: journal has 1, this run has 2"):
         minimize(problem, max_evaluations=20, seed=2, journal=tmp_path / "j.db")
 
 
