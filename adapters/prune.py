@@ -16,6 +16,8 @@ import torch
 
 from .hessian import inverse_cholesky
 
+_LAZY = 32  # columns per lazy-update sub-block (speed only; the result is the same)
+
 __all__ = ["zeros_for_sparsity", "magnitude_prune", "wanda_prune", "sparsegpt_prune", "PRUNERS"]
 
 
@@ -113,30 +115,34 @@ def sparsegpt_prune(
     bounds = [(i1, min(i1 + block_size, cols)) for i1 in range(0, cols, block_size)]
     per_block = [_block_zeros(z, cols, bounds) for z in zs]
     for b, (i1, i2) in enumerate(bounds):
-        width = i2 - i1
-        w1 = wk[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        d = torch.diagonal(u1)
-        score = w1.square() / d.square()[None, :]
+        # adaptive mask: chosen at the block's start on the weights as updated so far
+        d = torch.diagonal(u)[i1:i2]
+        score = wk[:, i1:i2].square() / d.square()[None, :]
         score[:, dead[i1:i2]] = -1.0
-        mask = torch.zeros_like(w1, dtype=torch.bool)
+        mask = torch.zeros_like(score, dtype=torch.bool)
         for lvl in range(k):
             nz = per_block[lvl][b]
             if nz:
                 part = score[lvl * rows : (lvl + 1) * rows]
                 idx = torch.topk(part.flatten(), nz, largest=False, sorted=False).indices
                 mask[lvl * rows : (lvl + 1) * rows].view(-1)[idx] = True
-        for j in range(width):
-            col = w1[:, j]
-            q = col.masked_fill(mask[:, j], 0.0)
-            e = (col - q) / d[j]
-            w1[:, j:] -= e[:, None] * u1[j, j:][None, :]
-            w1[:, j] = q
-            err1[:, j] = e
-        wk[:, i1:i2] = w1
-        if i2 < cols:
-            wk[:, i2:] -= err1 @ u[i1:i2, i2:]
+        # OBS updates in short lazy sub-blocks: the outer-product updates inside a sub-block are
+        # elementwise (memory-bound), the updates of later columns are one matrix product
+        for j1 in range(i1, i2, _LAZY):
+            j2 = min(j1 + _LAZY, i2)
+            w1 = wk[:, j1:j2].clone()
+            err1 = torch.empty_like(w1)
+            u1 = u[j1:j2, j1:j2]
+            for j in range(j2 - j1):
+                col = w1[:, j]
+                q = col.masked_fill(mask[:, j1 - i1 + j], 0.0)
+                e = (col - q) / u1[j, j]
+                w1[:, j:] -= e[:, None] * u1[j, j:][None, :]
+                w1[:, j] = q
+                err1[:, j] = e
+            wk[:, j1:j2] = w1
+            if j2 < cols:
+                wk[:, j2:] -= err1 @ u[j1:j2, j2:]
     return wk.view(k, rows, cols)
 
 
