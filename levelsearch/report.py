@@ -217,6 +217,7 @@ def plot_report(rep: RunReport, path: str | Path) -> Path:
     fails = np.cumsum([not r.ok for r in rep.records])
     a_fail.plot(np.arange(1, len(fails) + 1), fails, color="tab:red")
     a_fail.set(xlabel="evaluations", ylabel="failed evaluations", title=f"Failures ({rep.n_failures})")
+    a_fail.set_ylim(0, max(1, rep.n_failures) * 1.05)
     counts = Counter(_label(r.fidelity) for r in rep.records)
     a_fid.bar(rep.fidelities, [counts[f] for f in rep.fidelities], color="tab:blue")
     a_fid.set(xlabel="fidelity", ylabel="evaluations", title="Evaluations per fidelity")
