@@ -142,18 +142,19 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
                 f"{out} already holds a run of a different config; choose a new --out directory "
                 "(nothing there was changed)"
             )
-    # refuses a damaged or foreign journal before anything is written
-    journal = Journal(
-        out / JOURNAL,
-        identity=run_identity(
-            problem, config.optimizer, config.optimizer_options, config.seed, {"levelsearch": _major(__version__)}
-        ),
+    identity = run_identity(
+        problem, config.optimizer, config.optimizer_options, config.seed, {"levelsearch": _major(__version__)}
     )
+    journal: Journal | None = None
+    if (out / JOURNAL).exists():  # refuse a damaged or foreign journal before anything is written
+        journal = Journal(out / JOURNAL, identity=identity)
     evaluator: Evaluator | None = None
     try:
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
         if not cfg_path.exists() or cfg_path.read_text() != text:
             _write_atomic(cfg_path, text)  # same identity: at most the budget or evaluator changed
+        if journal is None:  # config.yaml first: a directory with a journal always says what wrote it
+            journal = Journal(out / JOURNAL, identity=identity)
         journal.set_meta("config", config.to_dict())
         journal.set_meta("levelsearch_version_last", __version__)
         evaluator = make_evaluator(config, problem)
@@ -173,7 +174,8 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
     finally:
         if evaluator is not None:
             evaluator.close()
-        journal.close()
+        if journal is not None:
+            journal.close()
     wall = time.perf_counter() - t0
     summary = summary_of(config, problem, result, wall)
     summary["n_replayed"] = int(result.n_replayed)

@@ -182,3 +182,21 @@ def test_interrupted_in_the_middle_of_a_batch_then_resumed_equals_uninterrupted(
     assert resumed.best_value == straight.best_value
     assert [e.value for e in resumed.history] == [e.value for e in straight.history]
     assert os.path.getsize(tmp_path / "j.db") > 0
+
+
+def test_running_again_with_a_larger_budget_continues_the_run(tmp_path):
+    from levelsearch.cli import main
+
+    text = (
+        "problem: {kind: linear, n_units: 24, n_levels: 2, total: 6, seed: 0}\n"
+        "optimizer: {name: evopress, offspring: 8}\nseed: 3\nbudget: {max_evaluations: %d}\n"
+    )
+    for name, budget in (("short", 100), ("long", 250)):
+        (tmp_path / f"{name}.yaml").write_text(text % budget)
+    assert main(["run", str(tmp_path / "long.yaml"), "--out", str(tmp_path / "straight"), "--quiet"]) == 0
+    assert main(["run", str(tmp_path / "short.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["run", str(tmp_path / "long.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    got = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert got["n_replayed"] == 100 and got["n_evaluations"] == 250
+    assert _comparable(got) == _comparable(json.loads((tmp_path / "straight" / "summary.json").read_text()))
+    assert "max_evaluations: 250" in (tmp_path / "run" / "config.yaml").read_text()  # `resume` goes on from here
