@@ -21,6 +21,7 @@ written to it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -90,6 +91,7 @@ class Journal:
         if self.path.exists() and not self.path.is_file():
             raise ValueError(f"{self.path} is not a file; give the path of a journal file")
         self.conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
         try:
             self._open(identity)
         except sqlite3.DatabaseError as exc:
@@ -100,6 +102,8 @@ class Journal:
             raise
 
     def _open(self, identity: dict[str, Any] | None) -> None:
+        if not self.readonly:
+            self._lock()
         existed = self.path.exists() and self.path.stat().st_size > 0
         if self.readonly:
             uri = self.path.resolve().as_uri() + "?mode=ro"
@@ -117,6 +121,26 @@ class Journal:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         if fresh:
             self._create(identity)
+
+    def _lock(self) -> None:
+        """One writer per journal: a second run (or resume) of it is refused while the first is alive.
+
+        An advisory ``flock`` on the file, separate from SQLite's own locks and
+        released by the OS when the process ends, also when it is killed.
+        """
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory lock
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ValueError(
+                f"journal {self.path} is in use by another levelsearch process; wait for it to finish or stop it"
+            ) from None
+        self._lock_fd = fd
 
     def _is_empty_database(self) -> bool:
         # a file SQLite created but a kill hit before the schema was committed holds no tables
@@ -263,6 +287,9 @@ class Journal:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def __enter__(self) -> Journal:
         return self

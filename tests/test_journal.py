@@ -160,3 +160,14 @@ def test_every_result_is_journaled_before_the_optimizer_is_told(tmp_path):
     opt.journal_path = str(tmp_path / "j.db")
     res = minimize(lambda lv: float(lv @ np.arange(12.0)), space, opt, max_evaluations=60, journal=opt.journal_path)
     assert res.n_evaluations == 60
+
+
+def test_a_second_writer_is_refused_while_the_first_is_open(tmp_path):
+    first = Journal(tmp_path / "j.db", {"seed": 1})
+    with pytest.raises(ValueError, match="in use by another levelsearch process"):
+        Journal(tmp_path / "j.db", {"seed": 1})
+    with Journal(tmp_path / "j.db", readonly=True) as reader:  # readers are welcome
+        assert len(reader) == 0
+    first.close()
+    with Journal(tmp_path / "j.db", {"seed": 1}) as again:
+        assert len(again) == 0

@@ -133,7 +133,8 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(cli, t
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_finishes(cli, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_finishes(cli, tmp_path, sig):
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [*cli, "run", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"],
@@ -143,7 +144,7 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_finishes(cli, tmp_pa
     deadline = time.monotonic() + 30
     while _count(run) < 30 and time.monotonic() < deadline:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert f"resume with: levelsearch resume {run}" in err.decode()
