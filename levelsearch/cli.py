@@ -170,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:
         from .driver import AllFailedError
+        from .evaluators import WorkersLostError
 
-        if not isinstance(exc, AllFailedError):
+        if not isinstance(exc, (AllFailedError, WorkersLostError)):
             raise
-        print(f"levelsearch: error: {exc}", file=sys.stderr)
+        where = getattr(args, "out", None) or getattr(args, "dir", None)
+        hint = f"; fix it, then: levelsearch resume {where}" if args.command in ("run", "resume") and where else ""
+        print(f"levelsearch: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         where = getattr(args, "out", None) or getattr(args, "dir", None)

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from .optimizer import Request
 from .problem import Problem
 
-__all__ = ["Outcome", "Evaluator", "SerialEvaluator", "evaluate_one"]
+__all__ = ["Outcome", "Evaluator", "SerialEvaluator", "evaluate_one", "WorkersLostError"]
+
+
+class WorkersLostError(RuntimeError):
+    """A distributed evaluator lost more workers than it may replace; the journal keeps what finished."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any
 
 import ray
 
-from .evaluators import Evaluator, OnResult, Outcome, evaluate_one
+from .evaluators import Evaluator, OnResult, Outcome, WorkersLostError, evaluate_one
 from .optimizer import Request
 from .problem import Problem, make_problem
 
@@ -83,7 +83,8 @@ class RayEvaluator(Evaluator):
             join a running ``ray.init`` of this process, else start Ray locally.
         retries: extra attempts for an evaluation that raised an exception.
         max_worker_restarts: how many dead workers may be replaced in total
-            before the run stops (default ``4 * workers``).
+            before :class:`~levelsearch.evaluators.WorkersLostError` stops the run
+            (default ``4 * workers``).
 
     Raises:
         ValueError: bad options, or the workers could not build the problem.
@@ -130,7 +131,7 @@ class RayEvaluator(Evaluator):
     def _replace(self, slot: int, reason: str) -> None:
         self.restarts += 1
         if self.restarts > self.max_worker_restarts:
-            raise RuntimeError(
+            raise WorkersLostError(
                 f"Ray workers died {self.restarts} times (last: {reason}); check the cluster and the oracle, "
                 "then resume the run"
             )

@@ -164,6 +164,7 @@ def test_levelsearch_run_takes_retries_and_max_consecutive_failures_from_the_con
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("levelsearch: error: ") and "in a row failed" in err[0]
+    assert err[0].endswith(f"fix it, then: levelsearch resume {tmp_path / 'run'}")
     with Journal(tmp_path / "run" / "journal.db", readonly=True) as jr:
         recs = list(jr.records())
         assert jr.meta("config")["evaluator"] == {"kind": "serial", "retries": 2}

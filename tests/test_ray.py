@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from levelsearch import make_problem, minimize
@@ -58,7 +59,6 @@ def test_two_workers_with_one_killed_mid_run_give_the_serial_result(ray_local):
 
 @pytest.mark.slow
 def test_a_worker_killed_while_evaluating_is_replaced_and_its_requests_resent(ray_local):
-    import numpy as np
 
     from levelsearch.optimizer import Request
     from levelsearch.ray_evaluator import RayEvaluator
@@ -103,3 +103,16 @@ def test_a_problem_the_workers_cannot_build_is_a_clear_error(ray_local):
 
     with pytest.raises(ValueError, match="Ray workers could not build problem 'no-such-problem'"):
         RayEvaluator({"kind": "no-such-problem"}, workers=1)
+
+
+@pytest.mark.slow
+def test_losing_more_workers_than_allowed_stops_with_a_clear_error(ray_local):
+    from levelsearch.evaluators import WorkersLostError
+    from levelsearch.optimizer import Request
+    from levelsearch.ray_evaluator import RayEvaluator
+
+    problem = make_problem(PROBLEM)
+    with RayEvaluator(PROBLEM, workers=1, max_worker_restarts=0) as ev:
+        ray_local.kill(ev.workers[0])
+        with pytest.raises(WorkersLostError, match="Ray workers died 1 times"):
+            ev.evaluate([Request(problem.space.sample(np.random.default_rng(0)))])
