@@ -42,13 +42,17 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return 130 if summary.get("stopped_by") == "interrupted" else 0
 
 
+def _num(x: float | None) -> str:
+    return "none (no evaluation succeeded)" if x is None else f"{x:.6g}"
+
+
 def _print_summary(summary: dict[str, Any], out: str) -> None:
     if summary.get("stopped_by") == "interrupted":
         print(f"interrupted; resume with: levelsearch resume {out}", file=sys.stderr)
     opt = summary.get("optimum")
     gap = "" if opt is None else f" (optimum {opt:.6g})"
     print(
-        f"best {summary['best_value']:.6g}{gap} after {summary['n_evaluations']} evaluations, "
+        f"best {_num(summary['best_value'])}{gap} after {summary['n_evaluations']} evaluations, "
         f"cost {summary['cost']:.6g}; wrote {out}/summary.json"
     )
 

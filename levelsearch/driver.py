@@ -300,6 +300,9 @@ def minimize(
     if not problem.uses_fidelity and led.best_levels is not None and led.best_value <= value:
         # every value of a fidelity-free problem is exact: the best seen is the best
         value, levels = led.best_value, led.best_levels
+    if levels is not None and not math.isfinite(value) and led.best_levels is not None:
+        # the recommendation's last evaluation failed: report the best successful one instead
+        value, levels = led.best_value, led.best_levels
     if levels is None:
         levels = led.best_levels if led.best_levels is not None else space.uniform()
         if levels is None:

@@ -101,7 +101,8 @@ def summary_of(config: RunConfig, problem: Problem, result: Result, wall: float)
         "problem": problem.name,
         "optimizer": config.optimizer,
         "seed": config.seed,
-        "best_value": float(result.best_value),
+        # JSON has no inf: null when no evaluation succeeded
+        "best_value": float(result.best_value) if np.isfinite(result.best_value) else None,
         "best_levels": [int(x) for x in result.best_levels],
         "n_evaluations": int(result.n_evaluations),
         "cost": float(result.cost),

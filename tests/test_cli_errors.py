@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -184,3 +185,18 @@ def test_the_installed_command_prints_one_line_and_exits_2(tmp_path):
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("levelsearch: error: ")
     assert proc.stdout == ""
     assert _snapshot(run) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_dir_exits_2_and_keeps_its_files(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text(_yaml())
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep")
+    run.chmod(0o555)
+    try:
+        assert main(["run", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"]) == 2
+        assert "not writable" in _one_error_line(capsys)
+        assert _snapshot(run) == {"notes.txt": b"keep"}
+    finally:
+        run.chmod(0o755)

@@ -186,3 +186,15 @@ def test_levelsearch_run_with_a_flaky_oracle_writes_a_summary_without_failed_bes
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["n_failures"] > 0 and math.isfinite(summary["best_value"])
     assert _bucket(np.array(summary["best_levels"])) >= 10
+
+
+def test_a_run_whose_every_evaluation_failed_reports_no_best_value(tmp_path, capsys):
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text(
+        "problem: {kind: flaky-linear, fail_percent: 100, n_units: 24, total: 6}\n"
+        "budget: {max_evaluations: 20}\nmax_consecutive_failures: 1000\n"
+    )
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # strict JSON: no Infinity
+    assert summary["best_value"] is None and summary["n_failures"] == 20
+    assert "none (no evaluation succeeded)" in capsys.readouterr().out
