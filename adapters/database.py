@@ -39,7 +39,15 @@ from .hessian import decoder_layers, layer_hessians, linear_units, relative_outp
 from .prune import magnitude_prune, sparsegpt_prune, wanda_prune
 from .quant import Quantized, gptq_quantize, pack_codes, rtn_quantize, unpack_codes
 
-__all__ = ["FORMAT", "model_fingerprint", "unit_level_values", "build_database", "VariantDatabase", "OWL_M_GRID"]
+__all__ = [
+    "FORMAT",
+    "default_database_dir",
+    "model_fingerprint",
+    "unit_level_values",
+    "build_database",
+    "VariantDatabase",
+    "OWL_M_GRID",
+]
 
 FORMAT = 1
 OWL_M_GRID = (3.0, 5.0, 7.0, 10.0)  # outlier thresholds M of the OWL paper's grid
@@ -56,6 +64,16 @@ def model_fingerprint(model: nn.Module) -> str:
         if layer == 0:
             h.update(mod.weight.detach().to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def default_database_dir(model_id: str, spec: dict[str, Any], calibration: dict[str, Any] | None = None) -> Path:
+    """Where a database for ``model_id`` built with ``spec`` lives by default (under the model cache)."""
+    from .models import cache_root
+
+    key = json.dumps({"spec": spec, "calibration": calibration or {}}, sort_keys=True)
+    tag = hashlib.sha256(key.encode()).hexdigest()[:10]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(model_id))[-60:]
+    return cache_root() / "databases" / f"{safe}-{spec['kind']}-{spec['method']}-{tag}"
 
 
 def unit_level_values(spec: dict[str, Any], numel: int) -> list[int]:
@@ -350,6 +368,15 @@ class VariantDatabase:
         )
         return q.dequantize()
 
+    def put(self, module: nn.Module, unit: str, level: int) -> bool:
+        """Load ``unit`` at ``level`` into ``module`` unless it is already there; True if it was loaded."""
+        if self._current.get(unit) == level:
+            return False
+        with torch.no_grad():
+            module.weight.copy_(self.weight(unit, level).to(module.weight.dtype))
+        self._current[unit] = level
+        return True
+
     def apply(self, model: nn.Module, levels: Sequence[int] | np.ndarray) -> int:
         """Put every unit of ``model`` at its level (by index, in :attr:`unit_names` order).
 
@@ -361,17 +388,11 @@ class VariantDatabase:
         if len(lv) != len(self.unit_names):
             raise ValueError(f"an assignment needs {len(self.unit_names)} levels, got {len(lv)}")
         modules = dict(model.named_modules())
-        swapped = 0
-        for unit, level in zip(self.unit_names, lv):
-            if self._current.get(unit) == level:
-                continue
-            mod = modules[unit]
-            with torch.no_grad():
-                mod.weight.copy_(self.weight(unit, level).to(mod.weight.dtype))
-            self._current[unit] = level
-            swapped += 1
-        return swapped
+        return sum(self.put(modules[unit], unit, level) for unit, level in zip(self.unit_names, lv))
 
-    def forget(self) -> None:
-        """Forget which levels are in the model (the next :meth:`apply` loads every unit)."""
-        self._current.clear()
+    def forget(self, unit: str | None = None) -> None:
+        """Forget which level ``unit`` (default: every unit) has in the model, so the next load happens."""
+        if unit is None:
+            self._current.clear()
+        else:
+            self._current.pop(unit, None)

@@ -1,0 +1,256 @@
+"""The common part of the sparsity and quantization problems: weights swapped in from a variant database.
+
+A :class:`WeightLevelProblem` holds a model, a calibration pool and a held-out set
+(as the dropping adapter), a :class:`~levelsearch.adapters.database.VariantDatabase`
+(built on first use, then reused), and the dense model's top-``k`` teacher on both
+sets (computed once, before any weight is swapped). The fitness of an assignment is
+KL(dense ‖ compressed) per token on ``fidelity`` calibration tokens.
+
+Batches share work: candidates are run as a prefix tree over decoder layers (a
+candidate equal to another on layers ``< j`` reuses their activations), and only
+units whose level changed are loaded from the memory-mapped database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from levelsearch import Problem, Request
+
+from .data import TokenSet, calibration_and_heldout
+from .database import VariantDatabase, build_database, default_database_dir
+from .fitness import LayerRunner, Teacher, kl_topk, nll_next
+from .models import DEFAULT_MODEL, LayerMap, load_model, map_layers
+
+__all__ = ["WeightLevelProblem", "DENSE"]
+
+DENSE = None  # a candidate standing for the uncompressed model in :meth:`WeightLevelProblem.score`
+
+
+class WeightLevelProblem(Problem):
+    """Base class; subclasses give the database spec and build the level space.
+
+    Args (shared by ``llm-sparsity`` and ``llm-quant``):
+        model: ``"smollm2"`` (offline default), a model directory, GGUF file or hub id.
+        database: database directory (default: under the model cache, keyed by spec and data).
+        data, seq_len, calibration_tokens, heldout_tokens, seed: the calibration pool and the
+            disjoint held-out set (defaults: pydoc topics, 256, 8,192, 4,096, 0).
+        top_k: teacher tokens kept per position (default 256).
+        chunk_tokens: tokens per forward chunk (default 1,024).
+        device, dtype: see :func:`~levelsearch.adapters.models.load_model`.
+        threads: torch CPU threads (default: leave torch's setting).
+        progress: progress bars while building the database.
+        loaded: an already loaded ``(model, tokenizer)`` (tests, notebooks).
+    """
+
+    uses_fidelity = True
+
+    def _setup(
+        self,
+        spec: dict[str, Any],
+        model: str,
+        database: str | None,
+        data: str | None,
+        seq_len: int,
+        calibration_tokens: int,
+        heldout_tokens: int,
+        top_k: int,
+        chunk_tokens: int,
+        device: str | None,
+        dtype: str | None,
+        threads: int | None,
+        seed: int,
+        progress: bool,
+        loaded: tuple[Any, Any] | None,
+    ) -> None:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.model_name = str(model or DEFAULT_MODEL)
+        self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
+        self.map: LayerMap = map_layers(self.model)
+        self.settings = {
+            "data": data,
+            "seq_len": int(seq_len),
+            "calibration_tokens": int(calibration_tokens),
+            "heldout_tokens": int(heldout_tokens),
+            "top_k": int(top_k),
+            "seed": int(seed),
+        }
+        self.calibration, self.heldout = calibration_and_heldout(
+            self.tokenizer,
+            data,
+            seq_len=seq_len,
+            calibration_tokens=calibration_tokens,
+            heldout_tokens=heldout_tokens,
+            seed=seed,
+        )
+        self.max_fidelity = self.calibration.n_tokens
+        calib = {
+            "source": data or "pydoc_data.topics",
+            "tokens": self.calibration.n_tokens,
+            "seq_len": self.calibration.seq_len,
+            "split_seed": int(seed),
+        }
+        root = database or default_database_dir(self.model_name, spec, calib)
+        self.db: VariantDatabase = build_database(
+            root,
+            self.model,
+            self.calibration.tokens,
+            spec,
+            model_id=self.model_name,
+            calibration=calib,
+            seed=seed,
+            progress=progress,
+        )
+        self.spec = spec
+        self.unit_names = self.db.unit_names
+        named = dict(self.model.named_modules())
+        self.modules = [named[u] for u in self.unit_names]
+        self.unit_layer = np.array([self.db.manifest["units"][u]["layer"] for u in self.unit_names])
+        self.layer_units = [np.flatnonzero(self.unit_layer == i) for i in range(self.map.n_layers)]
+        self.numel = np.array([m.weight.numel() for m in self.modules], dtype=np.int64)
+        self._dense = [m.weight.detach().to("cpu", copy=True) for m in self.modules]
+        self._dense_now = np.ones(len(self.modules), dtype=bool)
+        self.top_k = int(top_k)
+        self.runner = LayerRunner(self.model, self.map, chunk_tokens=chunk_tokens)
+        self._teachers: dict[str, Teacher] = {}
+        for which in ("calibration", "heldout"):
+            self.teacher(which)  # on the dense weights, before anything is swapped in
+        self._memo: dict[bytes, float] = {}
+
+    # ------------------------------------------------------------------ weights
+    def _put(self, unit: int, level: int | None) -> None:
+        mod, name = self.modules[unit], self.unit_names[unit]
+        if level is None:
+            if not self._dense_now[unit]:
+                with torch.no_grad():
+                    mod.weight.copy_(self._dense[unit].to(mod.weight.device, mod.weight.dtype))
+                self.db.forget(name)
+                self._dense_now[unit] = True
+            return
+        self.db.put(mod, name, int(level))
+        self._dense_now[unit] = False
+
+    def apply(self, levels: np.ndarray | None) -> None:
+        """Put the model's weights at ``levels`` (``None``: the dense weights)."""
+        for u in range(len(self.modules)):
+            self._put(u, None if levels is None else int(levels[u]))
+
+    def layer_key(self, levels: np.ndarray | None, layer: int) -> tuple[int, ...] | None:
+        return None if levels is None else tuple(int(x) for x in np.asarray(levels)[self.layer_units[layer]])
+
+    def _layer_fn(self, kwargs: list[dict[str, Any]]) -> Any:
+        def apply(layer: int, h: torch.Tensor, key: Any) -> torch.Tensor:
+            for pos, u in enumerate(self.layer_units[layer]):
+                self._put(int(u), None if key is None else key[pos])
+            return self.runner.run_layer(layer, h, kwargs[layer])
+
+        return apply
+
+    # ------------------------------------------------------------------ fitness
+    def teacher(self, which: str = "calibration") -> Teacher:
+        """The dense teacher over the calibration pool or the held-out set (computed once)."""
+        if which not in self._teachers:
+            ts = self.calibration if which == "calibration" else self.heldout
+            dense = [None] * self.map.n_layers
+
+            def logits_fn(ids: torch.Tensor) -> torch.Tensor:
+                out: list[torch.Tensor] = []
+                kw = self.runner.layer_kwargs(ids)
+                self.runner.run_shared(ids, [dense], self._layer_fn(kw), lambda h, c: out.append(self.runner.logits(h)))
+                return out[0]
+
+            per = max(1, self.runner.chunk_tokens // ts.seq_len)
+            self._teachers[which] = Teacher.from_logits_fn(ts.tokens, logits_fn, self.top_k, per)
+        return self._teachers[which]
+
+    def score(
+        self,
+        candidates: Sequence[np.ndarray | None],
+        which: str = "calibration",
+        seqs: np.ndarray | None = None,
+        *,
+        with_nll: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean KL per token to the dense model (and mean next-token NLL if ``with_nll``) of each candidate.
+
+        A candidate is a level array or ``None`` (dense). ``seqs`` picks sequences of the set (default all).
+        """
+        ts: TokenSet = self.calibration if which == "calibration" else self.heldout
+        teacher = self.teacher(which)
+        seqs = np.arange(ts.n_seq) if seqs is None else np.asarray(seqs)
+        keys = [tuple(self.layer_key(c, i) for i in range(self.map.n_layers)) for c in candidates]
+        kl_sum = np.zeros(len(candidates))
+        nll_sum = np.zeros(len(candidates))
+        n_kl = n_nll = 0
+        per = max(1, self.runner.chunk_tokens // ts.seq_len)
+        for s in range(0, seqs.size, per):
+            rows = torch.as_tensor(seqs[s : s + per])
+            ids = ts.tokens[rows]
+            t_lp, t_idx, t_tail = teacher.rows(rows)
+            kw = self.runner.layer_kwargs(ids)
+
+            def on_output(h: torch.Tensor, cands: list[int], t_lp=t_lp, t_idx=t_idx, t_tail=t_tail, ids=ids) -> None:  # noqa: ANN001
+                z = self.runner.logits(h)
+                kl = float(kl_topk(z, t_lp, t_idx, t_tail).sum())
+                nll = float(nll_next(z, ids).sum()) if with_nll else 0.0
+                for c in cands:
+                    kl_sum[c] += kl
+                    nll_sum[c] += nll
+
+            self.runner.run_shared(ids, keys, self._layer_fn(kw), on_output)
+            n_kl += ids.numel()
+            n_nll += ids.shape[0] * (ids.shape[1] - 1)
+        nll_mean = nll_sum / max(1, n_nll) if with_nll else np.full(len(candidates), np.nan)
+        return kl_sum / max(1, n_kl), nll_mean
+
+    def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
+        return self.evaluate_many([Request(np.asarray(levels, dtype=np.int64), fidelity, sample)])[0]
+
+    def evaluate_many(self, requests: Sequence[Request]) -> list[float]:
+        """KL of a batch; requests sharing ``(fidelity, sample)`` run together as one prefix tree."""
+        out: list[float] = [math.nan] * len(requests)
+        groups: dict[tuple[int, int | None], list[int]] = {}
+        for k, r in enumerate(requests):
+            lv = self.space.validate(r.levels)
+            if not self.space.is_feasible(lv):
+                raise ValueError("the assignment does not meet the budget")
+            fid = self.max_fidelity if r.fidelity is None else min(int(r.fidelity), self.max_fidelity)
+            groups.setdefault((fid, r.sample), []).append(k)
+        for (fid, sample), members in groups.items():
+            seqs = self.calibration.batch(fid, sample)
+            full = seqs.size == self.calibration.n_seq
+            uniq: dict[bytes, np.ndarray] = {}
+            for k in members:
+                lv = np.asarray(requests[k].levels, dtype=np.int64)
+                if not (full and lv.tobytes() in self._memo):
+                    uniq.setdefault(lv.tobytes(), lv)
+            if uniq:
+                kl, _ = self.score(list(uniq.values()), "calibration", seqs)
+                values = dict(zip(uniq.keys(), kl.tolist()))
+                if full:
+                    self._memo.update(values)
+            else:
+                values = {}
+            for k in members:
+                key = np.asarray(requests[k].levels, dtype=np.int64).tobytes()
+                out[k] = values[key] if key in values else self._memo[key]
+        return out
+
+    def cost_of(self, fidelity: int | None) -> float:
+        return float(self.max_fidelity if fidelity is None else min(int(fidelity), self.max_fidelity))
+
+    # ------------------------------------------------------------------ reports
+    def heldout_report(self, candidates: Sequence[np.ndarray | None]) -> list[dict[str, float]]:
+        """Held-out perplexity and KL to the dense model of each candidate (``None`` = dense), one pass."""
+        kl, nll = self.score(list(candidates), "heldout", with_nll=True)
+        return [{"heldout_ppl": float(math.exp(n)), "heldout_kl": float(k)} for k, n in zip(kl, nll)]
+
+    def unit_errors(self) -> np.ndarray:
+        """Per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (the DP baseline's input)."""
+        return self.db.errors()
