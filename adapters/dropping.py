@@ -1,0 +1,315 @@
+"""Depth compression: which attention / MLP sub-blocks (or whole blocks) of a decoder to drop.
+
+:class:`DropProblem` is a levelsearch :class:`~levelsearch.Problem` (kind ``"llm-drop"``):
+
+- units: the attention and the MLP sub-block of every decoder layer, in execution order
+  (``attn0, mlp0, attn1, mlp1, ...``), or with ``whole_blocks=True`` one unit per layer;
+  level 0 = kept, 1 = dropped (its residual branch adds zero);
+- budget ``"per-type"`` (default, as the reference): exactly ``k = floor(target · layers)``
+  attention and ``k`` MLP sub-blocks dropped; ``"total"``: ``floor(target · units)`` units
+  of any type;
+- fitness: KL(dense ‖ compressed) per token on ``fidelity`` calibration tokens drawn (by
+  the ``sample`` seed) from a fixed pool whose dense top-k teacher is computed once.
+  When a request asks for the whole pool its value does not depend on the sample, so it
+  is remembered: an EvoPress parent re-evaluated in the final step costs nothing.
+
+``evaluate_many`` shares work across a batch: candidates are run as a prefix tree over
+layers (a candidate whose first difference from another is at layer ``j`` reuses layers
+``< j``), dropped sub-blocks are not computed at all, and on the full pool the layer
+states of the last evaluated candidates are kept (:class:`ActivationStore`) so the next
+candidates start from their longest common prefix with them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from levelsearch import LevelSpace, Problem, Request
+
+from .data import TokenSet, calibration_and_heldout
+from .fitness import ActivationStore, LayerRunner, Teacher, kl_topk, nll_next
+from .models import DEFAULT_MODEL, LayerMap, load_model, map_layers
+
+__all__ = ["DropProblem", "drop_space"]
+
+
+def drop_space(n_layers: int, target: float, *, whole_blocks: bool = False, budget: str = "per-type") -> LevelSpace:
+    """The level space of dropping ``target`` (a fraction in (0, 1)) of the sub-blocks or blocks.
+
+    Raises:
+        ValueError: target outside (0, 1), too small to drop anything, or an unknown budget.
+    """
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < float(target) < 1.0:
+        raise ValueError(f"target must be a fraction of blocks to drop, strictly between 0 and 1, got {target!r}")
+    if budget not in ("per-type", "total"):
+        raise ValueError(f"budget must be 'per-type' or 'total', got {budget!r}")
+    if whole_blocks:
+        k = math.floor(target * n_layers)
+        if k < 1:
+            raise ValueError(f"target {target} drops no block of {n_layers}; raise it to at least {1 / n_layers:.3f}")
+        return LevelSpace(2, n_units=n_layers, total=k)
+    if budget == "total":
+        k = math.floor(target * 2 * n_layers)
+        if k < 1:
+            raise ValueError(f"target {target} drops no sub-block of {2 * n_layers}; raise it")
+        return LevelSpace(2, n_units=2 * n_layers, total=k)
+    k = math.floor(target * n_layers)
+    if k < 1:
+        raise ValueError(f"target {target} drops no sub-block of {n_layers} layers; raise it to at least {1 / n_layers:.3f}")
+    return LevelSpace(2, n_units=2 * n_layers, total=k, groups=["attn", "mlp"] * n_layers)
+
+
+class DropProblem(Problem):
+    """Search which sub-blocks of a causal LM to drop (see the module docstring).
+
+    Args:
+        model: ``"smollm2"`` (offline default), a model directory, GGUF file or hub id.
+        target: fraction of sub-blocks (or blocks) to drop, in (0, 1); default 0.25.
+        whole_blocks: units are whole decoder layers instead of attention/MLP sub-blocks.
+        budget: ``"per-type"`` (k attention + k MLP) or ``"total"`` (see :func:`drop_space`).
+        data: documents for calibration and held-out sets (default: ``pydoc_data.topics``).
+        seq_len: tokens per sequence (default 256).
+        calibration_tokens: size of the calibration pool, tokens (default 8,192); the largest
+            fidelity a request may ask for.
+        heldout_tokens: size of the held-out set, tokens (default 4,096).
+        top_k: teacher tokens kept per position (default 256; 6k + 4 bytes per token).
+        chunk_tokens: tokens per forward chunk (default 1,024).
+        anchor_variants: full-pool layer states kept for reuse (default 2; each takes
+            ``(layers + 1) · calibration_tokens · hidden · 4`` bytes).
+        device, dtype: see :func:`~levelsearch.adapters.models.load_model`.
+        threads: torch CPU threads (default: leave torch's setting).
+        seed: seed of the calibration / held-out document split.
+        loaded: an already loaded ``(model, tokenizer)`` pair (tests, notebooks); ``model`` is
+            then only used as the name in :meth:`describe`.
+    """
+
+    name = "llm-drop"
+    uses_fidelity = True
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        target: float = 0.25,
+        whole_blocks: bool = False,
+        budget: str = "per-type",
+        data: str | None = None,
+        seq_len: int = 256,
+        calibration_tokens: int = 8192,
+        heldout_tokens: int = 4096,
+        top_k: int = 256,
+        chunk_tokens: int = 1024,
+        anchor_variants: int = 2,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        seed: int = 0,
+        loaded: tuple[Any, Any] | None = None,
+    ) -> None:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.model_name = str(model)
+        self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
+        self.map: LayerMap = map_layers(self.model)
+        self.whole_blocks = bool(whole_blocks)
+        space = drop_space(self.map.n_layers, target, whole_blocks=whole_blocks, budget=budget)
+        super().__init__(space)
+        self.target, self.budget = float(target), budget
+        self.settings = {"data": data, "seq_len": int(seq_len), "calibration_tokens": int(calibration_tokens),
+                         "heldout_tokens": int(heldout_tokens), "top_k": int(top_k), "seed": int(seed)}
+        self.calibration, self.heldout = calibration_and_heldout(
+            self.tokenizer, data, seq_len=seq_len, calibration_tokens=calibration_tokens,
+            heldout_tokens=heldout_tokens, seed=seed,
+        )
+        self.max_fidelity = self.calibration.n_tokens
+        self.top_k = int(top_k)
+        self.runner = LayerRunner(self.model, self.map, chunk_tokens=chunk_tokens)
+        self.store = ActivationStore(anchor_variants)
+        self._teachers: dict[str, Teacher] = {}
+        self._memo: dict[bytes, float] = {}
+        self.n_forward_tokens = 0  # tokens that went through at least one layer (for benchmarks)
+
+    # ------------------------------------------------------------------ identity
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_name, "target": self.target, "whole_blocks": self.whole_blocks,
+                "budget": self.budget, **self.settings, "space": self.space.to_dict()}
+
+    def unit_names(self) -> list[str]:
+        """Human names of the units (``attn3``, ``mlp3`` or ``block3``)."""
+        if self.whole_blocks:
+            return [f"block{i}" for i in range(self.map.n_layers)]
+        return [f"{t}{i}" for i in range(self.map.n_layers) for t in ("attn", "mlp")]
+
+    def dropped_modules(self, levels: np.ndarray) -> tuple[list[int], list[int]]:
+        """Layer indices whose attention, resp. MLP, is dropped by ``levels``."""
+        keys = self.layer_keys(levels)
+        return [i for i, k in enumerate(keys) if k[0]], [i for i, k in enumerate(keys) if k[1]]
+
+    def layer_keys(self, levels: np.ndarray | Sequence[int]) -> list[tuple[int, int]]:
+        """Per layer ``(attention dropped, MLP dropped)`` as 0/1."""
+        lv = np.asarray(levels, dtype=np.int64)
+        if self.whole_blocks:
+            return [(int(v), int(v)) for v in lv]
+        return [(int(lv[2 * i]), int(lv[2 * i + 1])) for i in range(self.map.n_layers)]
+
+    # ------------------------------------------------------------------ evaluation
+    def _layer_fn(self, kwargs: list[dict[str, Any]]) -> Any:
+        runner, amap = self.runner, self.map
+
+        def apply(layer: int, h: torch.Tensor, key: Any) -> torch.Tensor:
+            a, m = key
+            if a and m:
+                return h
+            runner.drop_module(amap.attn[layer], bool(a))
+            runner.drop_module(amap.mlp[layer], bool(m))
+            return runner.run_layer(layer, h, kwargs[layer])
+
+        return apply
+
+    def teacher(self, which: str = "calibration") -> Teacher:
+        """The dense teacher over the calibration pool or the held-out set (computed once)."""
+        if which not in self._teachers:
+            ts = self.calibration if which == "calibration" else self.heldout
+            dense = [(0, 0)] * self.map.n_layers
+
+            def logits_fn(ids: torch.Tensor) -> torch.Tensor:
+                out: list[torch.Tensor] = []
+                kw = self.runner.layer_kwargs(ids)
+                self.runner.run_shared(ids, [dense], self._layer_fn(kw), lambda h, c: out.append(self.runner.logits(h)))
+                return out[0]
+
+            per = max(1, self.runner.chunk_tokens // ts.seq_len)
+            self._teachers[which] = Teacher.from_logits_fn(ts.tokens, logits_fn, self.top_k, per)
+        return self._teachers[which]
+
+    def score(
+        self, candidates: Sequence[np.ndarray], which: str = "calibration", seqs: np.ndarray | None = None,
+        *, with_nll: bool = False, record: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean KL per token (and mean next-token NLL when ``with_nll``) of each candidate.
+
+        ``seqs`` selects sequences of the set (default: all). Candidates need not be
+        feasible (e.g. single-unit drops). Returns ``(kl[c], nll[c])`` (nll is NaN unless asked).
+        """
+        ts: TokenSet = self.calibration if which == "calibration" else self.heldout
+        teacher = self.teacher(which)
+        seqs = np.arange(ts.n_seq) if seqs is None else np.asarray(seqs)
+        keys = [tuple(self.layer_keys(c)) for c in candidates]
+        kl_sum = np.zeros(len(candidates))
+        nll_sum = np.zeros(len(candidates))
+        n_kl = n_nll = 0
+        # keep full-pool states only for a few candidates (memory: see ``anchor_variants``)
+        use_store = record and seqs.size == ts.n_seq and len(set(keys)) <= self.store.max_variants
+        per = max(1, self.runner.chunk_tokens // ts.seq_len)
+        for s in range(0, seqs.size, per):
+            rows = torch.as_tensor(seqs[s : s + per])
+            ids = ts.tokens[rows]
+            t_lp, t_idx, t_tail = teacher.rows(rows)
+            kw = self.runner.layer_kwargs(ids)
+
+            def on_output(h: torch.Tensor, cands: list[int]) -> None:
+                z = self.runner.logits(h)
+                kl = float(kl_topk(z, t_lp, t_idx, t_tail).sum())
+                nll = float(nll_next(z, ids).sum()) if with_nll else 0.0
+                for c in cands:
+                    kl_sum[c] += kl
+                    nll_sum[c] += nll
+
+            chunk_key = (which, tuple(rows.tolist()))
+            anchors = [(a_keys, st) for a_keys, st in self.store.anchors(chunk_key)] if use_store else []
+            recorded = self.runner.run_shared(
+                ids, keys, self._layer_fn(kw), on_output, anchors=anchors,
+                record=set(range(len(keys))) if use_store else None,
+            )
+            for c, states in recorded.items():
+                self.store.put(keys[c], chunk_key, states)
+            n_kl += ids.numel()
+            n_nll += ids.shape[0] * (ids.shape[1] - 1)
+            self.n_forward_tokens += ids.numel() * len(set(keys))
+        kl_mean = kl_sum / max(1, n_kl)
+        nll_mean = nll_sum / max(1, n_nll) if with_nll else np.full(len(candidates), np.nan)
+        return kl_mean, nll_mean
+
+    def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
+        return self.evaluate_many([Request(np.asarray(levels, dtype=np.int64), fidelity, sample)])[0]
+
+    def evaluate_many(self, requests: Sequence[Request]) -> list[float]:
+        """Values of a batch; requests sharing ``(fidelity, sample)`` are run together (see module docstring)."""
+        out: list[float] = [math.nan] * len(requests)
+        groups: dict[tuple[int, int | None], list[int]] = {}
+        for k, r in enumerate(requests):
+            lv = self.space.validate(r.levels)
+            if not self.space.is_feasible(lv):
+                raise ValueError("the assignment does not meet the dropping budget")
+            fid = self.max_fidelity if r.fidelity is None else int(r.fidelity)
+            groups.setdefault((fid, r.sample), []).append(k)
+        for (fid, sample), members in groups.items():
+            seqs = self.calibration.batch(fid, sample)
+            full = seqs.size == self.calibration.n_seq
+            todo: list[int] = []
+            for k in members:
+                key = np.asarray(requests[k].levels, dtype=np.int64).tobytes()
+                if full and key in self._memo:
+                    out[k] = self._memo[key]
+                    self.store.touch(tuple(self.layer_keys(requests[k].levels)))
+                else:
+                    todo.append(k)
+            if not todo:
+                continue
+            uniq: dict[bytes, np.ndarray] = {}
+            for k in todo:
+                lv = np.asarray(requests[k].levels, dtype=np.int64)
+                uniq.setdefault(lv.tobytes(), lv)
+            kl, _ = self.score(list(uniq.values()), "calibration", seqs, record=full)
+            values = dict(zip(uniq.keys(), kl.tolist()))
+            for k in todo:
+                key = np.asarray(requests[k].levels, dtype=np.int64).tobytes()
+                out[k] = values[key]
+                if full:
+                    self._memo[key] = values[key]
+        return out
+
+    # ------------------------------------------------------------------ measurements for heuristics
+    @torch.inference_mode()
+    def boundary_states(self, n_tokens: int = 2048, seed: int = 0) -> list[torch.Tensor]:
+        """Dense residual-stream states at every unit boundary on ``n_tokens`` calibration tokens.
+
+        Sub-block mode: ``2L + 1`` states ``[h0, h0 + attn0, h1, h1 + attn1, ..., hL]`` (the
+        state after an attention is the layer run with its MLP dropped, so post-norms such as
+        Gemma's are included). Whole blocks: ``L + 1`` layer inputs/outputs. Each ``[tokens, hidden]``.
+        """
+        seqs = self.calibration.batch(n_tokens, seed)
+        per = max(1, self.runner.chunk_tokens // self.calibration.seq_len)
+        parts: list[list[torch.Tensor]] = []
+        for s in range(0, seqs.size, per):
+            ids = self.calibration.tokens[torch.as_tensor(seqs[s : s + per])]
+            kw = self.runner.layer_kwargs(ids)
+            fn = self._layer_fn(kw)
+            dense = [(0, 0)] * self.map.n_layers
+            rec = self.runner.run_shared(ids, [dense], fn, lambda h, c: None, record={0})[0]
+            states: list[torch.Tensor] = []
+            for layer in range(self.map.n_layers):
+                states.append(rec[layer].reshape(-1, rec[layer].shape[-1]))
+                if not self.whole_blocks:
+                    mid = fn(layer, rec[layer], (0, 1))
+                    states.append(mid.reshape(-1, mid.shape[-1]))
+            states.append(rec[-1].reshape(-1, rec[-1].shape[-1]))
+            parts.append(states)
+        return [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+    def single_drop_kl(self, n_tokens: int = 512, seed: int = 0) -> np.ndarray:
+        """KL on ``n_tokens`` calibration tokens of dropping each unit alone (the ``dp`` baseline's input)."""
+        n = self.space.n_units
+        cands = [np.eye(n, dtype=np.int64)[i] for i in range(n)]
+        kl, _ = self.score(cands, "calibration", self.calibration.batch(n_tokens, seed))
+        return kl
+
+    def heldout_report(self, candidates: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        """Held-out perplexity and KL to the dense model for each candidate (one shared pass)."""
+        kl, nll = self.score(list(candidates), "heldout", with_nll=True)
+        return [{"heldout_ppl": float(math.exp(n)), "heldout_kl": float(k)} for k, n in zip(kl, nll)]

