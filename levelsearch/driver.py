@@ -75,7 +75,7 @@ class Result:
         stopped_by: ``"max_evaluations"``, ``"max_cost"``, ``"target"``, ``"optimizer"``,
             ``"exhausted"`` (200 batches in a row proposed only evaluated points) or ``"interrupted"``.
         wall_seconds: wall time of this call.
-        optimum: the problem's known optimum, when it has one.
+        optimum: the problem's known optimum, when it has one (``None`` for an interrupted run).
     """
 
     best_levels: np.ndarray
@@ -318,7 +318,8 @@ def minimize(
         n_failures=led.n_fail,
         stopped_by=stopped_by,
         wall_seconds=time.perf_counter() - t_start,
-        optimum=problem.optimum,
+        # a known optimum may take long to compute (enumeration): not while the user waits on Ctrl-C
+        optimum=None if stopped_by == "interrupted" else problem.optimum,
         best_true_value=problem.true_value(levels),
         n_replayed=sum(e.replayed for e in led.history),
     )

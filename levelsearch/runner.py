@@ -106,7 +106,7 @@ def summary_of(config: RunConfig, problem: Problem, result: Result, wall: float)
         "best_levels": [int(x) for x in result.best_levels],
         "n_evaluations": int(result.n_evaluations),
         "cost": float(result.cost),
-        "optimum": None if problem.optimum is None else float(problem.optimum),
+        "optimum": None if result.optimum is None else float(result.optimum),
         "best_true_value": None if result.best_true_value is None else float(result.best_true_value),
         "n_failures": int(result.n_failures),
         "stopped_by": result.stopped_by,
@@ -190,7 +190,7 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
             result.trace,
             out / "convergence.png",
             title=f"{problem.name} · {config.optimizer} · seed {config.seed}",
-            optimum=problem.optimum,
+            optimum=result.optimum,
             by_cost=problem.uses_fidelity,
         )
     np.save(out / "best_levels.npy", result.best_levels)
