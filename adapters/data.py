@@ -105,7 +105,9 @@ def split_documents(docs: Sequence[str], held_out_fraction: float = 0.25, seed: 
     return [docs[i] for i in cal], [docs[i] for i in held]
 
 
-def tokenize_documents(tokenizer: Any, docs: Sequence[str], seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
+def tokenize_documents(
+    tokenizer: Any, docs: Sequence[str], seq_len: int, max_tokens: int | None = None
+) -> torch.Tensor:
     """Tokenize, join with the EOS token and cut into ``[n_seq, seq_len]`` (the ragged tail is dropped)."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")

@@ -60,7 +60,9 @@ def drop_space(n_layers: int, target: float, *, whole_blocks: bool = False, budg
         return LevelSpace(2, n_units=2 * n_layers, total=k)
     k = math.floor(target * n_layers)
     if k < 1:
-        raise ValueError(f"target {target} drops no sub-block of {n_layers} layers; raise it to at least {1 / n_layers:.3f}")
+        raise ValueError(
+            f"target {target} drops no sub-block of {n_layers} layers; raise it to at least {1 / n_layers:.3f}"
+        )
     return LevelSpace(2, n_units=2 * n_layers, total=k, groups=["attn", "mlp"] * n_layers)
 
 
@@ -120,11 +122,21 @@ class DropProblem(Problem):
         space = drop_space(self.map.n_layers, target, whole_blocks=whole_blocks, budget=budget)
         super().__init__(space)
         self.target, self.budget = float(target), budget
-        self.settings = {"data": data, "seq_len": int(seq_len), "calibration_tokens": int(calibration_tokens),
-                         "heldout_tokens": int(heldout_tokens), "top_k": int(top_k), "seed": int(seed)}
+        self.settings = {
+            "data": data,
+            "seq_len": int(seq_len),
+            "calibration_tokens": int(calibration_tokens),
+            "heldout_tokens": int(heldout_tokens),
+            "top_k": int(top_k),
+            "seed": int(seed),
+        }
         self.calibration, self.heldout = calibration_and_heldout(
-            self.tokenizer, data, seq_len=seq_len, calibration_tokens=calibration_tokens,
-            heldout_tokens=heldout_tokens, seed=seed,
+            self.tokenizer,
+            data,
+            seq_len=seq_len,
+            calibration_tokens=calibration_tokens,
+            heldout_tokens=heldout_tokens,
+            seed=seed,
         )
         self.max_fidelity = self.calibration.n_tokens
         self.top_k = int(top_k)
@@ -136,8 +148,15 @@ class DropProblem(Problem):
 
     # ------------------------------------------------------------------ identity
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_name, "target": self.target, "whole_blocks": self.whole_blocks,
-                "budget": self.budget, **self.settings, "space": self.space.to_dict()}
+        return {
+            "name": self.name,
+            "model": self.model_name,
+            "target": self.target,
+            "whole_blocks": self.whole_blocks,
+            "budget": self.budget,
+            **self.settings,
+            "space": self.space.to_dict(),
+        }
 
     def unit_names(self) -> list[str]:
         """Human names of the units (``attn3``, ``mlp3`` or ``block3``)."""
@@ -188,8 +207,13 @@ class DropProblem(Problem):
         return self._teachers[which]
 
     def score(
-        self, candidates: Sequence[np.ndarray], which: str = "calibration", seqs: np.ndarray | None = None,
-        *, with_nll: bool = False, record: bool = False,
+        self,
+        candidates: Sequence[np.ndarray],
+        which: str = "calibration",
+        seqs: np.ndarray | None = None,
+        *,
+        with_nll: bool = False,
+        record: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean KL per token (and mean next-token NLL when ``with_nll``) of each candidate.
 
@@ -212,9 +236,9 @@ class DropProblem(Problem):
             t_lp, t_idx, t_tail = teacher.rows(rows)
             kw = self.runner.layer_kwargs(ids)
 
-            def on_output(h: torch.Tensor, cands: list[int]) -> None:
+            def on_output(h: torch.Tensor, cands: list[int], ids=ids, rows=(t_lp, t_idx, t_tail)) -> None:  # noqa: ANN001
                 z = self.runner.logits(h)
-                kl = float(kl_topk(z, t_lp, t_idx, t_tail).sum())
+                kl = float(kl_topk(z, *rows).sum())
                 nll = float(nll_next(z, ids).sum()) if with_nll else 0.0
                 for c in cands:
                     kl_sum[c] += kl
@@ -223,7 +247,11 @@ class DropProblem(Problem):
             chunk_key = (which, tuple(rows.tolist()))
             anchors = [(a_keys, st) for a_keys, st in self.store.anchors(chunk_key)] if use_store else []
             recorded = self.runner.run_shared(
-                ids, keys, self._layer_fn(kw), on_output, anchors=anchors,
+                ids,
+                keys,
+                self._layer_fn(kw),
+                on_output,
+                anchors=anchors,
                 record=set(range(len(keys))) if use_store else None,
             )
             for c, states in recorded.items():

@@ -23,7 +23,9 @@ from .models import save_model
 __all__ = ["export_dropped", "verify_export"]
 
 
-def export_dropped(problem: DropProblem, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None) -> Path:
+def export_dropped(
+    problem: DropProblem, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None
+) -> Path:
     """Write the model of ``problem`` with the sub-blocks dropped by ``levels`` zeroed into ``out``."""
     lv = problem.space.validate(levels)
     attn, mlp = problem.dropped_modules(lv)
@@ -38,8 +40,14 @@ def export_dropped(problem: DropProblem, levels: np.ndarray, out: str | Path, in
     for name, t in problem.model.state_dict(keep_vars=True).items():
         state[name] = torch.zeros_like(t) if id(t) in zeroed and id(t) in by_id else t
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
-    meta = {"dropped_attention_layers": attn, "dropped_mlp_layers": mlp, "levels": lv.tolist(),
-            "units": problem.unit_names(), "how": "linear weights of dropped sub-blocks are zero", **(info or {})}
+    meta = {
+        "dropped_attention_layers": attn,
+        "dropped_mlp_layers": mlp,
+        "levels": lv.tolist(),
+        "units": problem.unit_names(),
+        "how": "linear weights of dropped sub-blocks are zero",
+        **(info or {}),
+    }
     (path / "levelsearch_compression.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -59,7 +67,8 @@ def verify_export(problem: DropProblem, levels: np.ndarray, out: str | Path, n_s
     ref = loaded(input_ids=ids.to(problem.runner.device), use_cache=False).logits.float()
     got: list[torch.Tensor] = []
     kw = problem.runner.layer_kwargs(ids)
-    problem.runner.run_shared(ids, [problem.layer_keys(levels)], problem._layer_fn(kw),
-                              lambda h, c: got.append(problem.runner.logits(h)))
+    problem.runner.run_shared(
+        ids, [problem.layer_keys(levels)], problem._layer_fn(kw), lambda h, c: got.append(problem.runner.logits(h))
+    )
     problem.runner.set_dropped([])
     return float((ref - got[0]).abs().max())

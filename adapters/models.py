@@ -19,6 +19,7 @@ several times slower than fp32 on the CPUs we measured).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -73,8 +74,14 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
         return dtype
     if dtype is None or dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in table:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(table))}")
     return table[dtype]
@@ -110,7 +117,9 @@ def load_model(
         kwargs = {}
         if path.suffix == ".gguf":
             if not path.is_file():
-                raise FileNotFoundError(f"model file {text} does not exist; give a model directory, GGUF file or hub id")
+                raise FileNotFoundError(
+                    f"model file {text} does not exist; give a model directory, GGUF file or hub id"
+                )
             kwargs = {"gguf_file": path.name}
             path = path.parent
         elif not path.exists():
@@ -143,8 +152,9 @@ def _cached_smollm2() -> Path:
     return out
 
 
-def save_model(model: nn.Module, tokenizer: Any, out: str | os.PathLike[str],
-               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_model(
+    model: nn.Module, tokenizer: Any, out: str | os.PathLike[str], state_dict: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Write ``config.json``, ``model.safetensors`` and the tokenizer files into ``out``.
 
     Works for GGUF-loaded models too (``save_pretrained`` refuses those). Tied weights
@@ -177,10 +187,8 @@ def save_model(model: nn.Module, tokenizer: Any, out: str | os.PathLike[str],
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     gen = getattr(model, "generation_config", None)
     if gen is not None:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             gen.save_pretrained(str(tmp))
-        except (ValueError, OSError):
-            pass
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     if path.exists():
@@ -221,7 +229,7 @@ class LayerMap:
 def _find_layer_list(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
     """The decoder's ModuleList and its owner: ``*.layers`` first, else the longest list of identical blocks."""
     best: tuple[int, nn.Module, nn.ModuleList] | None = None
-    for name, mod in model.named_modules():
+    for _name, mod in model.named_modules():
         for child_name, child in mod.named_children():
             if not isinstance(child, nn.ModuleList) or len(child) == 0:
                 continue

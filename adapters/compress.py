@@ -1,0 +1,395 @@
+"""``levelsearch compress``: search a compression profile for a real model, compare, export.
+
+    levelsearch compress --model smollm2 --method drop --target 0.25 --out runs/drop
+    levelsearch compress --config examples/compress-drop.yaml      # same keys as the options
+
+Methods come from :data:`METHODS` (name → ``"module:function"`` or a callable taking the
+merged settings dict and returning the results dict); other adapter modules add theirs with
+:func:`register_method` (e.g. ``sparsity``, ``quant``). This module imports nothing heavy at
+import time, so ``levelsearch --help`` stays fast.
+
+The ``drop`` method (:func:`run_drop`):
+
+1. builds an ``llm-drop`` problem (calibration pool and disjoint held-out set, dense teacher);
+2. computes every heuristic (ShortGPT, ShortGPT per sub-block, angular distance, single-drop
+   KL, random) on calibration data and scores them on the full calibration pool;
+3. runs EvoPress from ``--start`` (default: the heuristic with the lowest calibration KL) with
+   the selection schedule ``--schedule`` (below), journaled in ``OUT/journal.db`` so an
+   interrupted run resumes where it stopped (same command again);
+4. evaluates dense, EvoPress and every heuristic on the held-out set (perplexity and KL),
+   writes ``OUT/results.json`` and ``OUT/profile.png``, exports ``OUT/model`` (a Hugging
+   Face directory, dropped sub-blocks zeroed) and checks its logits against the search's.
+
+Selection schedules (fidelity = calibration tokens per candidate):
+
+- ``cpu`` (default): λ = 16 offspring screened on 256 tokens (one sequence), the best one
+  then faces the parent on the *whole* calibration pool (default 4,096 tokens). The final
+  step always uses the same tokens, so the parent's value is remembered (no lucky-minibatch
+  replacement of a better parent, and the parent costs nothing to re-check) and the
+  survivor reuses the parent's layer states up to its first changed layer.
+- ``drop``: the reference's GPU schedule (λ = 32; 2 @ 2,048 → 1 @ 32,768 tokens; start best
+  of 64 random on 2,048 tokens) — needs ``--calibration-tokens`` ≥ 32,768.
+- ``super-fast``: the paper's λ = 16; 1 @ 512 → 1 @ 8,192.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULTS", "METHODS", "add_parser", "register_method", "run_compress", "run_drop", "schedule_options"]
+
+#: Settings of ``levelsearch compress`` (CLI options and YAML keys), with their defaults.
+DEFAULTS: dict[str, Any] = {
+    "model": "smollm2",
+    "method": "drop",
+    "target": 0.25,
+    "out": None,
+    "seed": 0,
+    "schedule": "cpu",
+    "offspring": None,
+    "generations": 400,
+    "search_minutes": None,
+    "start": "best-heuristic",
+    "calibration_tokens": 4096,
+    "heldout_tokens": 4096,
+    "seq_len": 256,
+    "top_k": 256,
+    "heuristic_tokens": 2048,
+    "heuristics": None,
+    "whole_blocks": False,
+    "budget": "per-type",
+    "data": None,
+    "threads": None,
+    "device": None,
+    "dtype": None,
+    "export": True,
+    "progress": True,
+}
+
+#: method name → callable(settings) -> results, or "module:function" resolved on use.
+METHODS: dict[str, Callable[[dict[str, Any]], dict[str, Any]] | str] = {
+    "drop": "levelsearch.adapters.compress:run_drop",
+}
+
+
+def register_method(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]] | str, *, replace: bool = False) -> None:
+    """Add a ``--method`` (``fn(settings) -> results``); ``ValueError`` if the name is taken."""
+    if name in METHODS and METHODS[name] != fn and not replace:
+        raise ValueError(f"compress method {name!r} is already registered")
+    METHODS[name] = fn
+
+
+def schedule_options(name: str, pool_tokens: int, offspring: int | None = None) -> dict[str, Any]:
+    """EvoPress options of a named selection schedule for a calibration pool of ``pool_tokens``.
+
+    Raises:
+        ValueError: unknown name, or a schedule asking for more tokens than the pool holds.
+    """
+    from levelsearch import PRESETS
+
+    if name == "cpu":
+        opts: dict[str, Any] = {"offspring": 16, "steps": [(256, 1), (int(pool_tokens), 1)], "max_switches": 3}
+    elif name in ("drop", "super-fast"):
+        opts = {k: v for k, v in PRESETS[name].items()}
+    else:
+        raise ValueError(f"unknown schedule {name!r}; use cpu, drop or super-fast")
+    if offspring is not None:
+        opts["offspring"] = int(offspring)
+    asked = [int(f) for f, _ in opts["steps"] if f is not None] + [int(opts.get("init_fidelity") or 0)]
+    if max(asked) > pool_tokens:
+        raise ValueError(
+            f"the {name} schedule asks for {max(asked)} tokens per candidate but the calibration pool holds "
+            f"{pool_tokens}; raise --calibration-tokens or choose a smaller --schedule"
+        )
+    return opts
+
+
+def _validate(cfg: dict[str, Any]) -> None:
+    t = cfg["target"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
+        raise ValueError(f"--target must be a fraction strictly between 0 and 1, got {t!r}")
+    if not cfg.get("out"):
+        raise ValueError("give an output directory with --out DIR (or out: in the config)")
+    for key in ("calibration_tokens", "heldout_tokens", "seq_len", "generations", "top_k", "heuristic_tokens"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{key} must be a positive integer, got {v!r}")
+    if cfg["calibration_tokens"] < cfg["seq_len"]:
+        raise ValueError("calibration_tokens must hold at least one sequence of seq_len tokens")
+    if cfg["heuristic_tokens"] > cfg["calibration_tokens"]:
+        raise ValueError(
+            f"heuristic_tokens ({cfg['heuristic_tokens']}) exceeds the calibration pool "
+            f"({cfg['calibration_tokens']}); lower it or raise --calibration-tokens"
+        )
+
+
+# ---------------------------------------------------------------------- the drop method
+def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Search, compare and export a sub-block dropping profile (see the module docstring)."""
+    import numpy as np
+
+    from levelsearch import Request, minimize
+
+    from .dropping import DropProblem
+    from .export import export_dropped, verify_export
+    from .heuristics import run_heuristics
+    from .plots import plot_profile
+
+    _validate(cfg)
+    out = Path(cfg["out"])
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    problem = DropProblem(
+        cfg["model"],
+        target=float(cfg["target"]),
+        whole_blocks=bool(cfg["whole_blocks"]),
+        budget=cfg["budget"],
+        data=cfg["data"],
+        seq_len=cfg["seq_len"],
+        calibration_tokens=cfg["calibration_tokens"],
+        heldout_tokens=cfg["heldout_tokens"],
+        top_k=cfg["top_k"],
+        device=cfg["device"],
+        dtype=cfg["dtype"],
+        threads=cfg["threads"],
+        seed=int(cfg["seed"]),
+    )
+    options = schedule_options(cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"])
+    timings["load"] = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    problem.teacher("calibration")
+    timings["teacher"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    heur = run_heuristics(problem, cfg["heuristics"], n_tokens=cfg["heuristic_tokens"], seed=int(cfg["seed"]))
+    names = list(heur)
+    cal = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()]) if names else []
+    for n, v in zip(names, cal):
+        heur[n]["calibration_kl"] = v
+    timings["heuristics"] = time.perf_counter() - t0
+
+    start_name, start = _choose_start(cfg["start"], heur, names, cal)
+    options["start"] = start
+    seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
+    opt = _make_timed(
+        problem.space, seed=int(cfg["seed"]), max_generations=int(cfg["generations"]), seconds=seconds, **options
+    )
+    t0 = time.perf_counter()
+    ident = {"schedule": cfg["schedule"], "options": _jsonable(options), "start": start_name}
+    result = minimize(
+        problem,
+        optimizer=opt,
+        journal=out / "journal.db",
+        identity=ident,
+        progress=bool(cfg["progress"]),
+        seed=int(cfg["seed"]),
+    )
+    timings["search"] = time.perf_counter() - t0
+    best = np.asarray(result.best_levels, dtype=np.int64)
+
+    t0 = time.perf_counter()
+    dense = np.zeros(problem.space.n_units, dtype=np.int64)
+    cands = [dense, best, *[heur[n]["levels"] for n in names]]
+    report = problem.heldout_report(cands)
+    timings["heldout"] = time.perf_counter() - t0
+
+    methods: dict[str, Any] = {}
+    for i, name in enumerate(["evopress", *names]):
+        lv = cands[i + 1]
+        attn, mlp = problem.dropped_modules(lv)
+        entry = {**report[i + 1], "dropped": {"attention": attn, "mlp": mlp}, "levels": lv.tolist()}
+        if name == "evopress":
+            entry.update(
+                {
+                    "calibration_kl": float(result.best_value),
+                    "evaluations": int(result.n_evaluations),
+                    "tokens": float(result.cost),
+                    "generations": int(opt.generation),
+                    "seconds": timings["search"],
+                    "start": start_name,
+                    "stopped_by": result.stopped_by,
+                }
+            )
+        else:
+            entry.update(
+                {
+                    "calibration_kl": float(heur[name]["calibration_kl"]),
+                    "evaluations": 0,
+                    "seconds": float(heur[name]["seconds"]),
+                }
+            )
+        methods[name] = entry
+    results: dict[str, Any] = {
+        "model": cfg["model"],
+        "method": "drop",
+        "target": float(cfg["target"]),
+        "budget": cfg["budget"],
+        "whole_blocks": bool(cfg["whole_blocks"]),
+        "units": problem.unit_names(),
+        "space": problem.space.to_dict(),
+        "schedule": {"name": cfg["schedule"], **_jsonable(options)},
+        "calibration_tokens": problem.calibration.n_tokens,
+        "heldout_tokens": problem.heldout.n_tokens,
+        "teacher_bytes": problem.teacher("calibration").nbytes,
+        "dense": report[0],
+        "methods": methods,
+        "best_heuristic": min(names, key=lambda n: methods[n]["heldout_ppl"]) if names else None,
+    }
+    plot_profile(problem, {n: np.asarray(m["levels"]) for n, m in methods.items()}, out / "profile.png")
+    if cfg["export"]:
+        t0 = time.perf_counter()
+        path = export_dropped(problem, best, out / "model", {"heldout_ppl": methods["evopress"]["heldout_ppl"]})
+        results["export"] = {"dir": str(path), "max_abs_logit_diff": verify_export(problem, best, path)}
+        timings["export"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    results["timings"] = timings
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _choose_start(start: Any, heur: dict[str, Any], names: list[str], cal: list[float]) -> tuple[str, Any]:
+    """``(description, EvoPress start)`` from the ``start`` setting."""
+    if start in (None, "best-heuristic"):
+        if not names:
+            return "random", "random"
+        best = names[int(min(range(len(names)), key=lambda i: cal[i]))]
+        return f"best-heuristic:{best}", heur[best]["levels"]
+    if start in ("random", "uniform"):
+        return str(start), "random"
+    if start in heur:
+        return f"heuristic:{start}", heur[start]["levels"]
+    raise ValueError(f"start must be best-heuristic, random or one of {', '.join(names)}; got {start!r}")
+
+
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _timed_evopress() -> type:
+    from levelsearch import EvoPress
+
+    class TimedEvoPress(EvoPress):
+        """EvoPress that also stops once ``seconds`` of wall time have passed since it was built."""
+
+        def __init__(self, space: Any, *, seconds: float | None = None, **kw: Any) -> None:
+            super().__init__(space, **kw)
+            self._deadline = None if seconds is None else time.monotonic() + float(seconds)
+
+        def stop(self) -> bool:
+            return super().stop() or (self._deadline is not None and time.monotonic() > self._deadline)
+
+    return TimedEvoPress
+
+
+def _make_timed(space: Any, **kw: Any) -> Any:
+    return _timed_evopress()(space, **kw)
+
+
+# ---------------------------------------------------------------------- CLI
+def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
+    """Run ``settings["method"]`` with ``settings`` merged over :data:`DEFAULTS`."""
+    cfg = {**DEFAULTS, **settings}
+    name = str(cfg["method"])
+    if name not in METHODS:
+        raise ValueError(f"unknown --method {name!r}; available: {', '.join(sorted(METHODS))}")
+    fn = METHODS[name]
+    if isinstance(fn, str):
+        mod_name, _, attr = fn.partition(":")
+        fn = getattr(__import__(mod_name, fromlist=[attr]), attr)
+        METHODS[name] = fn
+    return fn(cfg)
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config {path} does not exist")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must be a mapping of option: value")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"config {path} has unknown key {unknown[0]!r}; keys are: {', '.join(DEFAULTS)}")
+    return data
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    settings: dict[str, Any] = _load_config(args.config) if args.config else {}
+    for key in DEFAULTS:
+        v = getattr(args, key, None)
+        if v is not None:
+            settings[key] = v
+    if args.no_export:
+        settings["export"] = False
+    if args.quiet:
+        settings["progress"] = False
+    res = run_compress(settings)
+    _print_summary(res)
+    return 0
+
+
+def _print_summary(res: dict[str, Any]) -> None:
+    dense = res.get("dense", {})
+    print(f"dense: held-out ppl {dense.get('heldout_ppl', math.nan):.2f}")
+    for name, m in sorted(res.get("methods", {}).items(), key=lambda kv: kv[1]["heldout_ppl"]):
+        extra = f", {m['generations']} generations" if "generations" in m else ""
+        print(f"{name:>14}: held-out ppl {m['heldout_ppl']:.2f}, KL {m['heldout_kl']:.4f}{extra}")
+    if "export" in res:
+        print(f"exported {res['export']['dir']} (max |logit diff| {res['export']['max_abs_logit_diff']:.2e})")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``levelsearch compress`` to the CLI (entry point ``levelsearch.commands``)."""
+    p = subparsers.add_parser(
+        "compress",
+        help="search a compression profile for a model, compare, export",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--config", help="YAML file with the same keys as these options")
+    p.add_argument("--model", help="smollm2 (offline default), a model directory, GGUF file or hub id")
+    p.add_argument("--method", help="drop (sub-block dropping); more from other adapters")
+    p.add_argument("--target", type=float, help="fraction to compress, e.g. 0.25 = drop 25%% of sub-blocks")
+    p.add_argument("--out", help="output directory (results.json, profile.png, journal.db, model/)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--schedule", help="selection schedule: cpu (default), drop (reference GPU), super-fast")
+    p.add_argument("--offspring", type=int, help="override λ of the schedule")
+    p.add_argument("--generations", type=int, help="maximum EvoPress generations (default 400)")
+    p.add_argument("--search-minutes", type=float, help="also stop the search after this many minutes")
+    p.add_argument("--start", help="best-heuristic (default), random, or a heuristic name")
+    p.add_argument("--calibration-tokens", type=int, help="calibration pool size (default 4096)")
+    p.add_argument("--heldout-tokens", type=int, help="held-out set size (default 4096)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default 256)")
+    p.add_argument("--top-k", type=int, help="teacher tokens kept per position (default 256)")
+    p.add_argument("--heuristic-tokens", type=int, help="calibration tokens for heuristic statistics (default 2048)")
+    p.add_argument("--heuristics", type=lambda s: [x for x in s.split(",") if x], help="comma list (default all)")
+    p.add_argument("--whole-blocks", action="store_true", default=None, help="drop whole layers, not sub-blocks")
+    p.add_argument("--budget", help="per-type (k attention + k MLP, default) or total")
+    p.add_argument("--data", help="calibration/held-out documents: .txt, .jsonl, a directory (default pydoc topics)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 (default fp32 on CPU)")
+    p.add_argument("--no-export", action="store_true", help="skip writing the Hugging Face model directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd)
