@@ -13,8 +13,10 @@ units whose level changed are loaded from the memory-mapped database.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,9 +27,9 @@ from levelsearch import Problem, Request
 from .data import TokenSet, calibration_and_heldout
 from .database import VariantDatabase, build_database, default_database_dir
 from .fitness import LayerRunner, Teacher, kl_topk, nll_next
-from .models import DEFAULT_MODEL, LayerMap, load_model, map_layers
+from .models import DEFAULT_MODEL, LayerMap, load_model, map_layers, save_model
 
-__all__ = ["WeightLevelProblem", "DENSE"]
+__all__ = ["WeightLevelProblem", "DENSE", "export_levels", "verify_levels_export"]
 
 DENSE = None  # a candidate standing for the uncompressed model in :meth:`WeightLevelProblem.score`
 
@@ -254,3 +256,51 @@ class WeightLevelProblem(Problem):
     def unit_errors(self) -> np.ndarray:
         """Per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (the DP baseline's input)."""
         return self.db.errors()
+
+
+def export_levels(
+    problem: WeightLevelProblem, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None
+) -> Path:
+    """Write the model at ``levels`` as a Hugging Face directory that loads with the stock architecture.
+
+    Pruned layers are written dense with their zeros; quantized layers as their dequantized
+    weights (the fp32 values the codes stand for). ``levelsearch_compression.json`` lists each
+    unit's level value (number of zeros or bit-width), its sparsity or bits, the database
+    spec and ``info``. The model held by ``problem`` is left at ``levels``.
+    """
+    lv = problem.space.validate(levels)
+    problem.apply(lv)
+    path = save_model(problem.model, problem.tokenizer, out)
+    per_unit = {}
+    for u, name in enumerate(problem.unit_names):
+        value = problem.db.values(name)[int(lv[u])]
+        entry = {"level": int(lv[u])}
+        if problem.spec["kind"] == "sparsity":
+            entry.update(zeros=int(value), sparsity=float(value / problem.numel[u]))
+        else:
+            entry.update(bits=int(value), group_size=problem.spec.get("group_size"))
+        per_unit[name] = entry
+    meta = {
+        "kind": problem.spec["kind"],
+        "spec": problem.spec,
+        "units": per_unit,
+        "levels": lv.tolist(),
+        "how": "dense weights with zeros" if problem.spec["kind"] == "sparsity" else "dequantized weights",
+        **(info or {}),
+    }
+    (path / "levelsearch_compression.json").write_text(json.dumps(meta, indent=1))
+    return path
+
+
+@torch.inference_mode()
+def verify_levels_export(problem: WeightLevelProblem, levels: np.ndarray, out: str | Path, n_seq: int = 2) -> float:
+    """Largest absolute logit difference between the exported directory and ``problem``'s model at ``levels``."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = next(problem.model.parameters()).dtype
+    loaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype).to(problem.runner.device).eval()
+    ids = problem.heldout.tokens[:n_seq].to(problem.runner.device)
+    problem.apply(problem.space.validate(levels))
+    ref = problem.model(input_ids=ids, use_cache=False).logits.float()
+    got = loaded(input_ids=ids, use_cache=False).logits.float()
+    return float((ref - got).abs().max())

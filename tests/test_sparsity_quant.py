@@ -30,6 +30,9 @@ class ByteTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         return {"input_ids": [b % 127 + 1 for b in text.encode()]}
 
+    def save_pretrained(self, path: str) -> None:
+        (__import__("pathlib").Path(path) / "tokenizer.txt").write_text("bytes modulo 127, plus 1")
+
 
 def tiny_llama():
     torch.manual_seed(0)
@@ -185,3 +188,15 @@ def test_an_unreachable_exact_bit_target_says_to_use_a_band(quant, data_file):
 def test_lower_bit_profiles_cost_more_kl(quant):
     kl, _ = quant.score([np.full(quant.space.n_units, 2), np.full(quant.space.n_units, 1)])
     assert kl[0] < kl[1]  # 4 bits everywhere beats 3 bits everywhere
+
+
+@pytest.mark.parametrize("which", ["sparse", "quant"])
+def test_export_reloads_to_the_same_logits(which, sparse, quant, tmp_path):
+    from levelsearch.adapters.weightsearch import export_levels, verify_levels_export
+
+    problem = sparse if which == "sparse" else quant
+    lv = problem.space.switch(problem.space.sample(np.random.default_rng(0)), np.random.default_rng(1), 2)
+    path = export_levels(problem, lv, tmp_path / "out")
+    assert verify_levels_export(problem, lv, path) < 1e-4
+    meta = __import__("json").loads((path / "levelsearch_compression.json").read_text())
+    assert [u["level"] for u in meta["units"].values()] == lv.tolist()
