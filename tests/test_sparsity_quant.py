@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -200,3 +202,50 @@ def test_export_reloads_to_the_same_logits(which, sparse, quant, tmp_path):
     assert verify_levels_export(problem, lv, path) < 1e-4
     meta = __import__("json").loads((path / "levelsearch_compression.json").read_text())
     assert [u["level"] for u in meta["units"].values()] == lv.tolist()
+
+
+@pytest.mark.parametrize(("method", "target"), [("sparsity", "0.6"), ("quant", "2.5")])
+def test_compress_method_writes_results_profile_and_a_model_that_reloads(method, target, tmp_path, monkeypatch):
+    from levelsearch.adapters import compress
+    from levelsearch.adapters.models import save_model
+    from test_adapters_drop import byte_tokenizer
+    from test_adapters_drop import tiny_llama as drop_llama
+
+    from levelsearch.cli import main
+
+    monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(compress.METHODS, method, f"levelsearch.adapters.levelcompress:run_{method}")
+    model_dir = tmp_path / "llama"
+    save_model(drop_llama(n_layers=2), byte_tokenizer(), model_dir)
+    out = tmp_path / "run"
+    small = [
+        "--seq-len",
+        "32",
+        "--calibration-tokens",
+        "128",
+        "--heldout-tokens",
+        "64",
+        "--top-k",
+        "16",
+        "--heuristic-tokens",
+        "64",
+        "--offspring",
+        "4",
+        "--generations",
+        "2",
+        "--quiet",
+    ]
+    rc = main(
+        ["compress", "--model", str(model_dir), "--method", method, "--target", target, "--out", str(out), *small]
+    )
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    expected = {"evopress", "uniform", "owl", "dp"} if method == "sparsity" else {"evopress", "random", "dp"}
+    assert set(res["methods"]) == expected
+    for m in res["methods"].values():
+        assert m["feasible"] and abs(m["average"] - float(target)) < 1e-3
+    assert res["export"]["max_abs_logit_diff"] < 1e-4
+    assert (out / "profile.png").stat().st_size > 0
+    meta = json.loads((out / "model" / "levelsearch_compression.json").read_text())
+    key = "sparsity" if method == "sparsity" else "bits"
+    assert [u[key] for u in meta["units"].values()] == res["methods"]["evopress"]["profile"]

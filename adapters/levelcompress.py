@@ -1,0 +1,217 @@
+"""``levelsearch compress --method sparsity|quant``: search per-layer sparsities or bit-widths, compare, export.
+
+Same flow and settings as the ``drop`` method of :mod:`levelsearch.adapters.compress`:
+
+1. build the ``llm-sparsity`` (``--target`` = average sparsity, e.g. 0.5) or ``llm-quant``
+   (``--target`` = average bits, e.g. 3 or 2.5) problem; its variant database is built on
+   first use (resumable) and reused afterwards;
+2. baselines on calibration data only: uniform, OWL (sparsity; best of its λ × M grid),
+   DP on per-layer normalised output errors, best-of-16 random (when no uniform exists);
+3. EvoPress from ``--start`` (default: the baseline with the lowest calibration KL) with the
+   ``--schedule`` of the drop method, journaled in ``OUT/journal.db`` (resumable);
+4. held-out perplexity and KL of dense and every method, ``OUT/results.json``,
+   ``OUT/profile.png`` (per-layer sparsity / bit-width) and ``OUT/model`` (a Hugging Face
+   directory: dense weights with zeros, or dequantized weights, plus
+   ``levelsearch_compression.json`` with each layer's sparsity or bit-width), whose logits
+   are checked against the search's model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run_sparsity", "run_quant", "plot_levels"]
+
+
+def _problem(kind: str, cfg: dict[str, Any]) -> Any:
+    common = dict(
+        data=cfg["data"],
+        seq_len=cfg["seq_len"],
+        calibration_tokens=cfg["calibration_tokens"],
+        heldout_tokens=cfg["heldout_tokens"],
+        top_k=cfg["top_k"],
+        device=cfg["device"],
+        dtype=cfg["dtype"],
+        threads=cfg["threads"],
+        seed=int(cfg["seed"]),
+        progress=bool(cfg["progress"]),
+    )
+    if kind == "sparsity":
+        from .sparsity import SparsityProblem
+
+        t = cfg["target"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
+            raise ValueError(f"--target must be an average sparsity strictly between 0 and 1, got {t!r}")
+        return SparsityProblem(cfg["model"], target=float(t), database=cfg.get("database"), **common)
+    from .quantization import QuantProblem
+
+    t = cfg["target"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 1.0 <= float(t) <= 8.0:
+        raise ValueError(f"--target must be the average bits per weight (e.g. 3 or 2.5), got {t!r}")
+    return QuantProblem(cfg["model"], target=float(t), database=cfg.get("database"), **common)
+
+
+def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    from levelsearch import minimize
+
+    from .compress import _jsonable, _make_timed, schedule_options
+    from .sparsity import dp_levels, owl_search, random_levels
+    from .weightsearch import export_levels, verify_levels_export
+
+    if not cfg.get("out"):
+        raise ValueError("give an output directory with --out DIR (or out: in the config)")
+    out = Path(cfg["out"])
+    timings: dict[str, float] = {}
+    t_all = t0 = time.perf_counter()
+    problem = _problem(kind, cfg)
+    timings["load_and_database"] = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    fid = min(int(cfg["heuristic_tokens"]), problem.calibration.n_tokens)
+    base: dict[str, np.ndarray] = {}
+    secs: dict[str, float] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    uni = problem.uniform_levels()
+    if uni is not None:
+        base["uniform"] = uni
+    if kind == "sparsity":
+        t = time.perf_counter()
+        base["owl"], extra["owl"] = owl_search(problem, fidelity=fid, seed=seed)
+        secs["owl"] = time.perf_counter() - t
+    t = time.perf_counter()
+    base["dp"] = dp_levels(problem)
+    secs["dp"] = time.perf_counter() - t
+    if uni is None:
+        t = time.perf_counter()
+        base["random"] = random_levels(problem, n=16, fidelity=fid, seed=seed)
+        secs["random"] = time.perf_counter() - t
+    names = list(base)
+    cal, _ = problem.score([base[n] for n in names], "calibration")
+    timings["baselines"] = time.perf_counter() - t0
+
+    start = cfg["start"]
+    if start in (None, "best-heuristic", "best-baseline"):
+        start_name = names[int(np.argmin(cal))]
+    elif start in base:
+        start_name = str(start)
+    elif start == "random":
+        start_name = "random"
+    else:
+        raise ValueError(f"start must be best-baseline, random or one of {', '.join(names)}; got {start!r}")
+    options = schedule_options(cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"])
+    options["start"] = "random" if start_name == "random" else base[start_name]
+    seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
+    opt = _make_timed(problem.space, seed=seed, max_generations=int(cfg["generations"]), seconds=seconds, **options)
+    t0 = time.perf_counter()
+    ident = {"schedule": cfg["schedule"], "options": _jsonable(options), "start": start_name}
+    result = minimize(
+        problem, optimizer=opt, journal=out / "journal.db", identity=ident, progress=bool(cfg["progress"]), seed=seed
+    )
+    timings["search"] = time.perf_counter() - t0
+    best = np.asarray(result.best_levels, dtype=np.int64)
+
+    t0 = time.perf_counter()
+    cands = [None, best, *[base[n] for n in names]]
+    report = problem.heldout_report(cands)
+    timings["heldout"] = time.perf_counter() - t0
+    avg = problem.average_sparsity if kind == "sparsity" else problem.average_bits
+    methods: dict[str, Any] = {}
+    for i, name in enumerate(["evopress", *names]):
+        lv = cands[i + 1]
+        entry = {
+            **report[i + 1],
+            "levels": lv.tolist(),
+            "profile": problem.profile(lv).tolist(),
+            "average": avg(lv),
+            "feasible": bool(problem.space.is_feasible(lv)),
+        }
+        if name == "evopress":
+            entry.update(
+                calibration_kl=float(result.best_value),
+                evaluations=int(result.n_evaluations),
+                tokens=float(result.cost),
+                generations=int(opt.generation),
+                seconds=timings["search"],
+                start=start_name,
+                stopped_by=result.stopped_by,
+            )
+        else:
+            entry.update(
+                calibration_kl=float(cal[names.index(name)]), seconds=secs.get(name, 0.0), **extra.get(name, {})
+            )
+        methods[name] = entry
+    results: dict[str, Any] = {
+        "model": cfg["model"],
+        "method": kind,
+        "target": float(cfg["target"]),
+        "units": problem.unit_names,
+        "database": {
+            "dir": str(problem.db.root),
+            "bytes": problem.db.size_bytes(),
+            "spec": problem.spec,
+            "build_seconds": problem.db.manifest["build_seconds"],
+        },
+        "schedule": {"name": cfg["schedule"], **_jsonable(options)},
+        "calibration_tokens": problem.calibration.n_tokens,
+        "heldout_tokens": problem.heldout.n_tokens,
+        "dense": report[0],
+        "methods": methods,
+    }
+    plot_levels(
+        problem,
+        {n: np.asarray(m["levels"]) for n, m in methods.items()},
+        out / "profile.png",
+        {n: m["heldout_ppl"] for n, m in methods.items()},
+    )
+    if cfg["export"]:
+        t0 = time.perf_counter()
+        path = export_levels(problem, best, out / "model", {"heldout_ppl": methods["evopress"]["heldout_ppl"]})
+        results["export"] = {"dir": str(path), "max_abs_logit_diff": verify_levels_export(problem, best, path)}
+        timings["export"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_all
+    results["timings"] = timings
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
+    return results
+
+
+def run_sparsity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``--method sparsity`` (see the module docstring)."""
+    return _run("sparsity", cfg)
+
+
+def run_quant(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``--method quant`` (see the module docstring)."""
+    return _run("quant", cfg)
+
+
+def plot_levels(
+    problem: Any, assignments: dict[str, np.ndarray], path: str | Path, ppl: dict[str, float] | None = None
+) -> Path:
+    """Per-layer sparsity or bit-width of each method, one panel per projection type, against layer index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in problem.unit_names))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(2.6 * len(kinds), 3.0), sharey=True, squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        idx = [i for i, n in enumerate(problem.unit_names) if n.rsplit(".", 1)[-1] == kind]
+        for name, lv in assignments.items():
+            label = f"{name} ({ppl[name]:.1f})" if ppl and name in ppl else name
+            ax.plot(problem.unit_layer[idx], problem.profile(lv)[idx], lw=1, label=label)
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel("layer", fontsize=8)
+    axes[0][0].set_ylabel("sparsity" if problem.spec["kind"] == "sparsity" else "bits")
+    axes[0][-1].legend(fontsize=6)
+    fig.suptitle("per-layer profile (held-out ppl)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
