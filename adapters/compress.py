@@ -22,7 +22,7 @@ The ``drop`` method (:func:`run_drop`):
 
 Selection schedules (fidelity = calibration tokens per candidate):
 
-- ``cpu`` (default): λ = 16 offspring screened on 256 tokens (one sequence), the best one
+- ``cpu`` (default): λ = 16 offspring screened on one sequence (256 tokens), the best one
   then faces the parent on the *whole* calibration pool (default 4,096 tokens). The final
   step always uses the same tokens, so the parent's value is remembered (no lucky-minibatch
   replacement of a better parent, and the parent costs nothing to re-check) and the
@@ -85,8 +85,10 @@ def register_method(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]] | 
     METHODS[name] = fn
 
 
-def schedule_options(name: str, pool_tokens: int, offspring: int | None = None) -> dict[str, Any]:
+def schedule_options(name: str, pool_tokens: int, offspring: int | None = None, seq_len: int = 256) -> dict[str, Any]:
     """EvoPress options of a named selection schedule for a calibration pool of ``pool_tokens``.
+
+    ``seq_len`` sets the ``cpu`` schedule's screening fidelity (one sequence).
 
     Raises:
         ValueError: unknown name, or a schedule asking for more tokens than the pool holds.
@@ -94,7 +96,7 @@ def schedule_options(name: str, pool_tokens: int, offspring: int | None = None) 
     from levelsearch import PRESETS
 
     if name == "cpu":
-        opts: dict[str, Any] = {"offspring": 16, "steps": [(256, 1), (int(pool_tokens), 1)], "max_switches": 3}
+        opts: dict[str, Any] = {"offspring": 16, "steps": [(int(seq_len), 1), (int(pool_tokens), 1)], "max_switches": 3}
     elif name in ("drop", "super-fast"):
         opts = {k: v for k, v in PRESETS[name].items()}
     else:
@@ -161,7 +163,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         threads=cfg["threads"],
         seed=int(cfg["seed"]),
     )
-    options = schedule_options(cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"])
+    options = schedule_options(cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"])
     timings["load"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
 

@@ -126,6 +126,10 @@ def load_model(
             if text.startswith((".", "/", "~")) or text.count("/") != 1:
                 raise FileNotFoundError(f"model {text} not found; give a model directory, a GGUF file or a hub id")
             path = Path(text)  # a hub id such as org/name
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a one-second load needs no bar, and errors must stay one line
     try:
         tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs)
@@ -133,6 +137,9 @@ def load_model(
         raise FileNotFoundError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
         raise ValueError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(dev)
     model.eval()
     return model, tok
