@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,11 +166,17 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     options = schedule_options(cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"])
     timings["load"] = time.perf_counter() - t0
+    _say(
+        cfg,
+        f"loaded {cfg['model']} in {timings['load']:.1f} s; {problem.space.n_units} units, "
+        f"calibration pool {problem.calibration.n_tokens} tokens, held-out {problem.heldout.n_tokens} tokens",
+    )
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     problem.teacher("calibration")
     timings["teacher"] = time.perf_counter() - t0
+    _say(cfg, f"dense teacher in {timings['teacher']:.1f} s")
 
     t0 = time.perf_counter()
     heur = run_heuristics(problem, cfg["heuristics"], n_tokens=cfg["heuristic_tokens"], seed=int(cfg["seed"]))
@@ -178,6 +185,11 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     for n, v in zip(names, cal):
         heur[n]["calibration_kl"] = v
     timings["heuristics"] = time.perf_counter() - t0
+    _say(
+        cfg,
+        f"heuristics in {timings['heuristics']:.1f} s: "
+        + ", ".join(f"{n} KL {heur[n]['calibration_kl']:.4f}" for n in names),
+    )
 
     start_name, start = _choose_start(cfg["start"], heur, names, cal)
     options["start"] = start
@@ -187,15 +199,20 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     ident = {"schedule": cfg["schedule"], "options": _jsonable(options), "start": start_name}
-    result = minimize(
-        problem,
-        optimizer=opt,
-        journal=out / "journal.db",
-        identity=ident,
-        progress=bool(cfg["progress"]),
-        seed=int(cfg["seed"]),
-    )
+    bar = _GenerationBar(opt, int(cfg["generations"])) if cfg["progress"] else False
+    try:
+        result = minimize(
+            problem, optimizer=opt, journal=out / "journal.db", identity=ident, progress=bar, seed=int(cfg["seed"])
+        )
+    finally:
+        if bar:
+            bar.close()
     timings["search"] = time.perf_counter() - t0
+    _say(
+        cfg,
+        f"EvoPress from {start_name}: {opt.generation} generations in {timings['search']:.1f} s, "
+        f"calibration KL {result.best_value:.4f}",
+    )
     best = np.asarray(result.best_levels, dtype=np.int64)
 
     t0 = time.perf_counter()
@@ -203,6 +220,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     cands = [dense, best, *[heur[n]["levels"] for n in names]]
     report = problem.heldout_report(cands)
     timings["heldout"] = time.perf_counter() - t0
+    _say(cfg, f"held-out evaluation of {len(cands)} models in {timings['heldout']:.1f} s")
 
     methods: dict[str, Any] = {}
     for i, name in enumerate(["evopress", *names]):
@@ -219,6 +237,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
                     "seconds": timings["search"],
                     "start": start_name,
                     "stopped_by": result.stopped_by,
+                    "replayed_evaluations": int(result.n_replayed),
                 }
             )
         else:
@@ -256,6 +275,31 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     results["timings"] = timings
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _say(cfg: dict[str, Any], msg: str) -> None:
+    if cfg["progress"]:
+        print(f"levelsearch compress: {msg}", file=sys.stderr, flush=True)
+
+
+class _GenerationBar:
+    """A tqdm bar over EvoPress generations showing the parent's calibration KL."""
+
+    def __init__(self, opt: Any, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.opt = opt
+        self.bar = tqdm(total=total, unit="gen", dynamic_ncols=True, desc="EvoPress")
+        self.seen = 0
+
+    def __call__(self, n: int, cost: float, best: float) -> None:
+        if self.opt.generation > self.seen:
+            self.bar.update(self.opt.generation - self.seen)
+            self.seen = self.opt.generation
+            self.bar.set_postfix(kl=f"{self.opt.parent_value:.4f}", evals=n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _choose_start(start: Any, heur: dict[str, Any], names: list[str], cal: list[float]) -> tuple[str, Any]:

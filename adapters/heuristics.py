@@ -113,7 +113,7 @@ def angular(problem: DropProblem, cache: _Cache) -> np.ndarray:
 
 
 def single_kl(problem: DropProblem, cache: _Cache) -> np.ndarray:
-    return _from_scores(problem, problem.single_drop_kl(cache.n_tokens // 4, cache.seed))
+    return _from_scores(problem, problem.single_drop_kl(cache.n_tokens // 8, cache.seed))
 
 
 def random_drop(problem: DropProblem, cache: _Cache) -> np.ndarray:
@@ -135,7 +135,7 @@ def run_heuristics(
 ) -> dict[str, dict[str, object]]:
     """Assignments of the named heuristics (default: all that apply) with the seconds each took.
 
-    ``n_tokens`` calibration tokens feed the hidden-state statistics (a quarter of them the
+    ``n_tokens`` calibration tokens feed the hidden-state statistics (an eighth of them the
     single-drop KLs). Returns ``{name: {"levels": array, "seconds": float}}``.
     """
     import time

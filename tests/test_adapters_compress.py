@@ -147,3 +147,23 @@ def test_calibration_smaller_than_the_schedule_is_one_line_exit_2(model_dir, tmp
         capsys,
     )
     assert "calibration pool holds 128" in err
+
+
+def test_running_the_same_command_again_resumes_from_the_journal(model_dir, tmp_path):
+    argv = [
+        "compress",
+        "--model",
+        str(model_dir),
+        "--target",
+        "0.5",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-export",
+        "--heuristics",
+        "random",
+        *SMALL,
+    ]
+    main([*argv, "--generations", "2"])
+    main([*argv, "--generations", "3"])
+    evo = json.loads((tmp_path / "run" / "results.json").read_text())["methods"]["evopress"]
+    assert evo["generations"] == 3 and evo["replayed_evaluations"] > 0
