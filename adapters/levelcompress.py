@@ -72,7 +72,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     timings["load_and_database"] = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     seed = int(cfg["seed"])
-    fid = min(int(cfg["heuristic_tokens"]), problem.calibration.n_tokens)
+    fid = min(int(cfg["heuristic_tokens"]), problem.max_fidelity)
     base: dict[str, np.ndarray] = {}
     secs: dict[str, float] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -89,7 +89,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     secs["dp"] = time.perf_counter() - t
     if uni is None:
         t = time.perf_counter()
-        base["random"] = random_levels(problem, n=16, fidelity=fid, seed=seed)
+        base["random"] = random_levels(problem, n=int(cfg.get("random_n", 16)), fidelity=fid, seed=seed)
         secs["random"] = time.perf_counter() - t
     names = list(base)
     cal, _ = problem.score([base[n] for n in names], "calibration")
@@ -104,7 +104,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
         start_name = "random"
     else:
         raise ValueError(f"start must be best-baseline, random or one of {', '.join(names)}; got {start!r}")
-    options = schedule_options(cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"])
+    options = schedule_options(cfg["schedule"], problem.max_fidelity, cfg["offspring"], cfg["seq_len"])
     options["start"] = "random" if start_name == "random" else base[start_name]
     seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
     opt = _make_timed(problem.space, seed=seed, max_generations=int(cfg["generations"]), seconds=seconds, **options)

@@ -73,6 +73,7 @@ class QuantProblem(WeightLevelProblem):
         seed: int = 0,
         progress: bool = True,
         loaded: tuple[Any, Any] | None = None,
+        search_tokens: int | None = None,
     ) -> None:
         if budget not in ("exact", "band"):
             raise ValueError(f"budget must be 'exact' or 'band', got {budget!r}")
@@ -99,6 +100,7 @@ class QuantProblem(WeightLevelProblem):
             seed,
             progress,
             loaded,
+            search_tokens,
         )
         self.bits = np.asarray(bl, dtype=np.int64)
         costs = [(n * self.bits).tolist() for n in self.numel]

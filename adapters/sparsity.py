@@ -92,6 +92,7 @@ class SparsityProblem(WeightLevelProblem):
         seed: int = 0,
         progress: bool = True,
         loaded: tuple[Any, Any] | None = None,
+        search_tokens: int | None = None,
     ) -> None:
         if loaded is None:
             loaded = load_model(model, device=device, dtype=dtype)
@@ -113,6 +114,7 @@ class SparsityProblem(WeightLevelProblem):
             seed,
             progress,
             loaded,
+            search_tokens,
         )
         step_ = int(spec["step"])
         offsets, self.base = [], []
@@ -186,7 +188,7 @@ def owl_search(
     rng = np.random.default_rng(seed)
     grid = [(lam, m) for m in ms for lam in lambdas]
     cands = [owl_levels(problem, lam, m, rng) for lam, m in grid]
-    kl, _ = problem.score(cands, "calibration", problem.calibration.batch(fidelity, seed))
+    kl, _ = problem.score(cands, "calibration", problem.search_pool.batch(fidelity, seed))
     best = int(np.argmin(kl))
     return cands[best], {"lambda": grid[best][0], "M": grid[best][1], "kl": float(kl[best])}
 
@@ -201,5 +203,5 @@ def random_levels(problem: WeightLevelProblem, *, n: int = 16, fidelity: int = 2
     """Best of ``n`` random feasible assignments by KL on ``fidelity`` calibration tokens."""
     rng = np.random.default_rng(seed)
     cands = [problem.space.sample(rng) for _ in range(n)]
-    kl, _ = problem.score(cands, "calibration", problem.calibration.batch(fidelity, seed))
+    kl, _ = problem.score(cands, "calibration", problem.search_pool.batch(fidelity, seed))
     return cands[int(np.argmin(kl))]

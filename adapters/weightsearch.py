@@ -47,6 +47,8 @@ class WeightLevelProblem(Problem):
         device, dtype: see :func:`~levelsearch.adapters.models.load_model`.
         threads: torch CPU threads (default: leave torch's setting).
         progress: progress bars while building the database.
+        search_tokens: fitness uses only the first ``search_tokens`` tokens of the calibration
+            pool (default: all); the database's Hessians always use the whole pool.
         loaded: an already loaded ``(model, tokenizer)`` (tests, notebooks).
     """
 
@@ -69,6 +71,7 @@ class WeightLevelProblem(Problem):
         seed: int,
         progress: bool,
         loaded: tuple[Any, Any] | None,
+        search_tokens: int | None = None,
     ) -> None:
         if threads is not None:
             torch.set_num_threads(int(threads))
@@ -91,7 +94,12 @@ class WeightLevelProblem(Problem):
             heldout_tokens=heldout_tokens,
             seed=seed,
         )
-        self.max_fidelity = self.calibration.n_tokens
+        # fitness draws from the first ``search_tokens`` tokens of the pool; the Hessians use all of it
+        self.search_pool = self.calibration
+        if search_tokens is not None and int(search_tokens) < self.calibration.n_tokens:
+            n = self.calibration.n_sequences_for(int(search_tokens))
+            self.search_pool = TokenSet(self.calibration.tokens[:n], "calibration")
+        self.max_fidelity = self.search_pool.n_tokens
         calib = {
             "source": data or "pydoc_data.topics",
             "tokens": self.calibration.n_tokens,
@@ -158,7 +166,7 @@ class WeightLevelProblem(Problem):
     def teacher(self, which: str = "calibration") -> Teacher:
         """The dense teacher over the calibration pool or the held-out set (computed once)."""
         if which not in self._teachers:
-            ts = self.calibration if which == "calibration" else self.heldout
+            ts = self.search_pool if which == "calibration" else self.heldout
             dense = [None] * self.map.n_layers
 
             def logits_fn(ids: torch.Tensor) -> torch.Tensor:
@@ -183,7 +191,7 @@ class WeightLevelProblem(Problem):
 
         A candidate is a level array or ``None`` (dense). ``seqs`` picks sequences of the set (default all).
         """
-        ts: TokenSet = self.calibration if which == "calibration" else self.heldout
+        ts: TokenSet = self.search_pool if which == "calibration" else self.heldout
         teacher = self.teacher(which)
         seqs = np.arange(ts.n_seq) if seqs is None else np.asarray(seqs)
         keys = [tuple(self.layer_key(c, i) for i in range(self.map.n_layers)) for c in candidates]
@@ -225,8 +233,8 @@ class WeightLevelProblem(Problem):
             fid = self.max_fidelity if r.fidelity is None else min(int(r.fidelity), self.max_fidelity)
             groups.setdefault((fid, r.sample), []).append(k)
         for (fid, sample), members in groups.items():
-            seqs = self.calibration.batch(fid, sample)
-            full = seqs.size == self.calibration.n_seq
+            seqs = self.search_pool.batch(fid, sample)
+            full = seqs.size == self.search_pool.n_seq
             uniq: dict[bytes, np.ndarray] = {}
             for k in members:
                 lv = np.asarray(requests[k].levels, dtype=np.int64)
