@@ -1,0 +1,310 @@
+"""``levelsearch bench CONFIG.yaml --out DIR``: optimizers x problems x seeds on equal budgets.
+
+Config (YAML)::
+
+    name: suite                          # title of the report
+    seeds: [0, 1, 2]                     # optimizer seeds; every optimizer runs every seed
+    budget: {max_evaluations: 1000}      # default budget (evaluations and/or max_cost in fidelity units)
+    max_seconds: 120                     # optional wall-time cap per run (reported when it bites)
+    target_relative: 0.01                # target = optimum + 1% of |optimum| (best value found if unknown)
+    checkpoints: [0.1, 0.25, 0.5, 1.0]   # fixed-budget table columns, as fractions of the budget
+    optimizers:                          # a name, or {name, label, options}
+      - evopress
+      - {name: dp, label: dp+ls, options: {local_search: true}}
+    problems:                            # a problem config ({kind, ...params}) plus optional
+      - {label: linear-64x2, kind: linear, n_units: 64, n_levels: 2}   # label, budget, target_relative
+      - {label: noisy, kind: noisy, base: {kind: linear}, budget: {max_cost: 3.0e7},
+         options: {evopress: {steps: [[1024, 4], [16384, 1]]}}}   # per-problem options by optimizer label
+
+Every (optimizer, problem, seed) runs :func:`levelsearch.minimize` in its own
+process (``--workers``, default ``min(2, cpus)``) and is deterministic given the
+seed. Optimizers that accept a ``budget`` option (NGOpt) get the evaluation
+budget. Progress: one tqdm bar over the whole grid.
+
+Output directory: ``raw/<problem>/<optimizer>/seed<s>.csv`` (every evaluation:
+index, cumulative cost, value, fidelity, and the recommendation's value after
+it), ``ioh/`` (IOHprofiler's ``.info`` + ``.dat`` layout, one folder per
+optimizer, for IOHanalyzer), ``convergence_<problem>.png`` (median regret with
+IQR band), ``ecdf_<problem>.png``, ``results.json`` and ``report.md``
+(fixed-budget and fixed-target tables, EvoPress's cost-to-target ratio).
+
+Measure: the *regret* of the recommendation, ``true value - optimum``, where the
+true value is the noise-free value (the measured value on problems without
+noise). Without a known optimum, the value itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .driver import minimize
+from .optimizer import Optimizer, Request, get_optimizer, make_optimizer
+from .problem import Problem, make_problem
+
+__all__ = ["load_bench_config", "run_bench", "add_parser"]
+
+_CHECKPOINTS = [0.1, 0.25, 0.5, 1.0]
+
+
+# ----------------------------------------------------------------- config
+def load_bench_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a bench config; returns it with defaults filled in.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if a field is missing or malformed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"bench config {p} not found; pass the path of a YAML file")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p}: a bench config is a mapping with optimizers, problems, seeds and budget")
+    for key in ("optimizers", "problems"):
+        if not cfg.get(key):
+            raise ValueError(f"{p}: '{key}' must list at least one entry")
+    opts = []
+    for o in cfg["optimizers"]:
+        o = {"name": o} if isinstance(o, str) else dict(o)
+        if "name" not in o:
+            raise ValueError(f"{p}: every optimizer needs a name, got {o}")
+        get_optimizer(o["name"])  # unknown names fail now, not in a worker
+        opts.append({"name": o["name"], "label": str(o.get("label", o["name"])), "options": o.get("options") or {}})
+    probs = []
+    for q in cfg["problems"]:
+        q = dict(q)
+        if "kind" not in q:
+            raise ValueError(f"{p}: every problem needs a kind, got {q}")
+        label = str(q.pop("label", q["kind"]))
+        budget = q.pop("budget", None) or cfg.get("budget")
+        rel = q.pop("target_relative", cfg.get("target_relative", 0.01))
+        overrides = q.pop("options", None) or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"{p}: problem {label}: options maps optimizer labels to their options")
+        if not budget or not ({"max_evaluations", "max_cost"} & set(budget)):
+            raise ValueError(f"{p}: problem {label} has no budget; give budget: {{max_evaluations: N}}")
+        probs.append(
+            {"label": label, "config": q, "budget": dict(budget), "target_relative": float(rel), "options": overrides}
+        )
+    for key, items in (("optimizer", opts), ("problem", probs)):
+        labels = [x["label"] for x in items]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"{p}: {key} labels must be unique, got {labels}")
+    seeds = [int(s) for s in cfg.get("seeds", [0, 1, 2])]
+    return {
+        "name": str(cfg.get("name", p.stem)),
+        "seeds": seeds,
+        "max_seconds": cfg.get("max_seconds"),
+        "checkpoints": [float(c) for c in cfg.get("checkpoints", _CHECKPOINTS)],
+        "optimizers": opts,
+        "problems": probs,
+    }
+
+
+# ----------------------------------------------------------------- one run
+class _Pinned(Problem):
+    """A problem whose optimum was computed once in the parent process (it can take a minute)."""
+
+    def __init__(self, inner: Problem, optimum: float | None) -> None:
+        super().__init__(inner.space)
+        self.inner, self.optimum, self.name = inner, optimum, inner.name
+        self.max_fidelity, self.uses_fidelity = inner.max_fidelity, inner.uses_fidelity
+
+    def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
+        return self.inner.evaluate(levels, fidelity, sample)
+
+    def true_value(self, levels: np.ndarray) -> float | None:
+        return self.inner.true_value(levels)
+
+    def cost_of(self, fidelity: int | None) -> float:
+        return self.inner.cost_of(fidelity)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+
+class _WallCap(Optimizer):
+    """Stops the wrapped optimizer once ``seconds`` of wall time have passed."""
+
+    def __init__(self, inner: Optimizer, seconds: float | None) -> None:
+        super().__init__(inner.space, seed=inner.seed)
+        self.inner, self.seconds, self.t0 = inner, seconds, time.perf_counter()
+        self.multi_fidelity = inner.multi_fidelity
+        self.capped = False
+
+    def ask(self) -> list[Request]:
+        return self.inner.ask()
+
+    def tell(self, requests: Sequence[Request], values: Sequence[float]) -> None:
+        self.inner.tell(requests, values)
+
+    def stop(self) -> bool:
+        if self.seconds is not None and time.perf_counter() - self.t0 > self.seconds:
+            self.capped = True
+            return True
+        return self.inner.stop()
+
+    def recommend(self) -> tuple[np.ndarray | None, float]:
+        return self.inner.recommend()
+
+
+def _problem_facts(config: dict[str, Any]) -> dict[str, Any]:
+    problem = make_problem(config)
+    return {"optimum": problem.optimum, "n_units": problem.space.n_units, "uses_fidelity": problem.uses_fidelity}
+
+
+def _run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one (optimizer, problem, seed) and write its raw CSV; returns the curve of the recommendation."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    prob = _Pinned(make_problem(task["problem"]), task["optimum"])
+    options = dict(task["options"])
+    budget = task["budget"]
+    if "budget" in inspect.signature(get_optimizer(task["optimizer"])).parameters and "budget" not in options:
+        options["budget"] = int(budget.get("max_evaluations") or 10_000)
+    opt = _WallCap(make_optimizer(task["optimizer"], prob.space, seed=task["seed"], **options), task["max_seconds"])
+    res = minimize(
+        prob,
+        optimizer=opt,
+        max_evaluations=budget.get("max_evaluations"),
+        max_cost=budget.get("max_cost"),
+        seed=task["seed"],
+    )
+    noisy = prob.uses_fidelity
+    curve = [
+        (tp.n_evaluations, tp.cost, tp.true_value if noisy and tp.true_value is not None else tp.value)
+        for tp in res.trace
+    ]
+    path = Path(task["csv"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows, k, cost = ["evaluation,cost,value,fidelity,recommended"], 0, 0.0
+    for i, ev in enumerate(res.history, start=1):
+        cost += prob.cost_of(ev.fidelity)
+        while k + 1 < len(curve) and curve[k + 1][0] <= i:
+            k += 1
+        rec = curve[k][2] if curve and curve[k][0] <= i else math.nan
+        fid = "" if ev.fidelity is None else ev.fidelity
+        rows.append(f"{i},{cost:.10g},{ev.value:.10g},{fid},{rec:.10g}")
+    path.write_text("\n".join(rows) + "\n")
+    return {
+        "optimizer": task["label"],
+        "problem": task["problem_label"],
+        "seed": task["seed"],
+        "curve": curve,
+        "values": [ev.value for ev in res.history],
+        "n_evaluations": res.n_evaluations,
+        "cost": res.cost,
+        "final": res.best_true_value if res.best_true_value is not None else res.best_value,
+        "stopped_by": "wall-time cap" if opt.capped else res.stopped_by,
+        "wall_seconds": res.wall_seconds,
+    }
+
+
+# ----------------------------------------------------------------- the grid
+def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = None, progress: bool = True) -> Path:
+    """Run every (optimizer, problem, seed) of ``config`` and write the report into ``out``; returns report.md."""
+    from tqdm import tqdm
+
+    from . import bench_report  # the tables and plots
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(2, os.cpu_count() or 1)
+    t0 = time.perf_counter()
+    # one BLAS thread per process: on a small machine, threads of parallel runs only fight each other
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    # known optima (enumeration, MILP) are computed once per problem, in the workers
+    facts = list(pool.map(_problem_facts, [pr["config"] for pr in config["problems"]]))
+    problems = [{**pr, **f} for pr, f in zip(config["problems"], facts)]
+    tasks = [
+        {
+            "optimizer": o["name"],
+            "label": o["label"],
+            "problem": pr["config"],
+            "options": {**o["options"], **(pr["options"].get(o["label"]) or {})},
+            "problem_label": pr["label"],
+            "optimum": pr["optimum"],
+            "budget": pr["budget"],
+            "seed": s,
+            "max_seconds": config.get("max_seconds"),
+            "csv": str(out / "raw" / pr["label"] / o["label"] / f"seed{s}.csv"),
+        }
+        for pr in problems
+        for o in config["optimizers"]
+        for s in config["seeds"]
+    ]
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
+    with pool:
+        futures = {pool.submit(_run_one, t): t for t in tasks}
+        for fut in as_completed(futures):
+            t = futures[fut]
+            try:
+                results.append(fut.result())
+            except Exception as exc:  # one broken run must not lose the grid
+                results.append(
+                    {
+                        "optimizer": t["label"],
+                        "problem": t["problem_label"],
+                        "seed": t["seed"],
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
+            bar.update(1)
+            bar.set_postfix_str(f"{t['label']} on {t['problem_label']}")
+    bar.close()
+    meta = {
+        "config": config,
+        "workers": workers,
+        "wall_seconds": time.perf_counter() - t0,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "problems": problems,
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, default=_json) + "\n")
+    return bench_report.write_report(out, meta, results)
+
+
+def _json(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+# ----------------------------------------------------------------- CLI
+def add_parser(subparsers: Any) -> None:
+    """Add ``levelsearch bench CONFIG --out DIR [--workers N]``."""
+    p = subparsers.add_parser("bench", help="run optimizers x problems x seeds on equal budgets and write a report")
+    p.add_argument("config", help="bench YAML (see levelsearch.bench)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default min(2, cpus))")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise ValueError("--workers must be >= 1")
+    report = run_bench(load_bench_config(args.config), args.out, workers=args.workers, progress=not args.no_progress)
+    print(report)
+    return 0
