@@ -53,6 +53,7 @@ FORMAT = 1
 OWL_M_GRID = (3.0, 5.0, 7.0, 10.0)  # outlier thresholds M of the OWL paper's grid
 _SPARSE = ("magnitude", "wanda", "sparsegpt")
 _QUANT = ("rtn", "gptq")
+_JOINT = ("sparsegpt+gptq",)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -76,8 +77,9 @@ def default_database_dir(model_id: str, spec: dict[str, Any], calibration: dict[
     return cache_root() / "databases" / f"{safe}-{spec['kind']}-{spec['method']}-{tag}"
 
 
-def unit_level_values(spec: dict[str, Any], numel: int) -> list[int]:
-    """The level values of a unit with ``numel`` weights: numbers of zeros (sparsity) or bit-widths.
+def unit_level_values(spec: dict[str, Any], numel: int) -> list[Any]:
+    """The level values of a unit with ``numel`` weights: numbers of zeros (sparsity), bit-widths
+    (quant) or ``[zeros, bits]`` pairs (joint: every sparsity with every bit-width).
 
     Sparsity: ``round(target·numel) + l·step`` for ``l = −max_offset .. max_offset``,
     keeping those within ``[0, numel]``, so every step changes the number of
@@ -85,6 +87,8 @@ def unit_level_values(spec: dict[str, Any], numel: int) -> list[int]:
     """
     if spec["kind"] == "quant":
         return [int(b) for b in spec["bits"]]
+    if spec["kind"] == "joint":
+        return [[int(round(float(s) * numel)), int(b)] for s in spec["sparsities"] for b in spec["bits"]]
     base = int(round(float(spec["target"]) * numel))
     step, top = int(spec["step"]), int(spec["max_offset"])
     return [base + k * step for k in range(-top, top + 1) if 0 <= base + k * step <= numel]
@@ -102,8 +106,15 @@ def _check_spec(spec: dict[str, Any]) -> None:
             raise ValueError(f"quantization method must be one of {', '.join(_QUANT)}, got {method!r}")
         if not spec["bits"] or any(not 1 <= int(b) <= 8 for b in spec["bits"]):
             raise ValueError("quantization spec needs bit-widths in 1..8")
+    elif kind == "joint":
+        if method not in _JOINT:
+            raise ValueError(f"joint method must be 'sparsegpt+gptq', got {method!r}")
+        if any(not 0.0 <= float(x) < 1.0 for x in spec["sparsities"]) or any(
+            not 1 <= int(b) <= 8 for b in spec["bits"]
+        ):
+            raise ValueError("joint spec needs sparsities in [0, 1) and bit-widths in 1..8")
     else:
-        raise ValueError(f"database kind must be 'sparsity' or 'quant', got {kind!r}")
+        raise ValueError(f"database kind must be 'sparsity', 'quant' or 'joint', got {kind!r}")
 
 
 def _sha256(path: Path) -> str:
@@ -139,8 +150,19 @@ def _encode_quant(q: Quantized) -> dict[str, torch.Tensor]:
     }
 
 
-def _variants(spec: dict[str, Any], w: torch.Tensor, h: torch.Tensor, values: list[int]) -> list[Any]:
+def _variants(spec: dict[str, Any], w: torch.Tensor, h: torch.Tensor, values: list[Any]) -> list[Any]:
     method = spec["method"]
+    if method == "sparsegpt+gptq":
+        # prune once per sparsity (SparseGPT), then quantize each pruned weight at every bit-width
+        # with its zeros kept (GPTQ on the same Hessian)
+        bits = [int(b) for b in spec["bits"]]
+        zero_counts = list(dict.fromkeys(int(v[0]) for v in values))
+        pruned = sparsegpt_prune(w, h, zero_counts, block_size=int(spec.get("block_size", 128)))
+        out: list[Any] = []
+        for k in range(len(zero_counts)):
+            mask = pruned[k] == 0
+            out.extend(gptq_quantize(pruned[k], h, bits, group_size=spec.get("group_size", 128), zero_mask=mask))
+        return out
     if method == "sparsegpt":
         return list(sparsegpt_prune(w, h, values, block_size=int(spec.get("block_size", 128))))
     if method == "wanda":
@@ -302,8 +324,8 @@ class VariantDatabase:
     def kind(self) -> str:
         return str(self.spec["kind"])
 
-    def values(self, unit: str) -> list[int]:
-        """Level values of ``unit``: numbers of zeros (sparsity) or bit-widths (quant), by level index."""
+    def values(self, unit: str) -> list[Any]:
+        """Level values of ``unit`` by level index: zeros (sparsity), bits (quant) or ``[zeros, bits]`` (joint)."""
         return list(self.manifest["units"][unit]["values"])
 
     def shape(self, unit: str) -> tuple[int, int]:
@@ -361,7 +383,7 @@ class VariantDatabase:
             out = torch.zeros(rows * cols, dtype=torch.float32)
             out[mask] = f.get_tensor(key + "/values").to(torch.float32)
             return out.view(rows, cols)
-        bits = values[level]
+        bits = values[level] if self.kind == "quant" else values[level][1]
         codes = unpack_codes(f.get_tensor(key + "/codes").numpy(), bits, (rows, cols))
         q = Quantized(
             bits, self.spec.get("group_size", 128), codes, f.get_tensor(key + "/scales"), f.get_tensor(key + "/zeros")

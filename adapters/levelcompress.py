@@ -1,4 +1,4 @@
-"""``levelsearch compress --method sparsity|quant``: search per-layer sparsities or bit-widths, compare, export.
+"""``levelsearch compress --method sparsity|quant|joint``: per-layer sparsities / bit-widths, compare, export.
 
 Same flow and settings as the ``drop`` method of :mod:`levelsearch.adapters.compress`:
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_sparsity", "run_quant", "plot_levels"]
+__all__ = ["run_sparsity", "run_quant", "run_joint", "plot_levels"]
 
 
 def _problem(kind: str, cfg: dict[str, Any]) -> Any:
@@ -48,6 +48,13 @@ def _problem(kind: str, cfg: dict[str, Any]) -> Any:
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
             raise ValueError(f"--target must be an average sparsity strictly between 0 and 1, got {t!r}")
         return SparsityProblem(cfg["model"], target=float(t), database=cfg.get("database"), **common)
+    if kind == "joint":
+        from .joint import JointProblem
+
+        t = cfg["target"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 1.0 <= float(t) <= 8.0:
+            raise ValueError(f"--target must be the memory budget in bits per weight (e.g. 3), got {t!r}")
+        return JointProblem(cfg["model"], target=float(t), database=cfg.get("database"), **common)
     from .quantization import QuantProblem
 
     t = cfg["target"]
@@ -85,7 +92,12 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
         base["owl"], extra["owl"] = owl_search(problem, fidelity=fid, seed=seed)
         secs["owl"] = time.perf_counter() - t
     t = time.perf_counter()
-    base["dp"] = dp_levels(problem)
+    if kind == "joint":
+        from .joint import joint_dp_levels
+
+        base["dp"] = joint_dp_levels(problem, seed=seed)
+    else:
+        base["dp"] = dp_levels(problem)
     secs["dp"] = time.perf_counter() - t
     if uni is None:
         t = time.perf_counter()
@@ -131,6 +143,8 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
             "average": avg(lv),
             "feasible": bool(problem.space.is_feasible(lv)),
         }
+        if kind == "joint":
+            entry["sparsity_bits"] = problem.sparsity_and_bits(lv)
         if name == "evopress":
             entry.update(
                 calibration_kl=float(result.best_value),
@@ -188,6 +202,11 @@ def run_sparsity(cfg: dict[str, Any]) -> dict[str, Any]:
 def run_quant(cfg: dict[str, Any]) -> dict[str, Any]:
     """``--method quant`` (see the module docstring)."""
     return _run("quant", cfg)
+
+
+def run_joint(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``--method joint``: ``--target`` is the memory budget in bits per weight (see :mod:`.joint`)."""
+    return _run("joint", cfg)
 
 
 def plot_levels(

@@ -122,6 +122,7 @@ def gptq_quantize(
     group_size: int | None = 128,
     block_size: int = 128,
     damping: float = 0.01,
+    zero_mask: torch.Tensor | None = None,
 ) -> list[Quantized]:
     """GPTQ: quantize column by column, spreading each column's error over later columns (OBS).
 
@@ -135,12 +136,15 @@ def gptq_quantize(
         group_size: columns per group (default 128; ``None`` = per channel).
         block_size: columns per lazy-update block (default 128).
         damping: fraction of ``mean(diag H)`` added to the diagonal (default 1%).
+        zero_mask: optional ``(out, in)`` boolean mask of weights that must stay exactly 0
+            (a pruned weight: its code is the zero point, its error is spread like any other).
     """
     bl = _bits_list(bits)
     rows, cols = w.shape
     u, dead = inverse_cholesky(h, damping)
     wk = w.detach().to(torch.float32).repeat(len(bl), 1)
     wk[:, dead] = 0.0
+    keep = None if zero_mask is None else zero_mask.to(torch.bool).repeat(len(bl), 1)
     maxq = torch.tensor([2.0**b - 1 for b in bl]).repeat_interleave(rows)[:, None]
     g = group_size or cols
     n_groups = _n_groups(cols, group_size)
@@ -163,6 +167,8 @@ def gptq_quantize(
                 scales[:, gi], zeros[:, gi] = _params(seg, maxq)
             col = w1[:, j]
             q = _round(col, scales[:, gi], zeros[:, gi], maxq)
+            if keep is not None:
+                q = torch.where(keep[:, c], zeros[:, gi], q)
             codes[:, c] = q
             e = (col - scales[:, gi] * (q - zeros[:, gi])) / u1[j, j]
             w1[:, j:] -= e[:, None] * u1[j, j:][None, :]

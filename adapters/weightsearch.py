@@ -285,6 +285,13 @@ def export_levels(
         entry = {"level": int(lv[u])}
         if problem.spec["kind"] == "sparsity":
             entry.update(zeros=int(value), sparsity=float(value / problem.numel[u]))
+        elif problem.spec["kind"] == "joint":
+            entry.update(
+                zeros=int(value[0]),
+                sparsity=float(value[0] / problem.numel[u]),
+                bits=int(value[1]),
+                group_size=problem.spec.get("group_size"),
+            )
         else:
             entry.update(bits=int(value), group_size=problem.spec.get("group_size"))
         per_unit[name] = entry
@@ -293,7 +300,9 @@ def export_levels(
         "spec": problem.spec,
         "units": per_unit,
         "levels": lv.tolist(),
-        "how": "dense weights with zeros" if problem.spec["kind"] == "sparsity" else "dequantized weights",
+        "how": {"sparsity": "dense weights with zeros", "quant": "dequantized weights"}.get(
+            problem.spec["kind"], "dequantized weights, pruned ones exactly zero"
+        ),
         **(info or {}),
     }
     (path / "levelsearch_compression.json").write_text(json.dumps(meta, indent=1))

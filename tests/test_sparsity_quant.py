@@ -249,3 +249,51 @@ def test_compress_method_writes_results_profile_and_a_model_that_reloads(method,
     meta = json.loads((out / "model" / "levelsearch_compression.json").read_text())
     key = "sparsity" if method == "sparsity" else "bits"
     assert [u[key] for u in meta["units"].values()] == res["methods"]["evopress"]["profile"]
+
+
+@pytest.fixture(scope="module")
+def joint(data_file, tmp_path_factory):
+    from levelsearch.adapters.joint import JointProblem
+
+    return JointProblem(
+        target=3.0,
+        sparsities=(0.0, 0.5),
+        bits=(2, 4, 8),
+        group_size=32,
+        tol=0.1,
+        **common(data_file, tmp_path_factory.mktemp("db")),
+    )
+
+
+def test_joint_levels_keep_their_pruned_zeros_after_quantization(joint):
+    for name in joint.unit_names:
+        for level, (zeros, bits) in enumerate(joint.db.values(name)):
+            w = joint.db.weight(name, level)
+            assert int((w == 0).sum()) >= zeros
+            for g in range(0, w.shape[1], 32):
+                assert max(len(torch.unique(w[r, g : g + 32])) for r in range(w.shape[0])) <= 2**bits
+
+
+def test_every_joint_profile_stays_within_the_memory_band(joint):
+    from levelsearch.adapters.joint import joint_dp_levels
+
+    found = minimize(
+        joint,
+        optimizer="evopress",
+        max_evaluations=12,
+        seed=0,
+        options={"offspring": 4, "steps": [(64, 1)], "start": "random", "init_candidates": 2},
+    )
+    for lv in (found.best_levels, joint_dp_levels(joint), random_levels(joint, n=3, fidelity=32)):
+        assert 2.9 - 1e-9 <= joint.average_bits(lv) <= 3.0 + 1e-9
+
+
+def test_joint_dp_prefers_the_lower_error_mix_to_the_worst_feasible_one(joint):
+    from levelsearch.adapters.joint import joint_dp_levels
+
+    err = np.nan_to_num(joint.unit_errors(), nan=0.0)
+    dp = joint_dp_levels(joint)
+    rng = np.random.default_rng(0)
+    randoms = [joint.space.sample(rng) for _ in range(5)]
+    total = lambda lv: err[np.arange(len(lv)), lv].sum()  # noqa: E731
+    assert total(dp) <= min(total(r) for r in randoms)
