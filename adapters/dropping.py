@@ -338,6 +338,15 @@ class DropProblem(Problem):
         return kl
 
     def heldout_report(self, candidates: Sequence[np.ndarray]) -> list[dict[str, float]]:
-        """Held-out perplexity and KL to the dense model for each candidate (one shared pass)."""
-        kl, nll = self.score(list(candidates), "heldout", with_nll=True)
-        return [{"heldout_ppl": float(math.exp(n)), "heldout_kl": float(k)} for k, n in zip(kl, nll)]
+        """Held-out perplexity and KL to the dense model for each candidate (one shared pass).
+
+        The dense model (no unit dropped) is not run again: its perplexity comes from the
+        held-out teacher's pass and its KL to itself is 0.
+        """
+        teacher = self.teacher("heldout")  # its dense pass also gives the dense perplexity
+        todo = [i for i, c in enumerate(candidates) if np.any(np.asarray(c))]
+        kl, nll = self.score([candidates[i] for i in todo], "heldout", with_nll=True) if todo else ([], [])
+        out = [{"heldout_ppl": float(math.exp(teacher.nll)), "heldout_kl": 0.0} for _ in candidates]
+        for i, k, n in zip(todo, kl, nll):
+            out[i] = {"heldout_ppl": float(math.exp(n)), "heldout_kl": float(k)}
+        return out

@@ -255,13 +255,15 @@ class Teacher:
     """The dense model's top-``k`` next-token log-probabilities over a fixed token set.
 
     Attributes:
+        nll: the dense model's mean next-token NLL over the set (nats; ``exp(nll)`` is its perplexity).
         logp: ``[n_seq, seq_len, k]`` fp16 log-probabilities of the ``k`` likeliest tokens.
         index: ``[n_seq, seq_len, k]`` int32 token ids.
         tail: ``[n_seq, seq_len]`` fp32 log of the probability mass outside the top ``k``.
     """
 
-    def __init__(self, logp: torch.Tensor, index: torch.Tensor, tail: torch.Tensor) -> None:
+    def __init__(self, logp: torch.Tensor, index: torch.Tensor, tail: torch.Tensor, nll: float = math.nan) -> None:
         self.logp, self.index, self.tail = logp, index, tail
+        self.nll = float(nll)  # the dense model's mean next-token NLL over the set (nats), when known
 
     @property
     def nbytes(self) -> int:
@@ -282,15 +284,19 @@ class Teacher:
         logp = torch.empty(n, t, k, dtype=torch.float16)
         index = torch.empty(n, t, k, dtype=torch.int32)
         tail = torch.empty(n, t, dtype=torch.float32)
+        nll_sum, nll_count = 0.0, 0
         for s in range(0, n, chunk_seqs):
             z = logits_fn(tokens[s : s + chunk_seqs]).float()
             lp = torch.log_softmax(z, dim=-1)
+            nxt = tokens[s : s + chunk_seqs, 1:].to(lp.device).unsqueeze(-1)
+            nll_sum -= float(lp[:, :-1].gather(-1, nxt).sum())
+            nll_count += nxt.numel()
             top, idx = lp.topk(min(k, lp.shape[-1]), dim=-1)
             logp[s : s + chunk_seqs] = top.cpu().half()
             index[s : s + chunk_seqs] = idx.cpu().int()
             mass = top.exp().sum(-1).clamp(max=1.0)
             tail[s : s + chunk_seqs] = torch.log1p(-mass).clamp(min=-30.0).cpu()
-        return cls(logp, index, tail)
+        return cls(logp, index, tail, nll_sum / max(1, nll_count))
 
     def rows(self, seqs: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.logp[seqs], self.index[seqs], self.tail[seqs]

@@ -228,3 +228,9 @@ def test_real_smollm2_dense_heldout_perplexity_is_finite_and_below_100():
     prob = DropProblem("smollm2", calibration_tokens=256, heldout_tokens=1024, top_k=64)
     ppl = prob.heldout_report([np.zeros(prob.space.n_units, dtype=np.int64)])[0]["heldout_ppl"]
     assert math.isfinite(ppl) and ppl < 100
+
+
+def test_dense_heldout_perplexity_from_the_teacher_pass_equals_a_scored_pass(problem):
+    dense = np.zeros(problem.space.n_units, dtype=np.int64)
+    _, nll = problem.score([dense], "heldout", with_nll=True)
+    assert problem.heldout_report([dense])[0]["heldout_ppl"] == pytest.approx(math.exp(nll[0]), rel=1e-5)
