@@ -297,3 +297,11 @@ def test_joint_dp_prefers_the_lower_error_mix_to_the_worst_feasible_one(joint):
     randoms = [joint.space.sample(rng) for _ in range(5)]
     total = lambda lv: err[np.arange(len(lv)), lv].sum()  # noqa: E731
     assert total(dp) <= min(total(r) for r in randoms)
+
+
+def test_owl_gives_the_layer_with_more_outliers_the_lower_sparsity(sparse, monkeypatch):
+    monkeypatch.setattr(sparse.db, "owl_ratios", lambda m: {0: 0.2, 1: 0.01})
+    lv = owl_levels(sparse, 0.1, 5.0, np.random.default_rng(0))
+    prof, layer = sparse.profile(lv), sparse.unit_layer
+    zeros = lambda i: (prof[layer == i] * sparse.numel[layer == i]).sum() / sparse.numel[layer == i].sum()  # noqa: E731
+    assert zeros(0) < 0.5 < zeros(1)
