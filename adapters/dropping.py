@@ -293,6 +293,14 @@ class DropProblem(Problem):
             for k in todo:
                 lv = np.asarray(requests[k].levels, dtype=np.int64)
                 uniq.setdefault(lv.tobytes(), lv)
+            if full:
+                # a remembered candidate (the EvoPress parent) whose layer states are not stored is run
+                # once more alongside, so that from now on its offspring start from its states
+                for k in members:
+                    lv = np.asarray(requests[k].levels, dtype=np.int64)
+                    stateless = not self.store.has(tuple(self.layer_keys(lv)))
+                    if k not in todo and stateless and len(uniq) < self.store.max_variants:
+                        uniq.setdefault(lv.tobytes(), lv)
             kl, _ = self.score(list(uniq.values()), "calibration", seqs, record=full)
             values = dict(zip(uniq.keys(), kl.tolist()))
             for k in todo:

@@ -349,6 +349,9 @@ class ActivationStore:
     def anchors(self, chunk: Hashable) -> list[tuple[Hashable, list[torch.Tensor]]]:
         return [(v, d[chunk]) for v, d in reversed(self._store.items()) if chunk in d]
 
+    def has(self, variant: Hashable) -> bool:
+        return variant in self._store
+
     def touch(self, variant: Hashable) -> None:
         if variant in self._store:
             self._store.move_to_end(variant)

@@ -234,3 +234,19 @@ def test_dense_heldout_perplexity_from_the_teacher_pass_equals_a_scored_pass(pro
     dense = np.zeros(problem.space.n_units, dtype=np.int64)
     _, nll = problem.score([dense], "heldout", with_nll=True)
     assert problem.heldout_report([dense])[0]["heldout_ppl"] == pytest.approx(math.exp(nll[0]), rel=1e-5)
+
+
+def test_final_step_keeps_the_remembered_parents_layer_states(problem):
+    rng = np.random.default_rng(11)
+    parent = problem.space.sample(rng)
+    kid = problem.space.switch(parent, rng, 1)
+    problem.evaluate_many(
+        [
+            Request(parent, None, 1),
+            Request(problem.space.sample(rng), None, 1),
+            Request(problem.space.sample(rng), None, 1),
+        ]
+    )  # remembered, states not kept
+    problem.store.clear()
+    problem.evaluate_many([Request(parent, None, 2), Request(kid, None, 2)])
+    assert problem.store.has(tuple(problem.layer_keys(parent))) and problem.store.has(tuple(problem.layer_keys(kid)))
