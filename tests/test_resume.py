@@ -201,3 +201,32 @@ def test_running_again_with_a_larger_budget_continues_the_run(tmp_path):
     assert got["n_replayed"] == 100 and got["n_evaluations"] == 250
     assert _comparable(got) == _comparable(json.loads((tmp_path / "straight" / "summary.json").read_text()))
     assert "max_evaluations: 250" in (tmp_path / "run" / "config.yaml").read_text()  # `resume` goes on from here
+
+
+@pytest.mark.parametrize("name", ["evopress", "random", "nevergrad-discreteoneplusone", "optuna-random"])
+def test_resume_is_exact_for_registered_optimizers(tmp_path, name):
+    from levelsearch import available_optimizers
+    from levelsearch.problem import FunctionProblem
+
+    if name not in available_optimizers():
+        pytest.skip(f"{name} is not installed")
+    problem = make_problem({"kind": "noisy", "base": {"kind": "linear", "n_units": 16, "total": 4}, "sigma": 2.0})
+    straight = minimize(problem, optimizer=name, seed=1, max_evaluations=80)
+    calls, interrupt_at = [0], [37]
+
+    def fn(levels, fidelity, sample):
+        calls[0] += 1
+        if calls[0] == interrupt_at[0]:
+            raise KeyboardInterrupt
+        return problem.evaluate(levels, fidelity, sample)
+
+    oracle = FunctionProblem(fn, problem.space, max_fidelity=problem.max_fidelity, name="noisy")
+    first = minimize(oracle, optimizer=name, seed=1, max_evaluations=80, journal=tmp_path / "j.db")
+    assert first.stopped_by == "interrupted" and first.n_evaluations == 36
+    interrupt_at[0] = -1
+    resumed = minimize(oracle, optimizer=name, seed=1, max_evaluations=80, journal=tmp_path / "j.db")
+    assert calls[0] == 37 + 80 - 36  # the interrupted call is run again, nothing journaled is
+    assert [(e.levels.tolist(), e.fidelity, e.sample, e.value) for e in resumed.history] == [
+        (e.levels.tolist(), e.fidelity, e.sample, e.value) for e in straight.history
+    ]
+    assert resumed.best_levels.tolist() == straight.best_levels.tolist()
