@@ -101,7 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted run from its journal")
-    p.add_argument("dir", help="run directory written by `levelsearch run`")
+    p.add_argument("dir", help="run directory written by `levelsearch run` (or its journal.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_resume)
 

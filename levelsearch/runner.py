@@ -202,12 +202,14 @@ def _major(version: str) -> str:
 
 
 def resume_dir(out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Continue the run stored in ``out`` (its ``config.yaml`` and journal).
+    """Continue the run stored in ``out`` (its ``config.yaml`` and journal; the journal's path works too).
 
     Raises:
         FileNotFoundError: ``out`` holds no run.
     """
     out = Path(out)
+    if out.is_file() and out.name == JOURNAL:
+        out = out.parent
     cfg_path = out / CONFIG
     if not cfg_path.is_file():
         raise FileNotFoundError(

@@ -230,3 +230,14 @@ def test_resume_is_exact_for_registered_optimizers(tmp_path, name):
         (e.levels.tolist(), e.fidelity, e.sample, e.value) for e in straight.history
     ]
     assert resumed.best_levels.tolist() == straight.best_levels.tolist()
+
+
+def test_resume_accepts_the_run_directory_or_its_journal(tmp_path):
+    from levelsearch.cli import main
+
+    (tmp_path / "run.yaml").write_text(
+        "problem: {kind: linear, n_units: 16, total: 4}\nbudget: {max_evaluations: 40}\n"
+    )
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["resume", str(tmp_path / "run" / "journal.db"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_replayed"] == 40
