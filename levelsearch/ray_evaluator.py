@@ -112,7 +112,13 @@ class RayEvaluator(Evaluator):
         self._options = _actor_options(resources_per_worker)
         self._owns_ray = False
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            # no dashboard for a local instance; a cluster (or a ray:// client) keeps its own settings
+            kwargs: dict[str, Any] = {"address": address} if address else {"include_dashboard": False}
+            try:
+                ray.init(**kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise ValueError(f"could not start or join {where}: {_first_line(exc)}") from None
             self._owns_ray = True
         self._cls = ray.remote(_Worker)
         self._generation = [0] * workers
