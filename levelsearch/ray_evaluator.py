@@ -46,6 +46,8 @@ __all__ = ["RayEvaluator"]
 _DEPTH = 2
 # a request that kills its worker this many times is recorded as failed
 _MAX_CRASHES_PER_REQUEST = 2
+# seconds to wait for the workers to start and build their oracle (a model load can take minutes)
+_START_TIMEOUT = 900.0
 
 
 class _Worker:
@@ -120,15 +122,35 @@ class RayEvaluator(Evaluator):
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise ValueError(f"could not start or join {where}: {_first_line(exc)}") from None
             self._owns_ray = True
+        self._check_resources()
         self._cls = ray.remote(_Worker)
         self._generation = [0] * workers
         self.workers: list[Any] = [self._start(slot) for slot in range(workers)]
         try:
-            ray.get([w.ready.remote() for w in self.workers])
+            ray.get([w.ready.remote() for w in self.workers], timeout=_START_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise ValueError(
+                f"Ray workers did not start within {_START_TIMEOUT:g} s (waiting for resources "
+                f"{self._options}); lower resources_per_worker or workers"
+            ) from None
         except ray.exceptions.RayError as exc:
             self.close()
             what = getattr(problem, "get", lambda _: problem)("kind")
             raise ValueError(f"Ray workers could not build problem {what!r}: {_first_line(exc)}") from None
+
+    def _check_resources(self) -> None:
+        """Refuse at once what the cluster can never give one worker (else the actors wait forever)."""
+        total = ray.cluster_resources()
+        want = {"CPU": self._options["num_cpus"], "GPU": self._options.get("num_gpus", 0)}
+        want.update(self._options.get("resources", {}))
+        for name, amount in want.items():
+            if amount > total.get(name, 0):
+                self.close()
+                raise ValueError(
+                    f"resources_per_worker asks for {amount:g} {name} per worker but the Ray cluster has "
+                    f"{total.get(name, 0):g}; lower it or join a cluster that has {name} (evaluator.address)"
+                )
 
     def _start(self, slot: int) -> Any:
         name = f"ray-{slot}" if self._generation[slot] == 0 else f"ray-{slot}.{self._generation[slot]}"

@@ -116,3 +116,11 @@ def test_losing_more_workers_than_allowed_stops_with_a_clear_error(ray_local):
         ray_local.kill(ev.workers[0])
         with pytest.raises(WorkersLostError, match="Ray workers died 1 times"):
             ev.evaluate([Request(problem.space.sample(np.random.default_rng(0)))])
+
+
+@pytest.mark.slow
+def test_asking_for_resources_the_cluster_lacks_is_a_clear_error_not_a_hang(ray_local):
+    from levelsearch.ray_evaluator import RayEvaluator
+
+    with pytest.raises(ValueError, match="asks for 1 GPU per worker but the Ray cluster has 0"):
+        RayEvaluator(PROBLEM, workers=2, resources_per_worker={"CPU": 1, "GPU": 1})
