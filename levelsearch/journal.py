@@ -225,29 +225,40 @@ class Journal:
         seconds: float,
         worker: str,
     ) -> None:
-        """Durably append one evaluation (one transaction); a non-finite value is stored as a failure."""
+        """Durably append one evaluation (one transaction); a non-finite value is stored as a failure.
+
+        Raises:
+            ValueError: the journal was opened read-only.
+            OSError: the write failed (disk full, file removed); the run can be resumed afterwards.
+        """
+        if self.readonly:
+            raise ValueError(f"journal {self.path} was opened read-only")
         v = float(value)
         if not np.isfinite(v):
             v_db = None
             error = error or f"fitness returned {v}"
         else:
             v_db = v
+        row = (
+            np.ascontiguousarray(levels, dtype=np.int64).tobytes(),
+            None if fidelity is None else int(fidelity),
+            None if sample is None else int(sample),
+            v_db,
+            error,
+            float(seconds),
+            str(worker),
+            time.time(),
+        )
         db = self._db()
-        with db:
-            db.execute(
-                "INSERT INTO evals (levels, fidelity, sample, value, error, seconds, worker, time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    np.ascontiguousarray(levels, dtype=np.int64).tobytes(),
-                    None if fidelity is None else int(fidelity),
-                    None if sample is None else int(sample),
-                    v_db,
-                    error,
-                    float(seconds),
-                    str(worker),
-                    time.time(),
-                ),
-            )
+        try:
+            with db:
+                db.execute(
+                    "INSERT INTO evals (levels, fidelity, sample, value, error, seconds, worker, time) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+        except sqlite3.OperationalError as exc:  # disk full, file removed, read-only mount...
+            raise OSError(f"cannot write to journal {self.path} ({exc}); fix that, then resume the run") from None
 
     def records(self) -> Iterator[JournalRecord]:
         """Every evaluation in the order it was journaled.

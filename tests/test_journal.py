@@ -46,7 +46,7 @@ def test_a_reader_sees_results_while_the_writer_is_open(tmp_path):
         assert len(reader) == 1
         writer.append(np.array([1, 0]), None, None, 2.0, None, 0.0, "local")
         assert [r.value for r in reader.records()] == [1.0, 2.0]
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(ValueError, match="read-only"):
             reader.append(np.array([1, 1]), None, None, 3.0, None, 0.0, "local")
     writer.close()
 
@@ -171,3 +171,10 @@ def test_a_second_writer_is_refused_while_the_first_is_open(tmp_path):
     first.close()
     with Journal(tmp_path / "j.db", {"seed": 1}) as again:
         assert len(again) == 0
+
+
+def test_a_write_that_fails_is_an_os_error_saying_what_to_do(tmp_path):
+    with Journal(tmp_path / "j.db", {"seed": 1}) as jr:
+        jr._db().execute("PRAGMA query_only=ON")  # stands in for a full disk or a read-only mount
+        with pytest.raises(OSError, match="cannot write to journal .*then resume the run"):
+            jr.append(np.array([0, 1]), None, None, 1.0, None, 0.0, "local")
