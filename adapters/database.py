@@ -394,8 +394,9 @@ class VariantDatabase:
         """Load ``unit`` at ``level`` into ``module`` unless it is already there; True if it was loaded."""
         if self._current.get(unit) == level:
             return False
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]
         with torch.no_grad():
-            module.weight.copy_(self.weight(unit, level).to(module.weight.dtype))
+            weight.copy_(self.weight(unit, level).to(weight.dtype))
         self._current[unit] = level
         return True
 

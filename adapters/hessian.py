@@ -50,8 +50,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             return obj
     best: nn.ModuleList | None = None
     for mod in model.modules():
-        has_linear = isinstance(mod, nn.ModuleList) and any(isinstance(m, nn.Linear) for m in mod.modules())
-        if has_linear and (best is None or len(mod) > len(best)):
+        if not isinstance(mod, nn.ModuleList) or not any(isinstance(m, nn.Linear) for m in mod.modules()):
+            continue
+        if best is None or len(mod) > len(best):
             best = mod
     if best is None:
         raise ValueError("the model has no list of decoder layers; pass a Hugging Face causal LM")

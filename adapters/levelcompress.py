@@ -136,6 +136,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     for i, name in enumerate(["evopress", *names]):
         lv = cands[i + 1]
+        assert lv is not None
         entry = {
             **report[i + 1],
             "levels": lv.tolist(),

@@ -117,13 +117,14 @@ class SparsityProblem(WeightLevelProblem):
             search_tokens,
         )
         step_ = int(spec["step"])
-        offsets, self.base = [], []
+        offsets: list[list[int]] = []
+        base_index: list[int] = []
         for u, name in enumerate(self.unit_names):
             vals = np.asarray(self.db.values(name))
             base = int(round(self.target * self.numel[u]))
-            self.base.append(int(np.flatnonzero(vals == base)[0]))
+            base_index.append(int(np.flatnonzero(vals == base)[0]))
             offsets.append(((vals - base) // step_).tolist())
-        self.base = np.asarray(self.base, dtype=np.int64)
+        self.base = np.asarray(base_index, dtype=np.int64)
         super().__init__(LevelSpace([len(o) for o in offsets], costs=offsets, total=0))
 
     def describe(self) -> dict[str, Any]:

@@ -76,6 +76,7 @@ class WeightLevelProblem(Problem):
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.model_name = str(model or DEFAULT_MODEL)
+        self.model: Any
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
         self.map: LayerMap = map_layers(self.model)
         self.settings = {
@@ -226,11 +227,12 @@ class WeightLevelProblem(Problem):
         """KL of a batch; requests sharing ``(fidelity, sample)`` run together as one prefix tree."""
         out: list[float] = [math.nan] * len(requests)
         groups: dict[tuple[int, int | None], list[int]] = {}
+        top = self.search_pool.n_tokens
         for k, r in enumerate(requests):
             lv = self.space.validate(r.levels)
             if not self.space.is_feasible(lv):
                 raise ValueError("the assignment does not meet the budget")
-            fid = self.max_fidelity if r.fidelity is None else min(int(r.fidelity), self.max_fidelity)
+            fid = top if r.fidelity is None else min(int(r.fidelity), top)
             groups.setdefault((fid, r.sample), []).append(k)
         for (fid, sample), members in groups.items():
             seqs = self.search_pool.batch(fid, sample)
@@ -253,7 +255,8 @@ class WeightLevelProblem(Problem):
         return out
 
     def cost_of(self, fidelity: int | None) -> float:
-        return float(self.max_fidelity if fidelity is None else min(int(fidelity), self.max_fidelity))
+        top = self.search_pool.n_tokens
+        return float(top if fidelity is None else min(int(fidelity), top))
 
     # ------------------------------------------------------------------ reports
     def heldout_report(self, candidates: Sequence[np.ndarray | None]) -> list[dict[str, float]]:
@@ -279,10 +282,10 @@ def export_levels(
     lv = problem.space.validate(levels)
     problem.apply(lv)
     path = save_model(problem.model, problem.tokenizer, out)
-    per_unit = {}
+    per_unit: dict[str, Any] = {}
     for u, name in enumerate(problem.unit_names):
         value = problem.db.values(name)[int(lv[u])]
-        entry = {"level": int(lv[u])}
+        entry: dict[str, Any] = {"level": int(lv[u])}
         if problem.spec["kind"] == "sparsity":
             entry.update(zeros=int(value), sparsity=float(value / problem.numel[u]))
         elif problem.spec["kind"] == "joint":
@@ -315,7 +318,8 @@ def verify_levels_export(problem: WeightLevelProblem, levels: np.ndarray, out: s
     from transformers import AutoModelForCausalLM
 
     dtype = next(problem.model.parameters()).dtype
-    loaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype).to(problem.runner.device).eval()
+    loaded: Any = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
+    loaded = loaded.to(problem.runner.device).eval()
     ids = problem.heldout.tokens[:n_seq].to(problem.runner.device)
     problem.apply(problem.space.validate(levels))
     ref = problem.model(input_ids=ids, use_cache=False).logits.float()
