@@ -13,6 +13,8 @@ transformers = pytest.importorskip("transformers")
 from levelsearch.adapters.database import VariantDatabase, build_database, unit_level_values  # noqa: E402
 from levelsearch.adapters.hessian import linear_units  # noqa: E402
 
+pytestmark = pytest.mark.llm
+
 
 def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)

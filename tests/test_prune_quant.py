@@ -17,6 +17,8 @@ from levelsearch.adapters.hessian import (  # noqa: E402
 from levelsearch.adapters.prune import magnitude_prune, sparsegpt_prune, wanda_prune  # noqa: E402
 from levelsearch.adapters.quant import gptq_quantize, pack_codes, rtn_quantize, unpack_codes  # noqa: E402
 
+pytestmark = pytest.mark.llm
+
 
 def tiny_llama(seed: int = 0):
     torch.manual_seed(seed)

@@ -21,6 +21,8 @@ from levelsearch.adapters.sparsity import (  # noqa: E402
 
 from levelsearch import Request, available_problems, minimize  # noqa: E402
 
+pytestmark = pytest.mark.llm
+
 TEXT = " ".join(f"the {w} of {v} is {k}." for k, (w, v) in enumerate(zip("abcdefghij" * 30, "klmnopqrst" * 30)))
 
 
