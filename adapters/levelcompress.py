@@ -38,6 +38,7 @@ def _problem(kind: str, cfg: dict[str, Any]) -> Any:
         device=cfg["device"],
         dtype=cfg["dtype"],
         threads=cfg["threads"],
+        search_tokens=cfg.get("search_tokens"),
         seed=int(cfg["seed"]),
         progress=bool(cfg["progress"]),
     )
@@ -174,6 +175,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
         },
         "schedule": {"name": cfg["schedule"], **_jsonable(options)},
         "calibration_tokens": problem.calibration.n_tokens,
+        "search_tokens": problem.max_fidelity,
         "heldout_tokens": problem.heldout.n_tokens,
         "dense": report[0],
         "methods": methods,
