@@ -129,10 +129,11 @@ class ErrorProber:
         if not self.points:
             return False
         a = self._design()
-        _, s, vt = np.linalg.svd(a, full_matrices=True)
-        tol = max(a.shape) * (s[0] if s.size else 1.0) * 1e-10
-        rank = int((s > tol).sum())
-        null = vt[rank:]
+        # null space of the design from the Gram matrix (a 0/1 design is well conditioned; eigh is much
+        # cheaper than a full SVD when there are ~2,000 columns)
+        evals, evecs = np.linalg.eigh(a.T @ a)
+        tol = max(a.shape) * max(float(evals[-1]), 1.0) * 1e-10
+        null = evecs[:, evals <= tol].T
         if null.shape[0] == 0:
             return True
         g = self._gauge()
@@ -145,7 +146,7 @@ class ErrorProber:
         if self._extra_used >= self.max_extra or self.identified():
             self.done = True
             return
-        k = min(max(4, self.space.n_units // 8), self.max_extra - self._extra_used)
+        k = min(max(8, self.space.n_units // 4), self.max_extra - self._extra_used)
         sp = self.space
         for j in range(k):
             if j % 2 == 0:

@@ -5,7 +5,8 @@ Config (YAML)::
     name: suite                          # title of the report
     seeds: [0, 1, 2]                     # optimizer seeds; every optimizer runs every seed
     budget: {max_evaluations: 1000}      # default budget (evaluations and/or max_cost in fidelity units)
-    max_seconds: 120                     # optional wall-time cap per run (reported when it bites)
+    max_seconds: 120                     # optional wall-time cap per run (reported when it bites);
+                                         # an optimizer entry may override it (max_seconds: null = no cap)
     target_relative: 0.01                # target = optimum + 1% of |optimum| (best value found if unknown)
     checkpoints: [0.1, 0.25, 0.5, 1.0]   # fixed-budget table columns, as fractions of the budget
     optimizers:                          # a name, or {name, label, options}
@@ -83,7 +84,14 @@ def load_bench_config(path: str | Path) -> dict[str, Any]:
         if "name" not in o:
             raise ValueError(f"{p}: every optimizer needs a name, got {o}")
         get_optimizer(o["name"])  # unknown names fail now, not in a worker
-        opts.append({"name": o["name"], "label": str(o.get("label", o["name"])), "options": o.get("options") or {}})
+        opts.append(
+            {
+                "name": o["name"],
+                "label": str(o.get("label", o["name"])),
+                "options": o.get("options") or {},
+                "max_seconds": o.get("max_seconds", cfg.get("max_seconds")),
+            }
+        )
     probs = []
     for q in cfg["problems"]:
         q = dict(q)
@@ -243,7 +251,7 @@ def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = 
             "optimum": pr["optimum"],
             "budget": pr["budget"],
             "seed": s,
-            "max_seconds": config.get("max_seconds"),
+            "max_seconds": o.get("max_seconds", config.get("max_seconds")),
             "csv": str(out / "raw" / pr["label"] / o["label"] / f"seed{s}.csv"),
         }
         for pr in problems

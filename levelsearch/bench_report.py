@@ -243,8 +243,14 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
         "|---|---|---|---|---|",
     ]
     for name, ev, best_lb, be in summary:
-        ratio = ev / be if math.isfinite(be) and be > 0 else math.nan
-        md.append(f"| {name} | {_fmt(ev)} | {best_lb} | {_fmt(be)} | {_fmt(ratio)} |")
+        if not math.isfinite(be):
+            best_lb, note = "none reached the target", "EvoPress only" if math.isfinite(ev) else "nobody reached it"
+        elif not math.isfinite(ev):
+            note = "inf: EvoPress never reached the target"
+        else:
+            ratio = ev / be
+            note = f"{_fmt(ratio)}" + ("" if ratio < 1 else f": {best_lb} is cheaper")
+        md.append(f"| {name} | {_fmt(ev)} | {best_lb} | {_fmt(be)} | {note} |")
     if errors:
         md += ["", "## Failed runs", ""] + [
             f"- {r['optimizer']} on {r['problem']} seed {r['seed']}: {r['error']}" for r in errors

@@ -1,0 +1,121 @@
+"""``levelsearch bench``: config checking, the files it writes, determinism, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from levelsearch.bench import _run_one, load_bench_config, run_bench
+
+TINY = {
+    "name": "tiny",
+    "seeds": [0, 1],
+    "budget": {"max_evaluations": 40},
+    "optimizers": ["evopress", "dp", {"name": "random", "label": "random-8", "options": {"batch": 8}}],
+    "problems": [
+        {"label": "lin", "kind": "linear", "n_units": 10, "n_levels": 2, "seed": 0},
+        {
+            "label": "noisy",
+            "kind": "noisy",
+            "base": {"kind": "linear", "n_units": 10},
+            "max_fidelity": 64,
+            "budget": {"max_cost": 2000},
+            "options": {"evopress": {"offspring": 4, "steps": [[8, 2], [64, 1]]}},
+        },
+    ],
+}
+
+
+def _write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("bench")
+    run_bench(load_bench_config(_write(tmp, TINY)), tmp / "out", workers=1, progress=False)
+    return tmp / "out"
+
+
+def test_a_missing_config_is_a_file_not_found_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_bench_config(tmp_path / "nope.yaml")
+
+
+def test_an_unknown_optimizer_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        load_bench_config(_write(tmp_path, {**TINY, "optimizers": ["no-such-optimizer"]}))
+
+
+def test_a_problem_without_budget_is_refused(tmp_path: Path) -> None:
+    cfg = {k: v for k, v in TINY.items() if k != "budget"}
+    cfg["problems"] = [{"kind": "linear", "n_units": 10}]
+    with pytest.raises(ValueError, match="no budget"):
+        load_bench_config(_write(tmp_path, cfg))
+
+
+def test_report_lists_every_optimizer_in_every_table(bench_dir: Path) -> None:
+    report = (bench_dir / "report.md").read_text()
+    for section in report.split("## ")[1:3]:  # the two problems
+        for label in ("evopress", "dp", "random-8"):
+            assert section.count(f"| {label} |") == 2, (label, section)
+    assert "EvoPress's cost to target divided by the best baseline's" in report
+
+
+def test_raw_logs_have_one_row_per_evaluation(bench_dir: Path) -> None:
+    csvs = sorted((bench_dir / "raw").rglob("*.csv"))
+    assert len(csvs) == 2 * 3 * 2
+    rows = (bench_dir / "raw" / "lin" / "random-8" / "seed0.csv").read_text().splitlines()
+    assert rows[0] == "evaluation,cost,value,fidelity,recommended"
+    assert len(rows) == 1 + 40
+
+
+def test_iohprofiler_files_name_their_data_and_runs(bench_dir: Path) -> None:
+    info = (bench_dir / "ioh" / "dp" / "IOHprofiler_f1_lin.info").read_text().splitlines()
+    assert info[0].startswith('suite = "levelsearch", funcId = 1, funcName = "lin", DIM = 10')
+    assert info[1] == "%"
+    assert info[2].startswith("data_f1_lin/IOHprofiler_f1_DIM10.dat, 1:")
+    dat = (bench_dir / "ioh" / "dp" / "data_f1_lin" / "IOHprofiler_f1_DIM10.dat").read_text().splitlines()
+    assert sum(line.startswith('"function evaluation"') for line in dat) == 2  # one block per seed
+
+
+def test_plots_are_written_for_every_problem(bench_dir: Path) -> None:
+    for name in ("lin", "noisy"):
+        for kind in ("convergence", "ecdf"):
+            assert (bench_dir / f"{kind}_{name}.png").stat().st_size > 1000
+
+
+def test_a_run_is_deterministic_given_optimizer_problem_and_seed(tmp_path: Path) -> None:
+    task = {
+        "optimizer": "evopress",
+        "label": "evopress",
+        "options": {"offspring": 4},
+        "problem": {"kind": "interacting", "n_units": 12, "n_levels": 3, "seed": 1},
+        "problem_label": "int",
+        "optimum": None,
+        "budget": {"max_evaluations": 60},
+        "seed": 5,
+        "max_seconds": None,
+    }
+    a = _run_one({**task, "csv": str(tmp_path / "a.csv")})
+    b = _run_one({**task, "csv": str(tmp_path / "b.csv")})
+    assert a["values"] == b["values"]
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+def test_cli_reports_a_missing_config_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "levelsearch.cli", "bench", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("levelsearch: error:")
+    assert len(proc.stderr.strip().splitlines()) == 1
