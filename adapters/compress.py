@@ -141,6 +141,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from .dropping import DropProblem
     from .export import export_dropped, verify_export
+    from .fitness import Teacher
     from .heuristics import run_heuristics
     from .plots import plot_profile
 
@@ -174,16 +175,32 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    problem.teacher("calibration")
+    cache = out / "cache"  # teachers and heuristics of this exact problem: a rerun (resume) skips them
+    cache.mkdir(exist_ok=True)
+    tag = {"problem": problem.identity_hash()}
+    for which in ("calibration", "heldout"):
+        cached = Teacher.load(cache / f"teacher-{which}.safetensors", tag)
+        if cached is not None:
+            problem._teachers[which] = cached
+    if "calibration" not in problem._teachers:
+        problem.teacher("calibration").save(cache / "teacher-calibration.safetensors", tag)
     timings["teacher"] = time.perf_counter() - t0
     _say(cfg, f"dense teacher in {timings['teacher']:.1f} s")
 
     t0 = time.perf_counter()
-    heur = run_heuristics(problem, cfg["heuristics"], n_tokens=cfg["heuristic_tokens"], seed=int(cfg["seed"]))
+    heur_file = cache / "heuristics.json"
+    heur_key = {**tag, "heuristics": cfg["heuristics"], "tokens": cfg["heuristic_tokens"], "seed": int(cfg["seed"])}
+    heur = _read_heuristics(heur_file, heur_key)
+    if heur is None:
+        heur = run_heuristics(problem, cfg["heuristics"], n_tokens=cfg["heuristic_tokens"], seed=int(cfg["seed"]))
+        cal = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()]) if heur else []
+        for n, v in zip(list(heur), cal):
+            heur[n]["calibration_kl"] = v
+        heur_file.write_text(json.dumps({"key": heur_key, "heuristics": _jsonable(heur)}))
+    for h in heur.values():
+        problem.remember(h["levels"], h["calibration_kl"])
     names = list(heur)
-    cal = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()]) if names else []
-    for n, v in zip(names, cal):
-        heur[n]["calibration_kl"] = v
+    cal = [heur[n]["calibration_kl"] for n in names]
     timings["heuristics"] = time.perf_counter() - t0
     _say(
         cfg,
@@ -220,6 +237,8 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     cands = [dense, best, *[heur[n]["levels"] for n in names]]
     report = problem.heldout_report(cands)
     timings["heldout"] = time.perf_counter() - t0
+    if Teacher.load(cache / "teacher-heldout.safetensors", tag) is None:
+        problem.teacher("heldout").save(cache / "teacher-heldout.safetensors", tag)
     _say(cfg, f"held-out evaluation of {len(cands)} models in {timings['heldout']:.1f} s")
 
     methods: dict[str, Any] = {}
@@ -275,6 +294,21 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     results["timings"] = timings
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _read_heuristics(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """Heuristic assignments cached by an earlier run of the same problem, else ``None``."""
+    import numpy as np
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if data.get("key") != _jsonable(key):
+        return None
+    return {n: {**h, "levels": np.asarray(h["levels"], dtype=np.int64)} for n, h in data["heuristics"].items()}
 
 
 def _say(cfg: dict[str, Any], msg: str) -> None:

@@ -310,6 +310,17 @@ class DropProblem(Problem):
                     self._memo[key] = values[key]
         return out
 
+    def remember(self, levels: np.ndarray, value: float) -> None:
+        """Record the full-pool value of ``levels`` (e.g. read back from a results cache)."""
+        self._memo[np.asarray(levels, dtype=np.int64).tobytes()] = float(value)
+
+    def identity_hash(self) -> str:
+        """A short hash of :meth:`describe` (names cache files that belong to this exact problem)."""
+        import hashlib
+        import json
+
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
+
     # ------------------------------------------------------------------ measurements for heuristics
     @torch.inference_mode()
     def boundary_states(self, n_tokens: int = 2048, seed: int = 0) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -297,6 +298,28 @@ class Teacher:
             mass = top.exp().sum(-1).clamp(max=1.0)
             tail[s : s + chunk_seqs] = torch.log1p(-mass).clamp(min=-30.0).cpu()
         return cls(logp, index, tail, nll_sum / max(1, nll_count))
+
+    def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+        """Write the teacher to a safetensors file (``metadata`` is stored alongside)."""
+        from safetensors.torch import save_file
+
+        meta = {**(metadata or {}), "nll": repr(self.nll)}
+        tensors = {"logp": self.logp.contiguous(), "index": self.index.contiguous(), "tail": self.tail.contiguous()}
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path, metadata: dict[str, str] | None = None) -> Teacher | None:
+        """Read a teacher written by :meth:`save`; ``None`` if missing or its metadata differs."""
+        from safetensors import safe_open
+
+        if not Path(path).is_file():
+            return None
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if any(meta.get(k) != v for k, v in (metadata or {}).items()):
+                return None
+            t = {k: f.get_tensor(k) for k in ("logp", "index", "tail")}
+        return cls(t["logp"], t["index"], t["tail"], float(meta.get("nll", "nan")))
 
     def rows(self, seqs: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.logp[seqs], self.index[seqs], self.tail[seqs]

@@ -167,3 +167,5 @@ def test_running_the_same_command_again_resumes_from_the_journal(model_dir, tmp_
     main([*argv, "--generations", "3"])
     evo = json.loads((tmp_path / "run" / "results.json").read_text())["methods"]["evopress"]
     assert evo["generations"] == 3 and evo["replayed_evaluations"] > 0
+    assert (tmp_path / "run" / "cache" / "heuristics.json").is_file()
+    assert (tmp_path / "run" / "cache" / "teacher-heldout.safetensors").is_file()
