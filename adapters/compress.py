@@ -22,11 +22,12 @@ The ``drop`` method (:func:`run_drop`):
 
 Selection schedules (fidelity = calibration tokens per candidate):
 
-- ``cpu`` (default): λ = 16 offspring screened on one sequence (256 tokens), the best one
-  then faces the parent on the *whole* calibration pool (default 4,096 tokens). The final
-  step always uses the same tokens, so the parent's value is remembered (no lucky-minibatch
-  replacement of a better parent, and the parent costs nothing to re-check) and the
-  survivor reuses the parent's layer states up to its first changed layer.
+- ``cpu`` (default): λ = 16 offspring screened on one sequence (256 tokens), the best 3 on
+  four sequences (1,024 tokens), and the best one then faces the parent on the *whole*
+  calibration pool (default 4,096 tokens). The final step always uses the same tokens, so
+  the parent's value is remembered (no lucky-minibatch replacement of a better parent, and
+  the parent costs nothing to re-check) and the survivor reuses the parent's layer states
+  up to its first changed layer.
 - ``drop``: the reference's GPU schedule (λ = 32; 2 @ 2,048 → 1 @ 32,768 tokens; start best
   of 64 random on 2,048 tokens) — needs ``--calibration-tokens`` ≥ 32,768.
 - ``super-fast``: the paper's λ = 16; 1 @ 512 → 1 @ 8,192.
@@ -97,7 +98,11 @@ def schedule_options(name: str, pool_tokens: int, offspring: int | None = None, 
     from levelsearch import PRESETS
 
     if name == "cpu":
-        opts: dict[str, Any] = {"offspring": 16, "steps": [(int(seq_len), 1), (int(pool_tokens), 1)], "max_switches": 3}
+        opts: dict[str, Any] = {
+            "offspring": 16,
+            "steps": [(int(seq_len), 3), (min(4 * int(seq_len), int(pool_tokens)), 1), (int(pool_tokens), 1)],
+            "max_switches": 3,
+        }
     elif name in ("drop", "super-fast"):
         opts = {k: v for k, v in PRESETS[name].items()}
     else:
