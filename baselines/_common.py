@@ -14,6 +14,12 @@ assignment with one of two encodings:
     costs). Every score vector decodes to a feasible point, nothing is repaired.
 
 The driver counts every evaluation towards the budget, repaired or not.
+
+Duplicates: a decoded point that was already evaluated (or is already in the
+batch) is replaced by a random level switch of it, up to 8 times. The driver
+would answer a duplicate from its cache for free, but a converged model (GP,
+TPE) then proposes the same point forever and the run stalls without spending
+its budget. The library is told the point actually evaluated, as for repair.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class EncodedBaseline(Optimizer):
         self.batch = int(batch)
         self._pending: list[tuple[Any, np.ndarray, np.ndarray]] = []
         self._worst = -math.inf
+        self._seen: set[bytes] = set()
 
     # ----------------------------------------------------------- to implement
     def _ask_raw(self) -> tuple[Any, np.ndarray]:
@@ -105,9 +112,16 @@ class EncodedBaseline(Optimizer):
 
     def ask(self) -> list[Request]:
         self._pending = []
+        batch_keys: set[bytes] = set()
         for _ in range(self.batch):
             handle, raw = self._ask_raw()
-            self._pending.append((handle, np.asarray(raw), self.decode(raw)))
+            lv = self.decode(raw)
+            for _ in range(8):
+                if lv.tobytes() not in self._seen and lv.tobytes() not in batch_keys:
+                    break
+                lv = self.space.switch(lv, self.rng, 1)
+            batch_keys.add(lv.tobytes())
+            self._pending.append((handle, np.asarray(raw), lv))
         return [Request(levels=lv.copy()) for _, _, lv in self._pending]
 
     def tell(self, requests: Sequence[Request], values: Sequence[float]) -> None:
@@ -117,8 +131,10 @@ class EncodedBaseline(Optimizer):
             ok = math.isfinite(v)
             if ok:
                 self._worst = max(self._worst, v)
-            changed = self.encoding == "repair" and not np.array_equal(
-                lv, np.clip(np.rint(np.asarray(raw, dtype=float)), 0, self.space.max_level)
-            )
+            self._seen.add(lv.tobytes())
+            if self.encoding == "repair":
+                changed = not np.array_equal(lv, np.clip(np.rint(raw.astype(float)), 0, self.space.max_level))
+            else:
+                changed = not np.array_equal(lv, decode_rank(self.space, raw, np.random.default_rng(0)))
             self._tell_raw(handle, raw, lv, changed, v if ok else None)
         self._pending = []

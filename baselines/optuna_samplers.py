@@ -12,7 +12,8 @@ Each optimizer runs one in-memory study through ``study.ask()`` /
 level of unit ``i``, ``"repair"`` encoding) or ``s<i>`` (a score in [0, 1],
 ``"rank"`` encoding, binary spaces only); see :mod:`levelsearch.baselines._common`.
 
-Telling the repaired point. When repair changed a proposal:
+Telling the repaired point. When repair (or the duplicate rule of
+:mod:`levelsearch.baselines._common`) changed a proposal:
 
 - ``optuna-tpe``, ``optuna-gp`` and ``optuna-random`` read every completed
   trial, so the asked trial is closed as FAIL and the *repaired* point is added
@@ -26,6 +27,7 @@ Failed evaluations (``inf``/NaN) are told as ``TrialState.FAIL``.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
@@ -82,7 +84,9 @@ class _OptunaBaseline(EncodedBaseline):
                 self._study.tell(handle, state=state.FAIL)
             elif changed and self.lamarckian:
                 self._study.tell(handle, state=state.FAIL)
-                params = {nm: int(levels[i]) for i, nm in enumerate(self._names)}
+                # rank encoding: scores equal to the levels decode back to exactly these levels
+                cast = float if self.encoding == "rank" else int
+                params = {nm: cast(levels[i]) for i, nm in enumerate(self._names)}
                 self._study.add_trial(
                     self._optuna.trial.create_trial(params=params, distributions=self._dists, value=value)
                 )
@@ -148,8 +152,22 @@ class OptunaGP(_OptunaBaseline):
     Explicit settings: ``n_startup_trials=10``, a seeded ``RandomSampler`` as
     independent sampler, ``deterministic_objective=False`` (noisy problems exist),
     ``warn_independent_sampling=False``. Needs torch; its cost per candidate grows
-    with the number of trials (cubic), so long runs are slow.
+    with the number of trials (cubic), so long runs are slow. Each ask runs with
+    one torch thread and one BLAS thread (restored afterwards; BLAS through
+    threadpoolctl when it is installed): the GP's matrices are small, and on a
+    shared machine the thread pools made asks over 10x slower.
     """
+
+    def _ask_raw(self) -> tuple[Any, np.ndarray]:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with _one_blas_thread():
+                return super()._ask_raw()
+        finally:
+            torch.set_num_threads(threads)
 
     def _make_sampler(self, optuna: Any) -> Any:
         return optuna.samplers.GPSampler(
@@ -189,3 +207,12 @@ class OptunaRandom(_OptunaBaseline):
 
     def _make_sampler(self, optuna: Any) -> Any:
         return optuna.samplers.RandomSampler(seed=self.seed)
+
+
+def _one_blas_thread() -> Any:
+    """Limit BLAS/OpenMP pools to one thread for a block (a no-op without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)

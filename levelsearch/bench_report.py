@@ -178,6 +178,7 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
     ]
     errors = [r for r in runs if "error" in r]
     summary = []
+    finals: list[tuple[str, list[float], list[float], bool]] = []
     for pr in meta["problems"]:
         name, opt = pr["label"], pr["optimum"]
         mine = [r for r in runs if r["problem"] == name and "error" not in r]
@@ -232,6 +233,9 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
         base = {lb: v for lb, v in erts.items() if lb != _EVOPRESS and not lb.startswith(_EVOPRESS)}
         best_lb = min(base, key=lambda k: base[k][0]) if base else None
         summary.append((name, ev, best_lb, base[best_lb][0] if best_lb else math.inf))
+        if "dp" in by_opt and _EVOPRESS in by_opt:
+            last = {lb: [float(r["ys"][-1]) for r in by_opt[lb] if r["ys"].size] for lb in ("dp", _EVOPRESS)}
+            finals.append((name, last["dp"], last[_EVOPRESS], opt is not None))
         log = opt is not None
         _plot_convergence(out / f"convergence_{name}.png", by_opt, total, f"{name}: median, IQR band", log)
         _plot_ecdf(out / f"ecdf_{name}.png", by_opt, total, _targets(opt, mine), f"{name}: ECDF over targets")
@@ -251,6 +255,20 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
             ratio = ev / be
             note = f"{_fmt(ratio)}" + ("" if ratio < 1 else f": {best_lb} is cheaper")
         md.append(f"| {name} | {_fmt(ev)} | {best_lb} | {_fmt(be)} | {note} |")
+    if finals:
+        md += [
+            "",
+            "## dp beside EvoPress at the end of the budget",
+            "",
+            "Median final regret (value where no optimum is known) over seeds.",
+            "",
+            "| problem | dp | EvoPress | dp exact (all seeds) | EvoPress better than dp |",
+            "|---|---|---|---|---|",
+        ]
+        for name, dp_f, ev_f, has_opt in finals:
+            exact = ("yes" if max(dp_f) <= 1e-6 else "no") if has_opt and dp_f else "–"
+            better = "yes" if dp_f and ev_f and np.median(ev_f) < np.median(dp_f) else "no"
+            md.append(f"| {name} | {_stats(dp_f)} | {_stats(ev_f)} | {exact} | {better} |")
     if errors:
         md += ["", "## Failed runs", ""] + [
             f"- {r['optimizer']} on {r['problem']} seed {r['seed']}: {r['error']}" for r in errors

@@ -62,7 +62,7 @@ def test_a_problem_without_budget_is_refused(tmp_path: Path) -> None:
 
 def test_report_lists_every_optimizer_in_every_table(bench_dir: Path) -> None:
     report = (bench_dir / "report.md").read_text()
-    for section in report.split("## ")[1:3]:  # the two problems
+    for section in report.split("\n## ")[1:3]:  # the two problems
         for label in ("evopress", "dp", "random-8"):
             assert section.count(f"| {label} |") == 2, (label, section)
     assert "EvoPress's cost to target divided by the best baseline's" in report

@@ -18,28 +18,28 @@ import levelsearch
 from levelsearch import LevelSpace, minimize
 
 OPTIMIZERS = levelsearch.available_optimizers()
-BUDGET = 24
+BUDGET = 20
 
 
 def _spaces() -> dict[str, LevelSpace]:
     return {
-        "exact": LevelSpace(3, n_units=10, total=7),
-        "band-groups": LevelSpace(3, n_units=10, total=4, groups=["attn", "mlp"] * 5, tol=2),
+        "exact": LevelSpace(3, n_units=8, total=6),
+        "band-groups": LevelSpace(3, n_units=8, total=3, groups=["attn", "mlp"] * 4, tol=2),
     }
 
 
 SPACES = list(_spaces())
-WEIGHTS = np.random.default_rng(7).uniform(0.5, 2.0, size=(10, 3)).cumsum(axis=1)
+WEIGHTS = np.random.default_rng(7).uniform(0.5, 2.0, size=(8, 3)).cumsum(axis=1)
 
 
 def _objective(levels: np.ndarray) -> float:
     lv = np.asarray(levels)
-    return float(WEIGHTS[np.arange(10), lv].sum() + 0.3 * (lv[:-1] * lv[1:]).sum())
+    return float(WEIGHTS[np.arange(8), lv].sum() + 0.3 * (lv[:-1] * lv[1:]).sum())
 
 
 def _failing_objective(levels: np.ndarray) -> float:
     # a deterministic third of the points fail
-    return math.nan if int(np.asarray(levels) @ np.arange(1, 11)) % 3 == 0 else _objective(levels)
+    return math.nan if int(np.asarray(levels) @ np.arange(1, 9)) % 3 == 0 else _objective(levels)
 
 
 def _options(name: str) -> dict[str, object]:
