@@ -195,7 +195,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     heur_file = cache / "heuristics.json"
     heur_key = {**tag, "heuristics": cfg["heuristics"], "tokens": cfg["heuristic_tokens"], "seed": int(cfg["seed"])}
-    heur = _read_heuristics(heur_file, heur_key)
+    heur: dict[str, Any] | None = _read_heuristics(heur_file, heur_key)
     if heur is None:
         heur = run_heuristics(problem, cfg["heuristics"], n_tokens=cfg["heuristic_tokens"], seed=int(cfg["seed"]))
         cal = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()]) if heur else []
@@ -221,7 +221,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     ident = {"schedule": cfg["schedule"], "options": _jsonable(options), "start": start_name}
-    bar = _GenerationBar(opt, int(cfg["generations"])) if cfg["progress"] else False
+    bar: Any = _GenerationBar(opt, int(cfg["generations"])) if cfg["progress"] else False
     try:
         result = minimize(
             problem, optimizer=opt, journal=out / "journal.db", identity=ident, progress=bar, seed=int(cfg["seed"])

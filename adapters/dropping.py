@@ -116,6 +116,8 @@ class DropProblem(Problem):
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.model_name = str(model)
+        self.model: Any
+        self.tokenizer: Any
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
         self.map: LayerMap = map_layers(self.model)
         self.whole_blocks = bool(whole_blocks)
@@ -274,7 +276,7 @@ class DropProblem(Problem):
             lv = self.space.validate(r.levels)
             if not self.space.is_feasible(lv):
                 raise ValueError("the assignment does not meet the dropping budget")
-            fid = self.max_fidelity if r.fidelity is None else int(r.fidelity)
+            fid = self.calibration.n_tokens if r.fidelity is None else int(r.fidelity)
             groups.setdefault((fid, r.sample), []).append(k)
         for (fid, sample), members in groups.items():
             seqs = self.calibration.batch(fid, sample)
@@ -364,7 +366,9 @@ class DropProblem(Problem):
         """
         teacher = self.teacher("heldout")  # its dense pass also gives the dense perplexity
         todo = [i for i, c in enumerate(candidates) if np.any(np.asarray(c))]
-        kl, nll = self.score([candidates[i] for i in todo], "heldout", with_nll=True) if todo else ([], [])
+        kl, nll = (np.zeros(0), np.zeros(0))
+        if todo:
+            kl, nll = self.score([candidates[i] for i in todo], "heldout", with_nll=True)
         out = [{"heldout_ppl": float(math.exp(teacher.nll)), "heldout_kl": 0.0} for _ in candidates]
         for i, k, n in zip(todo, kl, nll):
             out[i] = {"heldout_ppl": float(math.exp(n)), "heldout_kl": float(k)}

@@ -62,7 +62,8 @@ def verify_export(problem: DropProblem, levels: np.ndarray, out: str | Path, n_s
     from transformers import AutoModelForCausalLM
 
     dtype = next(problem.model.parameters()).dtype
-    loaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype).to(problem.runner.device).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
+    loaded = loaded.to(problem.runner.device).eval()  # type: ignore[arg-type]
     ids = problem.heldout.tokens[:n_seq]
     ref = loaded(input_ids=ids.to(problem.runner.device), use_cache=False).logits.float()
     got: list[torch.Tensor] = []

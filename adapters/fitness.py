@@ -369,7 +369,7 @@ class ActivationStore:
         while len(self._store) > self.max_variants:
             self._store.popitem(last=False)
 
-    def anchors(self, chunk: Hashable) -> list[tuple[Hashable, list[torch.Tensor]]]:
+    def anchors(self, chunk: Hashable) -> list[tuple[Any, list[torch.Tensor]]]:
         return [(v, d[chunk]) for v, d in reversed(self._store.items()) if chunk in d]
 
     def has(self, variant: Hashable) -> bool:

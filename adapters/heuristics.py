@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,7 +133,7 @@ HEURISTICS: dict[str, Callable[[DropProblem, _Cache], np.ndarray]] = {
 
 def run_heuristics(
     problem: DropProblem, names: list[str] | None = None, *, n_tokens: int = 2048, seed: int = 0
-) -> dict[str, dict[str, object]]:
+) -> dict[str, dict[str, Any]]:
     """Assignments of the named heuristics (default: all that apply) with the seconds each took.
 
     ``n_tokens`` calibration tokens feed the hidden-state statistics (an eighth of them the
@@ -141,7 +142,7 @@ def run_heuristics(
     import time
 
     cache = _Cache(problem, n_tokens, seed)
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name in names or list(HEURISTICS):
         if name not in HEURISTICS:
             raise ValueError(f"unknown heuristic {name!r}; known: {', '.join(HEURISTICS)}")

@@ -140,7 +140,7 @@ def load_model(
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]
     model.eval()
     return model, tok
 
@@ -174,7 +174,7 @@ def save_model(
     tmp = path.with_name(path.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     sd = dict(state_dict if state_dict is not None else model.state_dict())
-    config = model.config  # type: ignore[attr-defined]
+    config: Any = model.config
     if getattr(config, "tie_word_embeddings", False):
         out_emb = model.get_output_embeddings()  # type: ignore[operator]
         head_names = [f"{n}.weight" for n, m in model.named_modules() if m is out_emb]
@@ -279,7 +279,8 @@ def map_layers(model: nn.Module) -> LayerMap:
             )
         attn.append(a)
         mlp.append(m)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_head: Any = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
     if head is None:
         raise ValueError(f"unsupported architecture {type(model).__name__}: no output head (not a causal LM?)")
     norm = _named_child(owner, _NORM_NAMES)
