@@ -154,20 +154,25 @@ class LevelSpace:
                 f"budget{where} is infeasible: total {band} lies outside the reachable range "
                 f"[{lo_total:g}, {hi_total:g}] of the total cost"
             )
-        if grp.lo == grp.hi and not grp.uniform_steps:
+        exactly = "exactly " if grp.lo == grp.hi else "in "
+        if not grp.uniform_steps:
+            # costs differ between steps: not every total in the range is reachable (subset sums)
             reach = _reachable_totals(sub)
             if reach is not None and not _hits(reach, grp.lo, grp.hi):
                 raise ValueError(
-                    f"budget{where} is infeasible: no assignment has total cost exactly {grp.hi:g} "
+                    f"budget{where} is infeasible: no assignment has total cost {exactly}{band} "
                     f"(reachable range [{lo_total:g}, {hi_total:g}], but not every value in it is reachable); "
-                    "use tol= to allow a band"
+                    "use tol= to allow a wider band"
                 )
-        if grp.lo == grp.hi and grp.uniform_steps:
-            steps = (grp.hi - lo_total) / grp.step if grp.step > 0 else 0.0
-            if grp.step > 0 and abs(steps - round(steps)) > 1e-6:
+        elif grp.step > 0:
+            # totals are lo_total + m*step: the band must hold one of them
+            m_hi = math.floor((grp.hi - lo_total) / grp.step + 1e-6)
+            if lo_total + m_hi * grp.step < grp.lo - 1e-6 * max(1.0, abs(grp.hi)):
                 raise ValueError(
                     f"budget{where} is infeasible: every level step costs {grp.step:g}, so totals are "
-                    f"{lo_total:g} + m*{grp.step:g}; {grp.hi:g} is not one of them; use tol= to allow a band"
+                    f"{lo_total:g} + m*{grp.step:g}; "
+                    + (f"{band} is not one of them" if grp.lo == grp.hi else f"none lies in {band}")
+                    + "; use tol= to allow a wider band"
                 )
 
     # --------------------------------------------------------------- queries

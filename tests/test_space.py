@@ -41,6 +41,17 @@ def test_exact_total_between_reachable_totals_is_refused():
         LevelSpace([3, 3], costs=[[0, 2, 5], [0, 2, 4]], total=3)
 
 
+def test_band_that_holds_no_reachable_total_is_refused():
+    # unit 1 costs 0 or 3: the band [1, 2] lies inside the range [0, 3] yet holds no reachable total
+    with pytest.raises(ValueError, match=r"none lies in \[1, 2\]"):
+        LevelSpace(2, n_units=2, costs=[[0, 1], [0, 3]], total={0: 0, 1: 2}, groups=[0, 1], tol=1)
+    with pytest.raises(ValueError, match="not every value"):
+        LevelSpace([3, 3], costs=[[0, 4, 9], [0, 4, 9]], total=7, tol=2)
+    with pytest.raises(ValueError, match="none lies in"):
+        LevelSpace([3, 3], costs=[[0, 4, 8], [0, 4, 8]], total=7, tol=2)
+    LevelSpace([3, 3], costs=[[0, 4, 8], [0, 4, 8]], total=7, tol=3)  # 4 is in [4, 7]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
