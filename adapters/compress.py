@@ -72,11 +72,18 @@ DEFAULTS: dict[str, Any] = {
     "dtype": None,
     "export": True,
     "progress": True,
+    # sparsity / quant / joint only
+    "search_tokens": None,
+    "database": None,
+    "random_n": 16,
 }
 
 #: method name → callable(settings) -> results, or "module:function" resolved on use.
 METHODS: dict[str, Callable[[dict[str, Any]], dict[str, Any]] | str] = {
     "drop": "levelsearch.adapters.compress:run_drop",
+    "sparsity": "levelsearch.adapters.levelcompress:run_sparsity",
+    "quant": "levelsearch.adapters.levelcompress:run_quant",
+    "joint": "levelsearch.adapters.levelcompress:run_joint",
 }
 
 
@@ -407,10 +414,15 @@ def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
 def _load_config(path: str) -> dict[str, Any]:
     import yaml
 
+    from levelsearch.config import safe_load
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config {path} does not exist")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = safe_load(p.read_text()) or {}
+    except yaml.YAMLError:
+        raise ValueError(f"config {path} is not valid YAML") from None
     if not isinstance(data, dict):
         raise ValueError(f"config {path} must be a mapping of option: value")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -454,8 +466,12 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="YAML file with the same keys as these options")
     p.add_argument("--model", help="smollm2 (offline default), a model directory, GGUF file or hub id")
-    p.add_argument("--method", help="drop (sub-block dropping); more from other adapters")
-    p.add_argument("--target", type=float, help="fraction to compress, e.g. 0.25 = drop 25%% of sub-blocks")
+    p.add_argument("--method", help="drop (sub-block dropping, default), sparsity, quant, joint; more from plug-ins")
+    p.add_argument(
+        "--target",
+        type=float,
+        help="drop: fraction of sub-blocks (0.25); sparsity: average sparsity (0.5); quant/joint: bits per weight (3)",
+    )
     p.add_argument("--out", help="output directory (results.json, profile.png, journal.db, model/)")
     p.add_argument("--seed", type=int)
     p.add_argument("--schedule", help="selection schedule: cpu (default), drop (reference GPU), super-fast")
@@ -475,6 +491,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default fp32 on CPU)")
+    p.add_argument(
+        "--search-tokens", type=int, help="sparsity/quant/joint: calibration tokens of the fitness (default: the pool)"
+    )
+    p.add_argument("--database", help="sparsity/quant/joint: variant database directory (default: under the cache)")
+    p.add_argument("--random-n", type=int, help="sparsity/quant/joint: size of the best-of-N random baseline (16)")
     p.add_argument("--no-export", action="store_true", help="skip writing the Hugging Face model directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

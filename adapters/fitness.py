@@ -103,7 +103,11 @@ class LayerRunner:
                 kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
                 kw.update({f"__arg{i}": a for i, a in enumerate(args[1:], start=1)})
                 kw["use_cache"] = False
-                kw["past_key_values"] = None
+                # no KV cache: clear whichever name this transformers release gives it (setting a second
+                # name, e.g. past_key_values beside 5.x's cache, only earns a deprecation warning)
+                for name in ("past_key_values", "past_key_value", "cache"):
+                    if name in kw:
+                        kw[name] = None
                 store.append(kw)
 
             return hook

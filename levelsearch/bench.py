@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from .config import safe_load
 from .driver import minimize
 from .optimizer import Optimizer, Request, get_optimizer, make_optimizer
 from .problem import Problem, make_problem
@@ -72,7 +72,7 @@ def load_bench_config(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"bench config {p} not found; pass the path of a YAML file")
-    cfg = yaml.safe_load(p.read_text()) or {}
+    cfg = safe_load(p.read_text()) or {}
     if not isinstance(cfg, dict):
         raise ValueError(f"{p}: a bench config is a mapping with optimizers, problems, seeds and budget")
     for key in ("optimizers", "problems"):

@@ -23,6 +23,7 @@ to change.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,34 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunConfig", "load_config", "parse_config"]
+__all__ = ["RunConfig", "load_config", "parse_config", "safe_load"]
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e6`` and ``2.5e8`` as numbers.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so ``max_cost: 2.0e8``
+    would arrive as the string ``"2.0e8"``; budgets in tokens are written that way all the time.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """Parse YAML safely (no Python objects), reading ``1e6``-style numbers as floats."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 _TOP_KEYS = {"problem", "optimizer", "seed", "budget", "evaluator", "max_consecutive_failures", "name"}
 _BUDGET_KEYS = {"max_evaluations", "max_cost"}
@@ -95,7 +123,7 @@ def load_config(path: str | Path) -> RunConfig:
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import RunConfig, parse_config
+from .config import RunConfig, parse_config, safe_load
 from .driver import Result, minimize, run_identity
 from .evaluators import Evaluator, SerialEvaluator
 from .journal import Journal
@@ -135,7 +135,7 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
     cfg_path = out / CONFIG
     if cfg_path.exists():
         try:
-            stored = yaml.safe_load(cfg_path.read_text())
+            stored = safe_load(cfg_path.read_text())
         except (yaml.YAMLError, OSError, UnicodeDecodeError):
             raise ValueError(f"{cfg_path} is not a readable run config; choose a new --out directory") from None
         if parse_config(stored, str(cfg_path)).identity() != config.identity():
@@ -216,7 +216,7 @@ def resume_dir(out: str | Path, *, progress: bool = True) -> dict[str, Any]:
             f"{out} holds no run (no {CONFIG}); start one with `levelsearch run CONFIG --out {out}`"
         )
     try:
-        data = yaml.safe_load(cfg_path.read_text())
+        data = safe_load(cfg_path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError):
         raise ValueError(f"{cfg_path} is not valid YAML; restore it or start a new run") from None
     return run_config(parse_config(data, str(cfg_path)), out, progress=progress)

@@ -200,3 +200,11 @@ def test_read_only_output_dir_exits_2_and_keeps_its_files(tmp_path, capsys):
         assert _snapshot(run) == {"notes.txt": b"keep"}
     finally:
         run.chmod(0o755)
+
+
+def test_exponent_numbers_without_a_sign_are_read_as_numbers(tmp_path, capsys):
+    # YAML 1.1 would read 2.0e3 as a string; budgets in tokens are written that way
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(_yaml(budget="{max_evaluations: 100, max_cost: 2.0e3}"))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "summary.json").is_file()

@@ -208,7 +208,6 @@ def test_export_reloads_to_the_same_logits(which, sparse, quant, tmp_path):
 
 @pytest.mark.parametrize(("method", "target"), [("sparsity", "0.6"), ("quant", "2.5")])
 def test_compress_method_writes_results_profile_and_a_model_that_reloads(method, target, tmp_path, monkeypatch):
-    from levelsearch.adapters import compress
     from levelsearch.adapters.models import save_model
     from test_adapters_drop import byte_tokenizer
     from test_adapters_drop import tiny_llama as drop_llama
@@ -216,7 +215,6 @@ def test_compress_method_writes_results_profile_and_a_model_that_reloads(method,
     from levelsearch.cli import main
 
     monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(compress.METHODS, method, f"levelsearch.adapters.levelcompress:run_{method}")
     model_dir = tmp_path / "llama"
     save_model(drop_llama(n_layers=2), byte_tokenizer(), model_dir)
     out = tmp_path / "run"
