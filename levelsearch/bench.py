@@ -43,8 +43,9 @@ import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -234,50 +235,48 @@ def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = 
     out.mkdir(parents=True, exist_ok=True)
     workers = workers or min(2, os.cpu_count() or 1)
     t0 = time.perf_counter()
-    # one BLAS thread per process: on a small machine, threads of parallel runs only fight each other
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-    # known optima (enumeration, MILP) are computed once per problem, in the workers
-    facts = list(pool.map(_problem_facts, [pr["config"] for pr in config["problems"]]))
-    problems = [{**pr, **f} for pr, f in zip(config["problems"], facts)]
-    tasks = [
-        {
-            "optimizer": o["name"],
-            "label": o["label"],
-            "problem": pr["config"],
-            "options": {**o["options"], **(pr["options"].get(o["label"]) or {})},
-            "problem_label": pr["label"],
-            "optimum": pr["optimum"],
-            "budget": pr["budget"],
-            "seed": s,
-            "max_seconds": o.get("max_seconds", config.get("max_seconds")),
-            "csv": str(out / "raw" / pr["label"] / o["label"] / f"seed{s}.csv"),
-        }
-        for pr in problems
-        for o in config["optimizers"]
-        for s in config["seeds"]
-    ]
-    results: list[dict[str, Any]] = []
-    bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
-    with pool:
-        futures = {pool.submit(_run_one, t): t for t in tasks}
-        for fut in as_completed(futures):
-            t = futures[fut]
-            try:
-                results.append(fut.result())
-            except Exception as exc:  # one broken run must not lose the grid
-                results.append(
-                    {
-                        "optimizer": t["label"],
-                        "problem": t["problem_label"],
-                        "seed": t["seed"],
-                        "error": f"{type(exc).__name__}: {exc}",
-                    }
-                )
-            bar.update(1)
-            bar.set_postfix_str(f"{t['label']} on {t['problem_label']}")
-    bar.close()
+    with _one_blas_thread_in_workers():
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        # known optima (enumeration, MILP) are computed once per problem, in the workers
+        facts = list(pool.map(_problem_facts, [pr["config"] for pr in config["problems"]]))
+        problems = [{**pr, **f} for pr, f in zip(config["problems"], facts)]
+        tasks = [
+            {
+                "optimizer": o["name"],
+                "label": o["label"],
+                "problem": pr["config"],
+                "options": {**o["options"], **(pr["options"].get(o["label"]) or {})},
+                "problem_label": pr["label"],
+                "optimum": pr["optimum"],
+                "budget": pr["budget"],
+                "seed": s,
+                "max_seconds": o.get("max_seconds", config.get("max_seconds")),
+                "csv": str(out / "raw" / pr["label"] / o["label"] / f"seed{s}.csv"),
+            }
+            for pr in problems
+            for o in config["optimizers"]
+            for s in config["seeds"]
+        ]
+        results: list[dict[str, Any]] = []
+        bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
+        with pool:
+            futures = {pool.submit(_run_one, t): t for t in tasks}
+            for fut in as_completed(futures):
+                t = futures[fut]
+                try:
+                    results.append(fut.result())
+                except Exception as exc:  # one broken run must not lose the grid
+                    results.append(
+                        {
+                            "optimizer": t["label"],
+                            "problem": t["problem_label"],
+                            "seed": t["seed"],
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
+                    )
+                bar.update(1)
+                bar.set_postfix_str(f"{t['label']} on {t['problem_label']}")
+        bar.close()
     meta = {
         "config": config,
         "workers": workers,
@@ -289,6 +288,27 @@ def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = 
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, default=_json) + "\n")
     return bench_report.write_report(out, meta, results)
+
+
+@contextmanager
+def _one_blas_thread_in_workers() -> Iterator[None]:
+    """One BLAS thread per spawned worker (threads of parallel runs on a small machine only fight each other).
+
+    The variables are set only while the pool starts its workers and restored afterwards, so the calling
+    process (a notebook, a test session) keeps all its threads for what it runs next.
+    """
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {v: os.environ.get(v) for v in names}
+    for v in names:
+        os.environ.setdefault(v, "1")
+    try:
+        yield
+    finally:
+        for v, old in saved.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
 
 
 def _json(x: Any) -> Any:

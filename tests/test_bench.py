@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 import yaml
 
 from levelsearch.bench import _run_one, load_bench_config, run_bench
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 TINY = {
     "name": "tiny",
@@ -39,8 +43,16 @@ def _write(tmp_path: Path, cfg: dict) -> Path:
 @pytest.fixture(scope="module")
 def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("bench")
+    before = {v: os.environ.get(v) for v in THREAD_VARS}
     run_bench(load_bench_config(_write(tmp, TINY)), tmp / "out", workers=1, progress=False)
+    (tmp / "env.json").write_text(json.dumps([before, {v: os.environ.get(v) for v in THREAD_VARS}]))
     return tmp / "out"
+
+
+def test_bench_leaves_the_callers_thread_settings_as_they_were(bench_dir: Path) -> None:
+    # workers get one BLAS thread each; the caller (a notebook, a test session) must keep all of its own
+    before, after = json.loads((bench_dir.parent / "env.json").read_text())
+    assert after == before
 
 
 def test_a_missing_config_is_a_file_not_found_error(tmp_path: Path) -> None:
