@@ -155,6 +155,7 @@ class LevelSpace:
                 f"[{lo_total:g}, {hi_total:g}] of the total cost"
             )
         exactly = "exactly " if grp.lo == grp.hi else "in "
+        widen = "use tol= to allow a band" if grp.lo == grp.hi else "widen the band (tol=)"
         if not grp.uniform_steps:
             # costs differ between steps: not every total in the range is reachable (subset sums)
             reach = _reachable_totals(sub)
@@ -162,7 +163,7 @@ class LevelSpace:
                 raise ValueError(
                     f"budget{where} is infeasible: no assignment has total cost {exactly}{band} "
                     f"(reachable range [{lo_total:g}, {hi_total:g}], but not every value in it is reachable); "
-                    "use tol= to allow a wider band"
+                    + widen
                 )
         elif grp.step > 0:
             # totals are lo_total + m*step: the band must hold one of them
@@ -172,7 +173,7 @@ class LevelSpace:
                     f"budget{where} is infeasible: every level step costs {grp.step:g}, so totals are "
                     f"{lo_total:g} + m*{grp.step:g}; "
                     + (f"{band} is not one of them" if grp.lo == grp.hi else f"none lies in {band}")
-                    + "; use tol= to allow a wider band"
+                    + f"; {widen}"
                 )
 
     # --------------------------------------------------------------- queries
