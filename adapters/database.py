@@ -16,7 +16,10 @@ The build runs the calibration driver layer by layer and writes each layer's
 file atomically before recording it in the manifest: a killed build resumes at
 the next unbuilt layer. A database refuses a model whose fingerprint differs.
 Loading is memory-mapped (``safetensors.safe_open``) and :meth:`apply` only
-swaps in units whose level changed.
+swaps in units whose level changed. Decoded fp32 weights are kept in a bounded
+LRU cache (:data:`DECODED_CACHE_BYTES`, 1 GiB by default): a search swaps the same
+few hundred variants in and out over and over, and decoding a packed 3-bit
+1536×576 matrix costs ~13 ms on a CPU against ~0.04 ms to copy it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -294,8 +298,17 @@ def build_database(
     return VariantDatabase(path)
 
 
+#: Default bound, in bytes, of a :class:`VariantDatabase`'s cache of decoded fp32 weights.
+DECODED_CACHE_BYTES = 1 << 30
+
+
 class VariantDatabase:
     """A finished database, opened read-only and memory-mapped.
+
+    Args:
+        root: the database directory.
+        cache_bytes: bound on the decoded weights kept in memory, least recently used
+            evicted first (default :data:`DECODED_CACHE_BYTES`, 1 GiB; 0 disables the cache).
 
     Attributes:
         manifest: the parsed manifest.
@@ -303,7 +316,12 @@ class VariantDatabase:
         spec: the level spec it was built with.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, cache_bytes: int = DECODED_CACHE_BYTES) -> None:
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
+        self.cache_bytes = cache_bytes
+        self._decoded: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self.cached_bytes = 0
         self.root = Path(root)
         mpath = self.root / "manifest.json"
         if not mpath.is_file():
@@ -370,7 +388,27 @@ class VariantDatabase:
         return self._handles[layer]
 
     def weight(self, unit: str, level: int) -> torch.Tensor:
-        """The fp32 ``(out, in)`` weight of ``unit`` at level index ``level``."""
+        """The fp32 ``(out, in)`` weight of ``unit`` at level index ``level`` (a new tensor, yours to change)."""
+        return self._cached(unit, level).clone()
+
+    def _cached(self, unit: str, level: int) -> torch.Tensor:
+        """The decoded weight from the LRU cache (decoded on a miss); callers must not modify it."""
+        key = (unit, int(level))
+        w = self._decoded.get(key)
+        if w is not None:
+            self._decoded.move_to_end(key)
+            return w
+        w = self._decode(unit, int(level))
+        size = w.numel() * w.element_size()
+        if size <= self.cache_bytes:
+            self._decoded[key] = w
+            self.cached_bytes += size
+            while self.cached_bytes > self.cache_bytes:
+                _, old = self._decoded.popitem(last=False)
+                self.cached_bytes -= old.numel() * old.element_size()
+        return w
+
+    def _decode(self, unit: str, level: int) -> torch.Tensor:
         values = self.values(unit)
         if not 0 <= level < len(values):
             raise ValueError(f"unit {unit} has levels 0..{len(values) - 1}, got {level}")
@@ -396,7 +434,7 @@ class VariantDatabase:
             return False
         weight: torch.Tensor = module.weight  # type: ignore[assignment]
         with torch.no_grad():
-            weight.copy_(self.weight(unit, level).to(weight.dtype))
+            weight.copy_(self._cached(unit, level).to(weight.dtype))
         self._current[unit] = level
         return True
 

@@ -131,3 +131,29 @@ def test_apply_swaps_in_only_the_units_whose_level_changed(setup, sparse_db):
 def test_units_are_every_linear_of_every_decoder_layer(setup, sparse_db):
     model, _ = setup
     assert sparse_db.unit_names == [name for name, _, _ in linear_units(model)]
+
+
+def test_decoded_weights_are_cached_within_their_bound_and_equal_fresh_decodes(quant_db):
+    units = quant_db.unit_names[:4]
+    one = quant_db.weight(units[0], 1)
+    bound = 2 * one.numel() * one.element_size()
+    cached = VariantDatabase(quant_db.root, cache_bytes=bound)
+    uncached = VariantDatabase(quant_db.root, cache_bytes=0)
+    for _ in range(2):  # the second round reads what the cache kept
+        for unit in units:
+            for level in range(len(cached.values(unit))):
+                assert torch.equal(cached.weight(unit, level), uncached.weight(unit, level))
+                assert 0 < cached.cached_bytes <= bound
+    assert uncached.cached_bytes == 0
+
+
+def test_changing_a_returned_weight_does_not_change_the_database(quant_db):
+    unit = quant_db.unit_names[0]
+    w = quant_db.weight(unit, 1)
+    w.zero_()
+    assert not torch.equal(quant_db.weight(unit, 1), w)
+
+
+def test_a_negative_cache_bound_is_refused(quant_db):
+    with pytest.raises(ValueError, match="cache_bytes"):
+        VariantDatabase(quant_db.root, cache_bytes=-1)
