@@ -18,6 +18,12 @@ def main() -> None:
     for f in sorted(root.glob("smollm2-*/results.json")):
         r = json.loads(f.read_text())
         ms = r["methods"]
+        if r["method"] == "drop":  # heuristics, not uniform/OWL/DP: one line per method
+            print(f"{'drop-' + format(r['target'], 'g'):16s} {r['dense']['heldout_ppl']:7.2f}   (held-out ppl)")
+            for name, m in sorted(ms.items(), key=lambda kv: kv[1]["heldout_ppl"]):
+                gens = f", {m['generations']} generations, {m['seconds']:.0f} s" if "generations" in m else ""
+                print(f"{'':16s} {name:>13s} {m['heldout_ppl']:9.2f}{gens}")
+            continue
         cells = " ".join(f"{ms[m]['heldout_ppl']:9.2f}" if m in ms else f"{'-':>9s}" for m in ORDER)
         evo = ms["evopress"]
         print(
