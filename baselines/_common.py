@@ -24,6 +24,7 @@ its budget. The library is told the point actually evaluated, as for repair.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -90,11 +91,13 @@ class EncodedBaseline(Optimizer):
         self._seen: set[bytes] = set()
 
     # ----------------------------------------------------------- to implement
+    @abc.abstractmethod
     def _ask_raw(self) -> tuple[Any, np.ndarray]:
-        raise NotImplementedError
+        """The library's next proposal: ``(handle for tell, raw point in the library's encoding)``."""
 
+    @abc.abstractmethod
     def _tell_raw(self, handle: Any, raw: np.ndarray, levels: np.ndarray, changed: bool, value: float | None) -> None:
-        raise NotImplementedError
+        """Report ``value`` of the repaired ``levels`` (``changed``: repair moved the point) to the library."""
 
     # ------------------------------------------------------------------ shared
     def decode(self, raw: np.ndarray) -> np.ndarray:

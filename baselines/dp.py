@@ -17,6 +17,7 @@ Without local search both stop after their last proposal (``stop()`` is true).
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -52,8 +53,9 @@ class _ProbeThenSolve(Optimizer):
         self._phase = "probe"
         self._pending: list[Request] = []
 
+    @abc.abstractmethod
     def _solve(self, errors: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """A feasible assignment from the probed per-unit, per-level errors."""
 
     def ask(self) -> list[Request]:
         if self._phase == "probe":

@@ -27,6 +27,7 @@ Failed evaluations (``inf``/NaN) are told as ``TrialState.FAIL``.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import warnings
 from typing import Any
@@ -66,8 +67,9 @@ class _OptunaBaseline(EncodedBaseline):
             self._study = optuna.create_study(direction="minimize", sampler=self._make_sampler(optuna))
         self._optuna = optuna
 
+    @abc.abstractmethod
     def _make_sampler(self, optuna: Any) -> Any:
-        raise NotImplementedError
+        """The Optuna sampler, every default set explicitly."""
 
     def _ask_raw(self) -> tuple[Any, np.ndarray]:
         with warnings.catch_warnings():

@@ -7,6 +7,7 @@ a distributed one (Ray) is a drop-in replacement.
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 import traceback
@@ -77,17 +78,18 @@ def evaluate_one(problem: Problem, req: Request, retries: int = 0, worker: str =
 OnResult = Callable[[int, Outcome], None]
 
 
-class Evaluator:
+class Evaluator(abc.ABC):
     """Interface of evaluators: run a batch, return one :class:`Outcome` per request, in order.
 
     ``on_result(index, outcome)`` is called as soon as each evaluation finishes
     (in any order), so the driver can journal it before the batch completes.
     """
 
+    @abc.abstractmethod
     def evaluate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Outcome]:
-        raise NotImplementedError
+        """Evaluate ``requests``; one :class:`Outcome` per request, in the order given."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release workers (no-op for in-process evaluation)."""
 
 

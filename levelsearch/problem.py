@@ -54,8 +54,22 @@ class Problem:
         self.space = space
 
     def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
-        """The fitness of ``levels`` (lower is better)."""
-        raise NotImplementedError
+        """The fitness of ``levels`` (lower is better).
+
+        Subclasses define this, or ``evaluate_many(requests) -> list[float]`` (a batch oracle),
+        or both; with only ``evaluate_many`` this evaluates a batch of one.
+
+        Raises:
+            TypeError: if the subclass defines neither.
+        """
+        batch = getattr(self, "evaluate_many", None)
+        if batch is None:
+            raise TypeError(
+                f"{type(self).__name__} must define evaluate(levels, fidelity, sample) or evaluate_many(requests)"
+            )
+        from .optimizer import Request
+
+        return float(batch([Request(np.asarray(levels, dtype=np.int64), fidelity, sample)])[0])
 
     def true_value(self, levels: np.ndarray) -> float | None:
         """The noise-free value of ``levels`` when it is cheap to know (synthetic problems), else ``None``."""

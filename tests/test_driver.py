@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import levelsearch as ls
-from levelsearch import LevelSpace, minimize
+from levelsearch import LevelSpace, Problem, minimize
 
 
 def _linear(n=20, seed=0):
@@ -148,3 +148,17 @@ def test_a_registered_custom_optimizer_runs_through_minimize():
     res = minimize(fn, LevelSpace(2, n_units=20, total=5), optimizer="test-first-feasible", max_evaluations=30)
     assert res.n_evaluations == 30
     assert "test-first-feasible" in ls.available_optimizers()
+
+
+def test_a_problem_with_only_a_batch_oracle_evaluates_one_assignment_as_a_batch_of_one():
+    class Batched(Problem):
+        def evaluate_many(self, requests):
+            return [float(np.sum(r.levels)) + (r.fidelity or 0) for r in requests]
+
+    space = LevelSpace(2, n_units=4, total=2)
+    assert Batched(space).evaluate(np.array([1, 1, 0, 0]), 10, 0) == 12.0
+
+
+def test_a_problem_without_an_oracle_says_what_to_define():
+    with pytest.raises(TypeError, match="must define evaluate"):
+        Problem(LevelSpace(2, n_units=4, total=2)).evaluate(np.array([1, 1, 0, 0]))
