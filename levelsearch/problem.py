@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .optimizer import Request
 from .space import LevelSpace
 
 __all__ = [
@@ -67,8 +68,6 @@ class Problem:
             raise TypeError(
                 f"{type(self).__name__} must define evaluate(levels, fidelity, sample) or evaluate_many(requests)"
             )
-        from .optimizer import Request
-
         return float(batch([Request(np.asarray(levels, dtype=np.int64), fidelity, sample)])[0])
 
     def true_value(self, levels: np.ndarray) -> float | None:
