@@ -73,7 +73,15 @@ def load_bench_config(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"bench config {p} not found; pass the path of a YAML file")
-    cfg = safe_load(p.read_text()) or {}
+    from yaml import YAMLError
+
+    from .config import read_text
+
+    try:
+        cfg = safe_load(read_text(p, "bench config")) or {}
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ValueError(f"{p}: not valid YAML{'' if mark is None else f' at line {mark.line + 1}'}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{p}: a bench config is a mapping with optimizers, problems, seeds and budget")
     for key in ("optimizers", "problems"):

@@ -23,6 +23,7 @@ to change.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,11 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunConfig", "load_config", "parse_config", "safe_load"]
+__all__ = ["RunConfig", "load_config", "parse_config", "safe_load", "read_text", "check_finite"]
+
+#: Budget limits (the driver's): a billion evaluations, 10^15 fidelity units; more is a typo.
+MAX_EVALUATIONS = 10**9
+MAX_COST = 1e15
 
 
 class _Loader(yaml.SafeLoader):
@@ -123,12 +128,36 @@ def load_config(path: str | Path) -> RunConfig:
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
     try:
-        data = safe_load(p.read_text())
+        data = safe_load(read_text(p, "config file"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ValueError(f"{p}: not valid YAML{where}") from None
     return parse_config(data, source=str(p))
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; a binary or unreadable file is a ``ValueError`` that names it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path} is not a UTF-8 text file (binary?); give a YAML file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} {path} is a directory; give a YAML file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path} ({exc.strerror})") from None
+
+
+def check_finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinities anywhere in a (nested) setting, naming where (``ValueError``)."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
 
 
 def _int(x: Any, what: str, minimum: int = 0) -> int:
@@ -186,6 +215,7 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         problem = {"kind": problem}
     if not isinstance(problem, Mapping) or "kind" not in problem:
         raise ValueError(f"{source}: 'problem' must be a mapping with a 'kind' (see `levelsearch problems`)")
+    check_finite(dict(problem), f"{source}: problem")
     opt = data.get("optimizer", "evopress")
     if isinstance(opt, str) and opt:
         opt_name, options = opt, {}
@@ -194,6 +224,7 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         options = {k: v for k, v in opt.items() if k != "name"}
     else:
         raise ValueError(f"{source}: 'optimizer' must be a name or a mapping with a 'name'")
+    check_finite(options, f"{source}: optimizer")
     seed = _int(data.get("seed", 0), f"{source}: seed")
     budget = data.get("budget")
     if not isinstance(budget, Mapping) or not budget:
@@ -204,10 +235,24 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
     max_eval = budget.get("max_evaluations")
     if max_eval is not None:
         max_eval = _int(max_eval, f"{source}: budget.max_evaluations", 1)
+        if max_eval > MAX_EVALUATIONS:
+            raise ValueError(
+                f"{source}: budget.max_evaluations={max_eval} is beyond any run (at most {MAX_EVALUATIONS:.0e}); "
+                "check the number"
+            )
     max_cost = budget.get("max_cost")
     if max_cost is not None:
-        if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or max_cost <= 0:
+        if (
+            isinstance(max_cost, bool)
+            or not isinstance(max_cost, (int, float))
+            or not math.isfinite(max_cost)
+            or max_cost <= 0
+        ):
             raise ValueError(f"{source}: budget.max_cost must be a positive number, got {max_cost!r}")
+        if max_cost > MAX_COST:
+            raise ValueError(
+                f"{source}: budget.max_cost={max_cost:g} is beyond any run (at most {MAX_COST:.0e}); check the number"
+            )
         max_cost = float(max_cost)
     if max_eval is None and max_cost is None:
         raise ValueError(f"{source}: budget needs max_evaluations or max_cost")

@@ -10,8 +10,11 @@ evaluation for problems without fidelity).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import time
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +22,24 @@ from typing import Any
 
 import numpy as np
 
-from .evaluators import Evaluator, Outcome, SerialEvaluator
-from .journal import Journal
+from .config import MAX_COST, MAX_EVALUATIONS  # the largest budgets accepted: more is a typo
+from .evaluators import Evaluator, Outcome, SerialEvaluator, fitness_value
+from .journal import Journal, JournalMismatch
 from .optimizer import Optimizer, Request, make_optimizer
 from .problem import FunctionProblem, Problem
 from .space import LevelSpace
 
-__all__ = ["minimize", "Result", "Evaluation", "TracePoint", "AllFailedError", "run_identity"]
+__all__ = [
+    "minimize",
+    "Result",
+    "Evaluation",
+    "TracePoint",
+    "AllFailedError",
+    "run_identity",
+    "oracle_fingerprint",
+    "MAX_EVALUATIONS",
+    "MAX_COST",
+]
 
 
 class AllFailedError(RuntimeError):
@@ -114,6 +128,7 @@ def minimize(
     max_consecutive_failures: int = 100,
     progress: bool | ProgressHook = False,
     target: float | None = None,
+    resume: bool = False,
 ) -> Result:
     """Minimise ``fn`` over ``space`` with a registered optimizer.
 
@@ -129,24 +144,37 @@ def minimize(
         evaluator: how to run batches (default: in-process, serial).
         journal: a SQLite journal path (or open :class:`Journal`). An existing
             journal of the same run is replayed: the trajectory continues exactly
-            where it stopped and journaled evaluations are not run again.
+            where it stopped and journaled evaluations are not run again. It must
+            have been written by the same problem description and the same oracle
+            (see :func:`oracle_fingerprint`), else :class:`JournalMismatch`.
         identity: extra JSON-able facts that must match when a journal is resumed.
         retries: extra attempts for an evaluation that raised an exception.
         max_consecutive_failures: abort with :class:`AllFailedError` after this
             many failed evaluations in a row.
         progress: ``True`` for a tqdm bar, or a callable ``(n_evaluations, cost, best)``.
         target: stop as soon as the recommendation's value is ``<= target``.
+        resume: replay a journal even though it was written by another oracle (a fitness
+            function whose code or data changed, e.g. only its docstring or logging):
+            you vouch that it gives the values journaled. The problem description,
+            optimizer, options and seed must still match.
 
     Returns:
         A :class:`Result`.
 
     Raises:
         ValueError: bad arguments (no stopping rule, unknown optimizer, a budget
-            too small for one evaluation, a journal of another run, ...).
+            too small, non-finite or absurdly large, a non-finite option, a journal of
+            another run or oracle, ...).
+        FitnessTypeError: the oracle returned something that is not a real number.
         AllFailedError: the oracle failed ``max_consecutive_failures`` times in a row.
     """
     t_start = time.perf_counter()
     problem = _as_problem(fn, space)
+    _check_finite(options, "options")
+    if target is not None and (
+        isinstance(target, bool) or not isinstance(target, (int, float, np.number)) or math.isnan(target)
+    ):
+        raise ValueError(f"target must be a number, got {target!r}")
     space = problem.space
     if isinstance(optimizer, Optimizer):
         opt = optimizer
@@ -157,6 +185,7 @@ def minimize(
         opt = make_optimizer(optimizer, space, seed=seed, **dict(options or {}))
         opt_name = optimizer
     _check_budget(max_evaluations, max_cost, opt)
+    _offer_unit_errors(problem, opt)
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     if (
@@ -176,6 +205,13 @@ def minimize(
     else:
         jr = Journal(journal, identity=run_identity(problem, opt_name, options, seed, identity))
         own_journal = True
+    if jr is not None:
+        try:
+            _check_oracle(jr, problem, resume)
+        except BaseException:
+            if own_journal:
+                jr.close()
+            raise
 
     # answers available without calling the oracle
     replay: dict[tuple[Any, ...], list[Outcome]] = {}
@@ -206,8 +242,11 @@ def minimize(
             if not batch:
                 stopped_by = "optimizer"
                 break
+            # the oracle, journal and history get read-only copies: a fitness that writes into its
+            # ``levels`` fails loudly instead of corrupting the optimizer's state or what is journaled
+            asked = [Request(_frozen(r.levels), r.fidelity, r.sample) for r in batch]
             values: list[float] = [math.nan] * len(batch)
-            keys = [_norm_key(problem, r.levels, r.fidelity, r.sample) for r in batch]
+            keys = [_norm_key(problem, r.levels, r.fidelity, r.sample) for r in asked]
             todo: list[int] = []
             first_of: dict[tuple[Any, ...], int] = {}
             dup_of: dict[int, int] = {}
@@ -249,12 +288,12 @@ def minimize(
                 if replay.get(keys[idx]):
                     out = replay[keys[idx]].pop(0)
                     values[idx] = out.value
-                    led.record(batch[idx], out, replayed=True)
+                    led.record(asked[idx], out, replayed=True)
                 else:
                     fresh.append(idx)
             if fresh:
-                sink = _Sink(led, batch, fresh, values)
-                outs = evaluator.evaluate([batch[i] for i in fresh], on_result=sink)
+                sink = _Sink(led, asked, fresh, values)
+                outs = evaluator.evaluate([asked[i] for i in fresh], on_result=sink)
                 sink.finish(outs)
             # Replayed failures count towards the streak (a resumed run behaves like an
             # uninterrupted one), but a batch answered only from the journal never aborts:
@@ -303,6 +342,9 @@ def minimize(
     if levels is not None and not math.isfinite(value) and led.best_levels is not None:
         # the recommendation's last evaluation failed: report the best successful one instead
         value, levels = led.best_value, led.best_levels
+    if led.best_levels is None and led.history and not math.isfinite(value):
+        # nothing succeeded: report an assignment that was asked for (feasible), with no value
+        levels, value = led.history[0].levels, math.inf
     if levels is None:
         levels = led.best_levels if led.best_levels is not None else space.uniform()
         if levels is None:
@@ -402,6 +444,15 @@ def _norm_key(problem: Problem, levels: np.ndarray, fidelity: int | None, sample
     return (lb, fidelity, sample)
 
 
+def _offer_unit_errors(problem: Problem, opt: Optimizer) -> None:
+    """Give an optimizer that wants them the problem's per-unit error estimates (once, before it starts)."""
+    if not getattr(opt, "wants_unit_errors", False) or getattr(opt, "has_prior", True):
+        return
+    est = problem.unit_errors()
+    if est is not None:
+        opt.set_prior(np.asarray(est, dtype=float))  # type: ignore[attr-defined]
+
+
 def _as_problem(fn: Any, space: LevelSpace | None) -> Problem:
     if isinstance(fn, Problem):
         if space is not None and space is not fn.space:
@@ -411,18 +462,182 @@ def _as_problem(fn: Any, space: LevelSpace | None) -> Problem:
         raise ValueError("minimize(fn, space): a plain function needs a LevelSpace")
     if not isinstance(space, LevelSpace):
         raise ValueError(f"space must be a LevelSpace, got {type(space).__name__}")
-    return FunctionProblem(fn, space)
+    if not callable(fn):
+        raise ValueError(f"fitness must be callable, got {type(fn).__name__}")
+    problem = FunctionProblem(_checked(fn), space)
+    problem.oracle = fn  # type: ignore[attr-defined]  # what oracle_fingerprint describes
+    return problem
+
+
+def _checked(fn: Callable[..., Any]) -> Callable[..., float]:
+    """``fn`` whose return value must be a real number (a str, bool or Decimal raises FitnessTypeError)."""
+
+    @functools.wraps(fn)
+    def checked(*args: Any) -> float:
+        return fitness_value(fn(*args))
+
+    return checked
+
+
+def _frozen(levels: np.ndarray) -> np.ndarray:
+    out = np.array(levels, dtype=np.int64, copy=True)
+    out.flags.writeable = False
+    return out
 
 
 def _check_budget(max_evaluations: int | None, max_cost: float | None, opt: Optimizer) -> None:
     if max_evaluations is not None and (
-        not isinstance(max_evaluations, (int, np.integer)) or isinstance(max_evaluations, bool) or max_evaluations < 1
+        not isinstance(max_evaluations, (int, np.integer))
+        or isinstance(max_evaluations, bool)
+        or not 1 <= max_evaluations <= MAX_EVALUATIONS
     ):
-        raise ValueError(f"max_evaluations must be a positive integer, got {max_evaluations!r}")
-    if max_cost is not None and (not isinstance(max_cost, (int, float)) or max_cost <= 0):
-        raise ValueError(f"max_cost must be a positive number, got {max_cost!r}")
+        raise ValueError(
+            f"max_evaluations must be a positive integer up to {MAX_EVALUATIONS:.0e}, got {max_evaluations!r}"
+        )
+    if max_cost is not None and (
+        isinstance(max_cost, bool)
+        or not isinstance(max_cost, (int, float, np.integer, np.floating))
+        or not math.isfinite(max_cost)
+        or not 0 < max_cost <= MAX_COST
+    ):
+        raise ValueError(f"max_cost must be a positive number (finite, up to {MAX_COST:.0e}), got {max_cost!r}")
     if max_evaluations is None and max_cost is None and getattr(opt, "max_generations", None) is None:
         raise ValueError("give a stopping rule: max_evaluations, max_cost or the optimizer's max_generations")
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinities anywhere in a (nested) setting: they make budgets and schedules lie."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"{where} must hold finite numbers only")
+    elif isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+
+
+def _check_oracle(jr: Journal, problem: Problem, resume: bool) -> None:
+    """Bind a journal to the oracle that wrote it: replaying another function's values is refused."""
+    fp = oracle_fingerprint(problem)
+    stored = jr.meta("oracle")
+    if stored == fp:
+        return
+    if jr.readonly:
+        return
+    if len(jr) and not resume:
+        what = "an unrecorded oracle" if stored is None else "another oracle"
+        raise JournalMismatch(
+            f"journal {jr.path} holds {len(jr)} evaluations of {what} ({_oracle_name(problem)}'s code or data "
+            "differs), whose values a replay would report; use a new journal, or pass resume=True if it gives "
+            "the same values"
+        )
+    jr.set_meta("oracle", fp)
+
+
+def _oracle_name(problem: Problem) -> str:
+    fn = getattr(problem, "oracle", None) or getattr(problem, "fn", None)
+    if fn is not None:
+        return str(getattr(fn, "__qualname__", type(fn).__name__))
+    return type(problem).__qualname__
+
+
+def oracle_fingerprint(problem: Problem) -> str:
+    """A sha256 of what a problem's values come from, stored in a journal and checked on replay.
+
+    For a plain function: its code (bytecode, constants, names, defaults), recursively
+    through the functions it calls by global name, and the data it reads from globals
+    and closure cells (numbers, strings, numpy arrays; large arrays by a strided
+    sample). Mutable containers and other objects count by their type only, so a
+    closure's call counter does not change it. For a :class:`Problem` subclass: its
+    class (its :meth:`~Problem.describe` is already part of the journal's identity).
+    """
+    fn = getattr(problem, "oracle", None)
+    if fn is None and isinstance(problem, FunctionProblem):
+        fn = problem.fn
+    h = hashlib.sha256()
+    if fn is None:
+        h.update(f"class:{type(problem).__module__}.{type(problem).__qualname__}".encode())
+    else:
+        _hash_callable(h, fn, depth=0, seen={"module": getattr(fn, "__module__", None)})
+    return h.hexdigest()
+
+
+_SAMPLE = 1 << 16  # elements hashed of a large array
+
+
+def _hash_value(h: Any, v: Any, depth: int, seen: dict[Any, Any]) -> None:
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes, np.generic)):
+        h.update(f"{type(v).__name__}:{v!r};".encode())
+    elif isinstance(v, np.ndarray):
+        h.update(f"nd:{v.dtype.str}:{v.shape};".encode())
+        flat = np.ascontiguousarray(v).reshape(-1)
+        if flat.size > 4 * _SAMPLE:
+            flat = flat[:: max(1, flat.size // _SAMPLE)]
+        h.update(flat.tobytes() if flat.dtype != object else repr(flat.tolist()).encode())
+    elif isinstance(v, (tuple, frozenset)) and depth < 3:
+        h.update(f"{type(v).__name__}{len(v)}(".encode())
+        for x in v if isinstance(v, tuple) else sorted(v, key=repr):
+            _hash_value(h, x, depth + 1, seen)
+        h.update(b")")
+    elif isinstance(v, types.CodeType):
+        _hash_code(h, v, depth, seen)
+    elif callable(v) and depth < 3 and not isinstance(v, type) and getattr(v, "__module__", None) == seen["module"]:
+        _hash_callable(h, v, depth + 1, seen)  # a helper of the same module: its code counts
+    elif callable(v):  # a library function or a class: by name (an upgrade must not refuse a resume)
+        h.update(f"fn:{getattr(v, '__module__', '')}.{getattr(v, '__qualname__', type(v).__qualname__)};".encode())
+    else:  # lists, dicts, objects, modules: by type only (their contents may legitimately change)
+        h.update(f"obj:{type(v).__module__}.{type(v).__qualname__};".encode())
+
+
+def _hash_code(h: Any, code: types.CodeType, depth: int, seen: dict[Any, Any]) -> None:
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        _hash_value(h, c, depth, seen)
+
+
+def _hash_callable(h: Any, fn: Any, depth: int, seen: dict[Any, Any]) -> None:
+    if id(fn) in seen:
+        h.update(b"<recursion>")
+        return
+    seen[id(fn)] = fn
+    if isinstance(fn, functools.partial):
+        h.update(b"partial(")
+        _hash_callable(h, fn.func, depth, seen)
+        _hash_value(h, tuple(fn.args), depth, seen)
+        _hash_value(h, tuple(sorted(fn.keywords.items())), depth, seen)
+        h.update(b")")
+        return
+    func = getattr(fn, "__func__", fn)  # a bound method: its function (and its object's type)
+    if func is not fn:
+        h.update(f"method-of:{type(getattr(fn, '__self__', None)).__qualname__};".encode())
+    code = getattr(func, "__code__", None)
+    if code is None:
+        call = type(fn).__dict__.get("__call__")  # a callable object: its class's __call__
+        code = getattr(call, "__code__", None)
+        h.update(f"callable:{type(fn).__module__}.{type(fn).__qualname__};".encode())
+        if code is None:
+            return
+        func = call
+    _hash_code(h, code, depth, seen)
+    _hash_value(h, getattr(func, "__defaults__", None), depth, seen)
+    cells = getattr(func, "__closure__", None) or ()
+    for name, cell in zip(code.co_freevars, cells):
+        try:
+            content = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        h.update(f"free:{name}=".encode())
+        _hash_value(h, content, depth, seen)
+    glb = getattr(func, "__globals__", {})
+    for name in code.co_names:
+        if name in glb and not isinstance(glb[name], types.ModuleType):
+            h.update(f"global:{name}=".encode())
+            _hash_value(h, glb[name], depth, seen)
 
 
 class _Bar:

@@ -9,15 +9,61 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from .optimizer import Request
 from .problem import Problem
 
-__all__ = ["Outcome", "Evaluator", "SerialEvaluator", "evaluate_one", "WorkersLostError"]
+__all__ = [
+    "Outcome",
+    "Evaluator",
+    "SerialEvaluator",
+    "evaluate_one",
+    "WorkersLostError",
+    "FitnessTypeError",
+    "fitness_value",
+]
+
+
+class FitnessTypeError(TypeError, ValueError):
+    """The fitness returned something that is not a real number (a str, bool, Decimal, list...).
+
+    This is a bug in the oracle, not a bad candidate: it stops the run at once
+    instead of being recorded as one failed evaluation (or silently coerced).
+    """
+
+
+def fitness_value(raw: Any) -> float:
+    """``raw`` as a float when it is a real number (int, float, numpy scalar, 0-d array or tensor).
+
+    Raises:
+        FitnessTypeError: for anything else: a ``str`` (even ``"0.5"``), a ``bool``, a
+            ``Decimal``, ``None``, a sequence, an array of more than one value.
+    """
+    if isinstance(raw, (bool, np.bool_)):
+        raise FitnessTypeError(f"the fitness returned a bool ({raw!r}); return a float, lower is better")
+    if isinstance(raw, numbers.Real):
+        return float(raw)
+    if isinstance(raw, np.ndarray) and raw.ndim == 0 and raw.dtype.kind in "iuf":
+        return float(raw)
+    if (
+        type(raw).__module__.split(".")[0] == "torch"
+        and getattr(raw, "ndim", None) == 0
+        and str(getattr(raw, "dtype", "")).startswith(("torch.float", "torch.int", "torch.bfloat"))
+    ):
+        return float(raw)
+    shown = repr(raw)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise FitnessTypeError(
+        f"the fitness returned {type(raw).__name__} {shown}, not a real number; return a float, lower is better"
+    )
 
 
 class WorkersLostError(RuntimeError):
@@ -52,6 +98,9 @@ def evaluate_one(problem: Problem, req: Request, retries: int = 0, worker: str =
 
     NaN and infinite values are failures but are not retried: a deterministic
     oracle would return them again.
+
+    Raises:
+        FitnessTypeError: the oracle returned something that is not a real number.
     """
     t0 = time.perf_counter()
     error = "unknown"
@@ -59,8 +108,8 @@ def evaluate_one(problem: Problem, req: Request, retries: int = 0, worker: str =
     for _ in range(retries + 1):
         attempts += 1
         try:
-            value = float(problem.evaluate(req.levels, req.fidelity, req.sample))
-        except KeyboardInterrupt:
+            value = fitness_value(problem.evaluate(req.levels, req.fidelity, req.sample))
+        except (KeyboardInterrupt, FitnessTypeError):
             raise
         except Exception as exc:  # the oracle is user code: any exception is a failed evaluation
             tb = traceback.extract_tb(exc.__traceback__)
@@ -126,13 +175,14 @@ class SerialEvaluator(Evaluator):
     def _try_many(self, many: Callable[..., Sequence[float]], requests: Sequence[Request]) -> list[Outcome] | None:
         t0 = time.perf_counter()
         try:
-            values = [float(v) for v in many(list(requests))]
+            raw = list(many(list(requests)))
         except KeyboardInterrupt:
             raise
         except Exception:
             return None
-        if len(values) != len(requests):
+        if len(raw) != len(requests):
             return None
+        values = [fitness_value(v) for v in raw]  # a str or bool is a bug of the oracle: raised
         each = (time.perf_counter() - t0) / max(1, len(requests))
         outs = []
         for v in values:

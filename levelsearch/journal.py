@@ -14,14 +14,16 @@ WAL is synced at checkpoints (``synchronous=NORMAL``): after a power loss the
 file stays consistent and at most the last few results are run again.
 
 A file that is not a levelsearch journal (another SQLite database, a text
-file, a damaged journal) is refused with a ``ValueError`` before anything is
-written to it.
+file, a damaged journal, an empty file) is refused with a ``ValueError`` before
+anything is written to it. A new journal is built under a temporary name and
+linked into place, so a journal file is never seen half-made.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -102,25 +104,57 @@ class Journal:
             raise
 
     def _open(self, identity: dict[str, Any] | None) -> None:
+        # A journal file appears complete (schema and identity) or not at all: it is built
+        # under a temporary name and linked into place, so an empty file or an SQLite file
+        # without tables was never written by levelsearch and is refused like any foreign file.
+        if self.path.exists():
+            if self.path.stat().st_size == 0:
+                raise ValueError(
+                    f"{self.path} is empty (0 bytes), not a levelsearch journal; delete it or give another path"
+                )
+        elif not self.readonly:
+            self._create_file(identity)
         if not self.readonly:
             self._lock()
-        existed = self.path.exists() and self.path.stat().st_size > 0
         if self.readonly:
             uri = self.path.resolve().as_uri() + "?mode=ro"
             self.conn = sqlite3.connect(uri, uri=True, timeout=30)
         else:
             self.conn = sqlite3.connect(self.path, timeout=30)
         # Read and check before writing anything: a foreign file must stay untouched.
-        fresh = not existed or self._is_empty_database()
-        if not fresh:
-            self._check_format()
-            self._check_identity(identity)
+        if self._is_empty_database():
+            raise ValueError(
+                f"{self.path} holds no levelsearch journal (a database without tables); delete it or give another path"
+            )
+        self._check_format()
+        self._check_identity(identity)
         if self.readonly:
             return
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        if fresh:
-            self._create(identity)
+
+    def _create_file(self, identity: dict[str, Any] | None) -> None:
+        """Write a new journal under a temporary name, then link it to ``path`` (never half-made).
+
+        When another process links its journal first, ours is discarded and theirs is
+        checked like any existing journal (identity, then the writer lock).
+        """
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            conn = sqlite3.connect(tmp)
+            try:
+                self._create(conn, identity)
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links
+                if not self.path.exists():
+                    os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def _lock(self) -> None:
         """One writer per journal: a second run (or resume) of it is refused while the first is alive.
@@ -132,7 +166,7 @@ class Journal:
             import fcntl
         except ImportError:  # Windows: no advisory lock
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -143,17 +177,17 @@ class Journal:
         self._lock_fd = fd
 
     def _is_empty_database(self) -> bool:
-        # a file SQLite created but a kill hit before the schema was committed holds no tables
+        # a new SQLite file (or a 0-byte one SQLite opens) holds no tables: not written by levelsearch
         assert self.conn is not None
         return self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
 
-    def _create(self, identity: dict[str, Any] | None) -> None:
+    @staticmethod
+    def _create(conn: sqlite3.Connection, identity: dict[str, Any] | None) -> None:
         from . import __version__
 
-        assert self.conn is not None
-        with self.conn:  # one transaction: a journal either has its schema and identity or is empty
-            self.conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self.conn.execute(
+        with conn:  # one transaction: a journal either has its schema and identity or is empty
+            conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
                 "CREATE TABLE evals (id INTEGER PRIMARY KEY, levels BLOB NOT NULL, fidelity INTEGER, "
                 "sample INTEGER, value REAL, error TEXT, seconds REAL, worker TEXT, time REAL)"
             )
@@ -164,9 +198,7 @@ class Journal:
             ]
             if identity is not None:
                 rows.append(("identity", _canon(identity)))
-            self.conn.executemany(
-                "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, sort_keys=True)) for k, v in rows]
-            )
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, sort_keys=True)) for k, v in rows])
 
     def _check_format(self) -> None:
         assert self.conn is not None

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import RunConfig, parse_config, safe_load
+from .config import RunConfig, parse_config, read_text, safe_load
 from .driver import Result, minimize, run_identity
 from .evaluators import Evaluator, SerialEvaluator
 from .journal import Journal
 from .optimizer import make_optimizer
 from .problem import Problem, make_problem
 
-__all__ = ["run_config", "resume_dir", "make_evaluator", "summary_of"]
+__all__ = ["run_config", "resume_dir", "make_evaluator", "summary_of", "DirectoryLock"]
 
 JOURNAL = "journal.db"
 CONFIG = "config.yaml"
@@ -55,19 +55,60 @@ def make_evaluator(config: RunConfig, problem: Problem) -> Evaluator:
     raise ValueError(f"unknown evaluator kind {kind!r}; use serial or ray")
 
 
-def _check_writable(out: Path) -> None:
+def _make_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output directory {out} is a file; choose a directory with --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create output directory {out} ({exc.strerror}); choose another --out") from None
+
+
+def _check_writable(out: Path) -> None:
     probe = out / f".levelsearch-write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"output directory {out} is not writable ({exc.strerror}); choose another --out") from None
+
+
+class DirectoryLock:
+    """An exclusive advisory lock on a run directory, taken before anything is written into it.
+
+    ``flock`` on the directory itself (no lock file is created), released when closed or
+    when the process ends, also when it is killed. A second run or resume into the same
+    directory is refused with a ``ValueError`` while the first holds it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory lock
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ValueError(
+                f"run directory {self.path} is in use by another levelsearch process; "
+                "wait for it or choose another --out"
+            ) from None
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DirectoryLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _build_problem(config: RunConfig) -> Problem:
@@ -119,19 +160,27 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
 
     Everything a user can get wrong (problem, optimizer options, budget, the
     directory, a journal of another run) is checked before anything in ``out``
-    is written. A directory holding a run of the same config is continued
-    (its journal replayed); the budget may be raised to run longer.
+    is written. The directory is locked before anything is written into it, so
+    two runs started together into one directory cannot mix (the second is
+    refused). A directory holding a run of the same config is continued (its
+    journal replayed); the budget may be raised to run longer.
 
     Raises:
         ValueError: bad config, unwritable directory, or a journal of another run.
         AllFailedError: the oracle failed ``max_consecutive_failures`` times in a row.
     """
-    from . import __version__
-
     out = Path(out)
     problem = _build_problem(config)
     _check_optimizer(config, problem)
-    _check_writable(out)
+    _make_dir(out)
+    with DirectoryLock(out):  # before anything is written: two runs racing for one directory cannot mix
+        _check_writable(out)
+        return _run_locked(config, problem, out, progress=progress, plot=plot)
+
+
+def _run_locked(config: RunConfig, problem: Problem, out: Path, *, progress: bool, plot: bool) -> dict[str, Any]:
+    from . import __version__
+
     cfg_path = out / CONFIG
     if cfg_path.exists():
         try:
@@ -216,7 +265,7 @@ def resume_dir(out: str | Path, *, progress: bool = True) -> dict[str, Any]:
             f"{out} holds no run (no {CONFIG}); start one with `levelsearch run CONFIG --out {out}`"
         )
     try:
-        data = safe_load(cfg_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
+        data = safe_load(read_text(cfg_path, "run config"))
+    except yaml.YAMLError:
         raise ValueError(f"{cfg_path} is not valid YAML; restore it or start a new run") from None
     return run_config(parse_config(data, str(cfg_path)), out, progress=progress)

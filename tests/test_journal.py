@@ -89,13 +89,21 @@ def test_a_truncated_journal_is_refused(tmp_path):
         list(jr.records())
 
 
-def test_an_empty_database_left_by_a_kill_before_the_schema_is_reused(tmp_path):
+def test_an_sqlite_file_without_tables_is_refused_and_left_untouched(tmp_path):
+    """A journal is linked into place complete, so a header-only database was never one of ours."""
     con = sqlite3.connect(tmp_path / "j.db")
     con.execute("PRAGMA journal_mode=WAL")  # writes the header, creates no table
     con.close()
-    assert (tmp_path / "j.db").stat().st_size > 0
+    before = (tmp_path / "j.db").read_bytes()
+    with pytest.raises(ValueError, match="holds no levelsearch journal"):
+        Journal(tmp_path / "j.db", {"seed": 1})
+    assert (tmp_path / "j.db").read_bytes() == before
+
+
+def test_a_new_journal_appears_complete_and_leaves_no_temporary_file(tmp_path):
     with Journal(tmp_path / "j.db", {"seed": 1}) as jr:
         assert len(jr) == 0 and jr.meta("identity") == {"seed": 1}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("j.db-")) == ["j.db"]
 
 
 def test_readonly_journal_that_does_not_exist_is_a_file_not_found(tmp_path):
