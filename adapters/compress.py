@@ -131,16 +131,46 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ValueError(f"--target must be a fraction strictly between 0 and 1, got {t!r}")
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
+    check_out(cfg["out"])
     for key in ("calibration_tokens", "heldout_tokens", "seq_len", "generations", "top_k", "heuristic_tokens"):
         v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**9:
+            raise ValueError(f"{key} must be a positive integer (at most 1e9), got {v!r}")
+    m = cfg.get("search_minutes")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1e6):
+        raise ValueError(f"search_minutes must be a positive number of minutes (finite, at most 1e6), got {m!r}")
     if cfg["calibration_tokens"] < cfg["seq_len"]:
         raise ValueError("calibration_tokens must hold at least one sequence of seq_len tokens")
     if cfg["heuristic_tokens"] > cfg["calibration_tokens"]:
         raise ValueError(
             f"heuristic_tokens ({cfg['heuristic_tokens']}) exceeds the calibration pool "
             f"({cfg['calibration_tokens']}); lower it or raise --calibration-tokens"
+        )
+
+
+def check_out(out: Any) -> None:
+    """``--out`` must be a directory or not exist yet: an existing file is refused before the model loads."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {p} is an existing file, not a directory; choose a directory with --out")
+
+
+def check_journal_problem(out: Any, problem: Any) -> None:
+    """Refuse ``out`` when its journal was written for another problem (other weights, data or
+    settings), before any cache in it is read or rebuilt: one line."""
+    path = Path(out) / "journal.db"
+    if not path.exists():
+        return
+    from levelsearch import Journal
+
+    with Journal(path, readonly=True) as jr:
+        stored = (jr.meta("identity") or {}).get("problem")
+    want = json.loads(json.dumps(problem.describe(), sort_keys=True, default=str))
+    if stored != want:
+        what = "model weights or data" if (stored or {}).get("content") != want.get("content") else "settings"
+        raise ValueError(
+            f"{out} holds a run of another problem (its {what} differ: the content fingerprint is part of the "
+            "run's identity); choose a new --out"
         )
 
 
@@ -184,16 +214,19 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         f"loaded {cfg['model']} in {timings['load']:.1f} s; {problem.space.n_units} units, "
         f"calibration pool {problem.calibration.n_tokens} tokens, held-out {problem.heldout.n_tokens} tokens",
     )
+    check_journal_problem(out, problem)
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
     cache = out / "cache"  # teachers and heuristics of this exact problem: a rerun (resume) skips them
     cache.mkdir(exist_ok=True)
     tag = {"problem": problem.identity_hash()}
+    from_cache = set()  # teachers read back (checked: tag and checksum) from an earlier run
     for which in ("calibration", "heldout"):
         cached = Teacher.load(cache / f"teacher-{which}.safetensors", tag)
         if cached is not None:
             problem._teachers[which] = cached
+            from_cache.add(which)
     if "calibration" not in problem._teachers:
         problem.teacher("calibration").save(cache / "teacher-calibration.safetensors", tag)
     timings["teacher"] = time.perf_counter() - t0
@@ -208,7 +241,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         cal = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()]) if heur else []
         for n, v in zip(list(heur), cal):
             heur[n]["calibration_kl"] = v
-        heur_file.write_text(json.dumps({"key": heur_key, "heuristics": _jsonable(heur)}))
+        _write_heuristics(heur_file, heur_key, heur)
     for h in heur.values():
         problem.remember(h["levels"], h["calibration_kl"])
     names = list(heur)
@@ -249,7 +282,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     cands = [dense, best, *[heur[n]["levels"] for n in names]]
     report = problem.heldout_report(cands)
     timings["heldout"] = time.perf_counter() - t0
-    if Teacher.load(cache / "teacher-heldout.safetensors", tag) is None:
+    if "heldout" not in from_cache:
         problem.teacher("heldout").save(cache / "teacher-heldout.safetensors", tag)
     _say(cfg, f"held-out evaluation of {len(cands)} models in {timings['heldout']:.1f} s")
 
@@ -308,17 +341,43 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def _write_heuristics(path: Path, key: dict[str, Any], heur: dict[str, Any]) -> None:
+    """Cache the heuristics' assignments and calibration KLs with their key and a checksum (atomically)."""
+    import os
+
+    from .integrity import json_checksum
+
+    body = {"key": _jsonable(key), "heuristics": _jsonable(heur)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**body, "sha256": json_checksum(body)}))
+    os.replace(tmp, path)
+
+
 def _read_heuristics(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """Heuristic assignments cached by an earlier run of the same problem, else ``None``."""
+    """Heuristic assignments cached by an earlier run of the same problem, else ``None``.
+
+    The cached values go straight into the fitness memo, so the file is used only when its
+    key (the problem's identity hash, which holds the weights' and data's fingerprint, and
+    the heuristic settings) and its checksum match; otherwise one line says it is rebuilt.
+    """
     import numpy as np
+
+    from .integrity import json_checksum, say_rebuild
 
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        body = {"key": data["key"], "heuristics": data["heuristics"]}
+        ok = data.get("sha256") == json_checksum(body)
+    except (ValueError, TypeError, KeyError, AttributeError, OSError):
+        say_rebuild(path, "is unreadable")
         return None
-    if data.get("key") != _jsonable(key):
+    if not ok:
+        say_rebuild(path, "fails its checksum (edited or corrupted)")
+        return None
+    if data["key"] != _jsonable(key):
+        say_rebuild(path, "was made for another model, data or settings")
         return None
     return {n: {**h, "levels": np.asarray(h["levels"], dtype=np.int64)} for n, h in data["heuristics"].items()}
 
@@ -414,13 +473,13 @@ def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
 def _load_config(path: str) -> dict[str, Any]:
     import yaml
 
-    from levelsearch.config import safe_load
+    from levelsearch.config import read_text, safe_load
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config {path} does not exist")
     try:
-        data = safe_load(p.read_text()) or {}
+        data = safe_load(read_text(p, "config")) or {}
     except yaml.YAMLError:
         raise ValueError(f"config {path} is not valid YAML") from None
     if not isinstance(data, dict):

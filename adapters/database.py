@@ -15,6 +15,9 @@ zero points, so a database is well under one dense fp16 copy per level.
 The build runs the calibration driver layer by layer and writes each layer's
 file atomically before recording it in the manifest: a killed build resumes at
 the next unbuilt layer. A database refuses a model whose fingerprint differs.
+The manifest carries a sha256 of itself and of every layer file: opening checks
+them all, and a build reuses only what checks out (an edited or damaged manifest
+starts the database over, a corrupted layer file is rebuilt, each said in one line).
 Loading is memory-mapped (``safetensors.safe_open``) and :meth:`apply` only
 swaps in units whose level changed. Decoded fp32 weights are kept in a bounded
 LRU cache (:data:`DECODED_CACHE_BYTES`, 1 GiB by default): a search swaps the same
@@ -130,9 +133,34 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    """Write the manifest atomically with its checksum (sha256 of the rest, canonical JSON)."""
+    from .integrity import json_checksum
+
+    body = {k: v for k, v in obj.items() if k != "checksum"}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.write_text(json.dumps({**body, "checksum": json_checksum(body)}, indent=1))
     os.replace(tmp, path)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path`` after checking its checksum.
+
+    Raises:
+        ValueError: unreadable JSON, no checksum (an older levelsearch wrote it) or a mismatch
+            (edited errors, level values, layer checksums...): one line naming the file.
+    """
+    from .integrity import json_checksum
+
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{path} is unreadable ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or "checksum" not in data:
+        raise ValueError(f"{path} has no checksum (written by an older levelsearch or by hand)")
+    body = {k: v for k, v in data.items() if k != "checksum"}
+    if data["checksum"] != json_checksum(body):
+        raise ValueError(f"{path} fails its checksum (edited or corrupted)")
+    return body
 
 
 def _encode_sparse(w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -227,8 +255,16 @@ def build_database(
     units = linear_units(model)
     identity = {"format": FORMAT, "fingerprint": fp, "spec": spec, "calibration": calibration or {}, "seed": seed}
     mpath = path / "manifest.json"
+    manifest: dict[str, Any] | None = None
     if mpath.is_file():
-        manifest = json.loads(mpath.read_text())
+        try:
+            manifest = _read_manifest(mpath)
+        except ValueError as exc:  # an edited or damaged manifest is never used: start the database over
+            from .integrity import say_rebuild
+
+            say_rebuild(path, f"is not used: {exc}")
+            mpath.unlink()
+    if manifest is not None:
         if manifest.get("fingerprint") != fp:
             raise ValueError(
                 f"{path} holds a database built for another model ({manifest.get('model_id')}); use another directory"
@@ -251,6 +287,14 @@ def build_database(
             "build_seconds": 0.0,
         }
         _write_json(mpath, manifest)
+    for key, rec in list(manifest["layers"].items()):  # a built layer is reused only if its file checks out
+        f = path / rec["file"]
+        if not f.is_file() or _sha256(f) != rec["sha256"]:
+            from .integrity import say_rebuild
+
+            say_rebuild(f, "is missing or fails its checksum (corrupted)")
+            del manifest["layers"][key]
+            _write_json(mpath, manifest)
     done = {int(k) for k in manifest["layers"]}
     n_layers = 1 + max(layer for _, layer, _ in units)
     todo = [i for i in range(n_layers) if i not in done]
@@ -295,7 +339,7 @@ def build_database(
             done.add(i)
             if on_layer is not None:
                 on_layer(i)
-    return VariantDatabase(path)
+    return VariantDatabase(path, verify=False)  # every layer file was just checked or written
 
 
 #: Default bound, in bytes, of a :class:`VariantDatabase`'s cache of decoded fp32 weights.
@@ -307,6 +351,8 @@ class VariantDatabase:
 
     Args:
         root: the database directory.
+        verify: check the manifest's checksum (always) and every layer file's sha256 on open
+            (default); a mismatch is a ``ValueError``: a corrupted database is never used.
         cache_bytes: bound on the decoded weights kept in memory, least recently used
             evicted first (default :data:`DECODED_CACHE_BYTES`, 1 GiB; 0 disables the cache).
 
@@ -316,7 +362,9 @@ class VariantDatabase:
         spec: the level spec it was built with.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, cache_bytes: int = DECODED_CACHE_BYTES) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, cache_bytes: int = DECODED_CACHE_BYTES, verify: bool = True
+    ) -> None:
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
             raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
         self.cache_bytes = cache_bytes
@@ -326,7 +374,10 @@ class VariantDatabase:
         mpath = self.root / "manifest.json"
         if not mpath.is_file():
             raise FileNotFoundError(f"{self.root} holds no variant database (no manifest.json); build one first")
-        self.manifest = json.loads(mpath.read_text())
+        try:
+            self.manifest = _read_manifest(mpath)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; rebuild the database (delete {self.root})") from None
         self.spec: dict[str, Any] = self.manifest["spec"]
         self.unit_names: list[str] = list(self.manifest["units"])
         layers = {u["layer"] for u in self.manifest["units"].values()}
@@ -337,6 +388,8 @@ class VariantDatabase:
             )
         self._handles: dict[int, Any] = {}
         self._current: dict[str, int] = {}
+        if verify:
+            self.verify()
 
     @property
     def kind(self) -> str:
@@ -378,7 +431,8 @@ class VariantDatabase:
     def verify(self) -> None:
         """Check every layer file against its recorded sha256 (``ValueError`` on a mismatch)."""
         for v in self.manifest["layers"].values():
-            if _sha256(self.root / v["file"]) != v["sha256"]:
+            f = self.root / v["file"]
+            if not f.is_file() or _sha256(f) != v["sha256"]:
                 raise ValueError(f"{self.root / v['file']} is corrupt (checksum mismatch); rebuild the database")
 
     def _handle(self, layer: int) -> Any:

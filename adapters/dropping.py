@@ -140,6 +140,10 @@ class DropProblem(Problem):
             heldout_tokens=heldout_tokens,
             seed=seed,
         )
+        from .integrity import content_fingerprint
+
+        # the weights' and the token sets' fingerprint: part of describe(), so of every cache tag and journal
+        self.content = content_fingerprint(self.model, self.calibration, self.heldout)
         self.max_fidelity = self.calibration.n_tokens
         self.top_k = int(top_k)
         self.runner = LayerRunner(self.model, self.map, chunk_tokens=chunk_tokens)
@@ -157,6 +161,7 @@ class DropProblem(Problem):
             "whole_blocks": self.whole_blocks,
             "budget": self.budget,
             **self.settings,
+            "content": self.content,
             "space": self.space.to_dict(),
         }
 

@@ -303,26 +303,51 @@ class Teacher:
             tail[s : s + chunk_seqs] = torch.log1p(-mass).clamp(min=-30.0).cpu()
         return cls(logp, index, tail, nll_sum / max(1, nll_count))
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"logp": self.logp.contiguous(), "index": self.index.contiguous(), "tail": self.tail.contiguous()}
+
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        """Write the teacher to a safetensors file (``metadata`` is stored alongside)."""
+        """Write the teacher to a safetensors file, atomically, with ``metadata`` and a sha256 of its tensors."""
+        import os
+
         from safetensors.torch import save_file
 
-        meta = {**(metadata or {}), "nll": repr(self.nll)}
-        tensors = {"logp": self.logp.contiguous(), "index": self.index.contiguous(), "tail": self.tail.contiguous()}
-        save_file(tensors, str(path), metadata=meta)
+        from .integrity import tensors_checksum
+
+        tensors = self.tensors()
+        meta = {**(metadata or {}), "nll": repr(self.nll), "sha256": tensors_checksum(tensors)}
+        tmp = Path(f"{path}.tmp")
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path, metadata: dict[str, str] | None = None) -> Teacher | None:
-        """Read a teacher written by :meth:`save`; ``None`` if missing or its metadata differs."""
+        """Read a teacher written by :meth:`save`; ``None`` if missing, or refused (one line on stderr).
+
+        Refused: a file that is truncated or unreadable, written for other ``metadata`` (another
+        problem: its tag holds the weights' and data's fingerprint), without a checksum, or
+        whose tensors do not match their checksum. The caller rebuilds it.
+        """
         from safetensors import safe_open
+
+        from .integrity import say_rebuild, tensors_checksum
 
         if not Path(path).is_file():
             return None
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if any(meta.get(k) != v for k, v in (metadata or {}).items()):
-                return None
-            t = {k: f.get_tensor(k) for k in ("logp", "index", "tail")}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if any(meta.get(k) != v for k, v in (metadata or {}).items()):
+                    say_rebuild(path, "was made for another model, data or settings")
+                    return None
+                t = {k: f.get_tensor(k) for k in ("logp", "index", "tail")}
+        except Exception as exc:  # SafetensorError (truncated, bad header), a missing tensor, OSError
+            say_rebuild(path, f"is unreadable ({type(exc).__name__}: truncated or damaged)")
+            return None
+        shapes_ok = t["logp"].shape == t["index"].shape and tuple(t["tail"].shape) == tuple(t["logp"].shape[:2])
+        if not shapes_ok or meta.get("sha256") != tensors_checksum(t):
+            say_rebuild(path, "fails its checksum (corrupted)")
+            return None
         return cls(t["logp"], t["index"], t["tail"], float(meta.get("nll", "nan")))
 
     def rows(self, seqs: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

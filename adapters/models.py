@@ -126,6 +126,11 @@ def load_model(
             if text.startswith((".", "/", "~")) or text.count("/") != 1:
                 raise FileNotFoundError(f"model {text} not found; give a model directory, a GGUF file or a hub id")
             path = Path(text)  # a hub id such as org/name
+    if path.is_dir():  # a truncated or damaged weights file is one line, before transformers reads it
+        from .integrity import check_safetensors
+
+        for f in sorted(path.glob("*.safetensors")):
+            check_safetensors(f)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -137,6 +142,10 @@ def load_model(
         raise FileNotFoundError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
         raise ValueError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"cannot load model {text}: a weights file is damaged ({exc}); re-download it") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -149,7 +158,13 @@ def _cached_smollm2() -> Path:
     """Directory of the dequantized SmolLM2 (built from the GGUF file on first use)."""
     out = cache_root() / "smollm2-135m-instruct"
     if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        return out
+        from .integrity import check_safetensors, say_rebuild
+
+        try:
+            check_safetensors(out / "model.safetensors")
+            return out
+        except ValueError:
+            say_rebuild(out / "model.safetensors", "is truncated or damaged")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()

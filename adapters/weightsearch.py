@@ -95,6 +95,11 @@ class WeightLevelProblem(Problem):
             heldout_tokens=heldout_tokens,
             seed=seed,
         )
+        from .integrity import content_fingerprint, tokens_fingerprint
+
+        # the weights' and the token sets' fingerprint: part of describe(), so of every cache tag and journal
+        self.content = content_fingerprint(self.model, self.calibration, self.heldout)
+        self.settings["content"] = self.content  # subclasses' describe() spreads the settings
         # fitness draws from the first ``search_tokens`` tokens of the pool; the Hessians use all of it
         self.search_pool = self.calibration
         if search_tokens is not None and int(search_tokens) < self.calibration.n_tokens:
@@ -106,6 +111,7 @@ class WeightLevelProblem(Problem):
             "tokens": self.calibration.n_tokens,
             "seq_len": self.calibration.seq_len,
             "split_seed": int(seed),
+            "content": tokens_fingerprint(self.calibration)[:20],  # the Hessians' tokens, not a path
         }
         root = database or default_database_dir(self.model_name, spec, calib)
         self.db: VariantDatabase = build_database(
