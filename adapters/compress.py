@@ -155,6 +155,17 @@ def check_out(out: Any) -> None:
         raise ValueError(f"--out {p} is an existing file, not a directory; choose a directory with --out")
 
 
+def lock_out(cfg: dict[str, Any], out: Path) -> None:
+    """Create ``out`` and lock it before anything is written into it (released by :func:`run_compress`).
+
+    A second ``compress`` into the same directory is refused (one line) while the first runs.
+    """
+    from levelsearch.runner import DirectoryLock
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg["_lock"] = DirectoryLock(out)
+
+
 def check_journal_problem(out: Any, problem: Any) -> None:
     """Refuse ``out`` when its journal was written for another problem (other weights, data or
     settings), before any cache in it is read or rebuilt: one line."""
@@ -215,7 +226,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         f"calibration pool {problem.calibration.n_tokens} tokens, held-out {problem.heldout.n_tokens} tokens",
     )
     check_journal_problem(out, problem)
-    out.mkdir(parents=True, exist_ok=True)
+    lock_out(cfg, out)
 
     t0 = time.perf_counter()
     cache = out / "cache"  # teachers and heuristics of this exact problem: a rerun (resume) skips them
@@ -467,7 +478,12 @@ def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
         mod_name, _, attr = fn.partition(":")
         fn = getattr(__import__(mod_name, fromlist=[attr]), attr)
         METHODS[name] = fn
-    return fn(cfg)
+    try:
+        return fn(cfg)
+    finally:
+        lock = cfg.pop("_lock", None)  # see lock_out
+        if lock is not None:
+            lock.close()
 
 
 def _load_config(path: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def _problem(kind: str, cfg: dict[str, Any]) -> Any:
 def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     from levelsearch import minimize
 
-    from .compress import _jsonable, _make_timed, check_journal_problem, check_out, schedule_options
+    from .compress import _jsonable, _make_timed, check_journal_problem, check_out, lock_out, schedule_options
     from .sparsity import dp_levels, owl_search, random_levels
     from .weightsearch import export_levels, verify_levels_export
 
@@ -80,7 +80,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     problem = _problem(kind, cfg)
     timings["load_and_database"] = time.perf_counter() - t0
     check_journal_problem(out, problem)
-    out.mkdir(parents=True, exist_ok=True)
+    lock_out(cfg, out)
     seed = int(cfg["seed"])
     fid = min(int(cfg["heuristic_tokens"]), problem.max_fidelity)
     base: dict[str, np.ndarray] = {}

@@ -287,3 +287,21 @@ def test_weights_fingerprint_sees_a_changed_value_in_a_sampled_position():
     with torch.no_grad():
         m.model.layers[1].mlp.down_proj.weight[0, 0] += 1.0  # the first value is always sampled
     assert weights_fingerprint(m) != fp
+
+
+def test_a_compress_directory_in_use_is_refused_before_anything_is_written(model_dir, tmp_path, capsys):
+    import fcntl
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # another compress holding it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(_compress(model_dir, out)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "in use by another levelsearch process" in err[0], err
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(fd)
+    assert main(_compress(model_dir, out)) == 0
