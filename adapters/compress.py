@@ -132,6 +132,16 @@ def _validate(cfg: dict[str, Any]) -> None:
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
     check_out(cfg["out"])
+    check_numbers(cfg)
+    if cfg["heuristic_tokens"] > cfg["calibration_tokens"]:
+        raise ValueError(
+            f"heuristic_tokens ({cfg['heuristic_tokens']}) exceeds the calibration pool "
+            f"({cfg['calibration_tokens']}); lower it or raise --calibration-tokens"
+        )
+
+
+def check_numbers(cfg: dict[str, Any]) -> None:
+    """Token counts, generations and minutes: finite, positive and below sane limits (before the model loads)."""
     for key in ("calibration_tokens", "heldout_tokens", "seq_len", "generations", "top_k", "heuristic_tokens"):
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**9:
@@ -141,11 +151,6 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ValueError(f"search_minutes must be a positive number of minutes (finite, at most 1e6), got {m!r}")
     if cfg["calibration_tokens"] < cfg["seq_len"]:
         raise ValueError("calibration_tokens must hold at least one sequence of seq_len tokens")
-    if cfg["heuristic_tokens"] > cfg["calibration_tokens"]:
-        raise ValueError(
-            f"heuristic_tokens ({cfg['heuristic_tokens']}) exceeds the calibration pool "
-            f"({cfg['calibration_tokens']}); lower it or raise --calibration-tokens"
-        )
 
 
 def check_out(out: Any) -> None:

@@ -67,13 +67,22 @@ def _problem(kind: str, cfg: dict[str, Any]) -> Any:
 def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     from levelsearch import minimize
 
-    from .compress import _jsonable, _make_timed, check_journal_problem, check_out, lock_out, schedule_options
+    from .compress import (
+        _jsonable,
+        _make_timed,
+        check_journal_problem,
+        check_numbers,
+        check_out,
+        lock_out,
+        schedule_options,
+    )
     from .sparsity import dp_levels, owl_search, random_levels
     from .weightsearch import export_levels, verify_levels_export
 
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
     check_out(cfg["out"])  # before the model loads
+    check_numbers(cfg)
     out = Path(cfg["out"])
     timings: dict[str, float] = {}
     t_all = t0 = time.perf_counter()

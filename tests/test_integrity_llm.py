@@ -305,3 +305,29 @@ def test_a_compress_directory_in_use_is_refused_before_anything_is_written(model
     finally:
         os.close(fd)
     assert main(_compress(model_dir, out)) == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--search-minutes", "nan", "search_minutes"),
+        ("--search-minutes", "inf", "search_minutes"),
+        ("--generations", "100000000000", "generations"),
+        ("--calibration-tokens", "0", "calibration_tokens"),
+    ],
+)
+@pytest.mark.parametrize("method", ["drop", "sparsity"])
+def test_non_finite_or_absurd_compress_settings_are_one_line_before_the_model_loads(
+    tmp_path, capsys, monkeypatch, method, option, value, words
+):
+    import levelsearch.adapters.models as models
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(models, "load_model", no_load)
+    argv = ["compress", "--model", "whatever", "--method", method, "--target", "0.5", "--out", str(tmp_path / "r")]
+    assert main([*argv, option, value, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "r").exists()
