@@ -150,6 +150,8 @@ class DropProblem(Problem):
         self.store = ActivationStore(anchor_variants)
         self._teachers: dict[str, Teacher] = {}
         self._memo: dict[bytes, float] = {}
+        self._seq_kl: dict[tuple[Any, int], float] = {}  # (layer keys, sequence) -> KL summed over its tokens
+        self._unit_errors: np.ndarray | None = None
         self.n_forward_tokens = 0  # tokens that went through at least one layer (for benchmarks)
 
     # ------------------------------------------------------------------ identity
@@ -234,38 +236,67 @@ class DropProblem(Problem):
         kl_sum = np.zeros(len(candidates))
         nll_sum = np.zeros(len(candidates))
         n_kl = n_nll = 0
+        # per-sequence KL sums of calibration candidates are remembered: a candidate evaluated
+        # again on overlapping sequences (a survivor of a selection step) runs only the new ones
+        memo = self._seq_kl if which == "calibration" and not with_nll else None
         # keep full-pool states only for a few candidates (memory: see ``anchor_variants``)
         use_store = record and seqs.size == ts.n_seq and len(set(keys)) <= self.store.max_variants
         per = max(1, self.runner.chunk_tokens // ts.seq_len)
         for s in range(0, seqs.size, per):
             rows = torch.as_tensor(seqs[s : s + per])
+            row_list = rows.tolist()
+            n_kl += rows.numel() * ts.seq_len
+            n_nll += rows.numel() * (ts.seq_len - 1)
+            run = list(range(len(candidates)))
+            if memo is not None:
+                run = [
+                    c
+                    for c in run
+                    if any((keys[c], r) not in memo for r in row_list)
+                    or (use_store and not self.store.has(keys[c]))
+                ]
+                for c in set(range(len(candidates))) - set(run):
+                    kl_sum[c] += sum(memo[(keys[c], r)] for r in row_list)
+                if not run:
+                    continue
+            sub = [keys[c] for c in run]
             ids = ts.tokens[rows]
             t_lp, t_idx, t_tail = teacher.rows(rows)
             kw = self.runner.layer_kwargs(ids)
 
-            def on_output(h: torch.Tensor, cands: list[int], ids=ids, rows=(t_lp, t_idx, t_tail)) -> None:  # noqa: ANN001
+            def on_output(  # noqa: ANN202
+                h: torch.Tensor,
+                cands: list[int],
+                ids=ids,  # noqa: ANN001
+                rows=(t_lp, t_idx, t_tail),  # noqa: ANN001
+                run=run,  # noqa: ANN001
+                sub=sub,  # noqa: ANN001
+                row_list=row_list,  # noqa: ANN001
+            ) -> None:
                 z = self.runner.logits(h)
-                kl = float(kl_topk(z, *rows).sum())
+                kl_rows = kl_topk(z, *rows).sum(-1).double().cpu().numpy()
+                kl = float(kl_rows.sum())
                 nll = float(nll_next(z, ids).sum()) if with_nll else 0.0
                 for c in cands:
-                    kl_sum[c] += kl
-                    nll_sum[c] += nll
+                    kl_sum[run[c]] += kl
+                    nll_sum[run[c]] += nll
+                    if memo is not None:
+                        for r, v in zip(row_list, kl_rows):
+                            memo[(sub[c], r)] = float(v)
 
-            chunk_key = (which, tuple(rows.tolist()))
+            chunk_key = (which, tuple(row_list))
             anchors = [(a_keys, st) for a_keys, st in self.store.anchors(chunk_key)] if use_store else []
             recorded = self.runner.run_shared(
                 ids,
-                keys,
+                sub,
                 self._layer_fn(kw),
                 on_output,
                 anchors=anchors,
-                record=set(range(len(keys))) if use_store else None,
+                record=set(range(len(sub))) if use_store else None,
             )
             for c, states in recorded.items():
-                self.store.put(keys[c], chunk_key, states)
-            n_kl += ids.numel()
-            n_nll += ids.shape[0] * (ids.shape[1] - 1)
-            self.n_forward_tokens += ids.numel() * len(set(keys))
+                self.store.put(sub[c], chunk_key, states)
+            self.n_forward_tokens += ids.numel() * len(set(sub))
         kl_mean = kl_sum / max(1, n_kl)
         nll_mean = nll_sum / max(1, n_nll) if with_nll else np.full(len(candidates), np.nan)
         return kl_mean, nll_mean
@@ -362,6 +393,18 @@ class DropProblem(Problem):
         cands = [np.eye(n, dtype=np.int64)[i] for i in range(n)]
         kl, _ = self.score(cands, "calibration", self.calibration.batch(n_tokens, seed))
         return kl
+
+    def unit_errors(self) -> np.ndarray:
+        """Per-unit, per-level error estimates (:meth:`levelsearch.Problem.unit_errors`).
+
+        Level 0 (kept) is 0; level 1 is the KL of dropping the unit alone on one calibration
+        sequence (``seq_len`` tokens, sample seed 0: what the ``single-kl`` heuristic measures). The forward
+        tokens spent are counted in :attr:`n_forward_tokens` like any evaluation's.
+        """
+        if self._unit_errors is None:
+            kl = self.single_drop_kl(self.calibration.seq_len, 0)
+            self._unit_errors = np.stack([np.zeros_like(kl), kl], axis=1)
+        return self._unit_errors
 
     def heldout_report(self, candidates: Sequence[np.ndarray]) -> list[dict[str, float]]:
         """Held-out perplexity and KL to the dense model for each candidate (one shared pass).

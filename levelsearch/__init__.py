@@ -16,7 +16,7 @@ from __future__ import annotations
 from .additive import solve_additive
 from .driver import AllFailedError, Evaluation, Result, TracePoint, minimize
 from .evaluators import Evaluator, Outcome, SerialEvaluator
-from .evopress import PRESETS, EvoPress, SelectionStep
+from .evopress import PRESETS, EvoPress, ReferenceEvoPress, SelectionStep
 from .journal import Journal, JournalMismatch
 from .optimizer import (
     Optimizer,
@@ -39,6 +39,7 @@ from .space import LevelSpace
 __version__ = "0.1.0"
 
 register_optimizer("evopress", EvoPress)
+register_optimizer("evopress-ref", ReferenceEvoPress)
 
 __all__ = [
     "AllFailedError",
@@ -53,6 +54,7 @@ __all__ = [
     "Outcome",
     "PRESETS",
     "Problem",
+    "ReferenceEvoPress",
     "Request",
     "Result",
     "SelectionStep",

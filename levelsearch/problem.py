@@ -74,6 +74,19 @@ class Problem:
         """The noise-free value of ``levels`` when it is cheap to know (synthetic problems), else ``None``."""
         return None
 
+    def unit_errors(self) -> np.ndarray | None:
+        """Per-unit, per-level error estimates, or ``None`` when the problem has none (the default).
+
+        A ``(n_units, max_levels)`` array whose entry ``[i, l]`` estimates how much unit ``i``
+        at level ``l`` alone hurts (single-drop KLs, normalised layer errors: dp's input).
+        Optimizers that want them (``wants_unit_errors``, e.g. :class:`~levelsearch.EvoPress`)
+        get them from :func:`~levelsearch.minimize` before their first ask, as the
+        surrogate's prior and, through it, a start candidate (the knapsack optimum of the
+        estimates). Whatever measuring them costs (forward tokens) is the problem's to
+        count, like any evaluation's: report it in comparisons.
+        """
+        return None
+
     def cost_of(self, fidelity: int | None) -> float:
         """Budget units an evaluation at ``fidelity`` costs (its fidelity; 1 without fidelity)."""
         if not self.uses_fidelity:

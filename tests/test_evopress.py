@@ -1,4 +1,4 @@
-"""EvoPress: start, mutation, multi-step selection, elitism, determinism."""
+"""ReferenceEvoPress (evopress-ref): start, mutation, multi-step selection, elitism, determinism."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import levelsearch as ls
-from levelsearch import EvoPress, LevelSpace
+from levelsearch import LevelSpace
+from levelsearch import (
+    ReferenceEvoPress as EvoPress,  # the reference behaviour; the default is tested in test_evopress_default.py
+)
 
 
 def _ones(n, k):

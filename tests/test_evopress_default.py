@@ -1,0 +1,166 @@
+"""The default EvoPress (``evopress``): surrogate, model jumps, probes, paired racing; beside ``evopress-ref``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from levelsearch import (
+    EvoPress,
+    LevelSpace,
+    Problem,
+    ReferenceEvoPress,
+    get_optimizer,
+    make_problem,
+    minimize,
+    solve_additive,
+)
+from levelsearch.surrogate import AdditiveSurrogate
+
+
+def test_evopress_is_the_new_algorithm_and_the_reference_stays_registered():
+    assert get_optimizer("evopress") is EvoPress
+    assert get_optimizer("evopress-ref") is ReferenceEvoPress
+
+
+def _trajectory(name, seed, problem, **kw):
+    res = minimize(problem, optimizer=name, seed=seed, max_evaluations=300, options=kw or None)
+    return [(e.levels.tolist(), e.fidelity, e.sample, e.value) for e in res.history], res.best_levels.tolist()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"kind": "interacting", "n_units": 24, "n_levels": 4, "seed": 3},
+        {"kind": "noisy", "base": {"kind": "linear", "n_units": 16, "total": 4}, "sigma": 2.0},
+    ],
+    ids=["interacting", "noisy"],
+)
+def test_same_seed_same_trajectory_other_seed_other_trajectory(config):
+    problem = make_problem(config)
+    kw = {"steps": [[64, 3], [None, 1]]} if config["kind"] == "noisy" else {}
+    a = _trajectory("evopress", 4, problem, **kw)
+    assert a == _trajectory("evopress", 4, problem, **kw)
+    assert a != _trajectory("evopress", 5, problem, **kw)
+
+
+class _Watch(EvoPress):
+    """Records every assignment told with a finite value; checks the parent after each tell."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.told: dict[bytes, list[float]] = {}
+
+    def tell(self, requests, values):
+        for r, v in zip(requests, values):
+            if np.isfinite(v):
+                self.told.setdefault(r.levels.tobytes(), []).append(float(v))
+        super().tell(requests, values)
+        if self.parent is not None and self.generation > 0:
+            assert self.parent.tobytes() in self.told, "the parent was never evaluated"
+            assert self.parent_value in self.told[self.parent.tobytes()]
+
+
+@pytest.mark.parametrize("screen", [1, 4])
+def test_the_surrogate_never_promotes_an_unevaluated_candidate(screen):
+    problem = make_problem({"kind": "interacting", "n_units": 32, "n_levels": 3, "seed": 1})
+    opt = _Watch(problem.space, seed=0, screen=screen, prior=np.random.default_rng(0).random((32, 3)))
+    minimize(problem, optimizer=opt, max_evaluations=400)
+    assert opt.generation > 10
+
+
+def test_with_a_prior_the_first_jump_is_the_knapsack_optimum_of_the_estimates():
+    space = LevelSpace(2, n_units=12, total=4)
+    prior = np.zeros((12, 2))
+    prior[:, 1] = np.arange(12, 0, -1)  # dropping the last units is cheapest
+    opt = EvoPress(space, seed=0, prior=prior, start=[1, 1, 1, 1] + [0] * 8)
+    batch = opt.ask()
+    want, _ = solve_additive(space, prior)
+    assert batch[0].levels.tolist() == opt.parent.tolist()
+    assert batch[1].levels.tolist() == want.tolist() == [0] * 8 + [1] * 4
+
+
+def test_with_enough_budget_an_additive_objective_is_solved_exactly():
+    problem = make_problem({"kind": "linear", "n_units": 40, "n_levels": 5, "seed": 2})
+    res = minimize(problem, optimizer="evopress", seed=0, max_evaluations=400, options={"budget": 400})
+    assert res.best_value == pytest.approx(problem.optimum, abs=1e-9)
+    ref = minimize(problem, optimizer="evopress-ref", seed=0, max_evaluations=400)
+    assert ref.best_value > problem.optimum + 1e-6  # what the reference reaches on the same budget
+
+
+def test_paired_racing_puts_the_parent_in_every_step_on_one_nested_sample():
+    space = LevelSpace(2, n_units=20, total=5)
+    opt = EvoPress(space, seed=0, offspring=6, steps=[(100, 3), (1000, 1)], start=[1] * 5 + [0] * 15, jump=False)
+    parent = opt.parent.copy()
+    b1 = opt.ask()
+    assert b1[0].levels.tolist() == parent.tolist() and len(b1) == 7
+    assert {r.fidelity for r in b1} == {100} and len({r.sample for r in b1}) == 1
+    # kids 1 and 2 beat the parent on these tokens, the rest do not: only those two go on
+    opt.tell(b1, [5.0, 4.0, 3.0, 9.0, 8.0, 7.0, 6.0])
+    b2 = opt.ask()
+    assert [r.levels.tolist() for r in b2] == [parent.tolist(), b1[2].levels.tolist(), b1[1].levels.tolist()]
+    assert {r.fidelity for r in b2} == {1000} and {r.sample for r in b2} == {b1[0].sample}
+    opt.tell(b2, [2.0, 1.0, 3.0])
+    assert opt.parent.tolist() == b1[2].levels.tolist() and opt.parent_value == 1.0 and opt.generation == 1
+
+
+def test_a_generation_whose_offspring_all_lose_the_screening_ends_early():
+    space = LevelSpace(2, n_units=20, total=5)
+    opt = EvoPress(space, seed=0, offspring=4, steps=[(100, 2), (1000, 1)], start=[1] * 5 + [0] * 15, jump=False)
+    b1 = opt.ask()
+    opt.tell(b1, [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert opt.generation == 1 and opt.parent.tolist() == b1[0].levels.tolist()
+    assert {r.fidelity for r in opt.ask()} == {100}  # the next generation, no full-fidelity step paid
+
+
+def test_an_assignment_that_lost_a_final_step_is_not_proposed_again():
+    space = LevelSpace(2, n_units=6, total=2)
+    opt = EvoPress(space, seed=0, offspring=4, jump=False, start=[1, 1, 0, 0, 0, 0])
+    lost: set[bytes] = set()
+    for _ in range(3):
+        batch = opt.ask()
+        for r in batch[1:]:
+            assert r.levels.tobytes() not in lost
+        opt.tell(batch, [0.0] + [1.0] * (len(batch) - 1))  # the parent always wins
+        lost |= {r.levels.tobytes() for r in batch[1:]}
+
+
+class _WithEstimates(Problem):
+    name = "with-estimates"
+
+    def __init__(self):
+        super().__init__(LevelSpace(2, n_units=10, total=3))
+        self.errors = np.stack([np.zeros(10), np.arange(10.0)], axis=1)
+        self.asked = 0
+
+    def evaluate(self, levels, fidelity=None, sample=None):
+        return float(self.errors[np.arange(10), levels].sum())
+
+    def unit_errors(self):
+        self.asked += 1
+        return self.errors
+
+
+def test_minimize_gives_evopress_the_problems_unit_errors_and_the_jump_uses_them():
+    problem = _WithEstimates()
+    res = minimize(problem, optimizer="evopress", seed=0, max_evaluations=40)
+    assert problem.asked == 1
+    assert res.best_levels.tolist() == [1, 1, 1] + [0] * 7  # the dp solution of the estimates, found at once
+    minimize(problem, optimizer="evopress", seed=0, max_evaluations=40, options={"use_unit_errors": False})
+    minimize(problem, optimizer="evopress-ref", seed=0, max_evaluations=40)
+    assert problem.asked == 1  # neither asks
+
+
+def test_surrogate_learns_an_additive_function_from_same_sample_differences():
+    rng = np.random.default_rng(0)
+    space = LevelSpace(3, n_units=8, total=8)
+    true = rng.random((8, 3))
+    sur = AdditiveSurrogate(space, decay=1.0)
+    for _ in range(60):
+        pts = np.stack([space.sample(rng) for _ in range(6)])
+        offset = rng.normal() * 100  # the batch's data sample moves every value alike
+        sur.add_batch(pts, true[np.arange(8), pts].sum(axis=1) + offset)
+    sur.fit(exact=True)
+    test = np.stack([space.sample(rng) for _ in range(50)])
+    pred, want = sur.predict(test), true[np.arange(8), test].sum(axis=1)
+    assert np.corrcoef(pred, want)[0, 1] > 0.999
