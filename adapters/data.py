@@ -165,7 +165,8 @@ class TokenSet:
         if n == self.n_seq or seed is None:
             return np.arange(n)
         rng = np.random.default_rng(int(seed))
-        return np.sort(rng.choice(self.n_seq, size=n, replace=False))
+        # a prefix of one seeded order: minibatches of one seed are nested (f tokens ⊂ 2f tokens)
+        return np.sort(rng.permutation(self.n_seq)[:n])
 
 
 def calibration_and_heldout(

@@ -203,7 +203,9 @@ def test_running_again_with_a_larger_budget_continues_the_run(tmp_path):
     assert "max_evaluations: 250" in (tmp_path / "run" / "config.yaml").read_text()  # `resume` goes on from here
 
 
-@pytest.mark.parametrize("name", ["evopress", "evopress-ref", "random", "nevergrad-discreteoneplusone", "optuna-random"])
+@pytest.mark.parametrize(
+    "name", ["evopress", "evopress-ref", "random", "nevergrad-discreteoneplusone", "optuna-random"]
+)
 def test_resume_is_exact_for_registered_optimizers(tmp_path, name):
     from levelsearch import available_optimizers
     from levelsearch.problem import FunctionProblem
