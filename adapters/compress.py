@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "schedule": "cpu",
     "offspring": None,
+    "optimizer": "evopress",
     "generations": 400,
     "search_minutes": None,
     "start": "best-heuristic",
@@ -131,6 +132,8 @@ def _validate(cfg: dict[str, Any]) -> None:
         raise ValueError(f"--target must be a fraction strictly between 0 and 1, got {t!r}")
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
+    if cfg.get("optimizer", "evopress") not in ("evopress", "evopress-ref"):
+        raise ValueError(f"--optimizer must be evopress (default) or evopress-ref, got {cfg['optimizer']!r}")
     check_out(cfg["out"])
     check_numbers(cfg)
     if cfg["heuristic_tokens"] > cfg["calibration_tokens"]:
@@ -273,10 +276,20 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     options["start"] = start
     seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
     opt = _make_timed(
-        problem.space, seed=int(cfg["seed"]), max_generations=int(cfg["generations"]), seconds=seconds, **options
+        problem.space,
+        optimizer=str(cfg["optimizer"]),
+        seed=int(cfg["seed"]),
+        max_generations=int(cfg["generations"]),
+        seconds=seconds,
+        **options,
     )
     t0 = time.perf_counter()
-    ident = {"schedule": cfg["schedule"], "options": _jsonable(options), "start": start_name}
+    ident = {
+        "schedule": cfg["schedule"],
+        "optimizer": cfg["optimizer"],
+        "options": _jsonable(options),
+        "start": start_name,
+    }
     bar: Any = _GenerationBar(opt, int(cfg["generations"])) if cfg["progress"] else False
     try:
         result = minimize(
@@ -451,10 +464,14 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _timed_evopress() -> type:
-    from levelsearch import EvoPress
+def _timed_evopress(name: str = "evopress") -> type:
+    from levelsearch import get_optimizer
 
-    class TimedEvoPress(EvoPress):
+    if name not in ("evopress", "evopress-ref"):
+        raise ValueError(f"--optimizer must be evopress (default) or evopress-ref (the reference), got {name!r}")
+    base = get_optimizer(name)
+
+    class TimedEvoPress(base):  # type: ignore[valid-type,misc]
         """EvoPress that also stops once ``seconds`` of wall time have passed since it was built."""
 
         def __init__(self, space: Any, *, seconds: float | None = None, **kw: Any) -> None:
@@ -467,8 +484,8 @@ def _timed_evopress() -> type:
     return TimedEvoPress
 
 
-def _make_timed(space: Any, **kw: Any) -> Any:
-    return _timed_evopress()(space, **kw)
+def _make_timed(space: Any, *, optimizer: str = "evopress", **kw: Any) -> Any:
+    return _timed_evopress(optimizer)(space, **kw)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -556,6 +573,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--schedule", help="selection schedule: cpu (default), drop (reference GPU), super-fast")
     p.add_argument("--offspring", type=int, help="override λ of the schedule")
+    p.add_argument("--optimizer", help="evopress (default) or evopress-ref (the reference algorithm, for comparisons)")
     p.add_argument("--generations", type=int, help="maximum EvoPress generations (default 400)")
     p.add_argument("--search-minutes", type=float, help="also stop the search after this many minutes")
     p.add_argument("--start", help="best-heuristic (default), random, or a heuristic name")

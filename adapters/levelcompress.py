@@ -131,9 +131,21 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     options = schedule_options(cfg["schedule"], problem.max_fidelity, cfg["offspring"], cfg["seq_len"])
     options["start"] = "random" if start_name == "random" else base[start_name]
     seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
-    opt = _make_timed(problem.space, seed=seed, max_generations=int(cfg["generations"]), seconds=seconds, **options)
+    opt = _make_timed(
+        problem.space,
+        optimizer=str(cfg["optimizer"]),
+        seed=seed,
+        max_generations=int(cfg["generations"]),
+        seconds=seconds,
+        **options,
+    )
     t0 = time.perf_counter()
-    ident = {"schedule": cfg["schedule"], "options": _jsonable(options), "start": start_name}
+    ident = {
+        "schedule": cfg["schedule"],
+        "optimizer": cfg["optimizer"],
+        "options": _jsonable(options),
+        "start": start_name,
+    }
     result = minimize(
         problem, optimizer=opt, journal=out / "journal.db", identity=ident, progress=bool(cfg["progress"]), seed=seed
     )
