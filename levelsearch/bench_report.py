@@ -12,6 +12,7 @@ import numpy as np
 __all__ = ["write_report", "regret_at", "ert"]
 
 _EVOPRESS = "evopress"
+_REF = "evopress-ref"
 
 
 def _measure(runs: list[dict[str, Any]], optimum: float | None) -> None:
@@ -159,6 +160,73 @@ def _write_ioh(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> N
             (folder / f"IOHprofiler_f{fid}_{name}.info").write_text(info)
 
 
+def _ref_and_finals(
+    labels: list[str],
+    problems: list[str],
+    ref_erts: list[tuple[str, float, float]],
+    ends: dict[tuple[str, str], list[float]],
+) -> list[str]:
+    """evopress's ERT over evopress-ref's, and its median final regret beside the best other optimizer's."""
+    md: list[str] = []
+    if _REF in labels and _EVOPRESS in labels:
+        md += [
+            "",
+            "## evopress's cost to target divided by evopress-ref's",
+            "",
+            "| problem | evopress ERT | evopress-ref ERT | ratio (<= 0.5: half the evaluations or fewer) |",
+            "|---|---|---|---|",
+        ]
+        for name, ev, rf in ref_erts:
+            if not math.isfinite(rf):
+                note = "evopress-ref never reached the target" + ("" if not math.isfinite(ev) else "; evopress did")
+            else:
+                note = _fmt(ev / rf) if math.isfinite(ev) else "inf: evopress never reached it"
+            md.append(f"| {name} | {_fmt(ev)} | {_fmt(rf)} | {note} |")
+    if _EVOPRESS in labels:
+        md += [
+            "",
+            "## Median final regret: evopress beside the best other optimizer (dp included)",
+            "",
+            "| problem | evopress | best other | its median | evopress <= best other |",
+            "|---|---|---|---|---|",
+        ]
+        wins = 0
+        for name in problems:
+            mine = ends.get((name, _EVOPRESS))
+            others = {
+                lb: float(np.median(v))
+                for (pn, lb), v in ends.items()
+                if pn == name and lb not in (_EVOPRESS, _REF) and v
+            }
+            if not mine or not others:
+                continue
+            best = min(others, key=lambda k: others[k])
+            med = float(np.median(mine))
+            ok = med <= others[best] + 1e-9 * max(1.0, abs(others[best]))
+            wins += ok
+            md.append(f"| {name} | {_stats(mine)} | {best} | {_fmt(others[best])} | {'yes' if ok else 'no'} |")
+        md += ["", f"evopress's median final regret is at most the best other optimizer's on {wins} problems."]
+    return md
+
+
+def _wall_table(labels: list[str], problems: list[str], walls: dict[tuple[str, str], list[float]]) -> list[str]:
+    """Median wall seconds per run (apart from the comparisons: machines differ)."""
+    md = [
+        "",
+        "## Wall time per run",
+        "",
+        "Median seconds per run on this machine (not a measure of sample efficiency: these machines differ "
+        "2-3x from day to day and are shared).",
+        "",
+        "| optimizer | " + " | ".join(problems) + " |",
+        "|---" * (len(problems) + 1) + "|",
+    ]
+    for lb in labels:
+        cells = [_fmt(float(np.median(walls[(p, lb)]))) if walls.get((p, lb)) else "–" for p in problems]
+        md.append(f"| {lb} | " + " | ".join(cells) + " |")
+    return md
+
+
 def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> Path:
     """Write plots, IOHprofiler files and ``report.md``; returns the report's path."""
     _write_ioh(out, meta, runs)
@@ -177,6 +245,9 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
         "",
     ]
     errors = [r for r in runs if "error" in r]
+    walls: dict[tuple[str, str], list[float]] = {}
+    ends: dict[tuple[str, str], list[float]] = {}
+    ref_erts: list[tuple[str, float, float]] = []
     summary = []
     finals: list[tuple[str, list[float], list[float], bool]] = []
     for pr in meta["problems"]:
@@ -206,15 +277,17 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
         md += [
             "### Fixed budget",
             "",
-            "| optimizer | " + " | ".join(f"@{_fmt(c)}" for c in cps) + " | median wall s | stopped by |",
-            "|---" * (len(cps) + 3) + "|",
+            "| optimizer | " + " | ".join(f"@{_fmt(c)}" for c in cps) + " | stopped by |",
+            "|---" * (len(cps) + 2) + "|",
         ]
         for lb in labels:
             rs = [r for r in by_opt[lb] if r["xs"].size]
             cells = [_stats([regret_at(r["xs"], r["ys"], c) for r in rs]) for c in cps]
-            wall = _fmt(float(np.median([r["wall_seconds"] for r in by_opt[lb]]))) if by_opt[lb] else "–"
+            walls[(name, lb)] = [float(r["wall_seconds"]) for r in by_opt[lb]]
             stops = ", ".join(sorted({r["stopped_by"] for r in by_opt[lb]})) or "failed"
-            md.append(f"| {lb} | " + " | ".join(cells) + f" | {wall} | {stops} |")
+            md.append(f"| {lb} | " + " | ".join(cells) + f" | {stops} |")
+            if rs:
+                ends[(name, lb)] = [float(r["ys"][-1]) for r in rs]
         md += [
             "",
             "### Fixed target",
@@ -222,14 +295,17 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
             f"ERT in {unit} to reach the target (total spent by all runs until "
             "they hit it or ended, divided by the hits), and the success rate.",
             "",
-            "| optimizer | ERT | success | ERT / EvoPress's |",
-            "|---|---|---|---|",
+            "| optimizer | ERT | success | ERT / evopress's | ERT / evopress-ref's |",
+            "|---|---|---|---|---|",
         ]
         erts = {lb: ert(by_opt[lb], target) for lb in labels if by_opt[lb]}
         ev = erts.get(_EVOPRESS, (math.inf, 0.0))[0]
+        rf = erts.get(_REF, (math.inf, 0.0))[0]
         for lb, (e, s) in erts.items():
             ratio = e / ev if math.isfinite(ev) and ev > 0 else math.nan
-            md.append(f"| {lb} | {_fmt(e)} | {s:.0%} | {_fmt(ratio)} |")
+            ratio_ref = e / rf if math.isfinite(rf) and rf > 0 else math.nan
+            md.append(f"| {lb} | {_fmt(e)} | {s:.0%} | {_fmt(ratio)} | {_fmt(ratio_ref)} |")
+        ref_erts.append((name, ev, rf))
         base = {lb: v for lb, v in erts.items() if lb != _EVOPRESS and not lb.startswith(_EVOPRESS)}
         best_lb = min(base, key=lambda k: base[k][0]) if base else None
         summary.append((name, ev, best_lb, base[best_lb][0] if best_lb else math.inf))
@@ -269,6 +345,8 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
             exact = ("yes" if max(dp_f) <= 1e-6 else "no") if has_opt and dp_f else "–"
             better = "yes" if dp_f and ev_f and np.median(ev_f) < np.median(dp_f) else "no"
             md.append(f"| {name} | {_stats(dp_f)} | {_stats(ev_f)} | {exact} | {better} |")
+    md += _ref_and_finals(labels, [pr["label"] for pr in meta["problems"]], ref_erts, ends)
+    md += _wall_table(labels, [pr["label"] for pr in meta["problems"]], walls)
     if errors:
         md += ["", "## Failed runs", ""] + [
             f"- {r['optimizer']} on {r['problem']} seed {r['seed']}: {r['error']}" for r in errors

@@ -30,7 +30,10 @@ from .optimizer import Optimizer, Request
 from .space import LevelSpace
 from .surrogate import AdditiveSurrogate
 
-__all__ = ["EvoPress", "ReferenceEvoPress", "SelectionStep", "PRESETS"]
+__all__ = ["EvoPress", "ReferenceEvoPress", "SelectionStep", "PRESETS", "MAX_SURROGATE_PARAMS"]
+
+#: Largest ``Σ K_i`` for which ``surrogate="auto"`` fits a surrogate (its normal matrix: 128 MiB).
+MAX_SURROGATE_PARAMS = 4096
 
 
 @dataclass(frozen=True)
@@ -327,18 +330,20 @@ class EvoPress(ReferenceEvoPress):
       remembers per-sequence results never pays twice for a token. An offspring that is not
       better than the parent on a step's tokens stops there; a generation whose offspring all
       lose ends early;
+    - **surrogate screening** (``screen``): each generation draws ``screen × offspring``
+      mutants and evaluates the ``offspring`` the surrogate ranks best (a fraction
+      ``explore`` of them at random); the surrogate chooses whom to evaluate, never who
+      survives;
     - **no repeats**: an assignment that lost a final step is not proposed again.
-
-    Optional and off by default (it did not pay on the suite): ``screen > 1`` draws
-    ``screen × offspring`` mutants and evaluates those the surrogate ranks best (a fraction
-    ``explore`` at random).
 
     Deterministic given the seed and the values told (resume replays the surrogate's fit).
 
     Args:
         space, seed, preset, offspring, steps, max_switches, start, init_candidates,
         init_fidelity, max_generations: as for :class:`ReferenceEvoPress`.
-        screen: mutants drawn per offspring evaluated, ranked by the surrogate (default 1: off).
+        surrogate: fit the surrogate (``"auto"``, default: when ``Σ K_i`` is at most
+            :data:`MAX_SURROGATE_PARAMS`); without it there are no jumps, probes or screening.
+        screen: mutants drawn per offspring evaluated, ranked by the surrogate (default 4; 1: off).
         explore: fraction of the screened offspring chosen at random (default 0.25).
         jump: propose the surrogate's optimum each generation (default true).
         paired: the parent in every step, one nested sample per generation (default true).
@@ -355,13 +360,20 @@ class EvoPress(ReferenceEvoPress):
     @property
     def has_prior(self) -> bool:
         """Whether error estimates were given (or the search has started, when it is too late)."""
-        return self._has_prior or not self.use_unit_errors or self.generation > 0 or self._step > 0
+        return (
+            self._has_prior
+            or not self.use_unit_errors
+            or not self.use_surrogate
+            or self.generation > 0
+            or self._step > 0
+        )
 
     def __init__(
         self,
         space: LevelSpace,
         *,
-        screen: int = 1,
+        surrogate: bool | str = "auto",
+        screen: int = 4,
         explore: float = 0.25,
         jump: bool = True,
         paired: bool = True,
@@ -373,6 +385,11 @@ class EvoPress(ReferenceEvoPress):
         **options: Any,
     ) -> None:
         super().__init__(space, **options)
+        if surrogate not in (True, False, "auto"):
+            raise ValueError(f"surrogate must be true, false or 'auto', got {surrogate!r}")
+        n_params = int(space.n_levels.sum())
+        # the normal matrix is n_params² doubles: 4,096 parameters take 128 MiB
+        self.use_surrogate = surrogate is True or (surrogate == "auto" and n_params <= MAX_SURROGATE_PARAMS)
         self.screen = _positive_int(screen, "screen")
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0.0 <= float(explore) <= 1.0:
             raise ValueError(f"explore must be a fraction in [0, 1], got {explore!r}")
@@ -389,6 +406,8 @@ class EvoPress(ReferenceEvoPress):
         self.budget = None if budget is None else _positive_int(budget, "budget")
         self._probing = False
         self._probed = False
+        self._valuing = False
+        self._valued = False
         self.surrogate: AdditiveSurrogate | None = None
         self._jump_ok = True
         self._lost: set[bytes] = set()  # assignments that lost a final step
@@ -401,6 +420,8 @@ class EvoPress(ReferenceEvoPress):
         """Use per-unit, per-level error estimates as the surrogate's prior (before the first ask)."""
         if self.generation > 0 or (self._step > 0):
             raise ValueError("set_prior() must be called before the search starts")
+        if not self.use_surrogate:
+            return
         self.surrogate = AdditiveSurrogate(self.space, prior=prior, decay=self.decay)
         self._has_prior = prior is not None
 
@@ -410,7 +431,7 @@ class EvoPress(ReferenceEvoPress):
         return 1 + int((self.space.n_levels - 1).sum())
 
     def _wants_probes(self) -> bool:
-        if self._probed or self.probe is False or self._has_prior or self.generation > 0:
+        if self._probed or self.probe is False or self._has_prior or self.generation > 0 or self.surrogate is None:
             return False
         if self.probe is True:
             return True
@@ -419,6 +440,14 @@ class EvoPress(ReferenceEvoPress):
     def ask(self) -> list[Request]:
         if self._step == -1:
             return super().ask()
+        if self._step == 0 and not np.isfinite(self.parent_value) and not self._valued:
+            # a given start has no value yet: measure it once at the final fidelity, so that the
+            # recommendation always carries one (racing may end generations before the final step)
+            self._valuing = self._valued = True
+            assert self.parent is not None
+            fid = self.steps[-1].fidelity
+            sample = None if fid is None else int(self.rng.integers(2**31 - 1))
+            return [Request(self.parent, fid, sample)]
         if self._step == 0 and self.generation == 0 and not self._probing and self._wants_probes():
             self._probing = self._probed = True
             self._candidates = self._probes()
@@ -446,9 +475,10 @@ class EvoPress(ReferenceEvoPress):
         sur = self.surrogate if self.screen > 1 else None
         informed = sur is not None and (sur.n_rows > 0 or self._has_prior)
         kids: list[np.ndarray] = []
-        seen = {self.parent.tobytes()} | self._lost
+        seen = {self.parent.tobytes()}
+        lost = self._lost
         jump = self._jump_candidate()
-        if jump is not None and jump.tobytes() not in seen:
+        if jump is not None and jump.tobytes() not in seen and jump.tobytes() not in lost:
             kids.append(jump)
             seen.add(jump.tobytes())
         want = self.offspring
@@ -461,7 +491,7 @@ class EvoPress(ReferenceEvoPress):
             n_sw = int(min(self.rng.integers(1, m + 1), self.rng.integers(1, m + 1)))
             child = self.space.switch(self.parent, self.rng, n_sw)
             key = child.tobytes()
-            if key in seen:
+            if key in seen or key in lost:
                 continue
             seen.add(key)
             pool.append(child)
@@ -524,6 +554,10 @@ class EvoPress(ReferenceEvoPress):
         self._learn(requests, vals)
         if self._step == -1:
             super().tell(requests, vals.tolist())
+            return
+        if self._valuing:
+            self._valuing = False
+            self.parent_value = float(vals[0])
             return
         if self._probing:  # the probe batch (asked last, told now)
             self._probing = False

@@ -47,7 +47,7 @@ class AdditiveSurrogate:
         space: LevelSpace,
         *,
         prior: np.ndarray | None = None,
-        ridge: float = 1e-3,
+        ridge: float = 1e-5,
         decay: float = 0.97,
         iterations: int = 30,
     ) -> None:

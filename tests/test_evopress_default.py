@@ -44,6 +44,15 @@ def test_same_seed_same_trajectory_other_seed_other_trajectory(config):
     assert a != _trajectory("evopress", 5, problem, **kw)
 
 
+def _value_start(opt, value=5.0):
+    """A given start is measured once, alone, at the final fidelity before the first generation."""
+    batch = opt.ask()
+    assert len(batch) == 1 and batch[0].levels.tolist() == opt.parent.tolist()
+    assert batch[0].fidelity == opt.steps[-1].fidelity
+    opt.tell(batch, [value])
+    assert opt.parent_value == value and opt.generation == 0
+
+
 class _Watch(EvoPress):
     """Records every assignment told with a finite value; checks the parent after each tell."""
 
@@ -74,6 +83,7 @@ def test_with_a_prior_the_first_jump_is_the_knapsack_optimum_of_the_estimates():
     prior = np.zeros((12, 2))
     prior[:, 1] = np.arange(12, 0, -1)  # dropping the last units is cheapest
     opt = EvoPress(space, seed=0, prior=prior, start=[1, 1, 1, 1] + [0] * 8)
+    _value_start(opt)
     batch = opt.ask()
     want, _ = solve_additive(space, prior)
     assert batch[0].levels.tolist() == opt.parent.tolist()
@@ -91,6 +101,7 @@ def test_with_enough_budget_an_additive_objective_is_solved_exactly():
 def test_paired_racing_puts_the_parent_in_every_step_on_one_nested_sample():
     space = LevelSpace(2, n_units=20, total=5)
     opt = EvoPress(space, seed=0, offspring=6, steps=[(100, 3), (1000, 1)], start=[1] * 5 + [0] * 15, jump=False)
+    _value_start(opt)
     parent = opt.parent.copy()
     b1 = opt.ask()
     assert b1[0].levels.tolist() == parent.tolist() and len(b1) == 7
@@ -107,15 +118,18 @@ def test_paired_racing_puts_the_parent_in_every_step_on_one_nested_sample():
 def test_a_generation_whose_offspring_all_lose_the_screening_ends_early():
     space = LevelSpace(2, n_units=20, total=5)
     opt = EvoPress(space, seed=0, offspring=4, steps=[(100, 2), (1000, 1)], start=[1] * 5 + [0] * 15, jump=False)
+    _value_start(opt)
     b1 = opt.ask()
     opt.tell(b1, [1.0, 2.0, 3.0, 4.0, 5.0])
     assert opt.generation == 1 and opt.parent.tolist() == b1[0].levels.tolist()
+    assert opt.parent_value == 5.0  # the start's full-fidelity value, not its screening one
     assert {r.fidelity for r in opt.ask()} == {100}  # the next generation, no full-fidelity step paid
 
 
 def test_an_assignment_that_lost_a_final_step_is_not_proposed_again():
     space = LevelSpace(2, n_units=6, total=2)
     opt = EvoPress(space, seed=0, offspring=4, jump=False, start=[1, 1, 0, 0, 0, 0])
+    _value_start(opt, 0.0)
     lost: set[bytes] = set()
     for _ in range(3):
         batch = opt.ask()
