@@ -594,8 +594,9 @@ class EvoPress(ReferenceEvoPress):
             self._end_generation()
             return
         keep = [int(k) for k in order[: step.survivors] if np.isfinite(kid_vals[int(k)])]
-        if self.paired and np.isfinite(parent_val):
-            keep = [k for k in keep if kid_vals[k] <= parent_val]  # race: only those ahead of the parent go on
+        if self.paired and self._step > 0 and np.isfinite(parent_val):
+            # race: past the first (noisiest) step only those ahead of the parent on the same tokens go on
+            keep = [k for k in keep if kid_vals[k] <= parent_val]
         if not keep:
             self._end_generation()
             return

@@ -100,29 +100,40 @@ def test_with_enough_budget_an_additive_objective_is_solved_exactly():
 
 def test_paired_racing_puts_the_parent_in_every_step_on_one_nested_sample():
     space = LevelSpace(2, n_units=20, total=5)
-    opt = EvoPress(space, seed=0, offspring=6, steps=[(100, 3), (1000, 1)], start=[1] * 5 + [0] * 15, jump=False)
+    steps = [(100, 3), (400, 2), (1000, 1)]
+    opt = EvoPress(space, seed=0, offspring=6, steps=steps, start=[1] * 5 + [0] * 15, jump=False, screen=1)
     _value_start(opt)
     parent = opt.parent.copy()
     b1 = opt.ask()
     assert b1[0].levels.tolist() == parent.tolist() and len(b1) == 7
     assert {r.fidelity for r in b1} == {100} and len({r.sample for r in b1}) == 1
-    # kids 1 and 2 beat the parent on these tokens, the rest do not: only those two go on
-    opt.tell(b1, [5.0, 4.0, 3.0, 9.0, 8.0, 7.0, 6.0])
+    # the first step keeps its best 3 whatever the parent's value (it is the noisiest)
+    opt.tell(b1, [1.0, 4.0, 3.0, 9.0, 8.0, 7.0, 6.0])
     b2 = opt.ask()
-    assert [r.levels.tolist() for r in b2] == [parent.tolist(), b1[2].levels.tolist(), b1[1].levels.tolist()]
-    assert {r.fidelity for r in b2} == {1000} and {r.sample for r in b2} == {b1[0].sample}
-    opt.tell(b2, [2.0, 1.0, 3.0])
-    assert opt.parent.tolist() == b1[2].levels.tolist() and opt.parent_value == 1.0 and opt.generation == 1
+    kids = [b1[k].levels.tolist() for k in (2, 1, 6)]
+    assert [r.levels.tolist() for r in b2] == [parent.tolist(), *kids]
+    assert {r.fidelity for r in b2} == {400} and {r.sample for r in b2} == {b1[0].sample}
+    # past it, only an offspring ahead of the parent on the same tokens goes on
+    opt.tell(b2, [5.0, 4.0, 6.0, 7.0])
+    b3 = opt.ask()
+    assert [r.levels.tolist() for r in b3] == [parent.tolist(), kids[0]]
+    assert {r.fidelity for r in b3} == {1000} and {r.sample for r in b3} == {b1[0].sample}
+    opt.tell(b3, [2.0, 1.0])
+    assert opt.parent.tolist() == kids[0] and opt.parent_value == 1.0 and opt.generation == 1
 
 
-def test_a_generation_whose_offspring_all_lose_the_screening_ends_early():
+def test_a_generation_whose_offspring_all_lose_a_race_ends_before_its_final_step():
     space = LevelSpace(2, n_units=20, total=5)
-    opt = EvoPress(space, seed=0, offspring=4, steps=[(100, 2), (1000, 1)], start=[1] * 5 + [0] * 15, jump=False)
+    steps = [(100, 2), (400, 1), (1000, 1)]
+    opt = EvoPress(space, seed=0, offspring=4, steps=steps, start=[1] * 5 + [0] * 15, jump=False, screen=1)
     _value_start(opt)
     b1 = opt.ask()
     opt.tell(b1, [1.0, 2.0, 3.0, 4.0, 5.0])
+    b2 = opt.ask()
+    assert len(b2) == 3
+    opt.tell(b2, [1.0, 2.0, 3.0])  # the parent leads on these 400 tokens
     assert opt.generation == 1 and opt.parent.tolist() == b1[0].levels.tolist()
-    assert opt.parent_value == 5.0  # the start's full-fidelity value, not its screening one
+    assert opt.parent_value == 5.0  # the start's full-fidelity value, not a partial one
     assert {r.fidelity for r in opt.ask()} == {100}  # the next generation, no full-fidelity step paid
 
 
