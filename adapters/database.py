@@ -42,9 +42,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .hessian import decoder_layers, layer_hessians, linear_units, relative_output_error
-from .prune import magnitude_prune, sparsegpt_prune, wanda_prune
-from .quant import Quantized, gptq_quantize, pack_codes, rtn_quantize, unpack_codes
+from .calibration import decoder_layers, layer_hessians, linear_units
+from .kernels.gptq import gptq_quantize
+from .kernels.grid import Quantized, pack_codes, unpack_codes
+from .kernels.hessian import relative_output_error
+from .kernels.magnitude import magnitude_prune
+from .kernels.rtn import rtn_quantize
+from .kernels.sparsegpt import sparsegpt_prune
+from .kernels.wanda import wanda_prune, wanda_scores
 
 __all__ = [
     "FORMAT",
@@ -209,7 +214,7 @@ def _variants(spec: dict[str, Any], w: torch.Tensor, h: torch.Tensor, values: li
 
 def _owl_ratios(layer_units: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
     """OWL's layerwise outlier distribution: share of ``|W|·||X||`` entries above ``M`` times their mean."""
-    scores = [(w.abs() * torch.sqrt(torch.diagonal(h).clamp_min(0))[None, :]).flatten() for w, h in layer_units]
+    scores = [wanda_scores(w, h).flatten() for w, h in layer_units]
     allv = torch.cat(scores)
     mean = float(allv.mean())
     return {f"{m:g}": float((allv > m * mean).float().mean()) for m in OWL_M_GRID}

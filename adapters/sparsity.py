@@ -15,8 +15,8 @@ from torch import nn
 
 from levelsearch import LevelSpace, solve_additive
 
+from .calibration import linear_units
 from .database import OWL_M_GRID
-from .hessian import linear_units
 from .models import DEFAULT_MODEL, load_model
 from .weightsearch import WeightLevelProblem
 

@@ -44,6 +44,14 @@ def test_core_modules_never_import_adapters_or_baselines():
 
 def test_adapters_and_baselines_do_not_import_each_other():
     for folder, other in (("adapters", "baselines"), ("baselines", "adapters")):
-        for path in (ROOT / folder).glob("*.py"):
+        for path in (ROOT / folder).rglob("*.py"):
             bad = {n for n in _imports(path) if other in n}
-            assert not bad, f"{folder}/{path.name} imports {bad}"
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_kernels_are_pure_numerics_that_import_only_each_other():
+    allowed = {"__future__", "collections.abc", "dataclasses", "math", "numpy", "torch"}
+    for path in (ROOT / "adapters" / "kernels").glob("*.py"):
+        names = _imports(path)
+        bad = {n for n in names if n not in allowed and not (n.startswith(".") and n.count(".") == 1)}
+        assert not bad, f"kernels/{path.name} imports {bad}"

@@ -7,15 +7,19 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.hessian import (  # noqa: E402
+from levelsearch.adapters.calibration import (  # noqa: E402
     capture_layer_inputs,
     decoder_layers,
     layer_hessians,
     linear_units,
-    relative_output_error,
 )
-from levelsearch.adapters.prune import magnitude_prune, sparsegpt_prune, wanda_prune  # noqa: E402
-from levelsearch.adapters.quant import gptq_quantize, pack_codes, rtn_quantize, unpack_codes  # noqa: E402
+from levelsearch.adapters.kernels.gptq import gptq_quantize  # noqa: E402
+from levelsearch.adapters.kernels.grid import pack_codes, unpack_codes  # noqa: E402
+from levelsearch.adapters.kernels.hessian import relative_output_error  # noqa: E402
+from levelsearch.adapters.kernels.magnitude import magnitude_prune  # noqa: E402
+from levelsearch.adapters.kernels.rtn import rtn_quantize  # noqa: E402
+from levelsearch.adapters.kernels.sparsegpt import sparsegpt_prune  # noqa: E402
+from levelsearch.adapters.kernels.wanda import wanda_prune  # noqa: E402
 
 pytestmark = pytest.mark.llm
 

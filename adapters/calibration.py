@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .kernels.hessian import accumulate_xtx
+
 __all__ = [
     "decoder_layers",
     "linear_units",
@@ -28,10 +30,7 @@ __all__ = [
     "capture_layer_inputs",
     "run_layer",
     "layer_hessians",
-    "prepare_hessian",
 ]
-
-DAMPING = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ / SparseGPT default)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -141,12 +140,8 @@ def _accumulate(layer: nn.Module, inputs: LayerInputs) -> dict[str, torch.Tensor
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...], _out: Any) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            if name not in sums:
-                sums[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
-                counts[name] = 0
-            sums[name].addmm_(x.T, x)
-            counts[name] += x.shape[0]
+            sums[name], rows = accumulate_xtx(sums.get(name), args[0])
+            counts[name] = counts.get(name, 0) + rows
 
         return hook
 
@@ -185,7 +180,7 @@ def layer_hessians(
             (e.g. to propagate through a quantized prefix). Default: inputs of
             every layer come from the dense model.
 
-    The Hessians are raw (undamped); see :func:`prepare_hessian`.
+    The Hessians are raw (undamped); see :func:`~levelsearch.adapters.kernels.hessian.prepare_hessian`.
     """
     layers = decoder_layers(model)
     inputs = capture_layer_inputs(model, tokens, batch_size=batch_size)
@@ -198,49 +193,3 @@ def layer_hessians(
                 transform(i, layer)
         if i + 1 < len(layers):
             inputs = run_layer(layer, inputs)
-
-
-def prepare_hessian(h: torch.Tensor, damping: float = DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
-    """Damped copy of ``h`` and the mask of dead input columns.
-
-    A column whose input was always zero (``H[j, j] == 0``) gets ``H[j, j] = 1``
-    so the matrix is invertible; the weights of such a column never affect the
-    output. Then ``damping · mean(diag H)`` is added to the diagonal.
-    """
-    h = h.detach().to(torch.float32).clone()
-    diag = torch.diagonal(h)
-    dead = diag == 0
-    diag[dead] = 1.0
-    diag += damping * torch.mean(diag)
-    return h, dead
-
-
-def inverse_cholesky(h: torch.Tensor, damping: float = DAMPING) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper Cholesky factor ``U`` of ``(H + damping)⁻¹`` (``U Uᵀ``-free form used by OBS updates) and dead mask.
-
-    ``Uᵀ U = H⁻¹``; row ``j`` of ``U`` holds the update coefficients for
-    eliminating column ``j`` given that columns ``< j`` are already fixed. If
-    the damped matrix is still not positive definite the damping is raised
-    tenfold (up to three times) before giving up.
-
-    Raises:
-        ValueError: if ``H`` stays singular after raising the damping.
-    """
-    for attempt in range(4):
-        hd, dead = prepare_hessian(h, damping * (10**attempt))
-        lower, info = torch.linalg.cholesky_ex(hd)
-        if int(info) == 0:
-            hinv = torch.cholesky_inverse(lower)
-            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
-            if int(info) == 0:
-                return upper, dead
-    raise ValueError("the calibration Hessian is singular even with 10x damping; use more calibration tokens")
-
-
-def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, h: torch.Tensor) -> float:
-    """Normalised layer output error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` with ``ΔW = W_hat − W`` (raw ``H``)."""
-    w = w.to(torch.float32)
-    dw = w_hat.to(torch.float32) - w
-    num = torch.sum((dw @ h) * dw)
-    den = torch.sum((w @ h) * w)
-    return float(num / den) if float(den) > 0 else float(num)
