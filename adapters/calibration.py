@@ -12,7 +12,6 @@ Works on any Hugging Face causal LM whose decoder layers form an
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,41 +20,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .capture import call_layer, capture_inputs
 from .kernels.hessian import accumulate_xtx
+from .models import decoder_layers
 
 __all__ = [
-    "decoder_layers",
     "linear_units",
     "LayerInputs",
     "capture_layer_inputs",
     "run_layer",
     "layer_hessians",
 ]
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM (the longest ``nn.ModuleList`` of blocks containing linears).
-
-    Raises:
-        ValueError: if the model has no list of decoder layers.
-    """
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    best: nn.ModuleList | None = None
-    for mod in model.modules():
-        if not isinstance(mod, nn.ModuleList) or not any(isinstance(m, nn.Linear) for m in mod.modules()):
-            continue
-        if best is None or len(mod) > len(best):
-            best = mod
-    if best is None:
-        raise ValueError("the model has no list of decoder layers; pass a Hugging Face causal LM")
-    return best
 
 
 def linear_units(model: nn.Module) -> list[tuple[str, int, nn.Linear]]:
@@ -88,36 +63,21 @@ class LayerInputs:
     kwargs: list[dict[str, Any]]
 
 
-class _Captured(Exception):
-    pass
-
-
 @torch.no_grad()
 def capture_layer_inputs(model: nn.Module, tokens: torch.Tensor, *, batch_size: int = 8) -> LayerInputs:
     """Run the model up to its first decoder layer on ``tokens`` (``(n_seq, seq_len)`` int64).
 
-    Only the embedding (and rotary tables) run; the pass stops at layer 0.
+    Only the embedding (and rotary tables) run; the pass stops at layer 0. The keyword
+    arguments are layer 0's, cleaned by :func:`~levelsearch.adapters.capture.layer_call_kwargs`.
     """
     layers = decoder_layers(model)
     device = next(model.parameters()).device
     hidden: list[torch.Tensor] = []
     kwargs_list: list[dict[str, Any]] = []
-
-    def grab(_mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        h = args[0] if args else kwargs.pop("hidden_states")
-        hidden.append(h.detach())
-        kw = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "past_key_value")}
-        kw["use_cache"] = False
-        kwargs_list.append(kw)
-        raise _Captured
-
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for start in range(0, tokens.shape[0], batch_size):
-            with contextlib.suppress(_Captured):
-                model(tokens[start : start + batch_size].to(device), use_cache=False)
-    finally:
-        handle.remove()
+    for start in range(0, tokens.shape[0], batch_size):
+        h, kw = capture_inputs(model, layers, tokens[start : start + batch_size].to(device), record=1)
+        hidden.append(h)
+        kwargs_list.append(kw[0])
     return LayerInputs(hidden, kwargs_list)
 
 
@@ -126,8 +86,7 @@ def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
     """Outputs of ``layer`` for every batch, as the next layer's inputs."""
     outs = []
     for h, kw in zip(inputs.hidden, inputs.kwargs):
-        out = layer(h, **kw)
-        outs.append((out[0] if isinstance(out, tuple) else out).detach())
+        outs.append(call_layer(layer, h, kw).detach())
     return LayerInputs(outs, inputs.kwargs)
 
 
@@ -150,7 +109,7 @@ def _accumulate(layer: nn.Module, inputs: LayerInputs) -> dict[str, torch.Tensor
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:
         for h, kw in zip(inputs.hidden, inputs.kwargs):
-            layer(h, **kw)
+            call_layer(layer, h, kw)
     finally:
         for hd in handles:
             hd.remove()

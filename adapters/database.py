@@ -42,7 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .calibration import decoder_layers, layer_hessians, linear_units
+from .calibration import layer_hessians, linear_units
 from .kernels.gptq import gptq_quantize
 from .kernels.grid import Quantized, pack_codes, unpack_codes
 from .kernels.hessian import relative_output_error
@@ -50,6 +50,7 @@ from .kernels.magnitude import magnitude_prune
 from .kernels.rtn import rtn_quantize
 from .kernels.sparsegpt import sparsegpt_prune
 from .kernels.wanda import wanda_prune, wanda_scores
+from .models import decoder_layers
 
 __all__ = [
     "FORMAT",

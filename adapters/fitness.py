@@ -33,28 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .capture import call_layer, capture_inputs, hidden_arg
 from .models import LayerMap
 
 __all__ = ["ActivationStore", "LayerRunner", "Teacher", "kl_topk", "nll_next", "zero_output_like"]
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass early."""
-
-
-def _hidden_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    if "hidden_states" in kwargs:
-        return kwargs["hidden_states"]
-    for v in kwargs.values():
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            return v
-    raise ValueError("cannot find the hidden states among a sub-module's inputs")
-
-
-def _raise_stop(module: nn.Module, args: Any) -> None:
-    raise _Stop
 
 
 def zero_output_like(template: Any, hidden: torch.Tensor) -> Any:
@@ -88,29 +70,9 @@ class LayerRunner:
     def _capture(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Layer-0 input for ``input_ids``; on a new shape, also every layer's keyword arguments."""
         shape = (int(input_ids.shape[0]), int(input_ids.shape[1]))
-        full = shape not in self._kwargs
-        store: list[dict[str, Any]] = []
-        first: list[torch.Tensor] = []
+        if shape in self._kwargs:
+            return capture_inputs(self.model, self.map.layers, input_ids.to(self.device), record=0)[0]
         handles = []
-
-        def pre(idx: int) -> Callable[..., Any]:
-            def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                h = _hidden_arg(args, kwargs)
-                if idx == 0:
-                    first.append(h)
-                if not full:
-                    raise _Stop
-                kw = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                kw.update({f"__arg{i}": a for i, a in enumerate(args[1:], start=1)})
-                kw["use_cache"] = False
-                # no KV cache: clear whichever name this transformers release gives it (setting a second
-                # name, e.g. past_key_values beside 5.x's cache, only earns a deprecation warning)
-                for name in ("past_key_values", "past_key_value", "cache"):
-                    if name in kw:
-                        kw[name] = None
-                store.append(kw)
-
-            return hook
 
         def post_layer(mod: nn.Module, args: Any, out: Any) -> None:
             self._layer_tuple = isinstance(out, (tuple, list))
@@ -121,25 +83,20 @@ class LayerRunner:
 
             return hook
 
-        for i, layer in enumerate(self.map.layers):
-            handles.append(layer.register_forward_pre_hook(pre(i), with_kwargs=True))
-        if full:
-            handles.append(self.map.layers[0].register_forward_hook(post_layer))
-            for sub in (*self.map.attn, *self.map.mlp):
-                handles.append(sub.register_forward_hook(post_sub(id(sub))))
-            stop_at = self.map.norm if self.map.norm is not None else self.map.head
-            handles.append(stop_at.register_forward_pre_hook(_raise_stop))
-            self.set_dropped([])  # templates must come from the real sub-modules
+        handles.append(self.map.layers[0].register_forward_hook(post_layer))
+        for sub in (*self.map.attn, *self.map.mlp):
+            handles.append(sub.register_forward_hook(post_sub(id(sub))))
+        self.set_dropped([])  # templates must come from the real sub-modules
+        stop_at = self.map.norm if self.map.norm is not None else self.map.head
         try:
-            self.model(input_ids=input_ids.to(self.device), use_cache=False)
-        except _Stop:
-            pass
+            first, store = capture_inputs(
+                self.model, self.map.layers, input_ids.to(self.device), record=self.map.n_layers, stop_at=stop_at
+            )
         finally:
             for h in handles:
                 h.remove()
-        if full:
-            self._kwargs[shape] = store
-        return first[0]
+        self._kwargs[shape] = store
+        return first
 
     # ------------------------------------------------------------ layers
     def set_dropped(self, modules: Sequence[nn.Module]) -> None:
@@ -165,18 +122,14 @@ class LayerRunner:
         template = self._templates.get(key)
 
         def zero_forward(*args: Any, **kwargs: Any) -> Any:
-            return zero_output_like(template, _hidden_arg(args, kwargs))
+            return zero_output_like(template, hidden_arg(args, kwargs))
 
         module.forward = zero_forward  # type: ignore[method-assign]
         self._dropped.add(key)
 
     def run_layer(self, idx: int, h: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """Apply decoder layer ``idx`` to ``h`` with its captured keyword arguments."""
-        extra = sorted((k for k in kwargs if k.startswith("__arg")), key=lambda s: int(s[5:]))
-        args = [kwargs[k] for k in extra]
-        kw = {k: v for k, v in kwargs.items() if not k.startswith("__arg")}
-        out = self.map.layers[idx](h, *args, **kw)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        return call_layer(self.map.layers[idx], h, kwargs)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Output-head logits (fp32) from the last layer's output ``h``."""

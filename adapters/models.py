@@ -30,7 +30,16 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_MODEL", "LayerMap", "cache_root", "load_model", "map_layers", "save_model", "smollm2_gguf"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "LayerMap",
+    "cache_root",
+    "decoder_layers",
+    "load_model",
+    "map_layers",
+    "save_model",
+    "smollm2_gguf",
+]
 
 DEFAULT_MODEL = "smollm2"
 _SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -246,6 +255,15 @@ class LayerMap:
     @property
     def n_layers(self) -> int:
         return len(self.layers)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM, in execution order: the one layer finder of the adapters.
+
+    Raises:
+        ValueError: the model has no list of decoder layers.
+    """
+    return _find_layer_list(model)[1]
 
 
 def _find_layer_list(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:

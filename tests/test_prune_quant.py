@@ -9,7 +9,6 @@ transformers = pytest.importorskip("transformers")
 
 from levelsearch.adapters.calibration import (  # noqa: E402
     capture_layer_inputs,
-    decoder_layers,
     layer_hessians,
     linear_units,
 )
@@ -20,6 +19,7 @@ from levelsearch.adapters.kernels.magnitude import magnitude_prune  # noqa: E402
 from levelsearch.adapters.kernels.rtn import rtn_quantize  # noqa: E402
 from levelsearch.adapters.kernels.sparsegpt import sparsegpt_prune  # noqa: E402
 from levelsearch.adapters.kernels.wanda import wanda_prune  # noqa: E402
+from levelsearch.adapters.models import decoder_layers  # noqa: E402
 
 pytestmark = pytest.mark.llm
 
