@@ -242,6 +242,16 @@ class DropProblem(Problem):
         # keep full-pool states only for a few candidates (memory: see ``anchor_variants``)
         use_store = record and seqs.size == ts.n_seq and len(set(keys)) <= self.store.max_variants
         per = max(1, self.runner.chunk_tokens // ts.seq_len)
+        if memo is not None and not use_store:
+            # sequences every candidate already knows are not run: chunk only the others, so that a
+            # survivor of a nested minibatch pays just for its new sequences
+            known = [r for r in seqs.tolist() if all((k, r) in memo for k in keys)]
+            for r in known:
+                for c, k in enumerate(keys):
+                    kl_sum[c] += memo[(k, r)]
+            n_kl += len(known) * ts.seq_len
+            n_nll += len(known) * (ts.seq_len - 1)
+            seqs = np.setdiff1d(seqs, np.asarray(known, dtype=seqs.dtype))
         for s in range(0, seqs.size, per):
             rows = torch.as_tensor(seqs[s : s + per])
             row_list = rows.tolist()

@@ -81,7 +81,7 @@ def _run(
 ) -> dict[str, Any]:
     _reset(problem, heur)
     best = min(heur, key=lambda n: heur[n]["calibration_kl"])
-    options = schedule_options("cpu", problem.calibration.n_tokens, None, problem.calibration.seq_len)
+    options = schedule_options("cpu", problem.calibration.n_tokens, None, problem.calibration.seq_len, name)
     options["start"] = heur[best]["levels"]
     opt = make_optimizer(name, problem.space, seed=seed, max_generations=generations, **options)
     trace_file = out / f"{name}-s{seed}.json"
@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+", default=["evopress-ref", "evopress"])
     ap.add_argument("--generations", type=int, default=45, help="evopress-ref's generations (the demo's 45)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--max-tokens", type=float, default=None, help="token cap of the new optimizer when no reference result exists"
+    )
     ap.add_argument("--out", default="bench/results/efficiency")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -174,7 +177,7 @@ def main() -> None:
                 r = _run(problem, heur, name, seed, out, args.generations, None, None)
             else:
                 target = None if ref is None else ref["calibration_kl"]
-                cap = None if ref is None else ref["tokens"]
+                cap = args.max_tokens if ref is None else ref["tokens"]
                 r = _run(problem, heur, name, seed, out, 10 * args.generations, target, cap)
             row = {k: v for k, v in r.items() if k != "trace"}
             (out / f"{name}-s{seed}.summary.json").write_text(json.dumps(row, indent=1))
