@@ -20,7 +20,9 @@ Config (YAML)::
 Every (optimizer, problem, seed) runs :func:`levelsearch.minimize` in its own
 process (``--workers``, default ``min(2, cpus)``) and is deterministic given the
 seed. Optimizers that accept a ``budget`` option (NGOpt) get the evaluation
-budget. Progress: one tqdm bar over the whole grid.
+budget. Progress: one tqdm bar over the whole grid. Every finished run is kept
+(``raw/<problem>/<optimizer>/seed<s>.json``): the same command again skips the
+runs that finished with the same settings (resume after an interruption).
 
 Output directory: ``raw/<problem>/<optimizer>/seed<s>.csv`` (every evaluation:
 index, cumulative cost, value, fidelity, and the recommendation's value after
@@ -218,7 +220,7 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
         fid = "" if ev.fidelity is None else ev.fidelity
         rows.append(f"{i},{cost:.10g},{ev.value:.10g},{fid},{rec:.10g}")
     path.write_text("\n".join(rows) + "\n")
-    return {
+    done = {
         "optimizer": task["label"],
         "problem": task["problem_label"],
         "seed": task["seed"],
@@ -230,6 +232,31 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
         "stopped_by": "wall-time cap" if opt.capped else res.stopped_by,
         "wall_seconds": res.wall_seconds,
     }
+    # the finished run, keyed by its task: a rerun of the same grid into the same directory reuses it
+    _atomic_write(path.with_suffix(".json"), json.dumps({"task": _task_key(task), "result": done}, default=_json))
+    return done
+
+
+def _task_key(task: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in task.items() if k != "csv"}, default=_json, sort_keys=True))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _finished(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The result of ``task`` from an earlier run of the grid, if that run finished with the same task."""
+    path = Path(task["csv"]).with_suffix(".json")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("task") != _task_key(task):
+        return None
+    return data.get("result")
 
 
 # ----------------------------------------------------------------- the grid
@@ -267,8 +294,16 @@ def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = 
         ]
         results: list[dict[str, Any]] = []
         bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
+        todo = []
+        for t in tasks:
+            prev = _finished(t)
+            if prev is not None:
+                results.append(prev)
+                bar.update(1)
+            else:
+                todo.append(t)
         with pool:
-            futures = {pool.submit(_run_one, t): t for t in tasks}
+            futures = {pool.submit(_run_one, t): t for t in todo}
             for fut in as_completed(futures):
                 t = futures[fut]
                 try:

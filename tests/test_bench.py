@@ -131,3 +131,21 @@ def test_cli_reports_a_missing_config_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("levelsearch: error:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_running_the_same_grid_again_reuses_every_finished_run(tmp_path: Path) -> None:
+    cfg = {**TINY, "optimizers": ["random"], "problems": TINY["problems"][:1]}
+    out = tmp_path / "out"
+    run_bench(load_bench_config(_write(tmp_path, cfg)), out, workers=1, progress=False)
+    first = json.loads((out / "results.json").read_text())["runs"]
+    kept = out / "raw" / "lin" / "random" / "seed0.json"
+    stamp = kept.stat().st_mtime_ns
+    run_bench(load_bench_config(_write(tmp_path, cfg)), out, workers=1, progress=False)
+    again = json.loads((out / "results.json").read_text())["runs"]
+    assert kept.stat().st_mtime_ns == stamp  # not run again
+    key = lambda r: (r["optimizer"], r["seed"])  # noqa: E731
+    assert sorted(map(json.dumps, sorted(first, key=key))) == sorted(map(json.dumps, sorted(again, key=key)))
+    # other settings: the run is redone
+    changed = {**cfg, "optimizers": [{"name": "random", "options": {"batch": 4}}]}
+    run_bench(load_bench_config(_write(tmp_path, changed)), out, workers=1, progress=False)
+    assert kept.stat().st_mtime_ns != stamp
