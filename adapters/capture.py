@@ -71,7 +71,7 @@ def call_layer(layer: nn.Module, h: torch.Tensor, kwargs: dict[str, Any]) -> tor
 
 def capture_inputs(
     model: nn.Module,
-    layers: Sequence[nn.Module],
+    layers: Sequence[nn.Module] | nn.ModuleList,
     input_ids: torch.Tensor,
     *,
     record: int,

@@ -3,10 +3,12 @@
     levelsearch compress --model smollm2 --method drop --target 0.25 --out runs/drop
     levelsearch compress --config examples/compress-drop.yaml      # same keys as the options
 
-Methods come from :data:`METHODS` (name → ``"module:function"`` or a callable taking the
-merged settings dict and returning the results dict); other adapter modules add theirs with
-:func:`register_method` (e.g. ``sparsity``, ``quant``). This module imports nothing heavy at
-import time, so ``levelsearch --help`` stays fast.
+A method is a registered codec (:mod:`levelsearch.adapters.codecs`: ``drop``, ``sparsity``,
+``quant``, ``joint`` and every entry point of the group ``levelsearch.codecs``), run by the
+flow its :attr:`~levelsearch.adapters.codecs.Codec.flow` names; a whole flow of one's own can
+still be added with :func:`register_method` (:data:`METHODS`: name → ``"module:function"`` or a
+callable taking the merged settings dict and returning the results dict). This module imports
+nothing heavy at import time, so ``levelsearch --help`` stays fast.
 
 The ``drop`` method (:func:`run_drop`):
 
@@ -79,26 +81,29 @@ DEFAULTS: dict[str, Any] = {
     "random_n": 16,
 }
 
-#: method name → callable(settings) -> results, or "module:function" resolved on use.
-METHODS: dict[str, Callable[[dict[str, Any]], dict[str, Any]] | str] = {
-    "drop": "levelsearch.adapters.compress:run_drop",
-    "sparsity": "levelsearch.adapters.levelcompress:run_sparsity",
-    "quant": "levelsearch.adapters.levelcompress:run_quant",
-    "joint": "levelsearch.adapters.levelcompress:run_joint",
-}
+#: whole flows added by :func:`register_method`: name → callable(settings) -> results, or
+#: "module:function" resolved on use. Codecs need no entry here: they are found in the codec registry.
+METHODS: dict[str, Callable[[dict[str, Any]], dict[str, Any]] | str] = {}
 
 
 def register_method(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]] | str, *, replace: bool = False) -> None:
-    """Add a ``--method`` (``fn(settings) -> results``); ``ValueError`` if the name is taken."""
-    if name in METHODS and METHODS[name] != fn and not replace:
+    """Add a ``--method`` (``fn(settings) -> results``); ``ValueError`` if the name is taken (by a codec too)."""
+    from .codecs import available_codecs
+
+    taken = (name in METHODS and METHODS[name] != fn) or name in available_codecs()
+    if taken and not replace:
         raise ValueError(f"compress method {name!r} is already registered")
     METHODS[name] = fn
 
 
-def schedule_options(name: str, pool_tokens: int, offspring: int | None = None, seq_len: int = 256) -> dict[str, Any]:
+def schedule_options(
+    name: str, pool_tokens: int, offspring: int | None = None, seq_len: int = 256, optimizer: str = "evopress"
+) -> dict[str, Any]:
     """EvoPress options of a named selection schedule for a calibration pool of ``pool_tokens``.
 
-    ``seq_len`` sets the ``cpu`` schedule's screening fidelity (one sequence).
+    ``seq_len`` sets the ``cpu`` schedule's screening fidelity (one sequence). With the default
+    ``optimizer="evopress"`` the ``cpu`` schedule evaluates 8 offspring a generation, the best of
+    64 mutants by the surrogate's ranking (``screen=8``); ``evopress-ref`` evaluates 16 random ones.
 
     Raises:
         ValueError: unknown name, or a schedule asking for more tokens than the pool holds.
@@ -111,6 +116,8 @@ def schedule_options(name: str, pool_tokens: int, offspring: int | None = None, 
             "steps": [(int(seq_len), 3), (min(4 * int(seq_len), int(pool_tokens)), 1), (int(pool_tokens), 1)],
             "max_switches": 3,
         }
+        if optimizer == "evopress":
+            opts.update(offspring=8, screen=8)
     elif name in ("drop", "super-fast"):
         opts = {k: v for k, v in PRESETS[name].items()}
     else:
@@ -200,7 +207,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from levelsearch import Request, minimize
 
-    from .dropping import DropProblem
+    from .codecs import get_codec
     from .export import export_dropped, verify_export
     from .fitness import Teacher
     from .heuristics import run_heuristics
@@ -211,22 +218,11 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    problem = DropProblem(
-        cfg["model"],
-        target=float(cfg["target"]),
-        whole_blocks=bool(cfg["whole_blocks"]),
-        budget=cfg["budget"],
-        data=cfg["data"],
-        seq_len=cfg["seq_len"],
-        calibration_tokens=cfg["calibration_tokens"],
-        heldout_tokens=cfg["heldout_tokens"],
-        top_k=cfg["top_k"],
-        device=cfg["device"],
-        dtype=cfg["dtype"],
-        threads=cfg["threads"],
-        seed=int(cfg["seed"]),
+    codec = get_codec("drop")
+    problem = codec.make_problem(cfg)
+    options = schedule_options(
+        cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"], str(cfg["optimizer"])
     )
-    options = schedule_options(cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"])
     timings["load"] = time.perf_counter() - t0
     _say(
         cfg,
@@ -318,8 +314,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     for i, name in enumerate(["evopress", *names]):
         lv = cands[i + 1]
-        attn, mlp = problem.dropped_modules(lv)
-        entry = {**report[i + 1], "dropped": {"attention": attn, "mlp": mlp}, "levels": lv.tolist()}
+        entry = {**report[i + 1], **codec.summary(problem, lv), "levels": lv.tolist()}
         if name == "evopress":
             entry.update(
                 {
@@ -344,7 +339,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         methods[name] = entry
     results: dict[str, Any] = {
         "model": cfg["model"],
-        "method": "drop",
+        "method": codec.name,
         "target": float(cfg["target"]),
         "budget": cfg["budget"],
         "whole_blocks": bool(cfg["whole_blocks"]),
@@ -491,15 +486,19 @@ def _make_timed(space: Any, *, optimizer: str = "evopress", **kw: Any) -> Any:
 # ---------------------------------------------------------------------- CLI
 def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
     """Run ``settings["method"]`` with ``settings`` merged over :data:`DEFAULTS`."""
+    from .codecs import available_codecs, get_codec
+
     cfg = {**DEFAULTS, **settings}
     name = str(cfg["method"])
-    if name not in METHODS:
-        raise ValueError(f"unknown --method {name!r}; available: {', '.join(sorted(METHODS))}")
-    fn = METHODS[name]
+    fn = METHODS.get(name)
+    if fn is None:
+        if name not in available_codecs():
+            known = sorted({*METHODS, *available_codecs()})
+            raise ValueError(f"unknown --method {name!r}; available: {', '.join(known)}")
+        fn = get_codec(name).flow
     if isinstance(fn, str):
         mod_name, _, attr = fn.partition(":")
         fn = getattr(__import__(mod_name, fromlist=[attr]), attr)
-        METHODS[name] = fn
     try:
         return fn(cfg)
     finally:
@@ -563,7 +562,9 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--config", help="YAML file with the same keys as these options")
     p.add_argument("--model", help="smollm2 (offline default), a model directory, GGUF file or hub id")
-    p.add_argument("--method", help="drop (sub-block dropping, default), sparsity, quant, joint; more from plug-ins")
+    p.add_argument(
+        "--method", help="a registered codec: drop (sub-block dropping, default), sparsity, quant, joint, plug-ins"
+    )
     p.add_argument(
         "--target",
         type=float,

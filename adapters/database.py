@@ -7,10 +7,12 @@ Layout of a database directory::
     layer_000.safetensors  all variants of the linears of decoder layer 0
     ...
 
-A sparsity variant is stored as a bit mask of its nonzeros plus the nonzero
-values in fp16 (≈ (1 − s)·2 + 1/8 bytes per weight); a quantized variant as
-its integer codes packed to ``bits`` bits plus per-group fp32 scales and uint8
-zero points, so a database is well under one dense fp16 copy per level.
+The database knows no compression kind: the spec's ``"kind"`` names a registered
+:class:`~levelsearch.adapters.codecs.WeightCodec`, which says what the levels are, makes
+every level's variant of a weight from its calibration Hessian, stores each variant
+compactly (a sparsity variant as a bit mask plus fp16 nonzeros, a quantized one as packed
+codes plus per-group scales and zero points, well under one dense fp16 copy per level) and
+decodes it, and names the per-layer statistics its baselines need (OWL's outlier ratios).
 
 The build runs the calibration driver layer by layer and writes each layer's
 file atomically before recording it in the manifest: a killed build resumes at
@@ -43,13 +45,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .calibration import layer_hessians, linear_units
-from .kernels.gptq import gptq_quantize
-from .kernels.grid import Quantized, pack_codes, unpack_codes
+from .codecs.base import get_weight_codec
 from .kernels.hessian import relative_output_error
-from .kernels.magnitude import magnitude_prune
-from .kernels.rtn import rtn_quantize
-from .kernels.sparsegpt import sparsegpt_prune
-from .kernels.wanda import wanda_prune, wanda_scores
 from .models import decoder_layers
 
 __all__ = [
@@ -59,14 +56,9 @@ __all__ = [
     "unit_level_values",
     "build_database",
     "VariantDatabase",
-    "OWL_M_GRID",
 ]
 
 FORMAT = 1
-OWL_M_GRID = (3.0, 5.0, 7.0, 10.0)  # outlier thresholds M of the OWL paper's grid
-_SPARSE = ("magnitude", "wanda", "sparsegpt")
-_QUANT = ("rtn", "gptq")
-_JOINT = ("sparsegpt+gptq",)
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -91,43 +83,9 @@ def default_database_dir(model_id: str, spec: dict[str, Any], calibration: dict[
 
 
 def unit_level_values(spec: dict[str, Any], numel: int) -> list[Any]:
-    """The level values of a unit with ``numel`` weights: numbers of zeros (sparsity), bit-widths
-    (quant) or ``[zeros, bits]`` pairs (joint: every sparsity with every bit-width).
-
-    Sparsity: ``round(target·numel) + l·step`` for ``l = −max_offset .. max_offset``,
-    keeping those within ``[0, numel]``, so every step changes the number of
-    nonzeros by the same ``step`` whatever the layer's size.
-    """
-    if spec["kind"] == "quant":
-        return [int(b) for b in spec["bits"]]
-    if spec["kind"] == "joint":
-        return [[int(round(float(s) * numel)), int(b)] for s in spec["sparsities"] for b in spec["bits"]]
-    base = int(round(float(spec["target"]) * numel))
-    step, top = int(spec["step"]), int(spec["max_offset"])
-    return [base + k * step for k in range(-top, top + 1) if 0 <= base + k * step <= numel]
-
-
-def _check_spec(spec: dict[str, Any]) -> None:
-    kind, method = spec.get("kind"), spec.get("method")
-    if kind == "sparsity":
-        if method not in _SPARSE:
-            raise ValueError(f"sparsity method must be one of {', '.join(_SPARSE)}, got {method!r}")
-        if not 0.0 <= float(spec["target"]) <= 1.0 or int(spec["step"]) < 1 or int(spec["max_offset"]) < 0:
-            raise ValueError("sparsity spec needs target in [0, 1], step >= 1 weight and max_offset >= 0")
-    elif kind == "quant":
-        if method not in _QUANT:
-            raise ValueError(f"quantization method must be one of {', '.join(_QUANT)}, got {method!r}")
-        if not spec["bits"] or any(not 1 <= int(b) <= 8 for b in spec["bits"]):
-            raise ValueError("quantization spec needs bit-widths in 1..8")
-    elif kind == "joint":
-        if method not in _JOINT:
-            raise ValueError(f"joint method must be 'sparsegpt+gptq', got {method!r}")
-        if any(not 0.0 <= float(x) < 1.0 for x in spec["sparsities"]) or any(
-            not 1 <= int(b) <= 8 for b in spec["bits"]
-        ):
-            raise ValueError("joint spec needs sparsities in [0, 1) and bit-widths in 1..8")
-    else:
-        raise ValueError(f"database kind must be 'sparsity', 'quant' or 'joint', got {kind!r}")
+    """The level values of a unit with ``numel`` weights, as the spec's codec defines them: numbers of
+    zeros (sparsity), bit-widths (quant), ``[zeros, bits]`` pairs (joint) ..."""
+    return get_weight_codec(spec.get("kind")).level_values(spec, numel)
 
 
 def _sha256(path: Path) -> str:
@@ -169,58 +127,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return body
 
 
-def _encode_sparse(w: torch.Tensor) -> dict[str, torch.Tensor]:
-    mask = w != 0
-    vals = w[mask].to(torch.float16)
-    # a value too small for fp16 would silently become a zero and change the sparsity
-    tiny = vals == 0
-    if bool(tiny.any()):
-        vals[tiny] = torch.sign(w[mask][tiny]).to(torch.float16) * torch.finfo(torch.float16).smallest_normal
-    packed = np.packbits(mask.cpu().numpy().reshape(-1))
-    return {"mask": torch.from_numpy(packed), "values": vals.cpu()}
-
-
-def _encode_quant(q: Quantized) -> dict[str, torch.Tensor]:
-    return {
-        "codes": torch.from_numpy(pack_codes(q.codes, q.bits)),
-        "scales": q.scales.to(torch.float32).cpu().contiguous(),
-        "zeros": q.zeros.cpu().contiguous(),
-    }
-
-
-def _variants(spec: dict[str, Any], w: torch.Tensor, h: torch.Tensor, values: list[Any]) -> list[Any]:
-    method = spec["method"]
-    if method == "sparsegpt+gptq":
-        # prune once per sparsity (SparseGPT), then quantize each pruned weight at every bit-width
-        # with its zeros kept (GPTQ on the same Hessian)
-        bits = [int(b) for b in spec["bits"]]
-        zero_counts = list(dict.fromkeys(int(v[0]) for v in values))
-        pruned = sparsegpt_prune(w, h, zero_counts, block_size=int(spec.get("block_size", 128)))
-        out: list[Any] = []
-        for k in range(len(zero_counts)):
-            mask = pruned[k] == 0
-            out.extend(gptq_quantize(pruned[k], h, bits, group_size=spec.get("group_size", 128), zero_mask=mask))
-        return out
-    if method == "sparsegpt":
-        return list(sparsegpt_prune(w, h, values, block_size=int(spec.get("block_size", 128))))
-    if method == "wanda":
-        return list(wanda_prune(w, h, values))
-    if method == "magnitude":
-        return list(magnitude_prune(w, values))
-    gs = spec.get("group_size", 128)
-    if method == "gptq":
-        return gptq_quantize(w, h, values, group_size=gs, block_size=int(spec.get("block_size", 128)))
-    return rtn_quantize(w, values, group_size=gs)
-
-
-def _owl_ratios(layer_units: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """OWL's layerwise outlier distribution: share of ``|W|·||X||`` entries above ``M`` times their mean."""
-    scores = [wanda_scores(w, h).flatten() for w, h in layer_units]
-    allv = torch.cat(scores)
-    mean = float(allv.mean())
-    return {f"{m:g}": float((allv > m * mean).float().mean()) for m in OWL_M_GRID}
-
-
 def build_database(
     root: str | os.PathLike[str],
     model: nn.Module,
@@ -240,9 +146,9 @@ def build_database(
         root: database directory (created if missing).
         model: the dense model (its weights are not modified).
         tokens: ``(n_seq, seq_len)`` calibration tokens.
-        spec: ``{"kind": "sparsity", "method": "sparsegpt"|"wanda"|"magnitude",
-            "target": 0.5, "step": weights per level, "max_offset": 8}`` or
-            ``{"kind": "quant", "method": "gptq"|"rtn", "bits": [2, 3, 4, 5, 6],
+        spec: ``{"kind": codec name, ...}``, checked by that codec, e.g. ``{"kind": "sparsity",
+            "method": "sparsegpt"|"wanda"|"magnitude", "target": 0.5, "step": weights per level,
+            "max_offset": 8}`` or ``{"kind": "quant", "method": "gptq"|"rtn", "bits": [2, 3, 4, 5, 6],
             "group_size": 128}`` (``block_size`` optional, default 128).
         model_id: how the model was named (recorded; the fingerprint decides).
         calibration: description of the calibration data (source, tokens, seed), recorded.
@@ -254,7 +160,8 @@ def build_database(
     Raises:
         ValueError: the directory holds a database for another model or with other settings.
     """
-    _check_spec(spec)
+    codec = get_weight_codec(spec.get("kind"))
+    codec.check_spec(spec)
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     fp = model_fingerprint(model)
@@ -321,13 +228,10 @@ def build_database(
                 w = mod.weight.detach().to(torch.float32)
                 pairs.append((w, h))
                 values = manifest["units"][name]["values"]
-                variants = _variants(spec, w, h, values)
                 errs = []
-                for k, var in enumerate(variants):
-                    dense = var.dequantize() if isinstance(var, Quantized) else var
-                    errs.append(relative_output_error(w, dense, h))
-                    enc = _encode_quant(var) if isinstance(var, Quantized) else _encode_sparse(var)
-                    for part, t in enc.items():
+                for k, var in enumerate(codec.make_variants(spec, w, h, values)):
+                    errs.append(relative_output_error(w, codec.dense(var), h))
+                    for part, t in codec.encode(var).items():
                         tensors[f"{name}/{k}/{part}"] = t.contiguous()
                 errors[name] = errs
             fname = f"layer_{i:03d}.safetensors"
@@ -338,7 +242,7 @@ def build_database(
                 "file": fname,
                 "sha256": _sha256(path / fname),
                 "errors": errors,
-                "owl": _owl_ratios(pairs),
+                **codec.layer_statistics(spec, pairs),
             }
             manifest["build_seconds"] = float(manifest["build_seconds"]) + time.perf_counter() - t0
             _write_json(mpath, manifest)
@@ -385,6 +289,7 @@ class VariantDatabase:
         except ValueError as exc:
             raise ValueError(f"{exc}; rebuild the database (delete {self.root})") from None
         self.spec: dict[str, Any] = self.manifest["spec"]
+        self.codec = get_weight_codec(self.spec.get("kind"))
         self.unit_names: list[str] = list(self.manifest["units"])
         layers = {u["layer"] for u in self.manifest["units"].values()}
         missing = sorted(layers - {int(k) for k in self.manifest["layers"]})
@@ -418,9 +323,16 @@ class VariantDatabase:
             out[i, : len(e)] = e
         return out
 
-    def owl_ratios(self, m: float) -> dict[int, float]:
-        """OWL outlier ratio of each decoder layer for threshold ``m`` (one of :data:`OWL_M_GRID`)."""
-        return {int(k): float(v["owl"][f"{m:g}"]) for k, v in self.manifest["layers"].items()}
+    def statistics(self, name: str) -> dict[int, Any]:
+        """A per-layer statistic the codec recorded while building (e.g. ``"owl"``), by decoder layer.
+
+        Raises:
+            ValueError: the database holds no statistic of that name.
+        """
+        layers = self.manifest["layers"]
+        if any(name not in v for v in layers.values()):
+            raise ValueError(f"the database at {self.root} holds no per-layer statistic {name!r}")
+        return {int(k): v[name] for k, v in layers.items()}
 
     def size_bytes(self) -> int:
         """Bytes of all layer files on disk."""
@@ -473,20 +385,8 @@ class VariantDatabase:
         if not 0 <= level < len(values):
             raise ValueError(f"unit {unit} has levels 0..{len(values) - 1}, got {level}")
         f = self._handle(int(self.manifest["units"][unit]["layer"]))
-        rows, cols = self.shape(unit)
         key = f"{unit}/{level}"
-        if self.kind == "sparsity":
-            mask_bits = f.get_tensor(key + "/mask").numpy()
-            mask = torch.from_numpy(np.unpackbits(mask_bits)[: rows * cols].astype(bool))
-            out = torch.zeros(rows * cols, dtype=torch.float32)
-            out[mask] = f.get_tensor(key + "/values").to(torch.float32)
-            return out.view(rows, cols)
-        bits = values[level] if self.kind == "quant" else values[level][1]
-        codes = unpack_codes(f.get_tensor(key + "/codes").numpy(), bits, (rows, cols))
-        q = Quantized(
-            bits, self.spec.get("group_size", 128), codes, f.get_tensor(key + "/scales"), f.get_tensor(key + "/zeros")
-        )
-        return q.dequantize()
+        return self.codec.decode(self.spec, values[level], self.shape(unit), lambda part: f.get_tensor(f"{key}/{part}"))
 
     def put(self, module: nn.Module, unit: str, level: int) -> bool:
         """Load ``unit`` at ``level`` into ``module`` unless it is already there; True if it was loaded."""

@@ -21,50 +21,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["run_sparsity", "run_quant", "run_joint", "plot_levels"]
+if TYPE_CHECKING:
+    from .codecs import WeightCodec
+
+__all__ = ["run_levels", "run_sparsity", "run_quant", "run_joint", "plot_levels"]
 
 
-def _problem(kind: str, cfg: dict[str, Any]) -> Any:
-    common = dict(
-        data=cfg["data"],
-        seq_len=cfg["seq_len"],
-        calibration_tokens=cfg["calibration_tokens"],
-        heldout_tokens=cfg["heldout_tokens"],
-        top_k=cfg["top_k"],
-        device=cfg["device"],
-        dtype=cfg["dtype"],
-        threads=cfg["threads"],
-        search_tokens=cfg.get("search_tokens"),
-        seed=int(cfg["seed"]),
-        progress=bool(cfg["progress"]),
-    )
-    if kind == "sparsity":
-        from .sparsity import SparsityProblem
-
-        t = cfg["target"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
-            raise ValueError(f"--target must be an average sparsity strictly between 0 and 1, got {t!r}")
-        return SparsityProblem(cfg["model"], target=float(t), database=cfg.get("database"), **common)
-    if kind == "joint":
-        from .joint import JointProblem
-
-        t = cfg["target"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 1.0 <= float(t) <= 8.0:
-            raise ValueError(f"--target must be the memory budget in bits per weight (e.g. 3), got {t!r}")
-        return JointProblem(cfg["model"], target=float(t), database=cfg.get("database"), **common)
-    from .quantization import QuantProblem
-
-    t = cfg["target"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 1.0 <= float(t) <= 8.0:
-        raise ValueError(f"--target must be the average bits per weight (e.g. 3 or 2.5), got {t!r}")
-    return QuantProblem(cfg["model"], target=float(t), database=cfg.get("database"), **common)
-
-
-def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+def _run(codec: WeightCodec, cfg: dict[str, Any]) -> dict[str, Any]:
     from levelsearch import minimize
 
     from .compress import (
@@ -76,8 +43,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
         lock_out,
         schedule_options,
     )
-    from .sparsity import dp_levels, owl_search, random_levels
-    from .weightsearch import export_levels, verify_levels_export
+    from .weightsearch import export_levels, random_levels, verify_levels_export
 
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
@@ -86,7 +52,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     out = Path(cfg["out"])
     timings: dict[str, float] = {}
     t_all = t0 = time.perf_counter()
-    problem = _problem(kind, cfg)
+    problem = codec.make_problem(cfg)
     timings["load_and_database"] = time.perf_counter() - t0
     check_journal_problem(out, problem)
     lock_out(cfg, out)
@@ -99,17 +65,12 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     uni = problem.uniform_levels()
     if uni is not None:
         base["uniform"] = uni
-    if kind == "sparsity":
-        t = time.perf_counter()
-        base["owl"], extra["owl"] = owl_search(problem, fidelity=fid, seed=seed)
-        secs["owl"] = time.perf_counter() - t
     t = time.perf_counter()
-    if kind == "joint":
-        from .joint import joint_dp_levels
-
-        base["dp"] = joint_dp_levels(problem, seed=seed)
-    else:
-        base["dp"] = dp_levels(problem)
+    for name, (levels, chosen) in codec.baselines(problem, fidelity=fid, seed=seed).items():
+        base[name], extra[name] = levels, chosen
+        secs[name] = time.perf_counter() - t
+        t = time.perf_counter()
+    base["dp"] = codec.dp_levels(problem, seed=seed)
     secs["dp"] = time.perf_counter() - t
     if uni is None:
         t = time.perf_counter()
@@ -128,7 +89,9 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
         start_name = "random"
     else:
         raise ValueError(f"start must be best-baseline, random or one of {', '.join(names)}; got {start!r}")
-    options = schedule_options(cfg["schedule"], problem.max_fidelity, cfg["offspring"], cfg["seq_len"])
+    options = schedule_options(
+        cfg["schedule"], problem.max_fidelity, cfg["offspring"], cfg["seq_len"], str(cfg["optimizer"])
+    )
     options["start"] = "random" if start_name == "random" else base[start_name]
     seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
     opt = _make_timed(
@@ -156,7 +119,6 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     cands = [None, best, *[base[n] for n in names]]
     report = problem.heldout_report(cands)
     timings["heldout"] = time.perf_counter() - t0
-    avg = problem.average_sparsity if kind == "sparsity" else problem.average_bits
     methods: dict[str, Any] = {}
     for i, name in enumerate(["evopress", *names]):
         lv = cands[i + 1]
@@ -165,11 +127,9 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
             **report[i + 1],
             "levels": lv.tolist(),
             "profile": problem.profile(lv).tolist(),
-            "average": avg(lv),
+            **codec.summary(problem, lv),
             "feasible": bool(problem.space.is_feasible(lv)),
         }
-        if kind == "joint":
-            entry["sparsity_bits"] = problem.sparsity_and_bits(lv)
         if name == "evopress":
             entry.update(
                 calibration_kl=float(result.best_value),
@@ -187,7 +147,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
         methods[name] = entry
     results: dict[str, Any] = {
         "model": cfg["model"],
-        "method": kind,
+        "method": codec.name,
         "target": float(cfg["target"]),
         "units": problem.unit_names,
         "database": {
@@ -208,6 +168,7 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
         {n: np.asarray(m["levels"]) for n, m in methods.items()},
         out / "profile.png",
         {n: m["heldout_ppl"] for n, m in methods.items()},
+        label=codec.profile_label,
     )
     if cfg["export"]:
         t0 = time.perf_counter()
@@ -220,25 +181,46 @@ def _run(kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def run_levels(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``--method NAME`` for a codec with a variant database (see the module docstring)."""
+    from .codecs import get_weight_codec
+
+    return _run(get_weight_codec(cfg["method"]), cfg)
+
+
 def run_sparsity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``--method sparsity`` (see the module docstring)."""
-    return _run("sparsity", cfg)
+    """``--method sparsity`` whatever ``cfg["method"]`` says (see the module docstring)."""
+    from .codecs import get_weight_codec
+
+    return _run(get_weight_codec("sparsity"), cfg)
 
 
 def run_quant(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``--method quant`` (see the module docstring)."""
-    return _run("quant", cfg)
+    """``--method quant`` whatever ``cfg["method"]`` says (see the module docstring)."""
+    from .codecs import get_weight_codec
+
+    return _run(get_weight_codec("quant"), cfg)
 
 
 def run_joint(cfg: dict[str, Any]) -> dict[str, Any]:
     """``--method joint``: ``--target`` is the memory budget in bits per weight (see :mod:`.joint`)."""
-    return _run("joint", cfg)
+    from .codecs import get_weight_codec
+
+    return _run(get_weight_codec("joint"), cfg)
 
 
 def plot_levels(
-    problem: Any, assignments: dict[str, np.ndarray], path: str | Path, ppl: dict[str, float] | None = None
+    problem: Any,
+    assignments: dict[str, np.ndarray],
+    path: str | Path,
+    ppl: dict[str, float] | None = None,
+    *,
+    label: str | None = None,
 ) -> Path:
-    """Per-layer sparsity or bit-width of each method, one panel per projection type, against layer index."""
+    """Per-layer profile (sparsity, bits ...) of each method, one panel per projection type, against layer index.
+
+    ``label`` names the profile's unit on the y axis (default: the problem's codec's :attr:`profile_label`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,7 +235,7 @@ def plot_levels(
             ax.plot(problem.unit_layer[idx], problem.profile(lv)[idx], lw=1, label=label)
         ax.set_title(kind, fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
-    axes[0][0].set_ylabel("sparsity" if problem.spec["kind"] == "sparsity" else "bits")
+    axes[0][0].set_ylabel(label if label is not None else problem.db.codec.profile_label)
     axes[0][-1].legend(fontsize=6)
     fig.suptitle("per-layer profile (held-out ppl)", fontsize=9)
     fig.tight_layout()

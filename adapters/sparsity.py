@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from levelsearch import LevelSpace, solve_additive
+from levelsearch import LevelSpace
 
 from .calibration import linear_units
-from .database import OWL_M_GRID
+from .codecs.sparsity import OWL_M_GRID
 from .models import DEFAULT_MODEL, load_model
-from .weightsearch import WeightLevelProblem
+from .weightsearch import WeightLevelProblem, dp_levels, random_levels
 
 __all__ = ["SparsityProblem", "sparsity_spec", "owl_levels", "owl_search", "dp_levels", "random_levels"]
 
@@ -166,7 +166,7 @@ def owl_levels(problem: SparsityProblem, lam: float, m: float, rng: np.random.Ge
     ``target − (D − mean D)``; every linear of a layer gets its layer's sparsity,
     rounded to the level grid and repaired to the exact budget.
     """
-    ratios = problem.db.owl_ratios(m)
+    ratios = {layer: stats[f"{m:g}"] for layer, stats in problem.db.statistics("owl").items()}
     r = np.array([ratios[i] for i in range(problem.map.n_layers)])
     span = r.max() - r.min()
     d = (r - r.min()) / span * 2 * lam if span > 0 else np.zeros_like(r)
@@ -192,17 +192,3 @@ def owl_search(
     kl, _ = problem.score(cands, "calibration", problem.search_pool.batch(fidelity, seed))
     best = int(np.argmin(kl))
     return cands[best], {"lambda": grid[best][0], "M": grid[best][1], "kl": float(kl[best])}
-
-
-def dp_levels(problem: WeightLevelProblem) -> np.ndarray:
-    """Knapsack DP on per-unit normalised output errors, assumed additive."""
-    errors = problem.unit_errors()
-    return solve_additive(problem.space, np.nan_to_num(errors, nan=np.inf))[0]
-
-
-def random_levels(problem: WeightLevelProblem, *, n: int = 16, fidelity: int = 2048, seed: int = 0) -> np.ndarray:
-    """Best of ``n`` random feasible assignments by KL on ``fidelity`` calibration tokens."""
-    rng = np.random.default_rng(seed)
-    cands = [problem.space.sample(rng) for _ in range(n)]
-    kl, _ = problem.score(cands, "calibration", problem.search_pool.batch(fidelity, seed))
-    return cands[int(np.argmin(kl))]

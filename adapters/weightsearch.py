@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from levelsearch import Problem, Request
+from levelsearch import Problem, Request, solve_additive
 
 from .data import TokenSet, calibration_and_heldout
 from .database import VariantDatabase, build_database, default_database_dir
 from .fitness import LayerRunner, Teacher, kl_topk, nll_next
 from .models import DEFAULT_MODEL, LayerMap, load_model, map_layers, save_model
 
-__all__ = ["WeightLevelProblem", "DENSE", "export_levels", "verify_levels_export"]
+__all__ = ["WeightLevelProblem", "DENSE", "dp_levels", "random_levels", "export_levels", "verify_levels_export"]
 
 DENSE = None  # a candidate standing for the uncompressed model in :meth:`WeightLevelProblem.score`
 
@@ -79,7 +79,7 @@ class WeightLevelProblem(Problem):
         self.model: Any
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
         self.map: LayerMap = map_layers(self.model)
-        self.settings = {
+        self.settings: dict[str, Any] = {
             "data": data,
             "seq_len": int(seq_len),
             "calibration_tokens": int(calibration_tokens),
@@ -280,38 +280,26 @@ def export_levels(
 ) -> Path:
     """Write the model at ``levels`` as a Hugging Face directory that loads with the stock architecture.
 
-    Pruned layers are written dense with their zeros; quantized layers as their dequantized
-    weights (the fp32 values the codes stand for). ``levelsearch_compression.json`` lists each
-    unit's level value (number of zeros or bit-width), its sparsity or bits, the database
-    spec and ``info``. The model held by ``problem`` is left at ``levels``.
+    Every unit is written as the dense weight its variant stands for (pruned layers with their
+    zeros, quantized ones as the fp32 values the codes stand for). ``levelsearch_compression.json``
+    lists each unit's level and what its codec records of it (zeros and sparsity, bits and group
+    size ...), how the weights were written, the database spec and ``info``. The model held by
+    ``problem`` is left at ``levels``.
     """
     lv = problem.space.validate(levels)
     problem.apply(lv)
     path = save_model(problem.model, problem.tokenizer, out)
+    codec = problem.db.codec
     per_unit: dict[str, Any] = {}
     for u, name in enumerate(problem.unit_names):
         value = problem.db.values(name)[int(lv[u])]
-        entry: dict[str, Any] = {"level": int(lv[u])}
-        if problem.spec["kind"] == "sparsity":
-            entry.update(zeros=int(value), sparsity=float(value / problem.numel[u]))
-        elif problem.spec["kind"] == "joint":
-            entry.update(
-                zeros=int(value[0]),
-                sparsity=float(value[0] / problem.numel[u]),
-                bits=int(value[1]),
-                group_size=problem.spec.get("group_size"),
-            )
-        else:
-            entry.update(bits=int(value), group_size=problem.spec.get("group_size"))
-        per_unit[name] = entry
+        per_unit[name] = {"level": int(lv[u]), **codec.export_entry(problem.spec, value, int(problem.numel[u]))}
     meta = {
         "kind": problem.spec["kind"],
         "spec": problem.spec,
         "units": per_unit,
         "levels": lv.tolist(),
-        "how": {"sparsity": "dense weights with zeros", "quant": "dequantized weights"}.get(
-            problem.spec["kind"], "dequantized weights, pruned ones exactly zero"
-        ),
+        "how": codec.export_how,
         **(info or {}),
     }
     (path / "levelsearch_compression.json").write_text(json.dumps(meta, indent=1))
@@ -331,3 +319,17 @@ def verify_levels_export(problem: WeightLevelProblem, levels: np.ndarray, out: s
     ref = problem.model(input_ids=ids, use_cache=False).logits.float()
     got = loaded(input_ids=ids, use_cache=False).logits.float()
     return float((ref - got).abs().max())
+
+
+def dp_levels(problem: WeightLevelProblem) -> np.ndarray:
+    """Knapsack DP on per-unit normalised output errors, assumed additive."""
+    errors = problem.unit_errors()
+    return solve_additive(problem.space, np.nan_to_num(errors, nan=np.inf))[0]
+
+
+def random_levels(problem: WeightLevelProblem, *, n: int = 16, fidelity: int = 2048, seed: int = 0) -> np.ndarray:
+    """Best of ``n`` random feasible assignments by KL on ``fidelity`` calibration tokens."""
+    rng = np.random.default_rng(seed)
+    cands = [problem.space.sample(rng) for _ in range(n)]
+    kl, _ = problem.score(cands, "calibration", problem.search_pool.batch(fidelity, seed))
+    return cands[int(np.argmin(kl))]

@@ -300,7 +300,7 @@ def test_joint_dp_prefers_the_lower_error_mix_to_the_worst_feasible_one(joint):
 
 
 def test_owl_gives_the_layer_with_more_outliers_the_lower_sparsity(sparse, monkeypatch):
-    monkeypatch.setattr(sparse.db, "owl_ratios", lambda m: {0: 0.2, 1: 0.01})
+    monkeypatch.setattr(sparse.db, "statistics", lambda name: {0: {"5": 0.2}, 1: {"5": 0.01}})
     lv = owl_levels(sparse, 0.1, 5.0, np.random.default_rng(0))
     prof, layer = sparse.profile(lv), sparse.unit_layer
     zeros = lambda i: (prof[layer == i] * sparse.numel[layer == i]).sum() / sparse.numel[layer == i].sum()  # noqa: E731

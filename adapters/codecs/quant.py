@@ -1,0 +1,92 @@
+"""The ``quant`` codec: a bit-width per linear layer (GPTQ or round-to-nearest, group-wise min–max grid).
+
+A level's value is a bit-width. A variant is stored as its integer codes packed to ``bits``
+bits plus per-group fp32 scales and uint8 zero points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import Settings, WeightCodec, problem_settings, target_in
+
+__all__ = ["QuantCodec", "encode_quantized", "decode_quantized"]
+
+
+def encode_quantized(q: Any) -> dict[str, Any]:
+    """A :class:`~levelsearch.adapters.kernels.grid.Quantized` as packed codes, scales and zero points."""
+    import torch
+
+    from ..kernels.grid import pack_codes
+
+    return {
+        "codes": torch.from_numpy(pack_codes(q.codes, q.bits)),
+        "scales": q.scales.to(torch.float32).cpu().contiguous(),
+        "zeros": q.zeros.cpu().contiguous(),
+    }
+
+
+def decode_quantized(bits: int, group_size: int | None, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
+    """The fp32 weight of a variant stored by :func:`encode_quantized`."""
+    from ..kernels.grid import Quantized, unpack_codes
+
+    codes = unpack_codes(part("codes").numpy(), bits, shape)
+    return Quantized(bits, group_size, codes, part("scales"), part("zeros")).dequantize()
+
+
+class QuantCodec(WeightCodec):
+    """Per-layer bit-widths (``--target`` = average bits per weight, e.g. 3 or 2.5)."""
+
+    name = "quant"
+    profile_label = "bits"
+    export_how = "dequantized weights"
+    example_target = 3.0
+    methods: ClassVar[tuple[str, ...]] = ("rtn", "gptq")
+
+    def check_spec(self, spec: dict[str, Any]) -> None:
+        if spec.get("method") not in self.methods:
+            raise ValueError(
+                f"quantization method must be one of {', '.join(self.methods)}, got {spec.get('method')!r}"
+            )
+        if not spec["bits"] or any(not 1 <= int(b) <= 8 for b in spec["bits"]):
+            raise ValueError("quantization spec needs bit-widths in 1..8")
+
+    def level_values(self, spec: dict[str, Any], numel: int) -> list[Any]:
+        return [int(b) for b in spec["bits"]]
+
+    def make_variants(self, spec: dict[str, Any], w: Any, h: Any, values: list[Any]) -> list[Any]:
+        gs = spec.get("group_size", 128)
+        if spec["method"] == "gptq":
+            from ..kernels.gptq import gptq_quantize
+
+            return gptq_quantize(w, h, values, group_size=gs, block_size=int(spec.get("block_size", 128)))
+        from ..kernels.rtn import rtn_quantize
+
+        return rtn_quantize(w, values, group_size=gs)
+
+    def keeps_level(self, spec: dict[str, Any], value: Any, variant: Any) -> bool:
+        return variant.bits == int(value) and int(variant.codes.max()) < 2 ** int(value)
+
+    def encode(self, variant: Any) -> dict[str, Any]:
+        return encode_quantized(variant)
+
+    def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
+        return decode_quantized(int(value), spec.get("group_size", 128), shape, part)
+
+    def dense(self, variant: Any) -> Any:
+        return variant.dequantize()
+
+    def export_entry(self, spec: dict[str, Any], value: Any, numel: int) -> dict[str, Any]:
+        return {"bits": int(value), "group_size": spec.get("group_size")}
+
+    def make_problem(self, settings: Settings) -> Any:
+        from ..quantization import QuantProblem
+
+        t = target_in(settings, 1.0, 8.0, "the average bits per weight (e.g. 3 or 2.5)")
+        return QuantProblem(settings["model"], target=t, **problem_settings(settings))
+
+    def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
+        return {"average": problem.average_bits(levels)}

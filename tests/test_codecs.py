@@ -1,0 +1,118 @@
+"""The codec contract: the registry, and a conformance suite every registered weight codec must pass."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from levelsearch.adapters.codecs import (  # noqa: E402
+    Codec,
+    WeightCodec,
+    available_codecs,
+    get_codec,
+    get_weight_codec,
+    register_codec,
+)
+from levelsearch.adapters.compress import DEFAULTS  # noqa: E402
+from levelsearch.adapters.models import save_model  # noqa: E402
+from levelsearch.adapters.weightsearch import export_levels, verify_levels_export  # noqa: E402
+from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
+
+pytestmark = pytest.mark.llm
+
+BUILT_IN = {"drop", "sparsity", "quant", "joint"}
+WEIGHT_CODECS = [n for n in available_codecs() if isinstance(get_codec(n), WeightCodec)]
+
+
+def test_every_built_in_compression_kind_is_a_registered_codec_under_its_name():
+    assert set(available_codecs()) >= BUILT_IN
+    for name in available_codecs():
+        codec = get_codec(name)
+        assert isinstance(codec, Codec) and codec.name == name and codec.flow.count(":") == 1
+
+
+def test_the_entry_point_group_declares_the_built_in_codecs():
+    assert {ep.name for ep in metadata.entry_points(group="levelsearch.codecs")} >= BUILT_IN
+
+
+def test_an_unknown_codec_is_a_sentence_listing_the_known_ones():
+    with pytest.raises(ValueError, match="available: drop, joint, quant, sparsity"):
+        get_codec("no-such-codec")
+
+
+def test_a_taken_name_cannot_be_registered_again():
+    with pytest.raises(ValueError, match="already registered"):
+        register_codec("sparsity", "somewhere:Else")
+
+
+def test_a_database_of_a_codec_without_variants_is_refused():
+    with pytest.raises(ValueError, match="database kind must be one of"):
+        get_weight_codec("drop")
+
+
+@pytest.fixture(scope="module")
+def problems(tmp_path_factory):
+    """One small problem per registered weight codec, built the way ``levelsearch compress`` builds it."""
+    model_dir = tmp_path_factory.mktemp("tiny") / "llama"
+    save_model(tiny_llama(n_layers=2), byte_tokenizer(), model_dir)
+    out = {}
+    for name in WEIGHT_CODECS:
+        codec = get_codec(name)
+        settings = {
+            **DEFAULTS,
+            "model": str(model_dir),
+            "method": name,
+            "target": codec.example_target,
+            "seq_len": 32,
+            "calibration_tokens": 128,
+            "heldout_tokens": 64,
+            "top_k": 16,
+            "progress": False,
+            "database": str(tmp_path_factory.mktemp(f"db-{name}")),
+        }
+        out[name] = codec.make_problem(settings)
+    return out
+
+
+@pytest.mark.parametrize("name", WEIGHT_CODECS)
+def test_every_variant_keeps_its_level_and_decodes_to_the_weight_it_stands_for(name, problems):
+    codec, problem = get_weight_codec(name), problems[name]
+    g = torch.Generator().manual_seed(0)
+    for unit in (0, len(problem.unit_names) - 1):
+        w = problem._dense[unit].to(torch.float32)
+        x = torch.randn(256, w.shape[1], generator=g)
+        h = 2 * x.T @ x / x.shape[0]
+        values = problem.db.values(problem.unit_names[unit])
+        variants = codec.make_variants(problem.spec, w, h, values)
+        assert len(variants) == len(values)
+        for value, var in zip(values, variants):
+            assert codec.keeps_level(problem.spec, value, var), (unit, value)
+            parts = codec.encode(var)
+            back = codec.decode(problem.spec, value, tuple(w.shape), parts.__getitem__)
+            dense = codec.dense(var)
+            assert torch.equal(back == 0, dense == 0)
+            assert torch.allclose(back, dense, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", WEIGHT_CODECS)
+def test_applying_an_assignment_then_dense_leaves_the_model_bit_identical(name, problems):
+    problem = problems[name]
+    before = {k: v.clone() for k, v in problem.model.state_dict().items()}
+    problem.apply(problem.space.sample(np.random.default_rng(0)))
+    problem.apply(None)
+    after = problem.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("name", WEIGHT_CODECS)
+def test_an_export_reloads_to_the_searched_logits(name, problems, tmp_path):
+    problem = problems[name]
+    levels = problem.space.sample(np.random.default_rng(1))
+    path = export_levels(problem, levels, tmp_path / "model")
+    assert verify_levels_export(problem, levels, path) < 1e-4
+    problem.apply(None)
