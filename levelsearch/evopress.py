@@ -334,7 +334,9 @@ class EvoPress(ReferenceEvoPress):
       mutants and evaluates the ``offspring`` the surrogate ranks best (a fraction
       ``explore`` of them at random); the surrogate chooses whom to evaluate, never who
       survives;
-    - **no repeats**: an assignment that lost a final step is not proposed again.
+    - **no repeats** (``no_repeats``): an assignment that lost a final step is not proposed
+      again (``"auto"``: when the final step's values are exact, i.e. its fidelity is ``None``;
+      a noisy loser may deserve another try).
 
     Deterministic given the seed and the values told (resume replays the surrogate's fit).
 
@@ -353,6 +355,7 @@ class EvoPress(ReferenceEvoPress):
             prior when none is given (default true; what measuring them costs is the problem's).
         probe: ``"auto"`` (default: as above), ``True`` or ``False``.
         budget: the run's evaluation budget, if known (``levelsearch bench`` passes it).
+        no_repeats: ``"auto"`` (default), ``True`` or ``False`` (see above).
     """
 
     wants_unit_errors = True
@@ -382,6 +385,7 @@ class EvoPress(ReferenceEvoPress):
         use_unit_errors: bool = True,
         probe: bool | str = "auto",
         budget: int | None = None,
+        no_repeats: bool | str = "auto",
         **options: Any,
     ) -> None:
         super().__init__(space, **options)
@@ -411,6 +415,10 @@ class EvoPress(ReferenceEvoPress):
         self.surrogate: AdditiveSurrogate | None = None
         self._jump_ok = True
         self._lost: set[bytes] = set()  # assignments that lost a final step
+        if no_repeats not in (True, False, "auto"):
+            raise ValueError(f"no_repeats must be true, false or 'auto', got {no_repeats!r}")
+        # "auto": only when the final step's value is exact (the full data); a noisy loser may deserve another try
+        self.no_repeats = no_repeats is True or (no_repeats == "auto" and self.steps[-1].fidelity is None)
         self._sample: int | None = None
         self.surrogate_seconds = 0.0
         self._has_prior = False
@@ -476,7 +484,7 @@ class EvoPress(ReferenceEvoPress):
         informed = sur is not None and (sur.n_rows > 0 or self._has_prior)
         kids: list[np.ndarray] = []
         seen = {self.parent.tobytes()}
-        lost = self._lost
+        lost = self._lost if self.no_repeats else set()
         jump = self._jump_candidate()
         if jump is not None and jump.tobytes() not in seen and jump.tobytes() not in lost:
             kids.append(jump)
