@@ -117,7 +117,8 @@ def schedule_options(
             "max_switches": 3,
         }
         if optimizer == "evopress":
-            opts.update(offspring=8, screen=8)
+            # the final step sees the whole pool: its values are exact, a loser is not retried
+            opts.update(offspring=8, screen=8, no_repeats=True)
     elif name in ("drop", "super-fast"):
         opts = {k: v for k, v in PRESETS[name].items()}
     else:
@@ -240,9 +241,9 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     for which in ("calibration", "heldout"):
         cached = Teacher.load(cache / f"teacher-{which}.safetensors", tag)
         if cached is not None:
-            problem._teachers[which] = cached
+            problem.use_teacher(which, cached)
             from_cache.add(which)
-    if "calibration" not in problem._teachers:
+    if not problem.has_teacher("calibration"):
         problem.teacher("calibration").save(cache / "teacher-calibration.safetensors", tag)
     timings["teacher"] = time.perf_counter() - t0
     _say(cfg, f"dense teacher in {timings['teacher']:.1f} s")

@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from levelsearch import LevelSpace, Problem, Request
+from levelsearch import LevelSpace, Request
 
-from .data import TokenSet, calibration_and_heldout
-from .fitness import ActivationStore, LayerRunner, Teacher, kl_topk, nll_next
-from .models import DEFAULT_MODEL, LayerMap, load_model, map_layers
+from .data import TokenSet
+from .fitness import ActivationStore, kl_topk, nll_next
+from .layerwise import LayerwiseProblem
+from .models import DEFAULT_MODEL
 
 __all__ = ["DropProblem", "drop_space"]
 
@@ -66,7 +67,7 @@ def drop_space(n_layers: int, target: float, *, whole_blocks: bool = False, budg
     return LevelSpace(2, n_units=2 * n_layers, total=k, groups=["attn", "mlp"] * n_layers)
 
 
-class DropProblem(Problem):
+class DropProblem(LayerwiseProblem):
     """Search which sub-blocks of a causal LM to drop (see the module docstring).
 
     Args:
@@ -91,7 +92,6 @@ class DropProblem(Problem):
     """
 
     name = "llm-drop"
-    uses_fidelity = True
 
     def __init__(
         self,
@@ -113,42 +113,22 @@ class DropProblem(Problem):
         seed: int = 0,
         loaded: tuple[Any, Any] | None = None,
     ) -> None:
-        if threads is not None:
-            torch.set_num_threads(int(threads))
-        self.model_name = str(model)
-        self.model: Any
-        self.tokenizer: Any
-        self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
-        self.map: LayerMap = map_layers(self.model)
+        self._load(model, loaded, device=device, dtype=dtype, threads=threads)
         self.whole_blocks = bool(whole_blocks)
         space = drop_space(self.map.n_layers, target, whole_blocks=whole_blocks, budget=budget)
         super().__init__(space)
         self.target, self.budget = float(target), budget
-        self.settings = {
-            "data": data,
-            "seq_len": int(seq_len),
-            "calibration_tokens": int(calibration_tokens),
-            "heldout_tokens": int(heldout_tokens),
-            "top_k": int(top_k),
-            "seed": int(seed),
-        }
-        self.calibration, self.heldout = calibration_and_heldout(
-            self.tokenizer,
+        self._data(
             data,
             seq_len=seq_len,
             calibration_tokens=calibration_tokens,
             heldout_tokens=heldout_tokens,
+            top_k=top_k,
             seed=seed,
+            chunk_tokens=chunk_tokens,
         )
-        from .integrity import content_fingerprint
-
-        # the weights' and the token sets' fingerprint: part of describe(), so of every cache tag and journal
-        self.content = content_fingerprint(self.model, self.calibration, self.heldout)
         self.max_fidelity = self.calibration.n_tokens
-        self.top_k = int(top_k)
-        self.runner = LayerRunner(self.model, self.map, chunk_tokens=chunk_tokens)
         self.store = ActivationStore(anchor_variants)
-        self._teachers: dict[str, Teacher] = {}
         self._memo: dict[bytes, float] = {}
         self._seq_kl: dict[tuple[Any, int], float] = {}  # (layer keys, sequence) -> KL summed over its tokens
         self._unit_errors: np.ndarray | None = None
@@ -199,21 +179,8 @@ class DropProblem(Problem):
 
         return apply
 
-    def teacher(self, which: str = "calibration") -> Teacher:
-        """The dense teacher over the calibration pool or the held-out set (computed once)."""
-        if which not in self._teachers:
-            ts = self.calibration if which == "calibration" else self.heldout
-            dense = [(0, 0)] * self.map.n_layers
-
-            def logits_fn(ids: torch.Tensor) -> torch.Tensor:
-                out: list[torch.Tensor] = []
-                kw = self.runner.layer_kwargs(ids)
-                self.runner.run_shared(ids, [dense], self._layer_fn(kw), lambda h, c: out.append(self.runner.logits(h)))
-                return out[0]
-
-            per = max(1, self.runner.chunk_tokens // ts.seq_len)
-            self._teachers[which] = Teacher.from_logits_fn(ts.tokens, logits_fn, self.top_k, per)
-        return self._teachers[which]
+    def dense_keys(self) -> list[tuple[int, int]]:
+        return [(0, 0)] * self.map.n_layers
 
     def score(
         self,
@@ -262,8 +229,7 @@ class DropProblem(Problem):
                 run = [
                     c
                     for c in run
-                    if any((keys[c], r) not in memo for r in row_list)
-                    or (use_store and not self.store.has(keys[c]))
+                    if any((keys[c], r) not in memo for r in row_list) or (use_store and not self.store.has(keys[c]))
                 ]
                 for c in set(range(len(candidates))) - set(run):
                     kl_sum[c] += sum(memo[(keys[c], r)] for r in row_list)
@@ -310,9 +276,6 @@ class DropProblem(Problem):
         kl_mean = kl_sum / max(1, n_kl)
         nll_mean = nll_sum / max(1, n_nll) if with_nll else np.full(len(candidates), np.nan)
         return kl_mean, nll_mean
-
-    def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
-        return self.evaluate_many([Request(np.asarray(levels, dtype=np.int64), fidelity, sample)])[0]
 
     def evaluate_many(self, requests: Sequence[Request]) -> list[float]:
         """Values of a batch; requests sharing ``(fidelity, sample)`` are run together (see module docstring)."""
@@ -361,13 +324,6 @@ class DropProblem(Problem):
     def remember(self, levels: np.ndarray, value: float) -> None:
         """Record the full-pool value of ``levels`` (e.g. read back from a results cache)."""
         self._memo[np.asarray(levels, dtype=np.int64).tobytes()] = float(value)
-
-    def identity_hash(self) -> str:
-        """A short hash of :meth:`describe` (names cache files that belong to this exact problem)."""
-        import hashlib
-        import json
-
-        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ measurements for heuristics
     @torch.inference_mode()

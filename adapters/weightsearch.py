@@ -22,19 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from levelsearch import Problem, Request, solve_additive
+from levelsearch import Request, solve_additive
 
-from .data import TokenSet, calibration_and_heldout
+from .data import TokenSet
 from .database import VariantDatabase, build_database, default_database_dir
-from .fitness import LayerRunner, Teacher, kl_topk, nll_next
-from .models import DEFAULT_MODEL, LayerMap, load_model, map_layers, save_model
+from .fitness import kl_topk, nll_next
+from .layerwise import LayerwiseProblem
+from .models import DEFAULT_MODEL, save_model
 
 __all__ = ["WeightLevelProblem", "DENSE", "dp_levels", "random_levels", "export_levels", "verify_levels_export"]
 
 DENSE = None  # a candidate standing for the uncompressed model in :meth:`WeightLevelProblem.score`
 
 
-class WeightLevelProblem(Problem):
+class WeightLevelProblem(LayerwiseProblem):
     """Base class; subclasses give the database spec and build the level space.
 
     Args (shared by ``llm-sparsity`` and ``llm-quant``):
@@ -51,8 +52,6 @@ class WeightLevelProblem(Problem):
             pool (default: all); the database's Hessians always use the whole pool.
         loaded: an already loaded ``(model, tokenizer)`` (tests, notebooks).
     """
-
-    uses_fidelity = True
 
     def _setup(
         self,
@@ -73,32 +72,18 @@ class WeightLevelProblem(Problem):
         loaded: tuple[Any, Any] | None,
         search_tokens: int | None = None,
     ) -> None:
-        if threads is not None:
-            torch.set_num_threads(int(threads))
-        self.model_name = str(model or DEFAULT_MODEL)
-        self.model: Any
-        self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
-        self.map: LayerMap = map_layers(self.model)
-        self.settings: dict[str, Any] = {
-            "data": data,
-            "seq_len": int(seq_len),
-            "calibration_tokens": int(calibration_tokens),
-            "heldout_tokens": int(heldout_tokens),
-            "top_k": int(top_k),
-            "seed": int(seed),
-        }
-        self.calibration, self.heldout = calibration_and_heldout(
-            self.tokenizer,
+        self._load(model or DEFAULT_MODEL, loaded, device=device, dtype=dtype, threads=threads)
+        self._data(
             data,
             seq_len=seq_len,
             calibration_tokens=calibration_tokens,
             heldout_tokens=heldout_tokens,
+            top_k=top_k,
             seed=seed,
+            chunk_tokens=chunk_tokens,
         )
-        from .integrity import content_fingerprint, tokens_fingerprint
+        from .integrity import tokens_fingerprint
 
-        # the weights' and the token sets' fingerprint: part of describe(), so of every cache tag and journal
-        self.content = content_fingerprint(self.model, self.calibration, self.heldout)
         self.settings["content"] = self.content  # subclasses' describe() spreads the settings
         # fitness draws from the first ``search_tokens`` tokens of the pool; the Hessians use all of it
         self.search_pool = self.calibration
@@ -133,9 +118,6 @@ class WeightLevelProblem(Problem):
         self.numel = np.array([m.weight.numel() for m in self.modules], dtype=np.int64)
         self._dense = [m.weight.detach().to("cpu", copy=True) for m in self.modules]
         self._dense_now = np.ones(len(self.modules), dtype=bool)
-        self.top_k = int(top_k)
-        self.runner = LayerRunner(self.model, self.map, chunk_tokens=chunk_tokens)
-        self._teachers: dict[str, Teacher] = {}
         for which in ("calibration", "heldout"):
             self.teacher(which)  # on the dense weights, before anything is swapped in
         self._memo: dict[bytes, float] = {}
@@ -170,21 +152,11 @@ class WeightLevelProblem(Problem):
         return apply
 
     # ------------------------------------------------------------------ fitness
-    def teacher(self, which: str = "calibration") -> Teacher:
-        """The dense teacher over the calibration pool or the held-out set (computed once)."""
-        if which not in self._teachers:
-            ts = self.search_pool if which == "calibration" else self.heldout
-            dense = [None] * self.map.n_layers
+    def dense_keys(self) -> list[None]:
+        return [DENSE] * self.map.n_layers
 
-            def logits_fn(ids: torch.Tensor) -> torch.Tensor:
-                out: list[torch.Tensor] = []
-                kw = self.runner.layer_kwargs(ids)
-                self.runner.run_shared(ids, [dense], self._layer_fn(kw), lambda h, c: out.append(self.runner.logits(h)))
-                return out[0]
-
-            per = max(1, self.runner.chunk_tokens // ts.seq_len)
-            self._teachers[which] = Teacher.from_logits_fn(ts.tokens, logits_fn, self.top_k, per)
-        return self._teachers[which]
+    def token_set(self, which: str) -> TokenSet:
+        return self.search_pool if which == "calibration" else self.heldout
 
     def score(
         self,
@@ -225,9 +197,6 @@ class WeightLevelProblem(Problem):
             n_nll += ids.shape[0] * (ids.shape[1] - 1)
         nll_mean = nll_sum / max(1, n_nll) if with_nll else np.full(len(candidates), np.nan)
         return kl_sum / max(1, n_kl), nll_mean
-
-    def evaluate(self, levels: np.ndarray, fidelity: int | None = None, sample: int | None = None) -> float:
-        return self.evaluate_many([Request(np.asarray(levels, dtype=np.int64), fidelity, sample)])[0]
 
     def evaluate_many(self, requests: Sequence[Request]) -> list[float]:
         """KL of a batch; requests sharing ``(fidelity, sample)`` run together as one prefix tree."""
