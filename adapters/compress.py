@@ -40,11 +40,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .pipeline import (
+    check_journal_problem,
+    check_numbers,
+    check_out,
+    evopress_entry,
+    export_and_write,
+    jsonable,
+    lock_out,
+    say,
+    search,
+)
 
 __all__ = ["DEFAULTS", "METHODS", "add_parser", "register_method", "run_compress", "run_drop", "schedule_options"]
 
@@ -151,65 +162,14 @@ def _validate(cfg: dict[str, Any]) -> None:
         )
 
 
-def check_numbers(cfg: dict[str, Any]) -> None:
-    """Token counts, generations and minutes: finite, positive and below sane limits (before the model loads)."""
-    for key in ("calibration_tokens", "heldout_tokens", "seq_len", "generations", "top_k", "heuristic_tokens"):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**9:
-            raise ValueError(f"{key} must be a positive integer (at most 1e9), got {v!r}")
-    m = cfg.get("search_minutes")
-    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1e6):
-        raise ValueError(f"search_minutes must be a positive number of minutes (finite, at most 1e6), got {m!r}")
-    if cfg["calibration_tokens"] < cfg["seq_len"]:
-        raise ValueError("calibration_tokens must hold at least one sequence of seq_len tokens")
-
-
-def check_out(out: Any) -> None:
-    """``--out`` must be a directory or not exist yet: an existing file is refused before the model loads."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"--out {p} is an existing file, not a directory; choose a directory with --out")
-
-
-def lock_out(cfg: dict[str, Any], out: Path) -> None:
-    """Create ``out`` and lock it before anything is written into it (released by :func:`run_compress`).
-
-    A second ``compress`` into the same directory is refused (one line) while the first runs.
-    """
-    from levelsearch.runner import DirectoryLock
-
-    out.mkdir(parents=True, exist_ok=True)
-    cfg["_lock"] = DirectoryLock(out)
-
-
-def check_journal_problem(out: Any, problem: Any) -> None:
-    """Refuse ``out`` when its journal was written for another problem (other weights, data or
-    settings), before any cache in it is read or rebuilt: one line."""
-    path = Path(out) / "journal.db"
-    if not path.exists():
-        return
-    from levelsearch import Journal
-
-    with Journal(path, readonly=True) as jr:
-        stored = (jr.meta("identity") or {}).get("problem")
-    want = json.loads(json.dumps(problem.describe(), sort_keys=True, default=str))
-    if stored != want:
-        what = "model weights or data" if (stored or {}).get("content") != want.get("content") else "settings"
-        raise ValueError(
-            f"{out} holds a run of another problem (its {what} differ: the content fingerprint is part of the "
-            "run's identity); choose a new --out"
-        )
-
-
 # ---------------------------------------------------------------------- the drop method
 def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     """Search, compare and export a sub-block dropping profile (see the module docstring)."""
     import numpy as np
 
-    from levelsearch import Request, minimize
+    from levelsearch import Request
 
     from .codecs import get_codec
-    from .export import export_dropped, verify_export
     from .fitness import Teacher
     from .heuristics import run_heuristics
     from .plots import plot_profile
@@ -225,7 +185,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"], str(cfg["optimizer"])
     )
     timings["load"] = time.perf_counter() - t0
-    _say(
+    say(
         cfg,
         f"loaded {cfg['model']} in {timings['load']:.1f} s; {problem.space.n_units} units, "
         f"calibration pool {problem.calibration.n_tokens} tokens, held-out {problem.heldout.n_tokens} tokens",
@@ -246,7 +206,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     if not problem.has_teacher("calibration"):
         problem.teacher("calibration").save(cache / "teacher-calibration.safetensors", tag)
     timings["teacher"] = time.perf_counter() - t0
-    _say(cfg, f"dense teacher in {timings['teacher']:.1f} s")
+    say(cfg, f"dense teacher in {timings['teacher']:.1f} s")
 
     t0 = time.perf_counter()
     heur_file = cache / "heuristics.json"
@@ -263,7 +223,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     names = list(heur)
     cal = [heur[n]["calibration_kl"] for n in names]
     timings["heuristics"] = time.perf_counter() - t0
-    _say(
+    say(
         cfg,
         f"heuristics in {timings['heuristics']:.1f} s: "
         + ", ".join(f"{n} KL {heur[n]['calibration_kl']:.4f}" for n in names),
@@ -271,32 +231,10 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
 
     start_name, start = _choose_start(cfg["start"], heur, names, cal)
     options["start"] = start
-    seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
-    opt = _make_timed(
-        problem.space,
-        optimizer=str(cfg["optimizer"]),
-        seed=int(cfg["seed"]),
-        max_generations=int(cfg["generations"]),
-        seconds=seconds,
-        **options,
-    )
     t0 = time.perf_counter()
-    ident = {
-        "schedule": cfg["schedule"],
-        "optimizer": cfg["optimizer"],
-        "options": _jsonable(options),
-        "start": start_name,
-    }
-    bar: Any = _GenerationBar(opt, int(cfg["generations"])) if cfg["progress"] else False
-    try:
-        result = minimize(
-            problem, optimizer=opt, journal=out / "journal.db", identity=ident, progress=bar, seed=int(cfg["seed"])
-        )
-    finally:
-        if bar:
-            bar.close()
+    result, opt = search(problem, cfg, options, start_name, out)
     timings["search"] = time.perf_counter() - t0
-    _say(
+    say(
         cfg,
         f"EvoPress from {start_name}: {opt.generation} generations in {timings['search']:.1f} s, "
         f"calibration KL {result.best_value:.4f}",
@@ -310,25 +248,14 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
     timings["heldout"] = time.perf_counter() - t0
     if "heldout" not in from_cache:
         problem.teacher("heldout").save(cache / "teacher-heldout.safetensors", tag)
-    _say(cfg, f"held-out evaluation of {len(cands)} models in {timings['heldout']:.1f} s")
+    say(cfg, f"held-out evaluation of {len(cands)} models in {timings['heldout']:.1f} s")
 
     methods: dict[str, Any] = {}
     for i, name in enumerate(["evopress", *names]):
         lv = cands[i + 1]
         entry = {**report[i + 1], **codec.summary(problem, lv), "levels": lv.tolist()}
         if name == "evopress":
-            entry.update(
-                {
-                    "calibration_kl": float(result.best_value),
-                    "evaluations": int(result.n_evaluations),
-                    "tokens": float(result.cost),
-                    "generations": int(opt.generation),
-                    "seconds": timings["search"],
-                    "start": start_name,
-                    "stopped_by": result.stopped_by,
-                    "replayed_evaluations": int(result.n_replayed),
-                }
-            )
+            entry.update(evopress_entry(result, opt, timings["search"], start_name))
         else:
             entry.update(
                 {
@@ -346,7 +273,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         "whole_blocks": bool(cfg["whole_blocks"]),
         "units": problem.unit_names(),
         "space": problem.space.to_dict(),
-        "schedule": {"name": cfg["schedule"], **_jsonable(options)},
+        "schedule": {"name": cfg["schedule"], **jsonable(options)},
         "calibration_tokens": problem.calibration.n_tokens,
         "heldout_tokens": problem.heldout.n_tokens,
         "teacher_bytes": problem.teacher("calibration").nbytes,
@@ -355,15 +282,7 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
         "best_heuristic": min(names, key=lambda n: methods[n]["heldout_ppl"]) if names else None,
     }
     plot_profile(problem, {n: np.asarray(m["levels"]) for n, m in methods.items()}, out / "profile.png")
-    if cfg["export"]:
-        t0 = time.perf_counter()
-        path = export_dropped(problem, best, out / "model", {"heldout_ppl": methods["evopress"]["heldout_ppl"]})
-        results["export"] = {"dir": str(path), "max_abs_logit_diff": verify_export(problem, best, path)}
-        timings["export"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    results["timings"] = timings
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    return export_and_write(codec, problem, best, results, timings, t_all, cfg)
 
 
 def _write_heuristics(path: Path, key: dict[str, Any], heur: dict[str, Any]) -> None:
@@ -372,7 +291,7 @@ def _write_heuristics(path: Path, key: dict[str, Any], heur: dict[str, Any]) -> 
 
     from .integrity import json_checksum
 
-    body = {"key": _jsonable(key), "heuristics": _jsonable(heur)}
+    body = {"key": jsonable(key), "heuristics": jsonable(heur)}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({**body, "sha256": json_checksum(body)}))
     os.replace(tmp, path)
@@ -401,35 +320,10 @@ def _read_heuristics(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     if not ok:
         say_rebuild(path, "fails its checksum (edited or corrupted)")
         return None
-    if data["key"] != _jsonable(key):
+    if data["key"] != jsonable(key):
         say_rebuild(path, "was made for another model, data or settings")
         return None
     return {n: {**h, "levels": np.asarray(h["levels"], dtype=np.int64)} for n, h in data["heuristics"].items()}
-
-
-def _say(cfg: dict[str, Any], msg: str) -> None:
-    if cfg["progress"]:
-        print(f"levelsearch compress: {msg}", file=sys.stderr, flush=True)
-
-
-class _GenerationBar:
-    """A tqdm bar over EvoPress generations showing the parent's calibration KL."""
-
-    def __init__(self, opt: Any, total: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.opt = opt
-        self.bar = tqdm(total=total, unit="gen", dynamic_ncols=True, desc="EvoPress")
-        self.seen = 0
-
-    def __call__(self, n: int, cost: float, best: float) -> None:
-        if self.opt.generation > self.seen:
-            self.bar.update(self.opt.generation - self.seen)
-            self.seen = self.opt.generation
-            self.bar.set_postfix(kl=f"{self.opt.parent_value:.4f}", evals=n)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _choose_start(start: Any, heur: dict[str, Any], names: list[str], cal: list[float]) -> tuple[str, Any]:
@@ -444,44 +338,6 @@ def _choose_start(start: Any, heur: dict[str, Any], names: list[str], cal: list[
     if start in heur:
         return f"heuristic:{start}", heur[start]["levels"]
     raise ValueError(f"start must be best-heuristic, random or one of {', '.join(names)}; got {start!r}")
-
-
-def _jsonable(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _timed_evopress(name: str = "evopress") -> type:
-    from levelsearch import get_optimizer
-
-    if name not in ("evopress", "evopress-ref"):
-        raise ValueError(f"--optimizer must be evopress (default) or evopress-ref (the reference), got {name!r}")
-    base = get_optimizer(name)
-
-    class TimedEvoPress(base):  # type: ignore[valid-type,misc]
-        """EvoPress that also stops once ``seconds`` of wall time have passed since it was built."""
-
-        def __init__(self, space: Any, *, seconds: float | None = None, **kw: Any) -> None:
-            super().__init__(space, **kw)
-            self._deadline = None if seconds is None else time.monotonic() + float(seconds)
-
-        def stop(self) -> bool:
-            return super().stop() or (self._deadline is not None and time.monotonic() > self._deadline)
-
-    return TimedEvoPress
-
-
-def _make_timed(space: Any, *, optimizer: str = "evopress", **kw: Any) -> Any:
-    return _timed_evopress(optimizer)(space, **kw)
 
 
 # ---------------------------------------------------------------------- CLI

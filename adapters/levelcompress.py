@@ -18,7 +18,6 @@ Same flow and settings as the ``drop`` method of :mod:`levelsearch.adapters.comp
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,30 +31,21 @@ __all__ = ["run_levels", "run_sparsity", "run_quant", "run_joint", "plot_levels"
 
 
 def _run(codec: WeightCodec, cfg: dict[str, Any]) -> dict[str, Any]:
-    from levelsearch import minimize
-
-    from .compress import (
-        _jsonable,
-        _make_timed,
-        check_journal_problem,
-        check_numbers,
-        check_out,
-        lock_out,
-        schedule_options,
-    )
-    from .weightsearch import export_levels, random_levels, verify_levels_export
+    from . import pipeline as step
+    from .compress import schedule_options
+    from .weightsearch import random_levels
 
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
-    check_out(cfg["out"])  # before the model loads
-    check_numbers(cfg)
+    step.check_out(cfg["out"])  # before the model loads
+    step.check_numbers(cfg)
     out = Path(cfg["out"])
     timings: dict[str, float] = {}
     t_all = t0 = time.perf_counter()
     problem = codec.make_problem(cfg)
     timings["load_and_database"] = time.perf_counter() - t0
-    check_journal_problem(out, problem)
-    lock_out(cfg, out)
+    step.check_journal_problem(out, problem)
+    step.lock_out(cfg, out)
     seed = int(cfg["seed"])
     fid = min(int(cfg["heuristic_tokens"]), problem.max_fidelity)
     base: dict[str, np.ndarray] = {}
@@ -93,25 +83,8 @@ def _run(codec: WeightCodec, cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["schedule"], problem.max_fidelity, cfg["offspring"], cfg["seq_len"], str(cfg["optimizer"])
     )
     options["start"] = "random" if start_name == "random" else base[start_name]
-    seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
-    opt = _make_timed(
-        problem.space,
-        optimizer=str(cfg["optimizer"]),
-        seed=seed,
-        max_generations=int(cfg["generations"]),
-        seconds=seconds,
-        **options,
-    )
     t0 = time.perf_counter()
-    ident = {
-        "schedule": cfg["schedule"],
-        "optimizer": cfg["optimizer"],
-        "options": _jsonable(options),
-        "start": start_name,
-    }
-    result = minimize(
-        problem, optimizer=opt, journal=out / "journal.db", identity=ident, progress=bool(cfg["progress"]), seed=seed
-    )
+    result, opt = step.search(problem, cfg, options, start_name, out)
     timings["search"] = time.perf_counter() - t0
     best = np.asarray(result.best_levels, dtype=np.int64)
 
@@ -131,15 +104,7 @@ def _run(codec: WeightCodec, cfg: dict[str, Any]) -> dict[str, Any]:
             "feasible": bool(problem.space.is_feasible(lv)),
         }
         if name == "evopress":
-            entry.update(
-                calibration_kl=float(result.best_value),
-                evaluations=int(result.n_evaluations),
-                tokens=float(result.cost),
-                generations=int(opt.generation),
-                seconds=timings["search"],
-                start=start_name,
-                stopped_by=result.stopped_by,
-            )
+            entry.update(step.evopress_entry(result, opt, timings["search"], start_name))
         else:
             entry.update(
                 calibration_kl=float(cal[names.index(name)]), seconds=secs.get(name, 0.0), **extra.get(name, {})
@@ -156,7 +121,7 @@ def _run(codec: WeightCodec, cfg: dict[str, Any]) -> dict[str, Any]:
             "spec": problem.spec,
             "build_seconds": problem.db.manifest["build_seconds"],
         },
-        "schedule": {"name": cfg["schedule"], **_jsonable(options)},
+        "schedule": {"name": cfg["schedule"], **step.jsonable(options)},
         "calibration_tokens": problem.calibration.n_tokens,
         "search_tokens": problem.max_fidelity,
         "heldout_tokens": problem.heldout.n_tokens,
@@ -170,15 +135,7 @@ def _run(codec: WeightCodec, cfg: dict[str, Any]) -> dict[str, Any]:
         {n: m["heldout_ppl"] for n, m in methods.items()},
         label=codec.profile_label,
     )
-    if cfg["export"]:
-        t0 = time.perf_counter()
-        path = export_levels(problem, best, out / "model", {"heldout_ppl": methods["evopress"]["heldout_ppl"]})
-        results["export"] = {"dir": str(path), "max_abs_logit_diff": verify_levels_export(problem, best, path)}
-        timings["export"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    results["timings"] = timings
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
-    return results
+    return step.export_and_write(codec, problem, best, results, timings, t_all, cfg)
 
 
 def run_levels(cfg: dict[str, Any]) -> dict[str, Any]:

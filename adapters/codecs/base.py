@@ -76,6 +76,14 @@ class Codec(ABC):
         """What a report says of an assignment besides its levels and profile (e.g. ``average``)."""
         return {}
 
+    @abstractmethod
+    def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
+        """Write ``problem``'s model at ``levels`` as a directory the stock engines load; returns its path."""
+
+    @abstractmethod
+    def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
+        """Largest absolute logit difference between the exported directory and ``problem``'s model at ``levels``."""
+
 
 class WeightCodec(Codec):
     """A codec whose variants of a linear layer are precomputed into a variant database."""
@@ -83,6 +91,17 @@ class WeightCodec(Codec):
     flow: ClassVar[str] = "levelsearch.adapters.levelcompress:run_levels"
     #: how an exported unit's weight is written (``levelsearch_compression.json``'s ``how``)
     export_how: ClassVar[str] = "dense weights"
+
+    def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
+        """Every unit written as the dense weight its variant stands for, plus ``levelsearch_compression.json``."""
+        from ..weightsearch import export_levels
+
+        return export_levels(problem, levels, out, info)
+
+    def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
+        from ..weightsearch import verify_levels_export
+
+        return verify_levels_export(problem, levels, path)
 
     def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
         """The DP baseline: knapsack on the problem's per-unit errors (assumed additive)."""

@@ -37,6 +37,17 @@ class DropCodec(Codec):
             **model_and_data_settings(settings),
         )
 
+    def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
+        """The model with the dropped sub-blocks' output projections zeroed (loads with the stock architecture)."""
+        from ..export import export_dropped
+
+        return export_dropped(problem, levels, out, info)
+
+    def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
+        from ..export import verify_export
+
+        return verify_export(problem, levels, path)
+
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
         attn, mlp = problem.dropped_modules(levels)
         return {"dropped": {"attention": attn, "mlp": mlp}}
