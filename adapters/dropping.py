@@ -75,20 +75,12 @@ class DropProblem(LayerwiseProblem):
         target: fraction of sub-blocks (or blocks) to drop, in (0, 1); default 0.25.
         whole_blocks: units are whole decoder layers instead of attention/MLP sub-blocks.
         budget: ``"per-type"`` (k attention + k MLP) or ``"total"`` (see :func:`drop_space`).
-        data: documents for calibration and held-out sets (default: ``pydoc_data.topics``).
-        seq_len: tokens per sequence (default 256).
-        calibration_tokens: size of the calibration pool, tokens (default 8,192); the largest
-            fidelity a request may ask for.
-        heldout_tokens: size of the held-out set, tokens (default 4,096).
-        top_k: teacher tokens kept per position (default 256; 6k + 4 bytes per token).
-        chunk_tokens: tokens per forward chunk (default 1,024).
         anchor_variants: full-pool layer states kept for reuse (default 2; each takes
             ``(layers + 1) · calibration_tokens · hidden · 4`` bytes).
-        device, dtype: see :func:`~levelsearch.adapters.models.load_model`.
-        threads: torch CPU threads (default: leave torch's setting).
-        seed: seed of the calibration / held-out document split.
-        loaded: an already loaded ``(model, tokenizer)`` pair (tests, notebooks); ``model`` is
-            then only used as the name in :meth:`describe`.
+        options: the model and data (``data``, ``seq_len``, ``calibration_tokens`` (the largest
+            fidelity a request may ask for), ``heldout_tokens``, ``top_k``, ``chunk_tokens``,
+            ``device``, ``dtype``, ``threads``, ``seed``, ``loaded``): see
+            :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data`.
     """
 
     name = "llm-drop"
@@ -100,33 +92,14 @@ class DropProblem(LayerwiseProblem):
         target: float = 0.25,
         whole_blocks: bool = False,
         budget: str = "per-type",
-        data: str | None = None,
-        seq_len: int = 256,
-        calibration_tokens: int = 8192,
-        heldout_tokens: int = 4096,
-        top_k: int = 256,
-        chunk_tokens: int = 1024,
         anchor_variants: int = 2,
-        device: str | None = None,
-        dtype: str | None = None,
-        threads: int | None = None,
-        seed: int = 0,
-        loaded: tuple[Any, Any] | None = None,
+        **options: Any,
     ) -> None:
-        self._load(model, loaded, device=device, dtype=dtype, threads=threads)
+        self._setup_model_and_data(model, **options)
         self.whole_blocks = bool(whole_blocks)
         space = drop_space(self.map.n_layers, target, whole_blocks=whole_blocks, budget=budget)
         super().__init__(space)
         self.target, self.budget = float(target), budget
-        self._data(
-            data,
-            seq_len=seq_len,
-            calibration_tokens=calibration_tokens,
-            heldout_tokens=heldout_tokens,
-            top_k=top_k,
-            seed=seed,
-            chunk_tokens=chunk_tokens,
-        )
         self.max_fidelity = self.calibration.n_tokens
         self.store = ActivationStore(anchor_variants)
         self._memo: dict[bytes, float] = {}

@@ -18,7 +18,7 @@ import numpy as np
 
 from levelsearch import LevelSpace, solve_additive
 
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL
 from .weightsearch import WeightLevelProblem
 
 __all__ = ["JointProblem", "joint_spec", "joint_dp_levels"]
@@ -66,43 +66,10 @@ class JointProblem(WeightLevelProblem):
         bits: Sequence[int] = DEFAULT_JOINT_BITS,
         group_size: int | None = 128,
         tol: float = 0.02,
-        database: str | None = None,
-        data: str | None = None,
-        seq_len: int = 256,
-        calibration_tokens: int = 8192,
-        heldout_tokens: int = 4096,
-        top_k: int = 256,
-        chunk_tokens: int = 1024,
-        device: str | None = None,
-        dtype: str | None = None,
-        threads: int | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        loaded: tuple[Any, Any] | None = None,
-        search_tokens: int | None = None,
+        **options: Any,
     ) -> None:
-        if loaded is None:
-            loaded = load_model(model, device=device, dtype=dtype)
-        spec = joint_spec(sparsities=sparsities, bits=bits, group_size=group_size)
         self.target, self.tol = float(target), float(tol)
-        self._setup(
-            spec,
-            model,
-            database,
-            data,
-            seq_len,
-            calibration_tokens,
-            heldout_tokens,
-            top_k,
-            chunk_tokens,
-            device,
-            dtype,
-            threads,
-            seed,
-            progress,
-            loaded,
-            search_tokens,
-        )
+        self._setup(lambda m: joint_spec(sparsities=sparsities, bits=bits, group_size=group_size), model, **options)
         self.pairs = [np.asarray(self.db.values(n), dtype=np.int64) for n in self.unit_names]  # [zeros, bits]
         costs = [self.level_bits(u) for u in range(len(self.unit_names))]
         total = self.target * float(self.numel.sum())
@@ -114,16 +81,8 @@ class JointProblem(WeightLevelProblem):
         n = int(self.numel[unit])
         return [float((n - z) * b + (n if z > 0 else 0)) for z, b in self.pairs[unit]]
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "model": self.model_name,
-            "spec": self.spec,
-            "target": self.target,
-            "tol": self.tol,
-            **self.settings,
-            "space": self.space.to_dict(),
-        }
+    def _describe_extra(self) -> dict[str, Any]:
+        return {"target": self.target, "tol": self.tol}
 
     def uniform_levels(self) -> np.ndarray | None:
         """The same (sparsity, bits) everywhere with the lowest output error among those in the band, if any."""

@@ -12,9 +12,10 @@ candidate (:meth:`LayerwiseProblem._layer_fn`, keyed per layer) and which key is
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,16 +35,60 @@ class LayerwiseProblem(Problem):
 
     uses_fidelity = True
 
-    def _load(
+    #: methods whose keyword-only parameters a subclass's ``**options`` passes on: together with the
+    #: subclass's own parameters they make its signature (``help()``, and the parameter check of
+    #: :func:`levelsearch.make_problem`), so the shared options are declared, with their defaults, once
+    _option_sources: ClassVar[tuple[str, ...]] = ("_setup_model_and_data",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        sig = inspect.signature(init)
+        own = list(sig.parameters.values())[1:]  # without self
+        if not own or own[-1].kind is not inspect.Parameter.VAR_KEYWORD:
+            return
+        params, names = own[:-1], {p.name for p in own}
+        for source in cls._option_sources:
+            for p in inspect.signature(getattr(cls, source)).parameters.values():
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names:
+                    params.append(p)
+                    names.add(p.name)
+        cls.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+
+    def _setup_model_and_data(
         self,
         model: str,
-        loaded: tuple[Any, Any] | None,
         *,
-        device: str | None,
-        dtype: str | None,
-        threads: int | None,
+        data: str | None = None,
+        seq_len: int = 256,
+        calibration_tokens: int = 8192,
+        heldout_tokens: int = 4096,
+        top_k: int = 256,
+        chunk_tokens: int = 1024,
+        device: str | None = None,
+        dtype: str | None = None,
+        threads: int | None = None,
+        seed: int = 0,
+        loaded: tuple[Any, Any] | None = None,
     ) -> None:
-        """Set torch's threads, load ``(model, tokenizer)`` (or take ``loaded``) and map its layers."""
+        """Load the model and map its layers; the calibration pool, the held-out set, their fingerprint, the runner.
+
+        Args:
+            model: ``"smollm2"`` (offline default), a model directory, GGUF file or hub id; with
+                ``loaded`` only its name (in :meth:`describe`).
+            data: documents for the calibration and held-out sets (default: ``pydoc_data.topics``).
+            seq_len: tokens per sequence (default 256).
+            calibration_tokens: size of the calibration pool, tokens (default 8,192).
+            heldout_tokens: size of the held-out set, tokens (default 4,096).
+            top_k: teacher tokens kept per position (default 256; ``6k + 4`` bytes per token).
+            chunk_tokens: tokens per forward chunk (default 1,024).
+            device, dtype: see :func:`~levelsearch.adapters.models.load_model`.
+            threads: torch CPU threads (default: leave torch's setting).
+            seed: seed of the calibration / held-out document split (default 0).
+            loaded: an already loaded ``(model, tokenizer)`` pair (tests, notebooks).
+        """
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.model_name = str(model)
@@ -51,19 +96,6 @@ class LayerwiseProblem(Problem):
         self.tokenizer: Any
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
         self.map: LayerMap = map_layers(self.model)
-
-    def _data(
-        self,
-        data: str | None,
-        *,
-        seq_len: int,
-        calibration_tokens: int,
-        heldout_tokens: int,
-        top_k: int,
-        seed: int,
-        chunk_tokens: int,
-    ) -> None:
-        """The calibration pool, the held-out set, their content fingerprint, the runner and the teacher size."""
         self.settings: dict[str, Any] = {
             "data": data,
             "seq_len": int(seq_len),

@@ -20,7 +20,7 @@ from torch import nn
 
 from levelsearch import LevelSpace
 
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL
 from .weightsearch import WeightLevelProblem
 
 __all__ = ["QuantProblem", "quant_spec", "DEFAULT_BITS"]
@@ -60,48 +60,15 @@ class QuantProblem(WeightLevelProblem):
         group_size: int | None = 128,
         budget: str = "exact",
         tol: float = 0.01,
-        database: str | None = None,
-        data: str | None = None,
-        seq_len: int = 256,
-        calibration_tokens: int = 8192,
-        heldout_tokens: int = 4096,
-        top_k: int = 256,
-        chunk_tokens: int = 1024,
-        device: str | None = None,
-        dtype: str | None = None,
-        threads: int | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        loaded: tuple[Any, Any] | None = None,
-        search_tokens: int | None = None,
+        **options: Any,
     ) -> None:
         if budget not in ("exact", "band"):
             raise ValueError(f"budget must be 'exact' or 'band', got {budget!r}")
-        if loaded is None:
-            loaded = load_model(model, device=device, dtype=dtype)
-        spec = quant_spec(loaded[0], bits=bits, method=method, group_size=group_size)
-        bl = spec["bits"]
+        bl = sorted(int(b) for b in bits)
         self.target, self.budget = float(target), budget
         if not bl[0] <= self.target <= bl[-1]:
             raise ValueError(f"target {target} bits lies outside the bit-widths {bl[0]}..{bl[-1]}; change one of them")
-        self._setup(
-            spec,
-            model,
-            database,
-            data,
-            seq_len,
-            calibration_tokens,
-            heldout_tokens,
-            top_k,
-            chunk_tokens,
-            device,
-            dtype,
-            threads,
-            seed,
-            progress,
-            loaded,
-            search_tokens,
-        )
+        self._setup(lambda m: quant_spec(m, bits=bits, method=method, group_size=group_size), model, **options)
         self.bits = np.asarray(bl, dtype=np.int64)
         costs = [(n * self.bits).tolist() for n in self.numel]
         if budget == "exact":
@@ -121,16 +88,8 @@ class QuantProblem(WeightLevelProblem):
             space = LevelSpace([len(bl)] * len(costs), costs=costs, total=total, tol=float(tol) * self.numel.sum())
         super().__init__(space)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "model": self.model_name,
-            "spec": self.spec,
-            "target": self.target,
-            "budget": self.budget,
-            **self.settings,
-            "space": self.space.to_dict(),
-        }
+    def _describe_extra(self) -> dict[str, Any]:
+        return {"target": self.target, "budget": self.budget}
 
     def uniform_levels(self) -> np.ndarray | None:
         """Every unit at the target bit-width, or ``None`` for a fractional target."""

@@ -17,7 +17,7 @@ from levelsearch import LevelSpace
 
 from .calibration import linear_units
 from .codecs.sparsity import OWL_M_GRID
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL
 from .weightsearch import WeightLevelProblem, dp_levels, random_levels
 
 __all__ = ["SparsityProblem", "sparsity_spec", "owl_levels", "owl_search", "dp_levels", "random_levels"]
@@ -79,43 +79,13 @@ class SparsityProblem(WeightLevelProblem):
         method: str = "sparsegpt",
         step: int | None = None,
         max_offset: int = 4,
-        database: str | None = None,
-        data: str | None = None,
-        seq_len: int = 256,
-        calibration_tokens: int = 8192,
-        heldout_tokens: int = 4096,
-        top_k: int = 256,
-        chunk_tokens: int = 1024,
-        device: str | None = None,
-        dtype: str | None = None,
-        threads: int | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        loaded: tuple[Any, Any] | None = None,
-        search_tokens: int | None = None,
+        **options: Any,
     ) -> None:
-        if loaded is None:
-            loaded = load_model(model, device=device, dtype=dtype)
-        spec = sparsity_spec(loaded[0], target, method=method, step=step, max_offset=max_offset)
         self.target = float(target)
         self._setup(
-            spec,
-            model,
-            database,
-            data,
-            seq_len,
-            calibration_tokens,
-            heldout_tokens,
-            top_k,
-            chunk_tokens,
-            device,
-            dtype,
-            threads,
-            seed,
-            progress,
-            loaded,
-            search_tokens,
+            lambda m: sparsity_spec(m, target, method=method, step=step, max_offset=max_offset), model, **options
         )
+        spec = self.spec
         step_ = int(spec["step"])
         offsets: list[list[int]] = []
         base_index: list[int] = []
@@ -126,15 +96,6 @@ class SparsityProblem(WeightLevelProblem):
             offsets.append(((vals - base) // step_).tolist())
         self.base = np.asarray(base_index, dtype=np.int64)
         super().__init__(LevelSpace([len(o) for o in offsets], costs=offsets, total=0))
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "model": self.model_name,
-            "spec": self.spec,
-            **self.settings,
-            "space": self.space.to_dict(),
-        }
 
     def uniform_levels(self) -> np.ndarray:
         """Every unit at the target sparsity (offset 0)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,50 +38,37 @@ DENSE = None  # a candidate standing for the uncompressed model in :meth:`Weight
 class WeightLevelProblem(LayerwiseProblem):
     """Base class; subclasses give the database spec and build the level space.
 
-    Args (shared by ``llm-sparsity`` and ``llm-quant``):
-        model: ``"smollm2"`` (offline default), a model directory, GGUF file or hub id.
-        database: database directory (default: under the model cache, keyed by spec and data).
-        data, seq_len, calibration_tokens, heldout_tokens, seed: the calibration pool and the
-            disjoint held-out set (defaults: pydoc topics, 256, 8,192, 4,096, 0).
-        top_k: teacher tokens kept per position (default 256).
-        chunk_tokens: tokens per forward chunk (default 1,024).
-        device, dtype: see :func:`~levelsearch.adapters.models.load_model`.
-        threads: torch CPU threads (default: leave torch's setting).
-        progress: progress bars while building the database.
-        search_tokens: fitness uses only the first ``search_tokens`` tokens of the calibration
-            pool (default: all); the database's Hessians always use the whole pool.
-        loaded: an already loaded ``(model, tokenizer)`` (tests, notebooks).
+    Subclasses take ``**options`` and pass them to :meth:`_setup`: ``database``, ``progress``,
+    ``search_tokens`` and the model and data settings of
+    :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data` (their
+    signature lists them all).
     """
+
+    _option_sources = ("_setup", "_setup_model_and_data")
 
     def _setup(
         self,
-        spec: dict[str, Any],
+        make_spec: Callable[[Any], dict[str, Any]],
         model: str,
-        database: str | None,
-        data: str | None,
-        seq_len: int,
-        calibration_tokens: int,
-        heldout_tokens: int,
-        top_k: int,
-        chunk_tokens: int,
-        device: str | None,
-        dtype: str | None,
-        threads: int | None,
-        seed: int,
-        progress: bool,
-        loaded: tuple[Any, Any] | None,
+        *,
+        database: str | None = None,
+        progress: bool = True,
         search_tokens: int | None = None,
+        **options: Any,
     ) -> None:
-        self._load(model or DEFAULT_MODEL, loaded, device=device, dtype=dtype, threads=threads)
-        self._data(
-            data,
-            seq_len=seq_len,
-            calibration_tokens=calibration_tokens,
-            heldout_tokens=heldout_tokens,
-            top_k=top_k,
-            seed=seed,
-            chunk_tokens=chunk_tokens,
-        )
+        """Load the model and data, then ``make_spec(model module)`` (checks a subclass's settings before
+        anything slow) and open or build the variant database of that spec.
+
+        Args:
+            database: database directory (default: under the model cache, keyed by spec and data).
+            progress: progress bars while building the database (default on).
+            search_tokens: fitness uses only the first ``search_tokens`` tokens of the calibration
+                pool (default: all); the database's Hessians always use the whole pool.
+            options: the model and data: see
+                :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data`.
+        """
+        self._setup_model_and_data(model or DEFAULT_MODEL, **options)
+        spec = make_spec(self.model)
         from .integrity import tokens_fingerprint
 
         self.settings["content"] = self.content  # subclasses' describe() spreads the settings
@@ -92,10 +79,10 @@ class WeightLevelProblem(LayerwiseProblem):
             self.search_pool = TokenSet(self.calibration.tokens[:n], "calibration")
         self.max_fidelity = self.search_pool.n_tokens
         calib = {
-            "source": data or "pydoc_data.topics",
+            "source": self.settings["data"] or "pydoc_data.topics",
             "tokens": self.calibration.n_tokens,
             "seq_len": self.calibration.seq_len,
-            "split_seed": int(seed),
+            "split_seed": int(self.settings["seed"]),
             "content": tokens_fingerprint(self.calibration)[:20],  # the Hessians' tokens, not a path
         }
         root = database or default_database_dir(self.model_name, spec, calib)
@@ -106,7 +93,7 @@ class WeightLevelProblem(LayerwiseProblem):
             spec,
             model_id=self.model_name,
             calibration=calib,
-            seed=seed,
+            seed=int(self.settings["seed"]),
             progress=progress,
         )
         self.spec = spec
@@ -121,6 +108,20 @@ class WeightLevelProblem(LayerwiseProblem):
         for which in ("calibration", "heldout"):
             self.teacher(which)  # on the dense weights, before anything is swapped in
         self._memo: dict[bytes, float] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model_name,
+            "spec": self.spec,
+            **self._describe_extra(),
+            **self.settings,
+            "space": self.space.to_dict(),
+        }
+
+    def _describe_extra(self) -> dict[str, Any]:
+        """What a subclass's :meth:`describe` adds to the spec and settings (its budget)."""
+        return {}
 
     # ------------------------------------------------------------------ weights
     def _put(self, unit: int, level: int | None) -> None:

@@ -116,3 +116,17 @@ def test_an_export_reloads_to_the_searched_logits(name, problems, tmp_path):
     path = export_levels(problem, levels, tmp_path / "model")
     assert verify_levels_export(problem, levels, path) < 1e-4
     problem.apply(None)
+
+
+@pytest.mark.parametrize("kind", ["llm-drop", "llm-sparsity", "llm-quant", "llm-joint"])
+def test_every_llm_problem_lists_the_shared_options_and_refuses_an_unknown_one(kind):
+    import inspect
+
+    from levelsearch import make_problem
+    from levelsearch.problem import get_problem_factory
+
+    params = inspect.signature(get_problem_factory(kind)).parameters
+    assert {"model", "target", "data", "seq_len", "calibration_tokens", "seed", "loaded"} <= set(params)
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+    with pytest.raises(ValueError, match="has no parameter 'bogus'"):
+        make_problem({"kind": kind, "bogus": 1})
