@@ -1,0 +1,66 @@
+"""A codec from outside the package (examples/plugins/lowrank_codec.py) plugs in with no change to it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from levelsearch.adapters.codecs import base  # noqa: E402
+from levelsearch.adapters.models import save_model  # noqa: E402
+from test_adapters_compress import SMALL  # noqa: E402
+from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
+
+from levelsearch.cli import main  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "plugins"))
+from lowrank_codec import LowRankCodec, params_kept  # noqa: E402
+
+pytestmark = pytest.mark.llm
+
+
+@pytest.fixture
+def lowrank(monkeypatch):
+    monkeypatch.setitem(base._REGISTRY, "lowrank", LowRankCodec)  # register_codec, undone after the test
+    return base.get_codec("lowrank")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    save_model(tiny_llama(n_layers=2), byte_tokenizer(), path)
+    return path
+
+
+def test_a_registered_third_party_codec_runs_compress_end_to_end(lowrank, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["compress", "--model", str(model_dir), "--method", "lowrank", "--target", "0.6", "--out", str(out)]
+    assert main([*args, "--generations", "2", *SMALL]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == "lowrank" and res["database"]["spec"]["kind"] == "lowrank"
+    evo = res["methods"]["evopress"]
+    assert 0.58 <= evo["average"] <= 0.6 and evo["feasible"]
+    assert {"dp", "evopress"} <= set(res["methods"])
+    assert res["export"]["max_abs_logit_diff"] < 1e-4
+    meta = json.loads((out / "model" / "levelsearch_compression.json").read_text())
+    assert meta["kind"] == "lowrank" and meta["how"] == "dense product of the factors"
+
+
+def test_the_third_party_codecs_variants_keep_their_level_and_decode_to_what_they_stand_for(lowrank):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(24, 40, generator=g)
+    spec = {"kind": "lowrank", "method": "svd", "fractions": [1.0, 0.5, 0.25]}
+    lowrank.check_spec(spec)
+    values = lowrank.level_values(spec, w.numel())
+    for value, var in zip(values, lowrank.make_variants(spec, w, None, values)):
+        assert lowrank.keeps_level(spec, value, var)
+        dense = lowrank.dense(var)
+        assert torch.linalg.matrix_rank(dense) <= params_kept(value, (24, 40)) // 64 or value == 1.0
+        back = lowrank.decode(spec, value, (24, 40), lowrank.encode(var).__getitem__)
+        assert torch.allclose(back, dense)
