@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from levelsearch.adapters.compress import schedule_options
 from levelsearch.adapters.dropping import DropProblem
 from levelsearch.adapters.heuristics import run_heuristics
@@ -78,11 +79,14 @@ def _run(
     generations: int,
     target: float | None,
     max_tokens: float | None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     _reset(problem, heur)
     best = min(heur, key=lambda n: heur[n]["calibration_kl"])
     options = schedule_options("cpu", problem.calibration.n_tokens, None, problem.calibration.seq_len, name)
     options["start"] = heur[best]["levels"]
+    if name != "evopress-ref":
+        options.update(extra or {})
     opt = make_optimizer(name, problem.space, seed=seed, max_generations=generations, **options)
     trace_file = out / f"{name}-s{seed}.json"
     old = json.loads(trace_file.read_text())["trace"] if trace_file.exists() else []
@@ -156,18 +160,21 @@ def main() -> None:
     ap.add_argument(
         "--max-tokens", type=float, default=None, help="token cap of the new optimizer when no reference result exists"
     )
+    ap.add_argument("--ref-dir", default=None, help="where evopress-ref's results are (default: --out)")
+    ap.add_argument("--options", default="{}", help="extra options of the new optimizer, as YAML (an ablation)")
     ap.add_argument("--out", default="bench/results/efficiency")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out) / args.task
     out.mkdir(parents=True, exist_ok=True)
+    ref_dir = Path(args.ref_dir) / args.task if args.ref_dir else out
     t0 = time.perf_counter()
     problem = _problem(args)
     heur = _heuristics(problem, out)
     print(f"setup (model, teacher, heuristics) {time.perf_counter() - t0:.0f} s", flush=True)
 
     def saved(key: str) -> dict[str, Any] | None:
-        f = out / f"{key}.summary.json"
+        f = ref_dir / f"{key}.summary.json"
         return json.loads(f.read_text()) if f.exists() else None
 
     for seed in args.seeds:
@@ -178,7 +185,8 @@ def main() -> None:
             else:
                 target = None if ref is None else ref["calibration_kl"]
                 cap = args.max_tokens if ref is None else ref["tokens"]
-                r = _run(problem, heur, name, seed, out, 10 * args.generations, target, cap)
+                extra = yaml.safe_load(args.options) or {}
+                r = _run(problem, heur, name, seed, out, 10 * args.generations, target, cap, extra)
             row = {k: v for k, v in r.items() if k != "trace"}
             (out / f"{name}-s{seed}.summary.json").write_text(json.dumps(row, indent=1))
             if name == "evopress-ref":
