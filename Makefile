@@ -24,7 +24,7 @@ install: $(STAMP)
 ## held-out perplexity of each, export of the result. The search is bounded by work, not by the clock:
 ## DEMO_GENERATIONS generations, so the result is the same on every machine (only the duration varies:
 ## about 10-13 minutes on 2 cores). Run it again to resume.
-DEMO_GENERATIONS ?= 30
+DEMO_GENERATIONS ?= 40
 demo: $(STAMP)
 	$(BIN)/levelsearch compress --model smollm2 --method drop --target 0.25 --out $(DEMO_OUT) \
 		--generations $(DEMO_GENERATIONS)
