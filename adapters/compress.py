@@ -4,11 +4,11 @@
     levelsearch compress --config examples/compress-drop.yaml      # same keys as the options
 
 A method is a registered codec (:mod:`levelsearch.adapters.codecs`: ``drop``, ``sparsity``,
-``quant``, ``joint`` and every entry point of the group ``levelsearch.codecs``), run by the
-flow its :attr:`~levelsearch.adapters.codecs.Codec.flow` names; a whole flow of one's own can
-still be added with :func:`register_method` (:data:`METHODS`: name → ``"module:function"`` or a
-callable taking the merged settings dict and returning the results dict). This module imports
-nothing heavy at import time, so ``levelsearch --help`` stays fast.
+``quant``, ``joint`` and every entry point of the group ``levelsearch.codecs``), run by the one
+pipeline :func:`levelsearch.adapters.pipeline.run`; a whole flow of one's own can still be added
+with :func:`register_method` (:data:`METHODS`: name → ``"module:function"`` or a callable taking
+the merged settings dict and returning the results dict). This module imports nothing heavy at
+import time, so ``levelsearch --help`` stays fast.
 
 The ``drop`` method (:func:`run_drop`):
 
@@ -38,24 +38,10 @@ Selection schedules (fidelity = calibration tokens per candidate):
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from .pipeline import (
-    check_journal_problem,
-    check_numbers,
-    check_out,
-    evopress_entry,
-    export_and_write,
-    jsonable,
-    lock_out,
-    say,
-    search,
-)
 
 __all__ = ["DEFAULTS", "METHODS", "add_parser", "register_method", "run_compress", "run_drop", "schedule_options"]
 
@@ -145,205 +131,21 @@ def schedule_options(
     return opts
 
 
-def _validate(cfg: dict[str, Any]) -> None:
-    t = cfg["target"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < float(t) < 1.0:
-        raise ValueError(f"--target must be a fraction strictly between 0 and 1, got {t!r}")
-    if not cfg.get("out"):
-        raise ValueError("give an output directory with --out DIR (or out: in the config)")
-    if cfg.get("optimizer", "evopress") not in ("evopress", "evopress-ref"):
-        raise ValueError(f"--optimizer must be evopress (default) or evopress-ref, got {cfg['optimizer']!r}")
-    check_out(cfg["out"])
-    check_numbers(cfg)
-    if cfg["heuristic_tokens"] > cfg["calibration_tokens"]:
-        raise ValueError(
-            f"heuristic_tokens ({cfg['heuristic_tokens']}) exceeds the calibration pool "
-            f"({cfg['calibration_tokens']}); lower it or raise --calibration-tokens"
-        )
-
-
-# ---------------------------------------------------------------------- the drop method
 def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Search, compare and export a sub-block dropping profile (see the module docstring)."""
-    import numpy as np
-
-    from levelsearch import Request
-
+    """``--method drop``: search, compare and export a sub-block dropping profile (see the module docstring)."""
     from .codecs import get_codec
-    from .fitness import Teacher
-    from .heuristics import run_heuristics
-    from .plots import plot_profile
+    from .pipeline import run
 
-    _validate(cfg)
-    out = Path(cfg["out"])
-    t_all = time.perf_counter()
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    codec = get_codec("drop")
-    problem = codec.make_problem(cfg)
-    options = schedule_options(
-        cfg["schedule"], problem.calibration.n_tokens, cfg["offspring"], cfg["seq_len"], str(cfg["optimizer"])
-    )
-    timings["load"] = time.perf_counter() - t0
-    say(
-        cfg,
-        f"loaded {cfg['model']} in {timings['load']:.1f} s; {problem.space.n_units} units, "
-        f"calibration pool {problem.calibration.n_tokens} tokens, held-out {problem.heldout.n_tokens} tokens",
-    )
-    check_journal_problem(out, problem)
-    lock_out(cfg, out)
-
-    t0 = time.perf_counter()
-    cache = out / "cache"  # teachers and heuristics of this exact problem: a rerun (resume) skips them
-    cache.mkdir(exist_ok=True)
-    tag = {"problem": problem.identity_hash()}
-    from_cache = set()  # teachers read back (checked: tag and checksum) from an earlier run
-    for which in ("calibration", "heldout"):
-        cached = Teacher.load(cache / f"teacher-{which}.safetensors", tag)
-        if cached is not None:
-            problem.use_teacher(which, cached)
-            from_cache.add(which)
-    if not problem.has_teacher("calibration"):
-        problem.teacher("calibration").save(cache / "teacher-calibration.safetensors", tag)
-    timings["teacher"] = time.perf_counter() - t0
-    say(cfg, f"dense teacher in {timings['teacher']:.1f} s")
-
-    t0 = time.perf_counter()
-    heur_file = cache / "heuristics.json"
-    heur_key = {**tag, "heuristics": cfg["heuristics"], "tokens": cfg["heuristic_tokens"], "seed": int(cfg["seed"])}
-    heur: dict[str, Any] | None = _read_heuristics(heur_file, heur_key)
-    if heur is None:
-        heur = run_heuristics(problem, cfg["heuristics"], n_tokens=cfg["heuristic_tokens"], seed=int(cfg["seed"]))
-        cal = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()]) if heur else []
-        for n, v in zip(list(heur), cal):
-            heur[n]["calibration_kl"] = v
-        _write_heuristics(heur_file, heur_key, heur)
-    for h in heur.values():
-        problem.remember(h["levels"], h["calibration_kl"])
-    names = list(heur)
-    cal = [heur[n]["calibration_kl"] for n in names]
-    timings["heuristics"] = time.perf_counter() - t0
-    say(
-        cfg,
-        f"heuristics in {timings['heuristics']:.1f} s: "
-        + ", ".join(f"{n} KL {heur[n]['calibration_kl']:.4f}" for n in names),
-    )
-
-    start_name, start = _choose_start(cfg["start"], heur, names, cal)
-    options["start"] = start
-    t0 = time.perf_counter()
-    result, opt = search(problem, cfg, options, start_name, out)
-    timings["search"] = time.perf_counter() - t0
-    say(
-        cfg,
-        f"EvoPress from {start_name}: {opt.generation} generations in {timings['search']:.1f} s, "
-        f"calibration KL {result.best_value:.4f}",
-    )
-    best = np.asarray(result.best_levels, dtype=np.int64)
-
-    t0 = time.perf_counter()
-    dense = np.zeros(problem.space.n_units, dtype=np.int64)
-    cands = [dense, best, *[heur[n]["levels"] for n in names]]
-    report = problem.heldout_report(cands)
-    timings["heldout"] = time.perf_counter() - t0
-    if "heldout" not in from_cache:
-        problem.teacher("heldout").save(cache / "teacher-heldout.safetensors", tag)
-    say(cfg, f"held-out evaluation of {len(cands)} models in {timings['heldout']:.1f} s")
-
-    methods: dict[str, Any] = {}
-    for i, name in enumerate(["evopress", *names]):
-        lv = cands[i + 1]
-        entry = {**report[i + 1], **codec.summary(problem, lv), "levels": lv.tolist()}
-        if name == "evopress":
-            entry.update(evopress_entry(result, opt, timings["search"], start_name))
-        else:
-            entry.update(
-                {
-                    "calibration_kl": float(heur[name]["calibration_kl"]),
-                    "evaluations": 0,
-                    "seconds": float(heur[name]["seconds"]),
-                }
-            )
-        methods[name] = entry
-    results: dict[str, Any] = {
-        "model": cfg["model"],
-        "method": codec.name,
-        "target": float(cfg["target"]),
-        "budget": cfg["budget"],
-        "whole_blocks": bool(cfg["whole_blocks"]),
-        "units": problem.unit_names(),
-        "space": problem.space.to_dict(),
-        "schedule": {"name": cfg["schedule"], **jsonable(options)},
-        "calibration_tokens": problem.calibration.n_tokens,
-        "heldout_tokens": problem.heldout.n_tokens,
-        "teacher_bytes": problem.teacher("calibration").nbytes,
-        "dense": report[0],
-        "methods": methods,
-        "best_heuristic": min(names, key=lambda n: methods[n]["heldout_ppl"]) if names else None,
-    }
-    plot_profile(problem, {n: np.asarray(m["levels"]) for n, m in methods.items()}, out / "profile.png")
-    return export_and_write(codec, problem, best, results, timings, t_all, cfg)
-
-
-def _write_heuristics(path: Path, key: dict[str, Any], heur: dict[str, Any]) -> None:
-    """Cache the heuristics' assignments and calibration KLs with their key and a checksum (atomically)."""
-    import os
-
-    from .integrity import json_checksum
-
-    body = {"key": jsonable(key), "heuristics": jsonable(heur)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**body, "sha256": json_checksum(body)}))
-    os.replace(tmp, path)
-
-
-def _read_heuristics(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """Heuristic assignments cached by an earlier run of the same problem, else ``None``.
-
-    The cached values go straight into the fitness memo, so the file is used only when its
-    key (the problem's identity hash, which holds the weights' and data's fingerprint, and
-    the heuristic settings) and its checksum match; otherwise one line says it is rebuilt.
-    """
-    import numpy as np
-
-    from .integrity import json_checksum, say_rebuild
-
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        body = {"key": data["key"], "heuristics": data["heuristics"]}
-        ok = data.get("sha256") == json_checksum(body)
-    except (ValueError, TypeError, KeyError, AttributeError, OSError):
-        say_rebuild(path, "is unreadable")
-        return None
-    if not ok:
-        say_rebuild(path, "fails its checksum (edited or corrupted)")
-        return None
-    if data["key"] != jsonable(key):
-        say_rebuild(path, "was made for another model, data or settings")
-        return None
-    return {n: {**h, "levels": np.asarray(h["levels"], dtype=np.int64)} for n, h in data["heuristics"].items()}
-
-
-def _choose_start(start: Any, heur: dict[str, Any], names: list[str], cal: list[float]) -> tuple[str, Any]:
-    """``(description, EvoPress start)`` from the ``start`` setting."""
-    if start in (None, "best-heuristic"):
-        if not names:
-            return "random", "random"
-        best = names[int(min(range(len(names)), key=lambda i: cal[i]))]
-        return f"best-heuristic:{best}", heur[best]["levels"]
-    if start in ("random", "uniform"):
-        return str(start), "random"
-    if start in heur:
-        return f"heuristic:{start}", heur[start]["levels"]
-    raise ValueError(f"start must be best-heuristic, random or one of {', '.join(names)}; got {start!r}")
+    return run(get_codec("drop"), cfg)
 
 
 # ---------------------------------------------------------------------- CLI
 def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
     """Run ``settings["method"]`` with ``settings`` merged over :data:`DEFAULTS`."""
+    from functools import partial
+
     from .codecs import available_codecs, get_codec
+    from .pipeline import run
 
     cfg = {**DEFAULTS, **settings}
     name = str(cfg["method"])
@@ -352,7 +154,7 @@ def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
         if name not in available_codecs():
             known = sorted({*METHODS, *available_codecs()})
             raise ValueError(f"unknown --method {name!r}; available: {', '.join(known)}")
-        fn = get_codec(name).flow
+        fn = partial(run, get_codec(name))
     if isinstance(fn, str):
         mod_name, _, attr = fn.partition(":")
         fn = getattr(__import__(mod_name, fromlist=[attr]), attr)

@@ -155,6 +155,10 @@ class DropProblem(LayerwiseProblem):
     def dense_keys(self) -> list[tuple[int, int]]:
         return [(0, 0)] * self.map.n_layers
 
+    def dense_candidate(self) -> np.ndarray:
+        """The assignment of the uncompressed model (nothing dropped)."""
+        return np.zeros(self.space.n_units, dtype=np.int64)
+
     def score(
         self,
         candidates: Sequence[np.ndarray],

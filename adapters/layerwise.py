@@ -129,6 +129,10 @@ class LayerwiseProblem(Problem):
         """The per-layer keys of the uncompressed model."""
         raise NotImplementedError
 
+    def dense_candidate(self) -> Any:
+        """The candidate that stands for the uncompressed model in ``score`` and ``heldout_report``."""
+        raise NotImplementedError
+
     def token_set(self, which: str) -> TokenSet:
         """The tokens of ``"calibration"`` (the pool fitness draws from) or ``"heldout"``."""
         return self.calibration if which == "calibration" else self.heldout

@@ -1,10 +1,12 @@
-"""The steps every ``levelsearch compress`` flow shares: checks before the model loads, the output
-directory's lock, the search (EvoPress with a journal, a wall-time limit and a progress bar) and
-what a results file says of it.
+"""The one ``levelsearch compress`` pipeline, for every registered codec (:func:`run`):
 
-The flows themselves (:func:`levelsearch.adapters.compress.run_drop` for the ``drop`` codec,
-:func:`levelsearch.adapters.levelcompress.run_levels` for codecs with a variant database) call
-these; nothing heavy is imported at import time.
+load (the codec builds its problem; a weight codec's variant database is built or reused there)
+→ dense teachers (cached in ``OUT/cache`` when the problem computes them lazily) → baselines on
+calibration data (the codec's: heuristics for ``drop``; uniform, the codec's own, DP and random
+for weight codecs) → search (EvoPress from the best baseline, journaled in ``OUT/journal.db``, so
+the same command again resumes) → held-out perplexity and KL of dense and every method → export
+through the codec, checked against the searched logits → ``OUT/results.json`` and
+``OUT/profile.png``. Nothing heavy is imported at import time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "run",
+    "check_settings",
+    "choose_start",
+    "read_cache",
+    "write_cache",
     "check_numbers",
     "check_out",
     "lock_out",
@@ -208,3 +215,168 @@ def export_and_write(
     results["timings"] = timings
     (out / "results.json").write_text(json.dumps(jsonable(results), indent=1))
     return results
+
+
+def check_settings(cfg: dict[str, Any]) -> None:
+    """What every codec's run needs, checked before the model loads (one-line ``ValueError``)."""
+    if not cfg.get("out"):
+        raise ValueError("give an output directory with --out DIR (or out: in the config)")
+    if cfg.get("optimizer", "evopress") not in ("evopress", "evopress-ref"):
+        raise ValueError(f"--optimizer must be evopress (default) or evopress-ref, got {cfg['optimizer']!r}")
+    check_out(cfg["out"])
+    check_numbers(cfg)
+
+
+def choose_start(setting: Any, baselines: dict[str, dict[str, Any]], label: str = "") -> tuple[str, Any]:
+    """``(name in the journal identity, EvoPress start)`` from the ``start`` setting.
+
+    ``best-baseline`` (or ``best-heuristic``, or unset): the baseline with the lowest calibration KL;
+    ``random``; or a baseline's name. With a ``label`` (``"heuristic"`` for ``drop``) the names read
+    ``best-heuristic:NAME`` / ``heuristic:NAME`` as they always have, so old journals resume.
+    """
+    names = list(baselines)
+    if setting in (None, "best-heuristic", "best-baseline"):
+        if not names:
+            return "random", "random"
+        best = names[min(range(len(names)), key=lambda i: baselines[names[i]]["calibration_kl"])]
+        return (f"best-{label}:{best}" if label else best), baselines[best]["levels"]
+    if setting == "random" or (label and setting == "uniform"):
+        return str(setting), "random"
+    if setting in baselines:
+        return (f"{label}:{setting}" if label else str(setting)), baselines[setting]["levels"]
+    best_word = f"best-{label}" if label else "best-baseline"
+    raise ValueError(f"start must be {best_word}, random or one of {', '.join(names)}; got {setting!r}")
+
+
+def write_cache(path: Path, key: dict[str, Any], name: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` under ``name`` with its ``key`` and a checksum, atomically."""
+    import os
+
+    from .integrity import json_checksum
+
+    body = {"key": jsonable(key), name: jsonable(payload)}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**body, "sha256": json_checksum(body)}))
+    os.replace(tmp, path)
+
+
+def read_cache(path: Path, key: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """What :func:`write_cache` wrote under ``name``, when its checksum and its ``key`` match; else ``None``.
+
+    The key holds the problem's identity hash (weights' and data's fingerprint) and the settings
+    the payload depends on; a file that fails either is rebuilt, said in one line.
+    """
+    from .integrity import json_checksum, say_rebuild
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        body = {"key": data["key"], name: data[name]}
+        ok = data.get("sha256") == json_checksum(body)
+    except (ValueError, TypeError, KeyError, AttributeError, OSError):
+        say_rebuild(path, "is unreadable")
+        return None
+    if not ok:
+        say_rebuild(path, "fails its checksum (edited or corrupted)")
+        return None
+    if data["key"] != jsonable(key):
+        say_rebuild(path, "was made for another model, data or settings")
+        return None
+    return dict(data[name])
+
+
+def _teachers(problem: Any, cache: Path, tag: dict[str, str]) -> set[str]:
+    """Read back cached teachers the problem has not computed; compute and cache the calibration one.
+
+    Returns the sets whose teacher this run still has to cache (the held-out one, after its pass).
+    """
+    from .fitness import Teacher
+
+    todo = set()
+    for which in ("calibration", "heldout"):
+        if problem.has_teacher(which):
+            continue  # a problem that needs its teachers early (before swapping weights) made them
+        cached = Teacher.load(cache / f"teacher-{which}.safetensors", tag)
+        if cached is not None:
+            problem.use_teacher(which, cached)
+        else:
+            todo.add(which)
+    if "calibration" in todo:
+        problem.teacher("calibration").save(cache / "teacher-calibration.safetensors", tag)
+    return todo - {"calibration"}
+
+
+def _methods(codec: Any, problem: Any, cands: list[Any], report: list[Any], names: list[str], base: Any) -> Any:
+    """The ``methods`` of ``results.json``: held-out numbers, levels, the codec's summary, how each was found."""
+    methods: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        lv = cands[i + 1]
+        entry = {**report[i + 1], "levels": lv.tolist(), **codec.summary(problem, lv)}
+        entry["feasible"] = bool(problem.space.is_feasible(lv))
+        entry.update({k: v for k, v in base[name].items() if k != "levels"})
+        methods[name] = entry
+    return methods
+
+
+def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run ``codec`` with the merged ``levelsearch compress`` settings ``cfg`` (see the module docstring)."""
+    import numpy as np
+
+    from .compress import schedule_options
+
+    check_settings(cfg)
+    codec.check_settings(cfg)
+    out = Path(cfg["out"])
+    timings: dict[str, float] = {}
+    t_all = t0 = time.perf_counter()
+    problem = codec.make_problem(cfg)
+    timings["load"] = time.perf_counter() - t0
+    say(cfg, f"loaded {cfg['model']} in {timings['load']:.1f} s; {problem.space.n_units} units")
+    check_journal_problem(out, problem)
+    lock_out(cfg, out)
+    cache = out / "cache"  # teachers and baselines of this exact problem: a rerun (resume) skips them
+    cache.mkdir(exist_ok=True)
+    tag = {"problem": problem.identity_hash()}
+    t0 = time.perf_counter()
+    to_save = _teachers(problem, cache, tag)
+    timings["teacher"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    base = codec.run_baselines(problem, cfg, cache, tag)
+    timings["baselines"] = time.perf_counter() - t0
+    kls = ", ".join(f"{n} KL {b['calibration_kl']:.4f}" for n, b in base.items())
+    say(cfg, f"baselines in {timings['baselines']:.1f} s: {kls}")
+    options = schedule_options(
+        cfg["schedule"], problem.max_fidelity, cfg["offspring"], cfg["seq_len"], str(cfg["optimizer"])
+    )
+    start_name, options["start"] = choose_start(cfg["start"], base, codec.start_label)
+    t0 = time.perf_counter()
+    result, opt = search(problem, cfg, options, start_name, out)
+    timings["search"] = time.perf_counter() - t0
+    say(cfg, f"search from {start_name}: {opt.generation} generations in {timings['search']:.1f} s")
+    best = np.asarray(result.best_levels, dtype=np.int64)
+    names = list(base)
+    t0 = time.perf_counter()
+    cands = [problem.dense_candidate(), best, *[base[n]["levels"] for n in names]]
+    report = problem.heldout_report(cands)
+    timings["heldout"] = time.perf_counter() - t0
+    if "heldout" in to_save:
+        problem.teacher("heldout").save(cache / "teacher-heldout.safetensors", tag)
+    base["evopress"] = evopress_entry(result, opt, timings["search"], start_name)
+    methods = _methods(codec, problem, cands, report, ["evopress", *names], base)
+    results: dict[str, Any] = {
+        "model": cfg["model"],
+        "method": codec.name,
+        "target": float(cfg["target"]),
+        **codec.results_fields(problem, cfg),
+        "schedule": {"name": cfg["schedule"], **jsonable(options)},
+        "calibration_tokens": problem.calibration.n_tokens,
+        "search_tokens": problem.max_fidelity,
+        "heldout_tokens": problem.heldout.n_tokens,
+        "teacher_bytes": problem.teacher("calibration").nbytes,
+        "dense": report[0],
+        "methods": methods,
+        "best_baseline": min(names, key=lambda n: methods[n]["heldout_ppl"]) if names else None,
+    }
+    codec.plot(problem, {n: np.asarray(m["levels"]) for n, m in methods.items()}, out / "profile.png", methods)
+    return export_and_write(codec, problem, best, results, timings, t_all, cfg)

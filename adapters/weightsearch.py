@@ -156,6 +156,10 @@ class WeightLevelProblem(LayerwiseProblem):
     def dense_keys(self) -> list[None]:
         return [DENSE] * self.map.n_layers
 
+    def dense_candidate(self) -> None:
+        """The candidate standing for the uncompressed model in :meth:`score` and :meth:`heldout_report`."""
+        return DENSE
+
     def token_set(self, which: str) -> TokenSet:
         return self.search_pool if which == "calibration" else self.heldout
 

@@ -59,18 +59,34 @@ class Codec(ABC):
     name: ClassVar[str] = ""
     #: what a level's profile value is, for plots (``"sparsity"``, ``"bits"`` ...)
     profile_label: ClassVar[str] = "level"
-    #: the ``levelsearch compress`` flow that runs this codec (``"module:function"`` taking the settings)
-    flow: ClassVar[str] = ""
+    #: how the journal identity names a start taken from a baseline (``"heuristic"``: ``best-heuristic:NAME``)
+    start_label: ClassVar[str] = ""
     #: a ``--target`` that makes sense for this codec (examples and the conformance tests use it)
     example_target: ClassVar[float] = 0.5
+
+    def check_settings(self, settings: Settings) -> None:  # noqa: B027 (most codecs check nothing more)
+        """The codec's own checks of ``compress`` settings, before the model loads (one-line ``ValueError``)."""
 
     @abstractmethod
     def make_problem(self, settings: Settings) -> Any:
         """The level problem of a ``compress`` run from its merged settings (``ValueError`` on a bad target)."""
 
+    @abstractmethod
+    def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
+        """Every baseline on calibration data: name → ``{"levels", "calibration_kl", ...}`` (the rest goes
+        into ``results.json``). ``cache`` is the run's cache directory, ``tag`` the problem's identity."""
+
     def baselines(self, problem: Any, *, fidelity: int, seed: int) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         """Codec-specific baselines: name → ``(levels, what was chosen)``, on calibration data only."""
         return {}
+
+    @abstractmethod
+    def results_fields(self, problem: Any, settings: Settings) -> dict[str, Any]:
+        """What ``results.json`` says of the problem besides the common fields (its units ...)."""
+
+    @abstractmethod
+    def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
+        """Draw the profile of every method's assignment into ``path`` (``methods``: their results)."""
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
         """What a report says of an assignment besides its levels and profile (e.g. ``average``)."""
@@ -88,7 +104,6 @@ class Codec(ABC):
 class WeightCodec(Codec):
     """A codec whose variants of a linear layer are precomputed into a variant database."""
 
-    flow: ClassVar[str] = "levelsearch.adapters.levelcompress:run_levels"
     #: how an exported unit's weight is written (``levelsearch_compression.json``'s ``how``)
     export_how: ClassVar[str] = "dense weights"
 
@@ -102,6 +117,48 @@ class WeightCodec(Codec):
         from ..weightsearch import verify_levels_export
 
         return verify_levels_export(problem, levels, path)
+
+    def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
+        """Uniform (when the target has one), the codec's own, DP on the per-unit errors, and best-of-N
+        random when no uniform exists; their calibration KL on the whole search pool."""
+        import time
+
+        from ..weightsearch import random_levels
+
+        seed = int(settings["seed"])
+        fid = min(int(settings["heuristic_tokens"]), problem.max_fidelity)
+        base: dict[str, dict[str, Any]] = {}
+        uni = problem.uniform_levels()
+        if uni is not None:
+            base["uniform"] = {"levels": uni, "seconds": 0.0}
+        t = time.perf_counter()
+        for name, (levels, chosen) in self.baselines(problem, fidelity=fid, seed=seed).items():
+            base[name] = {"levels": levels, "seconds": time.perf_counter() - t, **chosen}
+            t = time.perf_counter()
+        base["dp"] = {"levels": self.dp_levels(problem, seed=seed), "seconds": time.perf_counter() - t}
+        if uni is None:
+            t = time.perf_counter()
+            lv = random_levels(problem, n=int(settings.get("random_n", 16)), fidelity=fid, seed=seed)
+            base["random"] = {"levels": lv, "seconds": time.perf_counter() - t}
+        cal, _ = problem.score([b["levels"] for b in base.values()], "calibration")
+        for b, v in zip(base.values(), cal):
+            b["calibration_kl"] = float(v)
+        return base
+
+    def results_fields(self, problem: Any, settings: Settings) -> dict[str, Any]:
+        db = problem.db
+        info = {"dir": str(db.root), "bytes": db.size_bytes(), "spec": problem.spec}
+        return {"units": problem.unit_names, "database": {**info, "build_seconds": db.manifest["build_seconds"]}}
+
+    def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
+        from ..levelcompress import plot_levels
+
+        ppl = {n: m["heldout_ppl"] for n, m in methods.items()}
+        return plot_levels(problem, assignments, path, ppl, label=self.profile_label)
+
+    def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
+        """The profile (per-unit sparsity, bits ...) of ``levels``; subclasses add their average."""
+        return {"profile": problem.profile(levels).tolist()}
 
     def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
         """The DP baseline: knapsack on the problem's per-unit errors (assumed additive)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Codec, Settings, model_and_data_settings
+from .base import Codec, Settings, model_and_data_settings, target_in
 
 __all__ = ["DropCodec"]
 
@@ -23,8 +23,16 @@ class DropCodec(Codec):
 
     name = "drop"
     profile_label = "dropped"
-    flow = "levelsearch.adapters.compress:run_drop"
+    start_label = "heuristic"
     example_target = 0.25
+
+    def check_settings(self, settings: Settings) -> None:
+        target_in(settings, 0.0, 1.0, "a fraction strictly between 0 and 1", open_ends=True)
+        if settings["heuristic_tokens"] > settings["calibration_tokens"]:
+            raise ValueError(
+                f"heuristic_tokens ({settings['heuristic_tokens']}) exceeds the calibration pool "
+                f"({settings['calibration_tokens']}); lower it or raise --calibration-tokens"
+            )
 
     def make_problem(self, settings: Settings) -> Any:
         from ..dropping import DropProblem
@@ -36,6 +44,46 @@ class DropCodec(Codec):
             budget=settings["budget"],
             **model_and_data_settings(settings),
         )
+
+    def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
+        """The dropping heuristics (:mod:`levelsearch.adapters.heuristics`) and their calibration KL on the
+        whole pool, cached in ``cache/heuristics.json`` for this problem and these settings; the KLs go
+        into the problem's memo (a start is not evaluated again)."""
+        from levelsearch import Request
+
+        from ..heuristics import run_heuristics
+        from ..pipeline import read_cache, write_cache
+
+        seed = int(settings["seed"])
+        path = cache / "heuristics.json"
+        key = {**tag, "heuristics": settings["heuristics"], "tokens": settings["heuristic_tokens"], "seed": seed}
+        heur = read_cache(path, key, "heuristics")
+        if heur is None:
+            heur = run_heuristics(problem, settings["heuristics"], n_tokens=settings["heuristic_tokens"], seed=seed)
+            cal = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()]) if heur else []
+            for n, v in zip(list(heur), cal):
+                heur[n]["calibration_kl"] = v
+            write_cache(path, key, "heuristics", heur)
+        out = {}
+        for n, h in heur.items():
+            lv = np.asarray(h["levels"], dtype=np.int64)
+            problem.remember(lv, h["calibration_kl"])
+            out[n] = {"levels": lv, "calibration_kl": float(h["calibration_kl"]), "evaluations": 0}
+            out[n]["seconds"] = float(h["seconds"])
+        return out
+
+    def results_fields(self, problem: Any, settings: Settings) -> dict[str, Any]:
+        return {
+            "budget": settings["budget"],
+            "whole_blocks": bool(settings["whole_blocks"]),
+            "units": problem.unit_names(),
+            "space": problem.space.to_dict(),
+        }
+
+    def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
+        from ..plots import plot_profile
+
+        return plot_profile(problem, assignments, path)
 
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
         """The model with the dropped sub-blocks' output projections zeroed (loads with the stock architecture)."""

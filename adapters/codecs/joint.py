@@ -87,4 +87,5 @@ class JointCodec(WeightCodec):
         return joint_dp_levels(problem, seed=seed)
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        return {"average": problem.average_bits(levels), "sparsity_bits": problem.sparsity_and_bits(levels)}
+        avg = problem.average_bits(levels)
+        return {**super().summary(problem, levels), "average": avg, "sparsity_bits": problem.sparsity_and_bits(levels)}

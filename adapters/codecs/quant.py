@@ -89,4 +89,4 @@ class QuantCodec(WeightCodec):
         return QuantProblem(settings["model"], target=t, **problem_settings(settings))
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        return {"average": problem.average_bits(levels)}
+        return {**super().summary(problem, levels), "average": problem.average_bits(levels)}

@@ -109,4 +109,4 @@ class SparsityCodec(WeightCodec):
         return {"owl": owl_search(problem, fidelity=fidelity, seed=seed)}
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        return {"average": problem.average_sparsity(levels)}
+        return {**super().summary(problem, levels), "average": problem.average_sparsity(levels)}

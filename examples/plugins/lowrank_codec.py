@@ -97,7 +97,7 @@ class LowRankCodec(WeightCodec):
         return LowRankProblem(settings["model"], target=t, **problem_settings(settings))
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        return {"average": problem.average_kept(levels)}
+        return {**super().summary(problem, levels), "average": problem.average_kept(levels)}
 
 
 class LowRankProblem(WeightLevelProblem):
