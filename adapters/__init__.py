@@ -1,17 +1,30 @@
 """LLM compression adapters (installed as ``levelsearch.adapters``).
 
 Nothing is imported here, so ``import levelsearch.adapters`` stays light; import the
-modules you need (they need torch and transformers: ``pip install 'levelsearch[llm]'``):
+modules you need (they need torch and transformers: ``pip install 'levelsearch[llm]'``).
+A compression kind is a **codec**; everything else is shared:
 
+- ``codecs/``: the :class:`~levelsearch.adapters.codecs.Codec` contract and its registry (entry-point
+  group ``levelsearch.codecs``), and the built-in codecs ``drop``, ``sparsity``, ``quant``, ``joint``.
+  A third party adds a kind by registering a codec (``examples/plugins/lowrank_codec.py``).
+- ``kernels/``: the numerical kernels (SparseGPT, Wanda, magnitude, GPTQ, RTN, the quantization
+  grid, Hessian accumulation and damping), pure functions that know no model and no kind.
 - ``models``: :func:`load_model` (hub id, local directory, GGUF file, or the offline
-  ``"smollm2"`` default cached as safetensors), :func:`map_layers` (decoder layers and their
-  attention / MLP sub-modules), :func:`save_model`.
+  ``"smollm2"`` default cached as safetensors), :func:`decoder_layers` (the one layer finder),
+  :func:`map_layers` (attention / MLP sub-modules, norm, head), :func:`save_model`.
+- ``capture``: the one hook-based capture of a decoder layer's call arguments, and
+  :func:`call_layer`; ``calibration``: per-layer Hessians, one decoder layer at a time.
 - ``data``: calibration and held-out :class:`TokenSet` objects from local files or the
   standard library's ``pydoc_data.topics``, split by document.
 - ``fitness``: :class:`LayerRunner` (layer-by-layer execution sharing unchanged prefixes),
   :class:`Teacher` (bounded-memory top-k dense distributions), :func:`kl_topk`, ``nll_next``.
-- ``dropping``: :class:`DropProblem`, the ``llm-drop`` problem (attention / MLP sub-block or
-  whole-block dropping); ``heuristics``: ShortGPT, angular distance, single-drop KL, random;
-  ``export``: a Hugging Face directory of the compressed model; ``compress``: the
-  ``levelsearch compress`` command and its method registry.
+- ``layerwise``: :class:`LayerwiseProblem`, what every layer-wise KL problem shares (model, data,
+  teachers, identity); ``dropping``: :class:`DropProblem` (``llm-drop``); ``weightsearch``:
+  :class:`WeightLevelProblem` (weights swapped in from a ``database`` of variants) and its
+  ``llm-sparsity`` / ``llm-quant`` / ``llm-joint`` subclasses in ``sparsity``, ``quantization``, ``joint``.
+- ``heuristics``: ShortGPT, angular distance, single-drop KL, random (the ``drop`` baselines);
+  ``export``, ``plots``: the ``drop`` export and profile plot (weight codecs': ``weightsearch``,
+  ``levelcompress``).
+- ``pipeline``: the one ``levelsearch compress`` pipeline for every codec; ``compress``: the
+  command, its settings (``DEFAULTS``) and selection schedules.
 """
