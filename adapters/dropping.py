@@ -155,6 +155,14 @@ class DropProblem(LayerwiseProblem):
     def dense_keys(self) -> list[tuple[int, int]]:
         return [(0, 0)] * self.map.n_layers
 
+    def apply(self, levels: np.ndarray | None) -> None:
+        """Make the live model drop what ``levels`` says (``None``: nothing) by switching sub-modules' ``forward``."""
+        if levels is None:
+            self.runner.set_dropped([])
+            return
+        attn, mlp = self.dropped_modules(levels)
+        self.runner.set_dropped([self.map.attn[i] for i in attn] + [self.map.mlp[i] for i in mlp])
+
     def dense_candidate(self) -> np.ndarray:
         """The assignment of the uncompressed model (nothing dropped)."""
         return np.zeros(self.space.n_units, dtype=np.int64)

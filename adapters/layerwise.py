@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from levelsearch import Problem
@@ -127,6 +128,10 @@ class LayerwiseProblem(Problem):
 
     def dense_keys(self) -> Sequence[Hashable]:
         """The per-layer keys of the uncompressed model."""
+        raise NotImplementedError
+
+    def apply(self, levels: np.ndarray | None) -> None:
+        """Put the live model at ``levels`` (``None``: the uncompressed model), e.g. to export or inspect it."""
         raise NotImplementedError
 
     def dense_candidate(self) -> Any:

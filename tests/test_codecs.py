@@ -20,7 +20,6 @@ from levelsearch.adapters.codecs import (  # noqa: E402
 )
 from levelsearch.adapters.compress import DEFAULTS  # noqa: E402
 from levelsearch.adapters.models import save_model  # noqa: E402
-from levelsearch.adapters.weightsearch import export_levels, verify_levels_export  # noqa: E402
 from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.llm
@@ -61,7 +60,7 @@ def problems(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("tiny") / "llama"
     save_model(tiny_llama(n_layers=2), byte_tokenizer(), model_dir)
     out = {}
-    for name in WEIGHT_CODECS:
+    for name in available_codecs():
         codec = get_codec(name)
         settings = {
             **DEFAULTS,
@@ -99,22 +98,28 @@ def test_every_variant_keeps_its_level_and_decodes_to_the_weight_it_stands_for(n
             assert torch.allclose(back, dense, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", WEIGHT_CODECS)
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
 def test_applying_an_assignment_then_dense_leaves_the_model_bit_identical(name, problems):
     problem = problems[name]
-    before = {k: v.clone() for k, v in problem.model.state_dict().items()}
-    problem.apply(problem.space.sample(np.random.default_rng(0)))
-    problem.apply(None)
-    after = problem.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    ids = problem.heldout.tokens[:2]
+    with torch.inference_mode():
+        before = problem.model(input_ids=ids, use_cache=False).logits.clone()
+        weights = {k: v.clone() for k, v in problem.model.state_dict().items()}
+        problem.apply(problem.space.sample(np.random.default_rng(0)))
+        changed = problem.model(input_ids=ids, use_cache=False).logits.clone()
+        problem.apply(None)
+        after = problem.model(input_ids=ids, use_cache=False).logits
+    assert not torch.equal(before, changed)  # the assignment did compress the live model
+    assert torch.equal(before, after)
+    assert all(torch.equal(weights[k], v) for k, v in problem.model.state_dict().items())
 
 
-@pytest.mark.parametrize("name", WEIGHT_CODECS)
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
 def test_an_export_reloads_to_the_searched_logits(name, problems, tmp_path):
-    problem = problems[name]
+    codec, problem = get_codec(name), problems[name]
     levels = problem.space.sample(np.random.default_rng(1))
-    path = export_levels(problem, levels, tmp_path / "model")
-    assert verify_levels_export(problem, levels, path) < 1e-4
+    path = codec.export(problem, levels, tmp_path / "model")
+    assert codec.verify_export(problem, levels, path) < 1e-4
     problem.apply(None)
 
 

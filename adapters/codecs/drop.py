@@ -24,7 +24,7 @@ class DropCodec(Codec):
     name = "drop"
     profile_label = "dropped"
     start_label = "heuristic"
-    example_target = 0.25
+    example_target = 0.5
 
     def check_settings(self, settings: Settings) -> None:
         target_in(settings, 0.0, 1.0, "a fraction strictly between 0 and 1", open_ends=True)
