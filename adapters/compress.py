@@ -39,44 +39,17 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .settings import CompressSettings
+
 __all__ = ["DEFAULTS", "METHODS", "add_parser", "register_method", "run_compress", "run_drop", "schedule_options"]
 
-#: Settings of ``levelsearch compress`` (CLI options and YAML keys), with their defaults.
-DEFAULTS: dict[str, Any] = {
-    "model": "smollm2",
-    "method": "drop",
-    "target": 0.25,
-    "out": None,
-    "seed": 0,
-    "schedule": "cpu",
-    "offspring": None,
-    "optimizer": "evopress",
-    "generations": 400,
-    "search_minutes": None,
-    "start": "best-heuristic",
-    "calibration_tokens": 4096,
-    "heldout_tokens": 4096,
-    "seq_len": 256,
-    "top_k": 256,
-    "heuristic_tokens": 2048,
-    "heuristics": None,
-    "whole_blocks": False,
-    "budget": "per-type",
-    "data": None,
-    "threads": None,
-    "device": None,
-    "dtype": None,
-    "export": True,
-    "progress": True,
-    # sparsity / quant / joint only
-    "search_tokens": None,
-    "database": None,
-    "random_n": 16,
-}
+#: Settings of ``levelsearch compress`` (CLI options and YAML keys), with their defaults: the plain-dict
+#: view of :class:`~levelsearch.adapters.settings.CompressSettings`.
+DEFAULTS: dict[str, Any] = CompressSettings().to_dict()
 
 #: whole flows added by :func:`register_method`: name → callable(settings) -> results, or
 #: "module:function" resolved on use. Codecs need no entry here: they are found in the codec registry.
@@ -140,14 +113,16 @@ def run_drop(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- CLI
-def run_compress(settings: dict[str, Any]) -> dict[str, Any]:
-    """Run ``settings["method"]`` with ``settings`` merged over :data:`DEFAULTS`."""
+def run_compress(settings: Mapping[str, Any] | CompressSettings) -> dict[str, Any]:
+    """Run ``settings["method"]`` with ``settings`` (a :class:`CompressSettings` or a mapping of some of its
+    keys, the others at their defaults); ``ValueError`` for an unknown key."""
     from functools import partial
 
     from .codecs import available_codecs, get_codec
     from .pipeline import run
 
-    cfg = {**DEFAULTS, **settings}
+    typed = settings if isinstance(settings, CompressSettings) else CompressSettings.from_mapping(settings)
+    cfg = typed.to_dict()
     name = str(cfg["method"])
     fn = METHODS.get(name)
     if fn is None:
@@ -180,11 +155,8 @@ def _load_config(path: str) -> dict[str, Any]:
         raise ValueError(f"config {path} is not valid YAML") from None
     if not isinstance(data, dict):
         raise ValueError(f"config {path} must be a mapping of option: value")
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"config {path} has unknown key {unknown[0]!r}; keys are: {', '.join(DEFAULTS)}")
-    return data
+    CompressSettings.from_mapping(data, source=f"config {path}")  # unknown keys: one line, before anything runs
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -1,0 +1,92 @@
+"""Typed settings of ``levelsearch compress``, shared by the CLI, the YAML config and Python.
+
+    from levelsearch.adapters.settings import CompressSettings
+    from levelsearch.adapters.compress import run_compress
+
+    run_compress(CompressSettings(method="sparsity", target=0.5, out="runs/sparse", generations=50))
+
+A YAML config has the same keys (``-`` or ``_``), and so do the CLI options (``--search-minutes``).
+Keys a codec does not use are ignored by it (``whole_blocks`` and ``budget`` are ``drop``'s;
+``search_tokens``, ``database`` and ``random_n`` the weight codecs').
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["CompressSettings"]
+
+
+@dataclass
+class CompressSettings:
+    """Every setting of a ``compress`` run, with its default.
+
+    Attributes:
+        model: ``"smollm2"`` (offline default), a model directory, GGUF file or hub id.
+        method: a registered codec (``drop``, ``sparsity``, ``quant``, ``joint``, plug-ins).
+        target: the codec's budget (drop: fraction of sub-blocks; sparsity: average sparsity;
+            quant / joint: bits per weight).
+        out: output directory (results.json, profile.png, journal.db, model/).
+        seed: seed of the data split, the baselines and the search.
+        schedule: EvoPress selection schedule (``cpu``, ``drop``, ``super-fast``); offspring overrides its λ.
+        optimizer: ``evopress`` or ``evopress-ref``; generations and search_minutes stop it.
+        start: ``best-heuristic`` / ``best-baseline``, ``random`` or a baseline's name.
+        calibration_tokens, heldout_tokens, seq_len, top_k, heuristic_tokens: data sizes, tokens.
+        heuristics: the ``drop`` heuristics to run (default all); whole_blocks, budget: ``drop``'s units and budget.
+        data, threads, device, dtype: documents, torch threads, device and dtype.
+        export, progress: write ``OUT/model``; show progress.
+        search_tokens, database, random_n: weight codecs' fitness pool, database directory, random baseline size.
+    """
+
+    model: str = "smollm2"
+    method: str = "drop"
+    target: float = 0.25
+    out: str | None = None
+    seed: int = 0
+    schedule: str = "cpu"
+    offspring: int | None = None
+    optimizer: str = "evopress"
+    generations: int = 400
+    search_minutes: float | None = None
+    start: str | None = "best-heuristic"
+    calibration_tokens: int = 4096
+    heldout_tokens: int = 4096
+    seq_len: int = 256
+    top_k: int = 256
+    heuristic_tokens: int = 2048
+    heuristics: list[str] | None = None
+    whole_blocks: bool = False
+    budget: str = "per-type"
+    data: str | None = None
+    threads: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    export: bool = True
+    progress: bool = True
+    search_tokens: int | None = None
+    database: str | None = None
+    random_n: int = 16
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The setting names, in declaration order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> CompressSettings:
+        """Settings from a mapping (``-`` in keys read as ``_``); the others keep their defaults.
+
+        Raises:
+            ValueError: an unknown key, naming ``source`` (e.g. ``config run.yaml``) and the known keys.
+        """
+        given = {str(k).replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(given) - set(cls.keys()))
+        if unknown:
+            raise ValueError(f"{source} has unknown key {unknown[0]!r}; keys are: {', '.join(cls.keys())}")
+        return cls(**given)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as the plain dict the pipeline and a codec read."""
+        return asdict(self)
