@@ -55,3 +55,28 @@ def test_kernels_are_pure_numerics_that_import_only_each_other():
         names = _imports(path)
         bad = {n for n in names if n not in allowed and not (n.startswith(".") and n.count(".") == 1)}
         assert not bad, f"kernels/{path.name} imports {bad}"
+
+
+KINDS = {"drop", "sparsity", "quant", "joint"}
+
+
+def test_no_module_outside_the_codecs_branches_on_a_compression_kinds_name():
+    # a comparison of a kind or method name with a built-in kind's name: what codecs replaced
+    for path in (ROOT / "adapters").rglob("*.py"):
+        if "codecs" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            consts = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+            text = ast.unparse(node)
+            assert not (consts & KINDS and ("kind" in text or "method" in text)), f"{path.name}: {text}"
+
+
+def test_codecs_are_reached_only_through_the_registry_from_the_pipeline():
+    for name in ("pipeline.py", "compress.py", "database.py", "levelcompress.py", "weightsearch.py"):
+        bad = {
+            n for n in _imports(ROOT / "adapters" / name) if n.startswith((".codecs.", "levelsearch.adapters.codecs."))
+        }
+        bad -= {".codecs.base"}
+        assert not bad, f"{name} imports a codec module directly: {bad}"
