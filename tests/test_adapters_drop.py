@@ -250,3 +250,29 @@ def test_final_step_keeps_the_remembered_parents_layer_states(problem):
     problem.store.clear()
     problem.evaluate_many([Request(parent, None, 2), Request(kid, None, 2)])
     assert problem.store.has(tuple(problem.layer_keys(parent))) and problem.store.has(tuple(problem.layer_keys(kid)))
+
+
+def test_a_survivor_of_a_nested_minibatch_pays_only_for_its_new_sequences(problem):
+    from levelsearch import Request
+
+    rng = np.random.default_rng(5)
+    kids = list({k.tobytes(): k for k in (problem.space.sample(rng) for _ in range(6))}.values())[:3]
+    assert len(kids) == 3
+    problem._seq_kl.clear()
+    problem._memo.clear()
+    seq = problem.calibration.seq_len
+    small = problem.evaluate_many([Request(k, 2 * seq, 7) for k in kids])  # 2 sequences of seed 7's order
+    before = problem.n_forward_tokens
+    big = problem.evaluate_many([Request(k, 4 * seq, 7) for k in kids])  # the same 2 plus 2 more
+    assert problem.n_forward_tokens - before == 3 * 2 * seq  # only the 2 new sequences, for each kid
+    # the values are those of a fresh evaluation on the 4 sequences
+    problem._seq_kl.clear()
+    fresh = problem.evaluate_many([Request(k, 4 * seq, 7) for k in kids])
+    assert np.allclose(big, fresh, rtol=1e-6) and not np.allclose(small, big)
+
+
+def test_unit_errors_are_the_single_drop_kls_and_level_0_costs_nothing(problem):
+    est = problem.unit_errors()
+    assert est.shape == (problem.space.n_units, 2)
+    assert np.all(est[:, 0] == 0) and np.all(est[:, 1] > 0)
+    assert np.allclose(est[:, 1], problem.single_drop_kl(problem.calibration.seq_len, 0))
