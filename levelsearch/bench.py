@@ -260,8 +260,18 @@ def _finished(task: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------- the grid
-def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = None, progress: bool = True) -> Path:
-    """Run every (optimizer, problem, seed) of ``config`` and write the report into ``out``; returns report.md."""
+def run_bench(
+    config: dict[str, Any],
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    report_only: bool = False,
+) -> Path:
+    """Run every (optimizer, problem, seed) of ``config`` and write the report into ``out``; returns report.md.
+
+    With ``report_only`` nothing is run: the report covers the runs of the grid that finished before
+    (an interrupted grid's report, headed by how many of its runs it holds)."""
     from tqdm import tqdm
 
     from . import bench_report  # the tables and plots
@@ -288,9 +298,10 @@ def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = 
                 "max_seconds": o.get("max_seconds", config.get("max_seconds")),
                 "csv": str(out / "raw" / pr["label"] / o["label"] / f"seed{s}.csv"),
             }
+            # seed-major: an interrupted grid holds every (problem, optimizer) cell for its first seeds
+            for s in config["seeds"]
             for pr in problems
             for o in config["optimizers"]
-            for s in config["seeds"]
         ]
         results: list[dict[str, Any]] = []
         bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
@@ -302,6 +313,9 @@ def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = 
                 bar.update(1)
             else:
                 todo.append(t)
+        missing = len(todo) if report_only else 0
+        if report_only:
+            todo = []
         with pool:
             futures = {pool.submit(_run_one, t): t for t in todo}
             for fut in as_completed(futures):
@@ -328,6 +342,7 @@ def run_bench(config: dict[str, Any], out: str | Path, *, workers: int | None = 
         f"Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "problems": problems,
+        "missing_runs": missing,
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, default=_json) + "\n")
     return bench_report.write_report(out, meta, results)
@@ -370,12 +385,21 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default min(2, cpus))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--report-only", action="store_true", help="run nothing: report the runs of this grid that finished in --out"
+    )
     p.set_defaults(func=_cli)
 
 
 def _cli(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ValueError("--workers must be >= 1")
-    report = run_bench(load_bench_config(args.config), args.out, workers=args.workers, progress=not args.no_progress)
+    report = run_bench(
+        load_bench_config(args.config),
+        args.out,
+        workers=args.workers,
+        progress=not args.no_progress,
+        report_only=args.report_only,
+    )
     print(report)
     return 0

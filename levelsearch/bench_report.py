@@ -238,6 +238,12 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
         f"grid wall time {meta['wall_seconds'] / 60:.1f} min.",
         "",
     ]
+    if meta.get("missing_runs"):
+        md += [
+            f"**Partial report: {meta['missing_runs']} runs of the grid had not finished** (run the same command "
+            "again without --report-only to complete it; finished runs are kept).",
+            "",
+        ]
     md += [
         f"Seeds: {cfg['seeds']}. Wall-time cap per run: {cfg.get('max_seconds') or 'none'} s. "
         "Cells: median [25th, 75th percentile] over seeds of the recommendation's regret "
