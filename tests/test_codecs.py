@@ -19,8 +19,6 @@ from levelsearch.adapters.codecs import (  # noqa: E402
     register_codec,
 )
 from levelsearch.adapters.compress import DEFAULTS  # noqa: E402
-from levelsearch.adapters.models import save_model  # noqa: E402
-from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.llm
 
@@ -55,10 +53,9 @@ def test_a_database_of_a_codec_without_variants_is_refused():
 
 
 @pytest.fixture(scope="module")
-def problems(tmp_path_factory):
-    """One small problem per registered weight codec, built the way ``levelsearch compress`` builds it."""
-    model_dir = tmp_path_factory.mktemp("tiny") / "llama"
-    save_model(tiny_llama(n_layers=2), byte_tokenizer(), model_dir)
+def problems(tmp_path_factory, tiny_llama_dir):
+    """One small problem per registered codec, built the way ``levelsearch compress`` builds it."""
+    model_dir = tiny_llama_dir
     out = {}
     for name in available_codecs():
         codec = get_codec(name)

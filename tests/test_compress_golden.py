@@ -18,8 +18,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from levelsearch.adapters.compress import run_compress  # noqa: E402
-from levelsearch.adapters.models import save_model  # noqa: E402
-from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.llm
 
@@ -39,11 +37,9 @@ SETTINGS = dict(
 TARGETS = {"drop": 0.5, "sparsity": 0.5, "quant": 3, "joint": 3}
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    save_model(tiny_llama(n_layers=2), byte_tokenizer(), path)
-    return path
+@pytest.fixture
+def model_dir(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 @pytest.mark.parametrize("method", sorted(TARGETS))

@@ -12,9 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from levelsearch.adapters.codecs import base  # noqa: E402
-from levelsearch.adapters.models import save_model  # noqa: E402
 from test_adapters_compress import SMALL  # noqa: E402
-from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 
 from levelsearch.cli import main  # noqa: E402
 
@@ -30,11 +28,9 @@ def lowrank(monkeypatch):
     return base.get_codec("lowrank")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "llama"
-    save_model(tiny_llama(n_layers=2), byte_tokenizer(), path)
-    return path
+@pytest.fixture
+def model_dir(tiny_llama_dir):
+    return tiny_llama_dir
 
 
 def test_a_registered_third_party_codec_runs_compress_end_to_end(lowrank, model_dir, tmp_path, monkeypatch):
