@@ -28,7 +28,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for s in seeds:
         ref, new = runs.get(f"evopress-ref-s{s}"), runs.get(f"evopress-s{s}")
-        if not ref:
+        if not ref or not (args.folder / f"evopress-ref-s{s}.summary.json").exists():
+            print(f"| {s} | unfinished (no summary yet) | | | |")
             continue
         kl, tok = ref[-1]["kl"], ref[-1]["tokens"]
         need = next((p["tokens"] for p in new or [] if p["kl"] <= kl + 1e-12), math.inf)
