@@ -52,24 +52,6 @@ def export_dropped(
     return path
 
 
-@torch.inference_mode()
 def verify_export(problem: DropProblem, levels: np.ndarray, out: str | Path, n_seq: int = 2) -> float:
-    """Largest absolute logit difference between the exported model and the search's version.
-
-    Loads ``out`` with ``AutoModelForCausalLM.from_pretrained`` and compares on ``n_seq``
-    held-out sequences.
-    """
-    from transformers import AutoModelForCausalLM
-
-    dtype = next(problem.model.parameters()).dtype
-    loaded = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
-    loaded = loaded.to(problem.runner.device).eval()  # type: ignore[arg-type]
-    ids = problem.heldout.tokens[:n_seq]
-    ref = loaded(input_ids=ids.to(problem.runner.device), use_cache=False).logits.float()
-    got: list[torch.Tensor] = []
-    kw = problem.runner.layer_kwargs(ids)
-    problem.runner.run_shared(
-        ids, [problem.layer_keys(levels)], problem._layer_fn(kw), lambda h, c: got.append(problem.runner.logits(h))
-    )
-    problem.runner.set_dropped([])
-    return float((ref - got[0]).abs().max())
+    """:meth:`~levelsearch.adapters.layerwise.LayerwiseProblem.verify_export` (kept for callers of this name)."""
+    return problem.verify_export(levels, out, n_seq)

@@ -167,6 +167,25 @@ class LayerwiseProblem(Problem):
         """Whether the teacher of ``which`` is already computed or given."""
         return which in self._teachers
 
+    @torch.inference_mode()
+    def verify_export(self, levels: np.ndarray, out: Any, n_seq: int = 2) -> float:
+        """Largest absolute logit difference, on ``n_seq`` held-out sequences, between the exported directory
+        ``out`` (loaded with the stock ``AutoModelForCausalLM``) and this model at ``levels``; the live model
+        is left uncompressed."""
+        from transformers import AutoModelForCausalLM
+
+        dtype = next(self.model.parameters()).dtype
+        loaded: Any = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
+        loaded = loaded.to(self.runner.device).eval()
+        ids = self.heldout.tokens[:n_seq].to(self.runner.device)
+        self.apply(self.space.validate(levels))
+        try:
+            ref = self.model(input_ids=ids, use_cache=False).logits.float()
+        finally:
+            self.apply(None)
+        got = loaded(input_ids=ids, use_cache=False).logits.float()
+        return float((ref - got).abs().max())
+
     def identity_hash(self) -> str:
         """A short hash of :meth:`describe` (names cache files that belong to this exact problem)."""
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]

@@ -280,19 +280,9 @@ def export_levels(
     return path
 
 
-@torch.inference_mode()
 def verify_levels_export(problem: WeightLevelProblem, levels: np.ndarray, out: str | Path, n_seq: int = 2) -> float:
-    """Largest absolute logit difference between the exported directory and ``problem``'s model at ``levels``."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = next(problem.model.parameters()).dtype
-    loaded: Any = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
-    loaded = loaded.to(problem.runner.device).eval()
-    ids = problem.heldout.tokens[:n_seq].to(problem.runner.device)
-    problem.apply(problem.space.validate(levels))
-    ref = problem.model(input_ids=ids, use_cache=False).logits.float()
-    got = loaded(input_ids=ids, use_cache=False).logits.float()
-    return float((ref - got).abs().max())
+    """:meth:`~levelsearch.adapters.layerwise.LayerwiseProblem.verify_export` (kept for callers of this name)."""
+    return problem.verify_export(levels, out, n_seq)
 
 
 def dp_levels(problem: WeightLevelProblem) -> np.ndarray:

@@ -96,9 +96,9 @@ class Codec(ABC):
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
         """Write ``problem``'s model at ``levels`` as a directory the stock engines load; returns its path."""
 
-    @abstractmethod
     def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
         """Largest absolute logit difference between the exported directory and ``problem``'s model at ``levels``."""
+        return float(problem.verify_export(levels, path))
 
 
 class WeightCodec(Codec):
@@ -112,11 +112,6 @@ class WeightCodec(Codec):
         from ..weightsearch import export_levels
 
         return export_levels(problem, levels, out, info)
-
-    def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
-        from ..weightsearch import verify_levels_export
-
-        return verify_levels_export(problem, levels, path)
 
     def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
         """Uniform (when the target has one), the codec's own, DP on the per-unit errors, and best-of-N

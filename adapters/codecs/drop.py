@@ -91,11 +91,6 @@ class DropCodec(Codec):
 
         return export_dropped(problem, levels, out, info)
 
-    def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
-        from ..export import verify_export
-
-        return verify_export(problem, levels, path)
-
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
         attn, mlp = problem.dropped_modules(levels)
         return {"dropped": {"attention": attn, "mlp": mlp}}
