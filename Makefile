@@ -35,7 +35,7 @@ test: $(STAMP) lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check levelsearch adapters baselines tests bench
-	$(BIN)/mypy levelsearch
+	$(BIN)/mypy levelsearch adapters baselines
 
 clean:
 	rm -rf $(VENV) runs
