@@ -11,6 +11,7 @@ candidate (:meth:`LayerwiseProblem._layer_fn`, keyed per layer) and which key is
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import inspect
 import json
@@ -31,7 +32,7 @@ __all__ = ["LayerwiseProblem"]
 LayerFn = Callable[[int, torch.Tensor, Any], torch.Tensor]
 
 
-class LayerwiseProblem(Problem):
+class LayerwiseProblem(Problem, abc.ABC):
     """Base class of the ``llm-*`` problems (see the module docstring); not a problem by itself."""
 
     uses_fidelity = True
@@ -122,21 +123,21 @@ class LayerwiseProblem(Problem):
         self._teachers: dict[str, Teacher] = {}
 
     # ------------------------------------------------------------------ what a subclass says
+    @abc.abstractmethod
     def _layer_fn(self, kwargs: list[dict[str, Any]]) -> LayerFn:
         """``fn(layer, h, key) -> h``: decoder layer ``layer`` run on ``h`` as the per-layer ``key`` says."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dense_keys(self) -> Sequence[Hashable]:
         """The per-layer keys of the uncompressed model."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def apply(self, levels: np.ndarray | None) -> None:
         """Put the live model at ``levels`` (``None``: the uncompressed model), e.g. to export or inspect it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def dense_candidate(self) -> Any:
         """The candidate that stands for the uncompressed model in ``score`` and ``heldout_report``."""
-        raise NotImplementedError
 
     def token_set(self, which: str) -> TokenSet:
         """The tokens of ``"calibration"`` (the pool fitness draws from) or ``"heldout"``."""
