@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from levelsearch import LevelSpace, Request
+from levelsearch.additive import single_unit_probes
 
 __all__ = ["ErrorProber"]
 
@@ -71,20 +72,7 @@ class ErrorProber:
         self.done = False
 
     def _single_probes(self) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        sp, x0 = self.space, self.base
-        for i in range(sp.n_units):
-            for lv in range(int(sp.n_levels[i])):
-                if lv == x0[i]:
-                    continue
-                x = x0.copy()
-                x[i] = lv
-                for _ in range(8):  # repair may undo the move; retry with other compensations
-                    y = x if sp.is_feasible(x) else sp.repair(x, self.rng)
-                    if y[i] == lv:
-                        break
-                out.append(y)
-        return out
+        return single_unit_probes(self.space, self.base, self.rng)
 
     def next_batch(self, size: int) -> list[Request]:
         """Up to ``size`` probes not yet asked (empty once the fit is ready)."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from .space import LevelSpace, _integer_scale
 
-__all__ = ["solve_additive"]
+__all__ = ["solve_additive", "single_unit_probes"]
 
 
 def solve_additive(space: LevelSpace, errors: np.ndarray) -> tuple[np.ndarray, float]:
@@ -80,3 +80,25 @@ def solve_additive(space: LevelSpace, errors: np.ndarray) -> tuple[np.ndarray, f
             out[units[u]] = level
             t -= int(ints[u][level])
     return out, total
+
+
+def single_unit_probes(space: LevelSpace, base: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """For every unit ``i`` and level ``l != base[i]``: ``base`` with unit ``i`` at ``l`` and the budget
+    repaired elsewhere (a few compensating moves). Together with ``base`` these points identify an additive
+    model up to the budget's harmless directions: dp's probe design (``baselines``' ``dp``, and the
+    probes of :class:`~levelsearch.EvoPress`). A repair that keeps undoing the move is retried 8 times.
+    """
+    out: list[np.ndarray] = []
+    for i in range(space.n_units):
+        for lv in range(int(space.n_levels[i])):
+            if lv == base[i]:
+                continue
+            x = base.copy()
+            x[i] = lv
+            y = x
+            for _ in range(8):  # repair may undo the move; retry with other compensations
+                y = x if space.is_feasible(x) else space.repair(x, rng)
+                if y[i] == lv:
+                    break
+            out.append(y)
+    return out

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .additive import solve_additive
+from .additive import single_unit_probes, solve_additive
 from .optimizer import Optimizer, Request
 from .space import LevelSpace
 from .surrogate import AdditiveSurrogate
@@ -521,22 +521,9 @@ class EvoPress(ReferenceEvoPress):
         """The parent and, for every unit and level, the parent with that unit moved there and the
         budget repaired elsewhere (dp's design: it identifies an additive model)."""
         assert self.parent is not None
-        sp, x0 = self.space, self.parent
-        out = [x0.copy()]
-        for i in range(sp.n_units):
-            for lv in range(int(sp.n_levels[i])):
-                if lv == x0[i]:
-                    continue
-                x = x0.copy()
-                x[i] = lv
-                y = x
-                for _ in range(8):  # repair may undo the move; retry with other compensations
-                    y = x if sp.is_feasible(x) else sp.repair(x, self.rng)
-                    if y[i] == lv:
-                        break
-                if sp.is_feasible(y) and y.tobytes() != x0.tobytes():
-                    out.append(y)
-        return out
+        x0 = self.parent
+        probes = single_unit_probes(self.space, x0, self.rng)
+        return [x0.copy(), *(y for y in probes if self.space.is_feasible(y) and y.tobytes() != x0.tobytes())]
 
     def _jump_candidate(self) -> np.ndarray | None:
         sur = self.surrogate
