@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 __all__ = ["RunConfig", "load_config", "parse_config", "safe_load", "read_text", "check_finite"]
@@ -64,6 +65,7 @@ _Loader.add_implicit_resolver(
 def safe_load(text: str) -> Any:
     """Parse YAML safely (no Python objects), reading ``1e6``-style numbers as floats."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
 
 _TOP_KEYS = {"problem", "optimizer", "seed", "budget", "evaluator", "max_consecutive_failures", "name"}
 _BUDGET_KEYS = {"max_evaluations", "max_cost"}
@@ -149,14 +151,18 @@ def read_text(path: Path, what: str = "file") -> str:
 
 
 def check_finite(value: Any, where: str) -> None:
-    """Refuse NaN and infinities anywhere in a (nested) setting, naming where (``ValueError``)."""
+    """Refuse NaN and infinities anywhere in a (nested) setting, naming where (``ValueError``):
+    they make budgets and schedules lie. Mappings, lists, tuples, numpy arrays and scalars are looked into."""
     if isinstance(value, Mapping):
         for k, v in value.items():
             check_finite(v, f"{where}.{k}")
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             check_finite(v, f"{where}[{i}]")
-    elif isinstance(value, float) and not math.isfinite(value):
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"{where} must hold finite numbers only")
+    elif isinstance(value, (float, np.floating)) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number, got {value!r}")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import MAX_COST, MAX_EVALUATIONS  # the largest budgets accepted: more is a typo
+from .config import MAX_COST, MAX_EVALUATIONS, check_finite  # the largest budgets accepted: more is a typo
 from .evaluators import Evaluator, Outcome, SerialEvaluator, fitness_value
 from .journal import Journal, JournalMismatch
 from .optimizer import Optimizer, Request, make_optimizer
@@ -170,7 +170,7 @@ def minimize(
     """
     t_start = time.perf_counter()
     problem = _as_problem(fn, space)
-    _check_finite(options, "options")
+    check_finite(options, "options")
     if target is not None and (
         isinstance(target, bool) or not isinstance(target, (int, float, np.number)) or math.isnan(target)
     ):
@@ -503,21 +503,6 @@ def _check_budget(max_evaluations: int | None, max_cost: float | None, opt: Opti
         raise ValueError(f"max_cost must be a positive number (finite, up to {MAX_COST:.0e}), got {max_cost!r}")
     if max_evaluations is None and max_cost is None and getattr(opt, "max_generations", None) is None:
         raise ValueError("give a stopping rule: max_evaluations, max_cost or the optimizer's max_generations")
-
-
-def _check_finite(value: Any, where: str) -> None:
-    """Refuse NaN and infinities anywhere in a (nested) setting: they make budgets and schedules lie."""
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            _check_finite(v, f"{where}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_finite(v, f"{where}[{i}]")
-    elif isinstance(value, np.ndarray):
-        if value.dtype.kind in "fc" and not np.isfinite(value).all():
-            raise ValueError(f"{where} must hold finite numbers only")
-    elif isinstance(value, (float, np.floating)) and not math.isfinite(value):
-        raise ValueError(f"{where} must be a finite number, got {value!r}")
 
 
 def _check_oracle(jr: Journal, problem: Problem, resume: bool) -> None:
