@@ -108,6 +108,8 @@ class WeightLevelProblem(LayerwiseProblem):
         for which in ("calibration", "heldout"):
             self.teacher(which)  # on the dense weights, before anything is swapped in
         self._memo: dict[bytes, float] = {}
+        self._seq_kl: dict[tuple[Any, int], float] = {}  # (layer keys, sequence) -> KL summed over its tokens
+        self.n_forward_tokens = 0  # tokens that went through at least one layer (for benchmarks)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -182,24 +184,49 @@ class WeightLevelProblem(LayerwiseProblem):
         kl_sum = np.zeros(len(candidates))
         nll_sum = np.zeros(len(candidates))
         n_kl = n_nll = 0
+        # per-sequence KL sums of calibration candidates are remembered: a candidate evaluated again
+        # on overlapping sequences (a survivor of a selection step) runs only the sequences it lacks
+        memo = self._seq_kl if which == "calibration" and not with_nll else None
         per = max(1, self.runner.chunk_tokens // ts.seq_len)
         for s in range(0, seqs.size, per):
             rows = torch.as_tensor(seqs[s : s + per])
+            row_list = rows.tolist()
+            n_kl += rows.numel() * ts.seq_len
+            n_nll += rows.numel() * (ts.seq_len - 1)
+            run = list(range(len(candidates)))
+            if memo is not None:
+                run = [c for c in run if any((keys[c], r) not in memo for r in row_list)]
+                for c in set(range(len(candidates))) - set(run):
+                    kl_sum[c] += sum(memo[(keys[c], r)] for r in row_list)
+                if not run:
+                    continue
+            sub = [keys[c] for c in run]
             ids = ts.tokens[rows]
             t_lp, t_idx, t_tail = teacher.rows(rows)
             kw = self.runner.layer_kwargs(ids)
 
-            def on_output(h: torch.Tensor, cands: list[int], t_lp=t_lp, t_idx=t_idx, t_tail=t_tail, ids=ids) -> None:  # noqa: ANN001
+            def on_output(  # noqa: ANN202
+                h: torch.Tensor,
+                cands: list[int],
+                ids=ids,  # noqa: ANN001
+                rows=(t_lp, t_idx, t_tail),  # noqa: ANN001
+                run=run,  # noqa: ANN001
+                sub=sub,  # noqa: ANN001
+                row_list=row_list,  # noqa: ANN001
+            ) -> None:
                 z = self.runner.logits(h)
-                kl = float(kl_topk(z, t_lp, t_idx, t_tail).sum())
+                kl_rows = kl_topk(z, *rows).sum(-1).double().cpu().numpy()
+                kl = float(kl_rows.sum())
                 nll = float(nll_next(z, ids).sum()) if with_nll else 0.0
                 for c in cands:
-                    kl_sum[c] += kl
-                    nll_sum[c] += nll
+                    kl_sum[run[c]] += kl
+                    nll_sum[run[c]] += nll
+                    if memo is not None:
+                        for r, v in zip(row_list, kl_rows):
+                            memo[(sub[c], r)] = float(v)
 
-            self.runner.run_shared(ids, keys, self._layer_fn(kw), on_output)
-            n_kl += ids.numel()
-            n_nll += ids.shape[0] * (ids.shape[1] - 1)
+            self.runner.run_shared(ids, sub, self._layer_fn(kw), on_output)
+            self.n_forward_tokens += ids.numel() * len(set(sub))
         nll_mean = nll_sum / max(1, n_nll) if with_nll else np.full(len(candidates), np.nan)
         return kl_sum / max(1, n_kl), nll_mean
 
