@@ -6,6 +6,13 @@ same start for both (the heuristic with the lowest calibration KL, as ``make dem
 
     .venv/bin/python bench/search_efficiency.py --task drop --seeds 0 1 2
     .venv/bin/python bench/search_efficiency.py --task drop --seeds 0 --optimizers evopress-ref
+    .venv/bin/python bench/search_efficiency.py --task sparsity --seeds 0   # 70% (SparseGPT levels)
+    .venv/bin/python bench/search_efficiency.py --task quant --seeds 0      # 3 bits (GPTQ 2..6)
+
+The start is the best baseline by calibration KL: the drop heuristics (angular, ShortGPT, single-KL)
+or, for sparsity and quant, ``levelsearch compress``'s baselines (uniform, OWL, dp on the variant
+database's per-unit errors). The variant database (built once, cached) is shared like the teacher:
+its Hessians and the per-unit errors that ``evopress`` uses as prior cost no forward tokens here.
 
 ``evopress-ref`` runs ``--generations`` generations (default 45: the demo's); ``evopress`` then runs
 until its best calibration KL is at most the reference's final one (same seed) or it has spent as
@@ -37,41 +44,62 @@ from levelsearch.adapters.heuristics import run_heuristics
 
 from levelsearch import Request, make_optimizer, minimize
 
-
-def _problem(args: argparse.Namespace) -> DropProblem:
-    if args.task != "drop":
-        raise SystemExit(f"task {args.task!r}: only 'drop' is wired here (see the module docstring)")
-    return DropProblem(
-        "smollm2", target=0.25, calibration_tokens=4096, heldout_tokens=4096, seq_len=256, top_k=256, seed=0
-    )
+DATA = {"calibration_tokens": 4096, "heldout_tokens": 4096, "seq_len": 256, "top_k": 256, "seed": 0}
 
 
-def _heuristics(problem: DropProblem, out: Path) -> dict[str, Any]:
+def _problem(args: argparse.Namespace) -> Any:
+    """The task's problem on the demo's data: drop 25% of sub-blocks, 70% sparsity (SparseGPT), 3 bits (GPTQ)."""
+    if args.task == "drop":
+        return DropProblem("smollm2", target=0.25, **DATA)
+    if args.task == "sparsity":
+        from levelsearch.adapters.sparsity import SparsityProblem
+
+        return SparsityProblem("smollm2", target=0.7, **DATA)
+    if args.task == "quant":
+        from levelsearch.adapters.quantization import QuantProblem
+
+        return QuantProblem("smollm2", target=3.0, **DATA)
+    raise SystemExit(f"task {args.task!r}: choose drop, sparsity or quant")
+
+
+def _baselines(problem: Any) -> dict[str, Any]:
+    """The task's heuristics (drop) or baselines (uniform, the codec's own, dp) with full-pool calibration KL."""
+    if isinstance(problem, DropProblem):
+        heur = run_heuristics(problem, None, n_tokens=2048, seed=0)
+        vals = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()])
+        for name, v in zip(list(heur), vals):
+            heur[name]["calibration_kl"] = float(v)
+        return heur
+    from levelsearch.adapters.codecs import get_codec
+
+    base = get_codec(problem.spec["kind"]).run_baselines(problem, {"seed": 0, "heuristic_tokens": 2048}, None, {})
+    return {k: {"levels": np.asarray(v["levels"]), "calibration_kl": v["calibration_kl"]} for k, v in base.items()}
+
+
+def _heuristics(problem: Any, out: Path) -> dict[str, Any]:
     path = out / "heuristics.json"
     if path.exists():
         return {
             k: {**v, "levels": np.asarray(v["levels"], dtype=np.int64)} for k, v in json.loads(path.read_text()).items()
         }
-    heur = run_heuristics(problem, None, n_tokens=2048, seed=0)
-    vals = problem.evaluate_many([Request(h["levels"], None, 0) for h in heur.values()])
-    for name, v in zip(list(heur), vals):
-        heur[name]["calibration_kl"] = float(v)
-    path.write_text(json.dumps({k: {**v, "levels": v["levels"].tolist()} for k, v in heur.items()}))
+    heur = _baselines(problem)
+    path.write_text(json.dumps({k: {**v, "levels": np.asarray(v["levels"]).tolist()} for k, v in heur.items()}))
     return heur
 
 
-def _reset(problem: DropProblem, heur: dict[str, Any]) -> None:
+def _reset(problem: Any, heur: dict[str, Any]) -> None:
     """Forget everything a previous run left in the oracle; remember the heuristics' full-pool values."""
     problem._memo.clear()
     problem._seq_kl.clear()
-    problem._unit_errors = None
-    problem.store = type(problem.store)(problem.store.max_variants)
+    if isinstance(problem, DropProblem):
+        problem._unit_errors = None
+        problem.store = type(problem.store)(problem.store.max_variants)
     for h in heur.values():
-        problem.remember(h["levels"], h["calibration_kl"])
+        problem._memo[np.asarray(h["levels"], dtype=np.int64).tobytes()] = float(h["calibration_kl"])
 
 
 def _run(
-    problem: DropProblem,
+    problem: Any,
     heur: dict[str, Any],
     name: str,
     seed: int,
@@ -83,7 +111,8 @@ def _run(
 ) -> dict[str, Any]:
     _reset(problem, heur)
     best = min(heur, key=lambda n: heur[n]["calibration_kl"])
-    options = schedule_options("cpu", problem.calibration.n_tokens, None, problem.calibration.seq_len, name)
+    pool = getattr(problem, "search_pool", problem.calibration)
+    options = schedule_options("cpu", pool.n_tokens, None, pool.seq_len, name)
     options["start"] = heur[best]["levels"]
     if name != "evopress-ref":
         options.update(extra or {})
