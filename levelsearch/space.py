@@ -89,6 +89,10 @@ class LevelSpace:
         self._up_delta = _increments(self._costs, self.n_levels)
         for grp in self._groups:
             self._check_reachable(grp)
+        # fixed after construction; the mutation reads them for every child
+        self._keeps_budget = all(g.uniform_steps or g.hi is None for g in self._groups)
+        self._max_level_list: list[int] = self.max_level.tolist()
+        self._group_of_list: list[int] = self.group_of.tolist()
 
     # ------------------------------------------------------------------ set-up
     def group_labels_in_order(self, groups: Any) -> list[Hashable]:
@@ -200,7 +204,7 @@ class LevelSpace:
     @property
     def switch_keeps_budget(self) -> bool:
         """True when every level switch within a group leaves its total unchanged."""
-        return all(g.uniform_steps or g.hi is None for g in self._groups)
+        return self._keeps_budget
 
     def cost(self, levels: np.ndarray) -> float:
         """Total cost of an assignment over all units."""
@@ -403,8 +407,8 @@ class LevelSpace:
     def _pick_pair(
         self, lv: np.ndarray, rng: np.random.Generator, n: int, members: list[np.ndarray]
     ) -> tuple[int, int] | None:
-        ml = self.max_level
-        gof = self.group_of
+        ml = self._max_level_list
+        gof = self._group_of_list
         # rejection sampling first: O(1) per try on typical spaces
         for _ in range(32):
             i = int(rng.integers(n))
@@ -418,7 +422,7 @@ class LevelSpace:
             if j != i and lv[j] > 0:
                 return i, j
         # exact fallback: enumerate who can move
-        raisable = np.flatnonzero(lv < ml)
+        raisable = np.flatnonzero(lv < self.max_level)
         rng.shuffle(raisable)
         for i in raisable[:64]:
             grp = self._groups[gof[i]]
