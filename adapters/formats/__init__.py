@@ -1,0 +1,108 @@
+"""Compressed checkpoints that engines load, their loader and the check that they are the searched model.
+
+Formats, by compression method (the first is the default of ``levelsearch compress``):
+
+========  ==================  ==================================================================
+method    format              what is written, and what loads it
+========  ==================  ==================================================================
+drop      ``drop``            dropped weights left out: whole layers removed and renumbered (the
+                              stock architecture loads it), sub-blocks dropped alone left out and
+                              run as no-ops by :func:`load_compressed`
+drop      ``zeroed``          the dense file with dropped sub-blocks' weights zeroed (stock loader,
+                              dense size and speed; ``nn.Linear`` sub-blocks only)
+quant     ``pack-quantized``  compressed-tensors, one config group per bit-width, int32-packed
+                              codes, group scales and packed zero points (transformers + the
+                              ``compressed-tensors`` package; vLLM)
+joint     ``pack-quantized``  as quant, the pruned weights' codes at their zero points
+sparsity  ``sparse-bitmask``  compressed-tensors' bitmask layout: a bit per weight plus the nonzero
+                              values (:func:`load_compressed`)
+any       ``dense``           the weights each level stands for, dense (stock loader)
+========  ==================  ==================================================================
+
+Each writer is :func:`export` (``format=`` one of :func:`formats_for`); :func:`check_export` reloads
+the result and compares its logits with the search's, and fails loudly (see :mod:`.verify`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FORMATS", "export", "export_drop", "formats_for", "load_compressed", "check_export"]
+
+#: formats per compression method, the default first
+FORMATS: dict[str, tuple[str, ...]] = {
+    "drop": ("drop", "zeroed"),
+    "quant": ("pack-quantized", "dense"),
+    "joint": ("pack-quantized", "dense"),
+    "sparsity": ("sparse-bitmask", "dense"),
+}
+
+
+def formats_for(method: str) -> tuple[str, ...]:
+    """The formats a compression ``method`` can be written in, its default first (``("dense",)`` for plug-ins)."""
+    return FORMATS.get(method, ("dense",))
+
+
+def export_drop(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None) -> Path:
+    """Write a :class:`~levelsearch.adapters.dropping.DropProblem`'s model at ``levels`` in the ``drop`` format."""
+    from .drop import write_drop
+
+    lv = problem.space.validate(levels)
+    attn, mlp = problem.dropped_modules(lv)
+    problem.apply(None)
+    meta = {"method": "drop", "levels": lv.tolist(), "units": problem.unit_names(), **(info or {})}
+    return write_drop(problem.model, problem.tokenizer, attn, mlp, out, meta)
+
+
+def export(
+    problem: Any,
+    levels: np.ndarray,
+    out: str | Path,
+    *,
+    method: str,
+    format: str | None = None,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``problem``'s model at ``levels`` into ``out`` in ``format`` (default: ``method``'s first).
+
+    Raises:
+        ValueError: a format that does not fit the method (the fitting ones are listed).
+    """
+    fits = formats_for(method)
+    fmt = fits[0] if format is None else str(format)
+    if fmt not in fits:
+        raise ValueError(f"--format {fmt} does not fit --method {method}; use one of {', '.join(fits)}")
+    info = {**(info or {}), "format": fmt}
+    if fmt == "drop":
+        return export_drop(problem, levels, out, info)
+    if fmt == "zeroed":
+        from ..export import export_dropped
+
+        path = export_dropped(problem, levels, out, {**info, "loader": "transformers"})
+        return Path(path)
+    if fmt == "pack-quantized":
+        from .ctensors import write_pack_quantized
+
+        return write_pack_quantized(problem, levels, out, info)
+    if fmt == "sparse-bitmask":
+        from .ctensors import write_sparse_bitmask
+
+        return write_sparse_bitmask(problem, levels, out, info)
+    from ..weightsearch import export_levels
+
+    return Path(export_levels(problem, levels, out, {**info, "loader": "transformers"}))
+
+
+def __getattr__(name: str) -> Any:  # the loader and the check, imported on first use
+    if name == "load_compressed":
+        from .loader import load_compressed
+
+        return load_compressed
+    if name == "check_export":
+        from .verify import check_export
+
+        return check_export
+    raise AttributeError(name)

@@ -1,0 +1,82 @@
+"""The ``drop`` export: a checkpoint without the dropped weights.
+
+- A layer whose attention **and** MLP are both dropped is removed: the layers after it are renumbered
+  and the config's layer count and per-layer lists (``layer_types`` ...) are cut to match
+  (:func:`~levelsearch.adapters.formats.layout.cut_config`). When every drop is a whole layer the
+  directory is a plain Hugging Face model of the stock architecture, only shallower:
+  ``AutoModelForCausalLM.from_pretrained`` (and any engine that loads the architecture) runs it.
+- An attention or an MLP dropped alone leaves no tensor in the file (its norm, a few hundred
+  numbers, stays). ``levelsearch_compression.json`` lists those branches under ``noop_branches``,
+  and :func:`~levelsearch.adapters.formats.loader.load_compressed` builds the stock architecture
+  with a no-op module in their place (zeros of the branch's output shape, so the residual adds
+  nothing). No ``trust_remote_code``, and the same code path for every architecture the adapters map
+  (``nn.Linear``, GPT-2's ``Conv1D``, fused MoE experts alike: a branch is left out as a whole).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .layout import cut_config, model_layout, renumber
+
+__all__ = ["META_FILE", "write_drop"]
+
+META_FILE = "levelsearch_compression.json"
+
+
+def write_drop(
+    model: nn.Module,
+    tokenizer: Any,
+    attn: list[int],
+    mlp: list[int],
+    out: str | Path,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` without the attention branches of layers ``attn`` and the MLPs of layers ``mlp``.
+
+    ``model`` is read, never changed (its forward must be the uncompressed one: only its tensors and
+    config are used). Returns the directory; ``meta`` is added to ``levelsearch_compression.json``.
+    """
+    from ..models import save_model
+
+    lay = model_layout(model)
+    n = lay.n_layers
+    bad = [i for i in (*attn, *mlp) if not 0 <= int(i) < n]
+    if bad:
+        raise ValueError(f"layer index {bad[0]} is outside the model's {n} layers")
+    removed = sorted(set(attn) & set(mlp))
+    keep = [i for i in range(n) if i not in removed]
+    if not keep:
+        raise ValueError("every layer is dropped: there is no model left to write")
+    new_index = {old: new for new, old in enumerate(keep)}
+    branches = [lay.attn[i] for i in attn if i not in removed] + [lay.mlp[i] for i in mlp if i not in removed]
+    state: dict[str, Any] = {}
+    for name, t in model.state_dict().items():
+        if any(name.startswith(b + ".") for b in branches):
+            continue
+        new = renumber(name, lay.prefix, new_index)
+        if new is not None:
+            state[new] = t
+    noop = sorted(renumber(b, lay.prefix, new_index) or b for b in branches)
+    path = save_model(model, tokenizer, out, state_dict=state)
+    if removed:
+        config = cut_config(model.config, keep, n)
+        cfg = config.to_dict()
+        cfg.pop("quantization_config", None)
+        (path / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    info = {
+        "format": "drop",
+        "loader": "levelsearch.adapters.load_compressed" if noop else "transformers",
+        "removed_layers": removed,
+        "kept_layers": keep,
+        "noop_branches": noop,
+        "dropped_attention_layers": sorted(int(i) for i in attn),
+        "dropped_mlp_layers": sorted(int(i) for i in mlp),
+        **(meta or {}),
+    }
+    (path / META_FILE).write_text(json.dumps(info, indent=1))
+    return path

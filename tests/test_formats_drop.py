@@ -1,0 +1,164 @@
+"""Drop exports on tiny random models of seven architectures: smaller files that reload to the searched logits,
+and an export check that fails when they do not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from levelsearch.adapters.dropping import DropProblem  # noqa: E402
+from levelsearch.adapters.formats import export_drop  # noqa: E402
+from levelsearch.adapters.formats.loader import load_compressed  # noqa: E402
+from levelsearch.adapters.formats.verify import ExportCheckFailed, check_export, weights_bytes  # noqa: E402
+from test_adapters_drop import byte_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.llm
+
+N_LAYERS = 4
+COMMON = dict(vocab_size=257, hidden_size=32, num_attention_heads=4, max_position_embeddings=128)
+
+
+def _config(arch: str):
+    t = transformers
+    if arch == "llama":
+        return t.LlamaConfig(**COMMON, intermediate_size=64, num_key_value_heads=2, num_hidden_layers=N_LAYERS)
+    if arch == "qwen3":
+        return t.Qwen3Config(**COMMON, intermediate_size=64, num_key_value_heads=2, head_dim=8, num_hidden_layers=4)
+    if arch == "gemma3":
+        return t.Gemma3TextConfig(
+            **COMMON,
+            intermediate_size=64,
+            num_key_value_heads=2,
+            head_dim=8,
+            num_hidden_layers=N_LAYERS,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+        )
+    if arch == "phi3":
+        return t.Phi3Config(
+            **COMMON, intermediate_size=64, num_key_value_heads=2, num_hidden_layers=N_LAYERS, pad_token_id=0
+        )
+    if arch == "gpt_neox":
+        return t.GPTNeoXConfig(**COMMON, intermediate_size=64, num_hidden_layers=N_LAYERS)
+    if arch == "gpt2":
+        return t.GPT2Config(
+            vocab_size=257, n_embd=32, n_head=4, n_layer=N_LAYERS, n_positions=128, bos_token_id=256, eos_token_id=256
+        )
+    if arch == "mixtral":
+        return t.MixtralConfig(
+            **COMMON,
+            intermediate_size=64,
+            num_key_value_heads=2,
+            num_hidden_layers=N_LAYERS,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        )
+    raise AssertionError(arch)
+
+
+ARCHS = ["llama", "qwen3", "gemma3", "phi3", "gpt_neox", "gpt2", "mixtral"]
+
+
+def tiny_problem(arch: str) -> DropProblem:
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(_config(arch)).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return DropProblem(
+        arch,
+        target=0.5,
+        loaded=(model, byte_tokenizer()),
+        seq_len=16,
+        calibration_tokens=64,
+        heldout_tokens=32,
+        top_k=16,
+        chunk_tokens=32,
+    )
+
+
+def levels_of(attn: list[int], mlp: list[int]) -> np.ndarray:
+    lv = np.zeros(2 * N_LAYERS, dtype=np.int64)
+    lv[[2 * i for i in attn]] = 1
+    lv[[2 * i + 1 for i in mlp]] = 1
+    return lv
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mixed_drop_export_is_smaller_and_reloads_to_the_searched_logits(arch, tmp_path):
+    prob = tiny_problem(arch)
+    lv = levels_of([0, 1], [0, 2])  # layer 0 removed; attention of 1 and MLP of 2 dropped alone
+    path = export_drop(prob, lv, tmp_path / "model")
+    res = check_export(prob, lv, path)
+    assert res["max_abs_logit_diff"] < 1e-4 and res["loader"] == "levelsearch.adapters.load_compressed"
+    meta = json.loads((path / "levelsearch_compression.json").read_text())
+    assert meta["removed_layers"] == [0] and len(meta["noop_branches"]) == 2
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg.get("num_hidden_layers", cfg.get("n_layer")) == N_LAYERS - 1
+    dense = export_drop(prob, np.zeros_like(lv), tmp_path / "dense")
+    assert weights_bytes(path) < weights_bytes(dense)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "gpt2", "mixtral"])
+def test_whole_layer_drops_load_with_stock_transformers(arch, tmp_path):
+    prob = tiny_problem(arch)
+    lv = levels_of([1, 2], [1, 2])
+    path = export_drop(prob, lv, tmp_path / "model")
+    assert json.loads((path / "levelsearch_compression.json").read_text())["loader"] == "transformers"
+    stock = transformers.AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    ids = prob.heldout.tokens[:2]
+    from levelsearch.adapters.formats.verify import reference_logits
+
+    got = stock(input_ids=ids, use_cache=False).logits
+    assert float((got - reference_logits(prob, lv, ids)).abs().max()) < 1e-4
+    if arch == "gemma3":  # the per-layer list is cut with the layers
+        assert stock.config.layer_types == ["sliding_attention", "full_attention"]
+
+
+def test_a_tampered_export_fails_its_check_and_is_renamed(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    prob = tiny_problem("gpt2")
+    lv = levels_of([0, 1], [0, 2])
+    path = export_drop(prob, lv, tmp_path / "model")
+    sd = load_file(str(path / "model.safetensors"))
+    name = next(k for k in sd if k.endswith("mlp.c_fc.weight"))
+    sd[name] = sd[name] * 0.5  # e.g. a writer that missed a Conv1D
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ExportCheckFailed, match="not the searched model"):
+        check_export(prob, lv, path)
+    assert not path.exists() and (tmp_path / "model.FAILED" / "FAILED").is_file()
+    with pytest.raises(ValueError, match="failed its export check"):
+        load_compressed(tmp_path / "model.FAILED")
+
+
+def test_a_checkpoint_missing_a_kept_tensor_is_refused_not_random(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    prob = tiny_problem("llama")
+    lv = levels_of([0, 1], [0, 2])
+    path = export_drop(prob, lv, tmp_path / "model")
+    sd = load_file(str(path / "model.safetensors"))
+    sd.pop(next(k for k in sd if k.endswith("mlp.up_proj.weight")))
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks"):
+        load_compressed(path)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "mixtral"])
+def test_zeroing_only_linear_layers_is_caught_on_conv1d_and_fused_experts(arch, tmp_path):
+    from levelsearch.adapters.formats import export
+
+    prob = tiny_problem(arch)
+    lv = levels_of([0, 1], [0, 2])
+    path = export(prob, lv, tmp_path / "model", method="drop", format="zeroed")
+    with pytest.raises(ExportCheckFailed, match="not the searched model"):
+        check_export(prob, lv, path)
+    assert (tmp_path / "model.FAILED").is_dir()
