@@ -201,19 +201,31 @@ def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> di
 def export_and_write(
     codec: Any, problem: Any, best: Any, results: dict[str, Any], timings: dict[str, float], t_all: float, cfg: Any
 ) -> dict[str, Any]:
-    """Export the search's best model (unless ``cfg["export"]`` is off) and check its logits, then write
-    ``OUT/results.json`` with the timings (seconds since ``t_all``). Returns ``results``."""
+    """Export the search's best model (unless ``cfg["export"]`` is off) in its codec's default format, check
+    that it reloads to the searched logits, measure its size and speed against the dense model's
+    (:func:`~levelsearch.adapters.formats.run.export_and_check`), then write ``OUT/results.json`` with the
+    timings (seconds since ``t_all``). A failed check is recorded there and raised. Returns ``results``."""
+    from .formats.run import export_and_check
+    from .formats.verify import ExportCheckFailed
+
     out = Path(cfg["out"])
+
+    def write() -> None:
+        timings["total"] = time.perf_counter() - t_all
+        results["timings"] = timings
+        (out / "results.json").write_text(json.dumps(jsonable(results), indent=1))
+
     if cfg["export"]:
         t0 = time.perf_counter()
-        path = codec.export(
-            problem, best, out / "model", {"heldout_ppl": results["methods"]["evopress"]["heldout_ppl"]}
-        )
-        results["export"] = {"dir": str(path), "max_abs_logit_diff": codec.verify_export(problem, best, path)}
+        info = {"heldout_ppl": results["methods"]["evopress"]["heldout_ppl"]}
+        try:  # an export that does not reload to the searched logits stops the run (model.FAILED, exit 2)
+            results["export"] = export_and_check(codec, problem, best, out / "model", info=info)
+        except ExportCheckFailed as exc:
+            results["export"] = {"failed": str(exc)}
+            write()
+            raise
         timings["export"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-    results["timings"] = timings
-    (out / "results.json").write_text(json.dumps(jsonable(results), indent=1))
+    write()
     return results
 
 

@@ -1,0 +1,77 @@
+"""Export a searched assignment, check it, measure it: what ``levelsearch compress`` and ``levelsearch export``
+both do after a search (:func:`export_and_check`)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["export_and_check", "check_new_dir"]
+
+
+def check_new_dir(path: str | Path) -> Path:
+    """``path`` must not exist, or be an empty directory (``ValueError``, one line, otherwise)."""
+    p = Path(path)
+    if p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise ValueError(f"{p} exists and is not empty; choose a new --out or remove it")
+    return p
+
+
+def export_and_check(
+    codec: Any,
+    problem: Any,
+    levels: np.ndarray,
+    out: str | Path,
+    *,
+    format: str | None = None,
+    info: dict[str, Any] | None = None,
+    measure: bool = True,
+    batch_seqs: int = 4,
+) -> dict[str, Any]:
+    """Write ``problem``'s model at ``levels`` into ``out`` (``format``: default the codec's first, see
+    :data:`~levelsearch.adapters.formats.FORMATS`), reload it and compare logits (an
+    :class:`~levelsearch.adapters.formats.verify.ExportCheckFailed` stops here), then measure it.
+
+    Returns what ``results.json`` records under ``export``: the directory, format, loader, max |logit
+    diff| and tolerance, seconds; with ``measure``, the weight bytes on disk against the dense model's
+    (``size``) and the reloaded and dense models' tokens/s on ``batch_seqs`` held-out sequences, measured
+    side by side (``speed``).
+    """
+    from . import FORMATS, export, formats_for
+    from .loader import load_compressed
+    from .verify import check_export, sizes, throughput
+
+    t0 = time.perf_counter()
+    method = str(codec.name)
+    if method in FORMATS:
+        fmt = format or formats_for(method)[0]
+        path = Path(export(problem, levels, out, method=method, format=fmt, info=info))
+    else:  # a plug-in codec writes its own directory
+        if format not in (None, "dense"):
+            raise ValueError(f"--format {format} does not fit --method {method}; use dense")
+        fmt = "dense"
+        path = Path(codec.export(problem, levels, out, info))
+    checked = check_export(problem, levels, path)
+    entry: dict[str, Any] = {"dir": str(path), "format": fmt, **checked}
+    entry["seconds"] = time.perf_counter() - t0
+    if not measure:
+        return entry
+    entry["size"] = sizes(problem, path)
+    dev = next(problem.model.parameters()).device
+    dtype = next(problem.model.parameters()).dtype
+    reloaded = load_compressed(path, dtype=dtype, device=dev)
+    problem.apply(None)
+    ids = problem.heldout.tokens[:batch_seqs].to(dev)
+
+    def run(model: Any) -> Any:
+        return lambda x: model(input_ids=x, use_cache=False)
+
+    with torch.inference_mode():
+        speed = throughput({"exported": run(reloaded), "dense": run(problem.model)}, ids)
+    speed["speedup"] = speed["exported_tokens_per_s"] / speed["dense_tokens_per_s"]
+    entry["speed"] = speed
+    return entry
