@@ -16,8 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import metadata
 from typing import Any
+
+from .registry import Registry
+
+#: subcommands beyond run/resume/optimizers/problems: ``name -> add_parser(subparsers)``; other packages add
+#: theirs through the entry-point group (``levelsearch compress`` comes from the adapters)
+COMMANDS: Registry[Any] = Registry("command", "levelsearch.commands")
+COMMANDS.register("bench", "levelsearch.bench:add_parser")
+COMMANDS.register("report", "levelsearch.report:add_parser")
 
 __all__ = ["main"]
 
@@ -110,22 +117,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("problems", help="list registered problem kinds")
     p.set_defaults(func=_cmd_problems)
 
-    for modname in ("bench", "report"):
+    for name in COMMANDS.names():
         try:
-            mod = __import__(f"levelsearch.{modname}", fromlist=["add_parser"])
-        except ImportError:
-            continue
-        add = getattr(mod, "add_parser", None)
-        if add is not None:
-            add(sub)
-
-    for ep in metadata.entry_points(group="levelsearch.commands"):
-        try:
-            ep.load()(sub)
+            COMMANDS.load(name)(sub)
         except ImportError as exc:
             # the command's extra is missing: keep a stub that says how to install it
-            stub = sub.add_parser(ep.name, help=f"(needs an extra: {exc.name or exc})")
-            stub.set_defaults(func=_missing_extra(ep.name, str(exc.name or exc)))
+            stub = sub.add_parser(name, help=f"(needs an extra: {exc.name or exc})")
+            stub.set_defaults(func=_missing_extra(name, str(exc.name or exc)))
     return parser
 
 

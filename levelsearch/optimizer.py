@@ -14,11 +14,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
+from .registry import Registry
 from .space import LevelSpace
 
 __all__ = [
@@ -96,9 +96,9 @@ class Optimizer(abc.ABC):
 
 
 OptimizerFactory = Callable[..., Optimizer]
-_REGISTRY: dict[str, OptimizerFactory | str] = {}
-_ENTRY_POINTS_LOADED = False
 ENTRY_POINT_GROUP = "levelsearch.optimizers"
+#: the optimizers: built-in ones register in ``levelsearch/__init__.py``, others through the entry-point group
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", ENTRY_POINT_GROUP, extra="baselines")
 
 
 def register_optimizer(name: str, factory: OptimizerFactory | str, *, replace: bool = False) -> None:
@@ -107,29 +107,12 @@ def register_optimizer(name: str, factory: OptimizerFactory | str, *, replace: b
     Raises:
         ValueError: if ``name`` is already registered and ``replace`` is false.
     """
-    if not replace and name in _REGISTRY and _REGISTRY[name] != factory:
-        raise ValueError(f"an optimizer named {name!r} is already registered; pick another name or replace=True")
-    _REGISTRY[name] = factory
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY and _REGISTRY[ep.name] != ep.value:
-            # a third-party package may not silently shadow a registered name
-            raise ValueError(
-                f"entry point {ep.name!r} = {ep.value!r} collides with the registered optimizer of that name"
-            )
-        _REGISTRY[ep.name] = ep.value
+    OPTIMIZERS.register(name, factory, replace=replace)
 
 
 def available_optimizers() -> list[str]:
     """Names of every registered optimizer (built in and from entry points), sorted."""
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    return OPTIMIZERS.names()
 
 
 def get_optimizer(name: str) -> OptimizerFactory:
@@ -139,22 +122,7 @@ def get_optimizer(name: str) -> OptimizerFactory:
         ValueError: for an unknown name (listing the known ones), or when the
             optimizer's package needs an extra that is not installed.
     """
-    _load_entry_points()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(available_optimizers())}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module_name, _, attr = target.partition(":")
-        try:
-            module = __import__(module_name, fromlist=[attr])
-        except ImportError as exc:
-            raise ValueError(
-                f"optimizer {name!r} needs a package that is not installed ({exc.name or exc}); "
-                "install the extra, e.g. pip install 'levelsearch[baselines]'"
-            ) from None
-        target = getattr(module, attr)
-        _REGISTRY[name] = target
-    return target
+    return OPTIMIZERS.get(name)
 
 
 def make_optimizer(name: str, space: LevelSpace, *, seed: int = 0, **options: Any) -> Optimizer:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from .optimizer import Request
+from .registry import Registry
 from .space import LevelSpace
 
 __all__ = [
@@ -139,9 +139,21 @@ def _takes_fidelity(fn: Callable[..., Any]) -> bool:
 
 
 ProblemFactory = Callable[..., Problem]
-_REGISTRY: dict[str, ProblemFactory | str] = {}
-_LOADED = False
 ENTRY_POINT_GROUP = "levelsearch.problems"
+
+
+def _import_built_in_problems() -> None:
+    from . import synthetic  # noqa: F401  (registers the built-in problems)
+
+
+#: the problem kinds: the synthetic ones, then the entry-point group (the adapters' ``llm-*``, plug-ins)
+PROBLEMS: Registry[ProblemFactory] = Registry(
+    "problem",
+    ENTRY_POINT_GROUP,
+    unknown="unknown problem kind {name!r}; known: {known}",
+    extra="llm",
+    preload=_import_built_in_problems,
+)
 
 
 def register_problem(name: str, factory: ProblemFactory | str, *, replace: bool = False) -> None:
@@ -150,48 +162,17 @@ def register_problem(name: str, factory: ProblemFactory | str, *, replace: bool 
     Raises:
         ValueError: if the name is taken and ``replace`` is false.
     """
-    if not replace and name in _REGISTRY and _REGISTRY[name] != factory:
-        raise ValueError(f"a problem named {name!r} is already registered")
-    _REGISTRY[name] = factory
-
-
-def _load() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    from . import synthetic  # noqa: F401  (registers the built-in problems)
-
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY and _REGISTRY[ep.name] != ep.value:
-            raise ValueError(f"entry point problem {ep.name!r} collides with a registered problem")
-        _REGISTRY[ep.name] = ep.value
+    PROBLEMS.register(name, factory, replace=replace)
 
 
 def available_problems() -> list[str]:
     """Names of every registered problem kind, sorted."""
-    _load()
-    return sorted(_REGISTRY)
+    return PROBLEMS.names()
 
 
 def get_problem_factory(name: str) -> ProblemFactory:
     """The factory registered under ``name`` (``ValueError`` if unknown or not installed)."""
-    _load()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown problem kind {name!r}; known: {', '.join(available_problems())}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module_name, _, attr = target.partition(":")
-        try:
-            module = __import__(module_name, fromlist=[attr])
-        except ImportError as exc:
-            raise ValueError(
-                f"problem {name!r} needs a package that is not installed ({exc.name or exc}); "
-                "install the extra, e.g. pip install 'levelsearch[llm]'"
-            ) from None
-        target = getattr(module, attr)
-        _REGISTRY[name] = target
-    return target
+    return PROBLEMS.get(name)
 
 
 def make_problem(config: Mapping[str, Any]) -> Problem:
