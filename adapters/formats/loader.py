@@ -6,6 +6,8 @@
   ``config.json`` (no ``trust_remote_code``), each listed branch is replaced by a :class:`NoOpBranch`,
   and the weights are loaded strictly from the safetensors files: a tensor the model lacks, or a
   model tensor the file lacks (tied weights aside), is an error, never a random initialisation.
+- ``format: pack-quantized``: the stock architecture, every module decompressed by compressed-tensors
+  with its own config group (:mod:`.ctensors` says why not through transformers' quantizer).
 - ``format: sparse-bitmask``: the compressed-tensors bitmask layout, decompressed here
   (:mod:`.ctensors`; current transformers releases no longer read it).
 """
@@ -164,6 +166,10 @@ def load_compressed(
         from .ctensors import load_sparse_bitmask
 
         model: Any = load_sparse_bitmask(p, dt)
+    elif meta.get("format") == "pack-quantized":
+        from .ctensors import load_pack_quantized
+
+        model = load_pack_quantized(p, dt)
     elif meta.get("noop_branches"):
         model = _load_with_noop(p, meta, dt)
     else:

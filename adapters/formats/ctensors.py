@@ -1,0 +1,317 @@
+"""compressed-tensors checkpoints: ``pack-quantized`` for bit-widths (quant, joint), ``sparse-bitmask`` for sparsity.
+
+**pack-quantized.** Each quantized linear is stored as compressed-tensors stores a GPTQ result:
+``weight_packed`` (int32 words holding the codes, packed with the library's own packer),
+``weight_scale`` (per group, in the model's dtype), ``weight_zero_point`` (packed along the output
+rows) and ``weight_shape``. ``config.json`` gets a ``quantization_config`` with one config group per
+(bit-width, group size): asymmetric int weights, ``strategy: group`` (``channel`` when the search used
+one group per row), the modules named exactly in ``targets``. Codes and grid are the search's
+(:class:`~levelsearch.adapters.kernels.grid.Quantized`: ``W = scale · (code − zero)``), shifted by
+``2^(bits−1)`` to the library's signed range, so the reload dequantizes to the searched weights.
+compressed-tensors needs the group size to divide a layer's input width; where the search's does not
+(SmolLM2's 576 = 4·128 + 64), the layer is written with the largest group size that divides both
+(64) and each scale and zero point repeated: the same weights, 1/128 bit more per weight.
+:func:`load_pack_quantized` reloads it with compressed-tensors' own decompressor, module by module with
+each module's config group. (transformers 5.24 with compressed-tensors 0.20 gets a profile of several
+bit-widths wrong both ways: ``from_pretrained`` re-initialises the packed zero points, which it expects
+unpacked, and ``CompressedTensorsConfig(dequantize=True)`` decodes every module with the first group's
+scheme; a single bit-width loads right with the latter.) vLLM's kernels for such weights
+(``CompressedTensorsWNA16``: Marlin, Machete ...) take 4 and 8 bits only, and need the shards it
+fuses (q/k/v, gate/up) at one bit-width: :func:`vllm_warnings` says when a profile breaks either.
+
+**sparse-bitmask.** compressed-tensors' bitmask layout per pruned linear: ``weight.shape``,
+``weight.compressed`` (the nonzeros, row-major), ``weight.bitmask`` (a bit per weight, each row
+packed little-endian) and ``weight.row_offsets`` (where each row's nonzeros start); the nonzeros in fp16
+when that loses nothing (a database keeps them in fp16), else in the model's dtype. config.json
+names it under ``quantization_config.sparsity_config``. Current transformers and compressed-tensors
+releases (0.15 on) no longer decompress it, so :func:`load_sparse_bitmask` does (``load_compressed``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "VLLM_BITS",
+    "load_pack_quantized",
+    "load_sparse_bitmask",
+    "vllm_warnings",
+    "write_pack_quantized",
+    "write_sparse_bitmask",
+]
+
+#: bit-widths vLLM's compressed-tensors weight-only kernels run (WNA16_SUPPORTED_BITS)
+VLLM_BITS = (4, 8)
+#: module-name endings vLLM fuses into one layer, whose shards must share a scheme
+_FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _need_compressed_tensors() -> Any:
+    try:
+        import compressed_tensors
+    except ImportError:
+        raise ValueError(
+            "the pack-quantized format needs compressed-tensors: pip install 'levelsearch[compressed-tensors]'"
+        ) from None
+    return compressed_tensors
+
+
+def _parts(db: Any, unit: str, level: int, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The stored tensors of ``unit`` at ``level`` in a variant database (read with safetensors)."""
+    from safetensors import safe_open
+
+    layer = str(db.manifest["units"][unit]["layer"])
+    with safe_open(str(Path(db.root) / db.manifest["layers"][layer]["file"]), framework="pt") as f:
+        return {n: f.get_tensor(f"{unit}/{level}/{n}") for n in names}
+
+
+def _bits_of(value: Any) -> int:
+    return int(value[1]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def _scheme(bits: int, group: int | None) -> dict[str, Any]:
+    weights = {
+        "num_bits": bits,
+        "type": "int",
+        "symmetric": False,
+        "strategy": "group" if group else "channel",
+        "group_size": group,
+        "dynamic": False,
+    }
+    return {"weights": weights, "input_activations": None, "output_activations": None, "format": "pack-quantized"}
+
+
+def _write_config(path: Path, qcfg: dict[str, Any]) -> None:
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["quantization_config"] = qcfg
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None) -> Path:
+    """Write a quant or joint problem's model at ``levels`` as a compressed-tensors pack-quantized checkpoint."""
+    ct = _need_compressed_tensors()
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    from compressed_tensors.quantization import QuantizationConfig
+
+    from ..kernels.grid import unpack_codes
+    from ..models import save_model
+    from .drop import META_FILE
+
+    if problem.spec.get("kind") not in ("quant", "joint"):
+        raise ValueError(f"the pack-quantized format holds bit-widths; a {problem.spec.get('kind')} run has none")
+    lv = problem.space.validate(levels)
+    problem.apply(None)
+    dtype = next(problem.model.parameters()).dtype
+    state = dict(problem.model.state_dict())
+    gs = problem.spec.get("group_size", 128)
+    groups: dict[tuple[int, int | None], list[str]] = {}
+    per_unit: dict[str, Any] = {}
+    for u, name in enumerate(problem.unit_names):
+        level = int(lv[u])
+        bits = _bits_of(problem.db.values(name)[level])
+        rows, cols = problem.db.shape(name)
+        p = _parts(problem.db, name, level, ("codes", "scales", "zeros"))
+        codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))
+        scales, zeros = p["scales"], p["zeros"]
+        group = None if gs is None else (gs if cols % gs == 0 else math.gcd(int(gs), cols))
+        if group is not None and group != gs:  # the search's groups as runs of smaller ones
+            idx = torch.arange(cols // group) * group // int(gs)
+            scales, zeros = scales[:, idx], zeros[:, idx]
+        off = 1 << (bits - 1)
+        state.pop(f"{name}.weight")
+        state[f"{name}.weight_packed"] = pack_to_int32((codes.to(torch.int16) - off).to(torch.int8), bits)
+        state[f"{name}.weight_scale"] = scales.to(dtype).contiguous()
+        zp = (zeros.to(torch.int16) - off).to(torch.int8)
+        state[f"{name}.weight_zero_point"] = pack_to_int32(zp, bits, packed_dim=0)
+        state[f"{name}.weight_shape"] = torch.tensor([rows, cols])
+        groups.setdefault((bits, group), []).append(name)
+        per_unit[name] = {"level": level, "bits": bits, "group_size": group}
+    config_groups = {
+        f"group_{k}": {"targets": names, **_scheme(bits, group)}
+        for k, ((bits, group), names) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)))
+    }
+    qcfg = QuantizationConfig.model_validate(
+        {
+            "config_groups": config_groups,
+            "quant_method": "compressed-tensors",
+            "format": "pack-quantized",
+            "quantization_status": "compressed",
+            "ignore": [],
+        }
+    ).model_dump()
+    qcfg["version"] = getattr(ct, "__version__", None)
+    path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
+    _write_config(path, qcfg)
+    warnings = vllm_warnings(per_unit)
+    meta = {
+        "format": "pack-quantized",
+        "loader": "levelsearch.adapters.load_compressed",
+        "kind": problem.spec["kind"],
+        "spec": problem.spec,
+        "levels": lv.tolist(),
+        "units": per_unit,
+        "vllm": warnings or ["loads with vLLM's compressed-tensors WNA16 kernels"],
+        **(info or {}),
+    }
+    (path / META_FILE).write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
+    """What keeps vLLM from running a pack-quantized profile: bit-widths its kernels lack, fused shards
+    (q/k/v, gate/up) at different bit-widths, group sizes its Marlin kernel lacks. Empty when none."""
+    out = []
+    other = sorted({u["bits"] for u in units.values()} - set(VLLM_BITS))
+    if other:
+        out.append(
+            f"bit-widths {other} have no vLLM kernel (it runs {list(VLLM_BITS)}): transformers dequantizes them, "
+            "vLLM refuses the checkpoint"
+        )
+    groups = sorted({u["group_size"] for u in units.values() if u["group_size"] not in (None, 32, 64, 128)})
+    if groups:
+        out.append(f"group sizes {groups} have no vLLM Marlin kernel (it runs 32, 64, 128 and per-channel)")
+    for fused in _FUSED:
+        by_prefix: dict[str, set[tuple[int, Any]]] = {}
+        for name, u in units.items():
+            head, _, tail = name.rpartition(".")
+            if tail in fused:
+                by_prefix.setdefault(head, set()).add((u["bits"], u["group_size"]))
+        mixed = [h for h, s in by_prefix.items() if len(s) > 1]
+        if mixed:
+            out.append(
+                f"{'/'.join(fused)} of {len(mixed)} layers (first: {mixed[0]}) differ in bits or groups; vLLM "
+                "fuses them into one layer with one scheme and refuses this"
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- sparse bitmask
+def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None) -> Path:
+    """Write a sparsity problem's model at ``levels`` in compressed-tensors' sparse-bitmask layout."""
+    from ..models import save_model
+    from .drop import META_FILE
+
+    if problem.spec.get("kind") != "sparsity":
+        raise ValueError(f"the sparse-bitmask format holds pruned weights; use it for sparsity, not {problem.spec}")
+    lv = problem.space.validate(levels)
+    problem.apply(lv)
+    try:
+        state = {k: v.detach().clone() for k, v in problem.model.state_dict().items()}
+    finally:
+        problem.apply(None)
+    per_unit: dict[str, Any] = {}
+    zeros_total = numel_total = 0
+    for u, name in enumerate(problem.unit_names):
+        w = state.pop(f"{name}.weight")
+        mask = w != 0
+        state[f"{name}.weight.shape"] = torch.tensor(list(w.shape))
+        values = w[mask]
+        half = values.to(torch.float16)  # a database stores nonzeros in fp16: then fp16 loses nothing
+        state[f"{name}.weight.compressed"] = half if bool((half.to(values.dtype) == values).all()) else values
+        bits = np.packbits(mask.cpu().numpy(), axis=-1, bitorder="little")
+        state[f"{name}.weight.bitmask"] = torch.from_numpy(bits)
+        counts = mask.sum(dim=1)
+        state[f"{name}.weight.row_offsets"] = torch.cumsum(counts, 0).sub(counts).to(torch.int32)
+        nz = int(mask.sum())
+        per_unit[name] = {"level": int(lv[u]), "sparsity": 1.0 - nz / w.numel()}
+        zeros_total += w.numel() - nz
+        numel_total += w.numel()
+    path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
+    sparsity = {
+        "format": "sparse-bitmask",
+        "global_sparsity": zeros_total / max(1, numel_total),
+        "sparsity_structure": "unstructured",
+        "targets": list(problem.unit_names),
+        "ignore": [],
+    }
+    _write_config(path, {"quant_method": "compressed-tensors", "sparsity_config": sparsity})
+    meta = {
+        "format": "sparse-bitmask",
+        "loader": "levelsearch.adapters.load_compressed",
+        "kind": "sparsity",
+        "spec": problem.spec,
+        "levels": lv.tolist(),
+        "units": per_unit,
+        **(info or {}),
+    }
+    (path / META_FILE).write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def load_sparse_bitmask(path: Path, dtype: torch.dtype | None) -> Any:
+    """The model of a sparse-bitmask directory: the stock architecture, each pruned weight decompressed."""
+    from .loader import read_state_dict
+
+    cfg = json.loads((path / "config.json").read_text())
+    sparsity = (cfg.get("quantization_config") or {}).get("sparsity_config") or {}
+    if sparsity.get("format") != "sparse-bitmask":
+        raise ValueError(f"{path}: config.json names no sparse-bitmask sparsity_config")
+    state = read_state_dict(path)
+    for key in [k for k in state if k.endswith(".weight.bitmask")]:
+        base = key[: -len(".bitmask")]
+        shape = [int(x) for x in state.pop(f"{base}.shape").tolist()]
+        bits = state.pop(key).numpy()
+        mask = torch.from_numpy(np.unpackbits(bits, axis=-1, count=shape[-1], bitorder="little").astype(bool))
+        values = state.pop(f"{base}.compressed")
+        state.pop(f"{base}.row_offsets")
+        w = torch.zeros(shape, dtype=values.dtype)
+        w[mask.reshape(shape)] = values
+        state[base] = w
+    return _load_strict(path, _without_quantization_config(path), state, dtype)
+
+
+def _without_quantization_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the tensors are decompressed here, not by transformers' quantizer
+    return config
+
+
+def _load_strict(path: Path, config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> Any:
+    """The stock architecture of ``config`` with ``state`` loaded; tensors missing or extra are errors."""
+    from transformers import AutoModelForCausalLM
+
+    model: Any = (
+        AutoModelForCausalLM.from_config(config, dtype=dtype) if dtype else AutoModelForCausalLM.from_config(config)
+    )
+    target = next(model.parameters()).dtype
+    missing, unexpected = model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False)
+    if unexpected:
+        raise ValueError(f"{path}: tensor {unexpected[0]} has no place in the model")
+    model.tie_weights()
+    want = model.state_dict()
+    loaded = {want[k].data_ptr() for k in state if k in want}
+    lacking = [k for k in missing if want[k].data_ptr() not in loaded]
+    if lacking:
+        raise ValueError(f"{path}: the checkpoint lacks {lacking[0]}; export again")
+    return model
+
+
+def load_pack_quantized(path: Path, dtype: torch.dtype | None) -> Any:
+    """The model of a pack-quantized directory, each module decompressed by compressed-tensors with its group."""
+    _need_compressed_tensors()
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+
+    from .loader import read_state_dict
+
+    qcfg = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    if qcfg.get("format") != "pack-quantized":
+        raise ValueError(f"{path}: config.json names no pack-quantized quantization_config")
+    state = read_state_dict(path)
+    for group in qcfg["config_groups"].values():
+        scheme = QuantizationScheme.model_validate(group)
+        for name in group["targets"]:
+            parts = {p: state.pop(f"{name}.{p}") for p in ("weight_packed", "weight_scale", "weight_zero_point")}
+            parts["weight_shape"] = state.pop(f"{name}.weight_shape")
+            dense = PackedQuantizationCompressor.decompress(parts, scheme)
+            state[f"{name}.weight"] = dense["weight"]
+    return _load_strict(path, _without_quantization_config(path), state, dtype)
