@@ -1,0 +1,125 @@
+"""``levelsearch export RUN_DIR --format FORMAT``: write a finished ``compress`` run's model in another format,
+without searching again.
+
+The run's problem is rebuilt from what the run recorded (``results.json``: model, method, target,
+the EvoPress levels, a weight codec's database; the journal: data, sequence length, token counts,
+seed) and checked against the journal's identity (other weights or data: one line, exit 2). The
+export goes to ``--out`` (default ``RUN_DIR/model-FORMAT``, which must not hold anything yet), is
+reloaded and compared with the searched logits (a mismatch renames it ``NAME.FAILED``, exit 2) and
+measured (size on disk and tokens/s beside the dense model; ``--no-measure`` skips it); the entry
+is added to ``results.json`` under ``exports``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "export_run", "run_settings"]
+
+_FROM_PROBLEM = ("data", "seq_len", "calibration_tokens", "heldout_tokens", "top_k", "seed", "whole_blocks", "budget")
+
+
+def _read_results(run: Path) -> dict[str, Any]:
+    f = run / "results.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{run} holds no results.json; give the directory of a finished levelsearch compress")
+    try:
+        res = json.loads(f.read_text())
+        res["methods"]["evopress"]["levels"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{f} is not a finished compress run's results (no EvoPress levels)") from None
+    return dict(res)
+
+
+def run_settings(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(results, compress settings)`` of a finished run, the settings rebuilt from its records."""
+    from levelsearch import Journal
+
+    from .settings import CompressSettings
+
+    run = Path(run)
+    res = _read_results(run)
+    if not (run / "journal.db").is_file():
+        raise FileNotFoundError(f"{run} holds no journal.db; give the directory of a finished levelsearch compress")
+    with Journal(run / "journal.db", readonly=True) as jr:
+        stored = (jr.meta("identity") or {}).get("problem") or {}
+    settings = CompressSettings(model=res["model"], method=res["method"], target=res["target"]).to_dict()
+    settings.update({k: stored[k] for k in _FROM_PROBLEM if k in stored})
+    if isinstance(res.get("database"), dict):
+        settings["database"] = res["database"]["dir"]
+        settings["search_tokens"] = res.get("search_tokens")
+    settings.update(progress=False, out=str(run))
+    return res, settings
+
+
+def export_run(
+    run: str | Path,
+    format: str | None = None,
+    out: str | Path | None = None,
+    *,
+    measure: bool = True,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Export the EvoPress model of the finished run ``run`` in ``format``; the ``exports`` entry it records."""
+    import numpy as np
+
+    from .codecs import get_codec
+    from .formats import formats_for
+    from .formats.run import check_new_dir, export_and_check
+    from .pipeline import check_journal_problem, jsonable
+
+    run = Path(run)
+    res, settings = run_settings(run)
+    method = str(res["method"])
+    fits = formats_for(method)
+    fmt = format or fits[0]
+    if fmt not in fits:
+        raise ValueError(f"--format {fmt} does not fit the run's method {method}; use one of {', '.join(fits)}")
+    dest = check_new_dir(out if out is not None else run / f"model-{fmt}")
+    settings["threads"] = threads
+    codec = get_codec(method)
+    problem = codec.make_problem(settings)
+    check_journal_problem(run, problem)  # the same weights, data and settings as the search
+    levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)
+    entry = export_and_check(codec, problem, levels, dest, format=fmt, info={"run": str(run)}, measure=measure)
+    res.setdefault("exports", {})[fmt] = entry
+    tmp = run / "results.json.tmp"
+    tmp.write_text(json.dumps(jsonable(res), indent=1))
+    os.replace(tmp, run / "results.json")
+    return entry
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    e = export_run(args.run_dir, args.format, args.out, measure=not args.no_measure, threads=args.threads)
+    line = f"exported {e['dir']} ({e['format']}): max |logit diff| {e['max_abs_logit_diff']:.2e}"
+    if "size" in e:
+        s, v = e["size"], e["speed"]
+        line += (
+            f"; {s['bytes'] / 2**20:.1f} MiB vs dense {s['dense_bytes'] / 2**20:.1f} MiB ({s['ratio']:.3f}x);"
+            f" {v['exported_tokens_per_s']:.0f} vs {v['dense_tokens_per_s']:.0f} tokens/s ({v['speedup']:.2f}x)"
+        )
+    print(line)
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``levelsearch export`` to the CLI (entry point ``levelsearch.commands``)."""
+    p = subparsers.add_parser(
+        "export",
+        help="write a finished compress run's model in another format (no search)",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("run_dir", help="directory of a finished levelsearch compress run")
+    p.add_argument(
+        "--format",
+        help="drop: drop (default), zeroed; quant/joint: pack-quantized (default), dense; "
+        "sparsity: sparse-bitmask (default), dense",
+    )
+    p.add_argument("--out", help="where to write it (default RUN_DIR/model-FORMAT; must not hold anything)")
+    p.add_argument("--no-measure", action="store_true", help="skip the size and tokens/s measurements")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=_cmd)
