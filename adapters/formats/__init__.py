@@ -78,11 +78,6 @@ def export(
     info = {**(info or {}), "format": fmt}
     if fmt == "drop":
         return export_drop(problem, levels, out, info)
-    if fmt == "zeroed":
-        from ..export import export_dropped
-
-        path = export_dropped(problem, levels, out, {**info, "loader": "transformers"})
-        return Path(path)
     if fmt == "pack-quantized":
         from .ctensors import write_pack_quantized
 
@@ -91,9 +86,11 @@ def export(
         from .ctensors import write_sparse_bitmask
 
         return write_sparse_bitmask(problem, levels, out, info)
-    from ..weightsearch import export_levels
+    # zeroed / dense: the codec's own export, the dense form the stock architecture loads
+    from ..codecs import get_codec
 
-    return Path(export_levels(problem, levels, out, {**info, "loader": "transformers"}))
+    path = Path(get_codec(method).export(problem, levels, out, {**info, "loader": "transformers"}))
+    return path
 
 
 def __getattr__(name: str) -> Any:  # the loader and the check, imported on first use
