@@ -27,4 +27,19 @@ A compression kind is a **codec**; everything else is shared:
   ``levelcompress``).
 - ``pipeline``: the one ``levelsearch compress`` pipeline for every codec; ``compress``: the
   command, its settings (``DEFAULTS``) and selection schedules.
+- ``formats``: compressed checkpoints (dropped weights left out, compressed-tensors pack-quantized and
+  sparse-bitmask), the export check that fails loudly, size and speed; :func:`load_compressed` (here,
+  imported on first use) loads any of them; ``export_cli``: ``levelsearch export RUN_DIR --format F``.
 """
+
+from typing import Any
+
+__all__ = ["load_compressed"]
+
+
+def __getattr__(name: str) -> Any:  # levelsearch.adapters.load_compressed without importing torch up front
+    if name == "load_compressed":
+        from .formats.loader import load_compressed
+
+        return load_compressed
+    raise AttributeError(f"module 'levelsearch.adapters' has no attribute {name!r}")
