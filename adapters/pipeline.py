@@ -242,12 +242,15 @@ def check_settings(cfg: dict[str, Any]) -> None:
 def choose_start(setting: Any, baselines: dict[str, dict[str, Any]], label: str = "") -> tuple[str, Any]:
     """``(name in the journal identity, EvoPress start)`` from the ``start`` setting.
 
-    ``best-baseline`` (or ``best-heuristic``, or unset): the baseline with the lowest calibration KL;
-    ``random``; or a baseline's name. With a ``label`` (``"heuristic"`` for ``drop``) the names read
-    ``best-heuristic:NAME`` / ``heuristic:NAME`` as they always have, so old journals resume.
+    ``best-baseline`` (or ``best-heuristic``, or unset): the baseline with the lowest calibration KL
+    among those not marked ``"feasible": False`` (a codec may report baselines outside the budget, e.g.
+    a fixed-size recipe); ``random``; or a baseline's name. With a ``label`` (``"heuristic"`` for
+    ``drop``) the names read ``best-heuristic:NAME`` / ``heuristic:NAME`` as they always have, so old
+    journals resume.
     """
     names = list(baselines)
     if setting in (None, "best-heuristic", "best-baseline"):
+        names = [n for n in names if baselines[n].get("feasible", True)]
         if not names:
             return "random", "random"
         best = names[min(range(len(names)), key=lambda i: baselines[names[i]]["calibration_kl"])]
