@@ -47,6 +47,10 @@ def export_and_check(
 
     t0 = time.perf_counter()
     method = str(codec.name)
+    own = getattr(codec, "export_and_check", None)
+    if method not in FORMATS and callable(own) and format in (None, "own"):
+        # a codec with a file format of its own (gguf: one .gguf file) writes, checks and measures it itself
+        return dict(own(problem, levels, out, info=info))
     if method in FORMATS:
         fmt = format or formats_for(method)[0]
         path = Path(export(problem, levels, out, method=method, format=fmt, info=info))
