@@ -29,6 +29,7 @@ __all__ = [
     "LayerInputs",
     "capture_layer_inputs",
     "run_layer",
+    "layer_calibration",
     "layer_hessians",
 ]
 
@@ -91,16 +92,22 @@ def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
 
 
 @torch.no_grad()
-def _accumulate(layer: nn.Module, inputs: LayerInputs) -> dict[str, torch.Tensor]:
-    """``2 Xᵀ X / N`` (fp32) of every linear in ``layer`` over all tokens of ``inputs``."""
+def _accumulate(
+    layer: nn.Module, inputs: LayerInputs, *, keep_inputs: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """``2 Xᵀ X / N`` (fp32) of every linear in ``layer`` over all tokens of ``inputs``, and with
+    ``keep_inputs`` the inputs ``X`` themselves (``tokens × in``, fp32)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    kept: dict[str, list[torch.Tensor]] = {}
     handles = []
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...], _out: Any) -> None:
             sums[name], rows = accumulate_xtx(sums.get(name), args[0])
             counts[name] = counts.get(name, 0) + rows
+            if keep_inputs:
+                kept.setdefault(name, []).append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
 
         return hook
 
@@ -113,10 +120,11 @@ def _accumulate(layer: nn.Module, inputs: LayerInputs) -> dict[str, torch.Tensor
     finally:
         for hd in handles:
             hd.remove()
-    return {name: s.mul_(2.0 / max(counts[name], 1)) for name, s in sums.items()}
+    hessians = {name: s.mul_(2.0 / max(counts[name], 1)) for name, s in sums.items()}
+    return hessians, ({name: torch.cat(xs) for name, xs in kept.items()} if keep_inputs else None)
 
 
-def layer_hessians(
+def layer_calibration(
     model: nn.Module,
     tokens: torch.Tensor,
     *,
@@ -124,8 +132,10 @@ def layer_hessians(
     start_layer: int = 0,
     progress: bool = True,
     transform: Callable[[int, nn.Module], None] | None = None,
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """Yield ``(layer index, {linear name within the layer: H})`` for each decoder layer in order.
+    activations: bool = False,
+) -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor] | None]]:
+    """Yield ``(layer index, {linear name within the layer: H}, {linear name: X} or None)`` for each
+    decoder layer in order; the inputs ``X`` (``tokens × in``) only with ``activations``.
 
     Args:
         model: a Hugging Face causal LM (fp32 recommended on CPU).
@@ -135,9 +145,10 @@ def layer_hessians(
             (to resume an interrupted database build).
         progress: show a tqdm bar over layers.
         transform: optional ``fn(layer index, layer)`` called after a layer's
-            Hessians are yielded and before its outputs feed the next layer
+            statistics are yielded and before its outputs feed the next layer
             (e.g. to propagate through a quantized prefix). Default: inputs of
             every layer come from the dense model.
+        activations: also keep every linear's inputs (memory: tokens × in × 4 bytes per linear).
 
     The Hessians are raw (undamped); see :func:`~levelsearch.adapters.kernels.hessian.prepare_hessian`.
     """
@@ -147,8 +158,17 @@ def layer_hessians(
     for i in bar:
         layer = layers[i]
         if i >= start_layer:
-            yield i, _accumulate(layer, inputs)
+            yield (i, *_accumulate(layer, inputs, keep_inputs=activations))
             if transform is not None:
                 transform(i, layer)
         if i + 1 < len(layers):
             inputs = run_layer(layer, inputs)
+
+
+def layer_hessians(
+    model: nn.Module, tokens: torch.Tensor, **options: Any
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield ``(layer index, {linear name within the layer: H})`` for each decoder layer in order:
+    :func:`layer_calibration` (same options, ``activations`` aside) without the inputs."""
+    for i, hessians, _ in layer_calibration(model, tokens, **options):
+        yield i, hessians

@@ -8,7 +8,8 @@ Layout of a database directory::
     ...
 
 The database knows no compression kind: the spec's ``"kind"`` names a registered
-:class:`~levelsearch.adapters.codecs.WeightCodec`, which says what the levels are, makes
+:class:`~levelsearch.adapters.codecs.WeightCodec`, which says which modules are the units and what
+their levels are, which calibration statistic it needs (the Hessian, its diagonal, the inputs), makes
 every level's variant of a weight from its calibration Hessian, stores each variant
 compactly (a sparsity variant as a bit mask plus fp16 nonzeros, a quantized one as packed
 codes plus per-group scales and zero points, well under one dense fp16 copy per level) and
@@ -44,8 +45,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .calibration import layer_hessians, linear_units
-from .codecs.base import get_weight_codec
+from .calibration import layer_calibration, linear_units
+from .codecs.base import WeightCodec, get_weight_codec
 from .kernels.hessian import relative_output_error
 from .models import decoder_layers
 
@@ -133,6 +134,7 @@ def build_database(
     tokens: torch.Tensor,
     spec: dict[str, Any],
     *,
+    codec: WeightCodec | None = None,
     model_id: str = "model",
     calibration: dict[str, Any] | None = None,
     seed: int = 0,
@@ -150,6 +152,7 @@ def build_database(
             "method": "sparsegpt"|"wanda"|"magnitude", "target": 0.5, "step": weights per level,
             "max_offset": 8}`` or ``{"kind": "quant", "method": "gptq"|"rtn", "bits": [2, 3, 4, 5, 6],
             "group_size": 128}`` (``block_size`` optional, default 128).
+        codec: the codec of ``spec["kind"]`` (default: the registered one of that name).
         model_id: how the model was named (recorded; the fingerprint decides).
         calibration: description of the calibration data (source, tokens, seed), recorded.
         seed: recorded with the calibration description.
@@ -160,96 +163,117 @@ def build_database(
     Raises:
         ValueError: the directory holds a database for another model or with other settings.
     """
-    codec = get_weight_codec(spec.get("kind"))
+    codec = codec or get_weight_codec(spec.get("kind"))
     codec.check_spec(spec)
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
-    fp = model_fingerprint(model)
-    units = linear_units(model)
-    identity = {"format": FORMAT, "fingerprint": fp, "spec": spec, "calibration": calibration or {}, "seed": seed}
+    units = codec.units(model)
+    identity = {
+        "format": FORMAT,
+        "fingerprint": model_fingerprint(model),
+        "spec": spec,
+        "calibration": calibration or {},
+        "seed": seed,
+    }
+    unit_table = {
+        name: {"layer": layer, "shape": list(mod.weight.shape), "values": codec.level_values(spec, mod.weight.numel())}
+        for name, layer, mod in units
+    }
+    manifest = _open_manifest(path, identity, {"model_id": model_id, "units": unit_table})
+    done = {int(k) for k in manifest["layers"]}
+    n_layers = 1 + max(layer for _, layer, _ in units)
+    todo = [i for i in range(n_layers) if i not in done]
+    if not todo:
+        return VariantDatabase(path, verify=False, codec=codec)  # every layer file was just checked
+    by_layer: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, layer, mod in units:
+        by_layer.setdefault(layer, []).append((name, mod))
+    for i, hessians, inputs in layer_calibration(
+        model,
+        tokens,
+        batch_size=batch_size,
+        start_layer=todo[0],
+        progress=progress,
+        activations=codec.statistics == "activations",
+    ):
+        if i in done:
+            continue
+        t0 = time.perf_counter()
+        local = {id(m): n for n, m in decoder_layers(model)[i].named_modules()}
+        stats = [
+            (name, mod, hessians[local[id(mod)]], None if inputs is None else inputs[local[id(mod)]])
+            for name, mod in by_layer.get(i, [])
+        ]
+        tensors, record = _build_layer(codec, spec, manifest, stats)
+        fname = f"layer_{i:03d}.safetensors"
+        tmp = path / (fname + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path / fname)
+        manifest["layers"][str(i)] = {"file": fname, "sha256": _sha256(path / fname), **record}
+        manifest["build_seconds"] = float(manifest["build_seconds"]) + time.perf_counter() - t0
+        _write_json(path / "manifest.json", manifest)
+        done.add(i)
+        if on_layer is not None:
+            on_layer(i)
+    return VariantDatabase(path, verify=False, codec=codec)  # every layer file was just checked or written
+
+
+def _open_manifest(path: Path, identity: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of the database at ``path`` for ``identity``: the one there when it checks out and
+    belongs to ``identity`` (its layers whose files fail their checksum dropped, to be rebuilt), else a
+    new one of ``identity`` and ``fresh`` (model id, units).
+
+    Raises:
+        ValueError: the directory holds a database of another model or with other settings.
+    """
+    from .integrity import say_rebuild
+
     mpath = path / "manifest.json"
     manifest: dict[str, Any] | None = None
     if mpath.is_file():
         try:
             manifest = _read_manifest(mpath)
         except ValueError as exc:  # an edited or damaged manifest is never used: start the database over
-            from .integrity import say_rebuild
-
             say_rebuild(path, f"is not used: {exc}")
             mpath.unlink()
-    if manifest is not None:
-        if manifest.get("fingerprint") != fp:
-            raise ValueError(
-                f"{path} holds a database built for another model ({manifest.get('model_id')}); use another directory"
-            )
-        if {k: manifest.get(k) for k in identity} != identity:
-            raise ValueError(f"{path} holds a database built with other settings; use another directory")
-    else:
-        manifest = {
-            **identity,
-            "model_id": model_id,
-            "units": {
-                name: {
-                    "layer": layer,
-                    "shape": list(mod.weight.shape),
-                    "values": unit_level_values(spec, mod.weight.numel()),
-                }
-                for name, layer, mod in units
-            },
-            "layers": {},
-            "build_seconds": 0.0,
-        }
+    if manifest is None:
+        manifest = {**identity, **fresh, "layers": {}, "build_seconds": 0.0}
         _write_json(mpath, manifest)
+        return manifest
+    if manifest.get("fingerprint") != identity["fingerprint"]:
+        raise ValueError(
+            f"{path} holds a database built for another model ({manifest.get('model_id')}); use another directory"
+        )
+    if {k: manifest.get(k) for k in identity} != identity:
+        raise ValueError(f"{path} holds a database built with other settings; use another directory")
     for key, rec in list(manifest["layers"].items()):  # a built layer is reused only if its file checks out
         f = path / rec["file"]
         if not f.is_file() or _sha256(f) != rec["sha256"]:
-            from .integrity import say_rebuild
-
             say_rebuild(f, "is missing or fails its checksum (corrupted)")
             del manifest["layers"][key]
             _write_json(mpath, manifest)
-    done = {int(k) for k in manifest["layers"]}
-    n_layers = 1 + max(layer for _, layer, _ in units)
-    todo = [i for i in range(n_layers) if i not in done]
-    if todo:
-        by_layer: dict[int, list[tuple[str, nn.Linear]]] = {}
-        for name, layer, mod in units:
-            by_layer.setdefault(layer, []).append((name, mod))
-        for i, hessians in layer_hessians(model, tokens, batch_size=batch_size, start_layer=todo[0], progress=progress):
-            if i in done:
-                continue
-            t0 = time.perf_counter()
-            tensors: dict[str, torch.Tensor] = {}
-            errors: dict[str, list[float]] = {}
-            pairs = []
-            local_names = {id(m): n for n, m in decoder_layers(model)[i].named_modules()}
-            for name, mod in by_layer[i]:
-                h = hessians[local_names[id(mod)]]
-                w = mod.weight.detach().to(torch.float32)
-                pairs.append((w, h))
-                values = manifest["units"][name]["values"]
-                errs = []
-                for k, var in enumerate(codec.make_variants(spec, w, h, values)):
-                    errs.append(relative_output_error(w, codec.dense(var), h))
-                    for part, t in codec.encode(var).items():
-                        tensors[f"{name}/{k}/{part}"] = t.contiguous()
-                errors[name] = errs
-            fname = f"layer_{i:03d}.safetensors"
-            tmp = path / (fname + ".tmp")
-            save_file(tensors, str(tmp))
-            os.replace(tmp, path / fname)
-            manifest["layers"][str(i)] = {
-                "file": fname,
-                "sha256": _sha256(path / fname),
-                "errors": errors,
-                **codec.layer_statistics(spec, pairs),
-            }
-            manifest["build_seconds"] = float(manifest["build_seconds"]) + time.perf_counter() - t0
-            _write_json(mpath, manifest)
-            done.add(i)
-            if on_layer is not None:
-                on_layer(i)
-    return VariantDatabase(path, verify=False)  # every layer file was just checked or written
+    return manifest
+
+
+def _build_layer(
+    codec: WeightCodec, spec: dict[str, Any], manifest: dict[str, Any], units: list[tuple[str, Any, Any, Any]]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every level's variant of the ``(name, module, Hessian, inputs)`` units of one decoder layer: the
+    tensors of the layer file, and its manifest record (output errors, the codec's layer statistics)."""
+    tensors: dict[str, torch.Tensor] = {}
+    errors: dict[str, list[float]] = {}
+    pairs = []
+    for name, mod, h, x in units:
+        w = mod.weight.detach().to(torch.float32)
+        pairs.append((w, h))
+        errs = []
+        variants = codec.make_variants(spec, w, codec.select_statistics(h, x), manifest["units"][name]["values"])
+        for k, var in enumerate(variants):
+            errs.append(relative_output_error(w, codec.dense(var), h))
+            for part, t in codec.encode(var).items():
+                tensors[f"{name}/{k}/{part}"] = t.contiguous()
+        errors[name] = errs
+    return tensors, {"errors": errors, **codec.layer_statistics(spec, pairs)}
 
 
 #: Default bound, in bytes, of a :class:`VariantDatabase`'s cache of decoded fp32 weights.
@@ -265,6 +289,7 @@ class VariantDatabase:
             (default); a mismatch is a ``ValueError``: a corrupted database is never used.
         cache_bytes: bound on the decoded weights kept in memory, least recently used
             evicted first (default :data:`DECODED_CACHE_BYTES`, 1 GiB; 0 disables the cache).
+        codec: the codec of the spec's ``kind`` (default: the registered one of that name).
 
     Attributes:
         manifest: the parsed manifest.
@@ -273,7 +298,12 @@ class VariantDatabase:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, cache_bytes: int = DECODED_CACHE_BYTES, verify: bool = True
+        self,
+        root: str | os.PathLike[str],
+        *,
+        cache_bytes: int = DECODED_CACHE_BYTES,
+        verify: bool = True,
+        codec: WeightCodec | None = None,
     ) -> None:
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
             raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
@@ -289,7 +319,7 @@ class VariantDatabase:
         except ValueError as exc:
             raise ValueError(f"{exc}; rebuild the database (delete {self.root})") from None
         self.spec: dict[str, Any] = self.manifest["spec"]
-        self.codec = get_weight_codec(self.spec.get("kind"))
+        self.codec = codec or get_weight_codec(self.spec.get("kind"))
         self.unit_names: list[str] = list(self.manifest["units"])
         layers = {u["layer"] for u in self.manifest["units"].values()}
         missing = sorted(layers - {int(k) for k in self.manifest["layers"]})
@@ -392,9 +422,7 @@ class VariantDatabase:
         """Load ``unit`` at ``level`` into ``module`` unless it is already there; True if it was loaded."""
         if self._current.get(unit) == level:
             return False
-        weight: torch.Tensor = module.weight  # type: ignore[assignment]
-        with torch.no_grad():
-            weight.copy_(self._cached(unit, level).to(weight.dtype))
+        self.codec.apply_variant(module, self._cached(unit, level))
         self._current[unit] = level
         return True
 

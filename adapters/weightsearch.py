@@ -1,34 +1,33 @@
-"""The common part of the sparsity and quantization problems: weights swapped in from a variant database.
+"""The layer-wise problem of every weight codec: variants swapped in from a variant database.
 
-A :class:`WeightLevelProblem` holds a model, a calibration pool and a held-out set
-(as the dropping adapter), a :class:`~levelsearch.adapters.database.VariantDatabase`
-(built on first use, then reused), and the dense model's top-``k`` teacher on both
-sets (computed once, before any weight is swapped). The fitness of an assignment is
-KL(dense ‖ compressed) per token on ``fidelity`` calibration tokens.
-
-Batches share work: candidates are run as a prefix tree over decoder layers (a
-candidate equal to another on layers ``< j`` reuses their activations), and only
-units whose level changed are loaded from the memory-mapped database.
+A :class:`WeightLevelProblem` takes any registered :class:`~levelsearch.adapters.codecs.WeightCodec`
+(by name or instance) and a target, and needs no subclass: the codec says which modules are the units,
+what the levels are, what each costs and what the budget is (its level space), which calibration
+statistic its variants need, how they are made, stored, loaded and applied, and how an assignment is
+exported. Here: the model, the calibration pool and the held-out set (and everything
+:class:`~levelsearch.adapters.layerwise.LayerwiseProblem` shares: the fitness with its memos and
+anchors, the held-out report), the :class:`~levelsearch.adapters.database.VariantDatabase` (built on
+first use, then reused), and the dense model's top-``k`` teacher on both sets (computed once, before any
+weight is swapped). Only units whose level changed are loaded from the memory-mapped database.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from levelsearch import Request, solve_additive
+from levelsearch import solve_additive
 
+from .codecs.base import WeightCodec, get_weight_codec
 from .data import TokenSet
 from .database import VariantDatabase, build_database, default_database_dir
-from .fitness import kl_topk, nll_next
 from .layerwise import LayerwiseProblem
-from .models import DEFAULT_MODEL, save_model
+from .models import DEFAULT_MODEL
 
 __all__ = ["WeightLevelProblem", "DENSE", "dp_levels", "random_levels", "export_levels", "verify_levels_export"]
 
@@ -36,15 +35,93 @@ DENSE = None  # a candidate standing for the uncompressed model in :meth:`Weight
 
 
 class WeightLevelProblem(LayerwiseProblem):
-    """Base class; subclasses give the database spec and build the level space.
+    """The level problem of a weight codec (see the module docstring); kind ``llm-<codec name>``.
 
-    Subclasses take ``**options`` and pass them to :meth:`_setup`: ``database``, ``progress``,
-    ``search_tokens`` and the model and data settings of
-    :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data` (their
-    signature lists them all).
+    Args:
+        model: ``"smollm2"`` (offline default), a model directory, GGUF file or hub id.
+        codec: a registered weight codec's name, or a :class:`~levelsearch.adapters.codecs.WeightCodec`
+            (a named kind such as :class:`~levelsearch.adapters.quantization.QuantProblem` fixes it).
+        target: the budget in the codec's words (average sparsity, bits per weight, fraction kept ...).
+        spec, budget: the codec's level and budget options as dicts (or flat, in ``options``; a codec's
+            own option named ``budget``, such as quant's ``"exact"`` / ``"band"``, may be given here).
+        options: the codec's level options (the keys of its
+            :attr:`~levelsearch.adapters.codecs.WeightCodec.default_spec`) and budget options (of its
+            :attr:`~levelsearch.adapters.codecs.WeightCodec.budget_defaults`); ``database``, ``progress``,
+            ``search_tokens`` (see :meth:`_setup`); and the model and data settings of
+            :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data`.
+
+    A named problem kind is a subclass that sets :attr:`codec_name` and :attr:`default_target` and nothing
+    else: its signature lists its codec's options with their defaults.
     """
 
     _option_sources = ("_setup", "_setup_model_and_data")
+    #: the codec of a named problem kind (``llm-sparsity`` ...); the generic problem takes ``codec=``
+    codec_name: ClassVar[str] = ""
+    #: the target of a named problem kind when none is given
+    default_target: ClassVar[float | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.codec_name or "__init__" in cls.__dict__:
+            return
+        codec = get_weight_codec(cls.codec_name)
+        kw = inspect.Parameter.KEYWORD_ONLY
+        params = [
+            inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=DEFAULT_MODEL),
+            inspect.Parameter("target", kw, default=cls.default_target),
+        ]
+        params += [
+            inspect.Parameter(k, kw, default=v) for k, v in {**codec.default_spec, **codec.budget_defaults}.items()
+        ]
+        names = {p.name for p in params}
+        for source in cls._option_sources:
+            for p in inspect.signature(getattr(cls, source)).parameters.values():
+                if p.kind is kw and p.name not in names:
+                    params.append(p)
+                    names.add(p.name)
+        cls.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        codec: str | WeightCodec | None = None,
+        target: float | None = None,
+        spec: dict[str, Any] | None = None,
+        budget: dict[str, Any] | str | None = None,
+        **options: Any,
+    ) -> None:
+        codec = codec or self.codec_name
+        if not codec:
+            raise ValueError("WeightLevelProblem needs a codec: codec='name' of a registered weight codec, or one")
+        chosen = codec if isinstance(codec, WeightCodec) else get_weight_codec(codec)
+        target = self.default_target if target is None else target
+        if target is None:
+            raise ValueError(f"give a target for the {chosen.name} codec (target=...)")
+        if budget is not None and not isinstance(budget, dict):
+            options["budget"] = budget  # a codec's own budget option of that name (quant's "exact" / "band")
+            budget = None
+        spec = {**(spec or {}), **{k: options.pop(k) for k in list(options) if k in chosen.default_spec}}
+        budgets = {**(budget or {}), **{k: options.pop(k) for k in list(options) if k in chosen.budget_defaults}}
+        self._setup_codec(chosen, model, target, spec, budgets, **options)
+
+    def _setup_codec(
+        self,
+        codec: str | WeightCodec,
+        model: str,
+        target: float,
+        spec_options: dict[str, Any],
+        budget_options: dict[str, Any],
+        **options: Any,
+    ) -> None:
+        """Everything, from the codec: :meth:`_setup` with the codec's spec at ``target``, then the level
+        space of the codec's costs and budget (``budget_options`` over its ``budget_defaults``)."""
+        self.codec: WeightCodec = codec if isinstance(codec, WeightCodec) else get_weight_codec(codec)
+        self.name = f"llm-{self.codec.name}"
+        self.target = float(target)
+        self.budget_options = {**self.codec.budget_defaults, **budget_options}
+        self._setup(lambda m: self.codec.make_spec(m, self.target, **spec_options), model, **options)
+        super().__init__(self.codec.make_space(self.costs, self.numel, self.target, self.budget_options))
 
     def _setup(
         self,
@@ -56,47 +133,31 @@ class WeightLevelProblem(LayerwiseProblem):
         search_tokens: int | None = None,
         **options: Any,
     ) -> None:
-        """Load the model and data, then ``make_spec(model module)`` (checks a subclass's settings before
-        anything slow) and open or build the variant database of that spec.
+        """Load the model and data, then ``make_spec(model module)`` (checks the settings before anything
+        slow), open or build the variant database of that spec, and tabulate every unit's level amounts
+        and costs (:attr:`amounts`, :attr:`costs`) from the codec. A subclass with its own level space
+        calls this, then ``LayerwiseProblem.__init__(space)``; :meth:`_setup_codec` does both from the codec.
 
         Args:
             database: database directory (default: under the model cache, keyed by spec and data).
             progress: progress bars while building the database (default on).
             search_tokens: fitness uses only the first ``search_tokens`` tokens of the calibration
-                pool (default: all); the database's Hessians always use the whole pool.
+                pool (default: all); the database's statistics always use the whole pool.
             options: the model and data: see
                 :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data`.
         """
         self._setup_model_and_data(model or DEFAULT_MODEL, **options)
-        spec = make_spec(self.model)
-        from .integrity import tokens_fingerprint
-
-        self.settings["content"] = self.content  # subclasses' describe() spreads the settings
-        # fitness draws from the first ``search_tokens`` tokens of the pool; the Hessians use all of it
-        self.search_pool = self.calibration
+        self.spec = make_spec(self.model)
+        if not hasattr(self, "codec"):
+            self.codec = get_weight_codec(self.spec.get("kind"))
+            self.budget_options = dict(self.codec.budget_defaults)
+        self.settings["content"] = self.content  # describe() spreads the settings
         if search_tokens is not None and int(search_tokens) < self.calibration.n_tokens:
+            # fitness draws from the first ``search_tokens`` tokens of the pool; the statistics use all of it
             n = self.calibration.n_sequences_for(int(search_tokens))
             self.search_pool = TokenSet(self.calibration.tokens[:n], "calibration")
         self.max_fidelity = self.search_pool.n_tokens
-        calib = {
-            "source": self.settings["data"] or "pydoc_data.topics",
-            "tokens": self.calibration.n_tokens,
-            "seq_len": self.calibration.seq_len,
-            "split_seed": int(self.settings["seed"]),
-            "content": tokens_fingerprint(self.calibration)[:20],  # the Hessians' tokens, not a path
-        }
-        root = database or default_database_dir(self.model_name, spec, calib)
-        self.db: VariantDatabase = build_database(
-            root,
-            self.model,
-            self.calibration.tokens,
-            spec,
-            model_id=self.model_name,
-            calibration=calib,
-            seed=int(self.settings["seed"]),
-            progress=progress,
-        )
-        self.spec = spec
+        self.db: VariantDatabase = self._open_database(database, progress)
         self.unit_names = self.db.unit_names
         named = dict(self.model.named_modules())
         self.modules = [named[u] for u in self.unit_names]
@@ -107,9 +168,31 @@ class WeightLevelProblem(LayerwiseProblem):
         self._dense_now = np.ones(len(self.modules), dtype=bool)
         for which in ("calibration", "heldout"):
             self.teacher(which)  # on the dense weights, before anything is swapped in
-        self._memo: dict[bytes, float] = {}
-        self._seq_kl: dict[tuple[Any, int], float] = {}  # (layer keys, sequence) -> KL summed over its tokens
-        self.n_forward_tokens = 0  # tokens that went through at least one layer (for benchmarks)
+        per_unit = [(self.db.values(n), self.db.shape(n)) for n in self.unit_names]
+        self.amounts = [self.codec.unit_amounts(self.spec, vs, shape) for vs, shape in per_unit]
+        self.costs = [self.codec.unit_costs(self.spec, vs, shape) for vs, shape in per_unit]
+
+    def _open_database(self, database: str | None, progress: bool) -> VariantDatabase:
+        from .integrity import tokens_fingerprint
+
+        calib = {
+            "source": self.settings["data"] or "pydoc_data.topics",
+            "tokens": self.calibration.n_tokens,
+            "seq_len": self.calibration.seq_len,
+            "split_seed": int(self.settings["seed"]),
+            "content": tokens_fingerprint(self.calibration)[:20],  # the statistics' tokens, not a path
+        }
+        return build_database(
+            database or default_database_dir(self.model_name, self.spec, calib),
+            self.model,
+            self.calibration.tokens,
+            self.spec,
+            codec=self.codec,
+            model_id=self.model_name,
+            calibration=calib,
+            seed=int(self.settings["seed"]),
+            progress=progress,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -122,16 +205,32 @@ class WeightLevelProblem(LayerwiseProblem):
         }
 
     def _describe_extra(self) -> dict[str, Any]:
-        """What a subclass's :meth:`describe` adds to the spec and settings (its budget)."""
-        return {}
+        """What :meth:`describe` says of the budget besides the spec (the codec's ``describe_budget``)."""
+        return self.codec.describe_budget(self.target, self.budget_options)
+
+    # ------------------------------------------------------------------ what the codec's levels mean
+    def uniform_levels(self) -> np.ndarray | None:
+        """The codec's uniform baseline (:meth:`~levelsearch.adapters.codecs.WeightCodec.uniform_levels`)."""
+        return self.codec.uniform_levels(self)
+
+    def profile(self, levels: np.ndarray) -> np.ndarray:
+        """Each unit's ``amount / numel`` under ``levels`` (sparsity, bits per weight, fraction kept ...)."""
+        return np.array([self.amounts[u][int(lv)] / self.numel[u] for u, lv in enumerate(levels)])
+
+    def average(self, levels: np.ndarray) -> float:
+        """``Σ amount / Σ numel`` under ``levels``: what the target names."""
+        return float(sum(self.amounts[u][int(lv)] for u, lv in enumerate(levels)) / self.numel.sum())
+
+    def unit_type(self, unit: int) -> str:
+        """The unit's module name within its layer (``q_proj``, ``down_proj`` ...): what plots group by."""
+        return self.unit_names[unit].rsplit(".", 1)[-1]
 
     # ------------------------------------------------------------------ weights
     def _put(self, unit: int, level: int | None) -> None:
         mod, name = self.modules[unit], self.unit_names[unit]
         if level is None:
             if not self._dense_now[unit]:
-                with torch.no_grad():
-                    mod.weight.copy_(self._dense[unit].to(mod.weight.device, mod.weight.dtype))
+                self.codec.apply_variant(mod, self._dense[unit])
                 self.db.forget(name)
                 self._dense_now[unit] = True
             return
@@ -146,6 +245,9 @@ class WeightLevelProblem(LayerwiseProblem):
     def layer_key(self, levels: np.ndarray | None, layer: int) -> tuple[int, ...] | None:
         return None if levels is None else tuple(int(x) for x in np.asarray(levels)[self.layer_units[layer]])
 
+    def candidate_keys(self, candidate: np.ndarray | None) -> tuple[tuple[int, ...] | None, ...]:
+        return tuple(self.layer_key(candidate, i) for i in range(self.map.n_layers))
+
     def _layer_fn(self, kwargs: list[dict[str, Any]]) -> Any:
         def apply(layer: int, h: torch.Tensor, key: Any) -> torch.Tensor:
             for pos, u in enumerate(self.layer_units[layer]):
@@ -154,7 +256,6 @@ class WeightLevelProblem(LayerwiseProblem):
 
         return apply
 
-    # ------------------------------------------------------------------ fitness
     def dense_keys(self) -> list[None]:
         return [DENSE] * self.map.n_layers
 
@@ -162,149 +263,35 @@ class WeightLevelProblem(LayerwiseProblem):
         """The candidate standing for the uncompressed model in :meth:`score` and :meth:`heldout_report`."""
         return DENSE
 
-    def token_set(self, which: str) -> TokenSet:
-        return self.search_pool if which == "calibration" else self.heldout
-
-    def score(
-        self,
-        candidates: Sequence[np.ndarray | None],
-        which: str = "calibration",
-        seqs: np.ndarray | None = None,
-        *,
-        with_nll: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean KL per token to the dense model (and mean next-token NLL if ``with_nll``) of each candidate.
-
-        A candidate is a level array or ``None`` (dense). ``seqs`` picks sequences of the set (default all).
-        """
-        ts: TokenSet = self.search_pool if which == "calibration" else self.heldout
-        teacher = self.teacher(which)
-        seqs = np.arange(ts.n_seq) if seqs is None else np.asarray(seqs)
-        keys = [tuple(self.layer_key(c, i) for i in range(self.map.n_layers)) for c in candidates]
-        kl_sum = np.zeros(len(candidates))
-        nll_sum = np.zeros(len(candidates))
-        n_kl = n_nll = 0
-        # per-sequence KL sums of calibration candidates are remembered: a candidate evaluated again
-        # on overlapping sequences (a survivor of a selection step) runs only the sequences it lacks
-        memo = self._seq_kl if which == "calibration" and not with_nll else None
-        per = max(1, self.runner.chunk_tokens // ts.seq_len)
-        for s in range(0, seqs.size, per):
-            rows = torch.as_tensor(seqs[s : s + per])
-            row_list = rows.tolist()
-            n_kl += rows.numel() * ts.seq_len
-            n_nll += rows.numel() * (ts.seq_len - 1)
-            run = list(range(len(candidates)))
-            if memo is not None:
-                run = [c for c in run if any((keys[c], r) not in memo for r in row_list)]
-                for c in set(range(len(candidates))) - set(run):
-                    kl_sum[c] += sum(memo[(keys[c], r)] for r in row_list)
-                if not run:
-                    continue
-            sub = [keys[c] for c in run]
-            ids = ts.tokens[rows]
-            t_lp, t_idx, t_tail = teacher.rows(rows)
-            kw = self.runner.layer_kwargs(ids)
-
-            def on_output(  # noqa: ANN202
-                h: torch.Tensor,
-                cands: list[int],
-                ids=ids,  # noqa: ANN001
-                rows=(t_lp, t_idx, t_tail),  # noqa: ANN001
-                run=run,  # noqa: ANN001
-                sub=sub,  # noqa: ANN001
-                row_list=row_list,  # noqa: ANN001
-            ) -> None:
-                z = self.runner.logits(h)
-                kl_rows = kl_topk(z, *rows).sum(-1).double().cpu().numpy()
-                kl = float(kl_rows.sum())
-                nll = float(nll_next(z, ids).sum()) if with_nll else 0.0
-                for c in cands:
-                    kl_sum[run[c]] += kl
-                    nll_sum[run[c]] += nll
-                    if memo is not None:
-                        for r, v in zip(row_list, kl_rows):
-                            memo[(sub[c], r)] = float(v)
-
-            self.runner.run_shared(ids, sub, self._layer_fn(kw), on_output)
-            self.n_forward_tokens += ids.numel() * len(set(sub))
-        nll_mean = nll_sum / max(1, n_nll) if with_nll else np.full(len(candidates), np.nan)
-        return kl_sum / max(1, n_kl), nll_mean
-
-    def evaluate_many(self, requests: Sequence[Request]) -> list[float]:
-        """KL of a batch; requests sharing ``(fidelity, sample)`` run together as one prefix tree."""
-        out: list[float] = [math.nan] * len(requests)
-        groups: dict[tuple[int, int | None], list[int]] = {}
-        top = self.search_pool.n_tokens
-        for k, r in enumerate(requests):
-            lv = self.space.validate(r.levels)
-            if not self.space.is_feasible(lv):
-                raise ValueError("the assignment does not meet the budget")
-            fid = top if r.fidelity is None else min(int(r.fidelity), top)
-            groups.setdefault((fid, r.sample), []).append(k)
-        for (fid, sample), members in groups.items():
-            seqs = self.search_pool.batch(fid, sample)
-            full = seqs.size == self.search_pool.n_seq
-            uniq: dict[bytes, np.ndarray] = {}
-            for k in members:
-                lv = np.asarray(requests[k].levels, dtype=np.int64)
-                if not (full and lv.tobytes() in self._memo):
-                    uniq.setdefault(lv.tobytes(), lv)
-            if uniq:
-                kl, _ = self.score(list(uniq.values()), "calibration", seqs)
-                values = dict(zip(uniq.keys(), kl.tolist()))
-                if full:
-                    self._memo.update(values)
-            else:
-                values = {}
-            for k in members:
-                key = np.asarray(requests[k].levels, dtype=np.int64).tobytes()
-                out[k] = values[key] if key in values else self._memo[key]
-        return out
-
-    def cost_of(self, fidelity: int | None) -> float:
-        top = self.search_pool.n_tokens
-        return float(top if fidelity is None else min(int(fidelity), top))
-
-    # ------------------------------------------------------------------ reports
-    def heldout_report(self, candidates: Sequence[np.ndarray | None]) -> list[dict[str, float]]:
-        """Held-out perplexity and KL to the dense model of each candidate (``None`` = dense), one pass."""
-        kl, nll = self.score(list(candidates), "heldout", with_nll=True)
-        return [{"heldout_ppl": float(math.exp(n)), "heldout_kl": float(k)} for k, n in zip(kl, nll)]
-
-    def unit_errors(self) -> np.ndarray:
-        """Per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (the DP baseline's input)."""
+    def _measure_unit_errors(self) -> np.ndarray:
+        """Per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (from the database)."""
         return self.db.errors()
+
+    # ------------------------------------------------------------------ export
+    def export_state(self, levels: np.ndarray) -> dict[str, torch.Tensor]:
+        """The state dict at ``levels``: every unit as the dense weight its variant stands for (the live
+        model is left at ``levels``)."""
+        self.apply(levels)
+        return dict(self.model.state_dict())
+
+    def export_record(self, levels: np.ndarray) -> dict[str, Any]:
+        """What ``levelsearch_compression.json`` says: each unit's level and what the codec records of it."""
+        per_unit: dict[str, Any] = {}
+        for u, name in enumerate(self.unit_names):
+            value = self.db.values(name)[int(levels[u])]
+            entry = self.codec.export_entry(self.spec, value, int(self.numel[u]))
+            per_unit[name] = {"level": int(levels[u]), **entry}
+        return {"kind": self.spec["kind"], "spec": self.spec, "units": per_unit}
 
 
 def export_levels(
     problem: WeightLevelProblem, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None
 ) -> Path:
-    """Write the model at ``levels`` as a Hugging Face directory that loads with the stock architecture.
+    """A Hugging Face directory of the dense weights the variants stand for, whatever the codec's own
+    :meth:`~levelsearch.adapters.codecs.Codec.export` writes (kept for callers of this name)."""
+    from .export import export_model
 
-    Every unit is written as the dense weight its variant stands for (pruned layers with their
-    zeros, quantized ones as the fp32 values the codes stand for). ``levelsearch_compression.json``
-    lists each unit's level and what its codec records of it (zeros and sparsity, bits and group
-    size ...), how the weights were written, the database spec and ``info``. The model held by
-    ``problem`` is left at ``levels``.
-    """
-    lv = problem.space.validate(levels)
-    problem.apply(lv)
-    path = save_model(problem.model, problem.tokenizer, out)
-    codec = problem.db.codec
-    per_unit: dict[str, Any] = {}
-    for u, name in enumerate(problem.unit_names):
-        value = problem.db.values(name)[int(lv[u])]
-        per_unit[name] = {"level": int(lv[u]), **codec.export_entry(problem.spec, value, int(problem.numel[u]))}
-    meta = {
-        "kind": problem.spec["kind"],
-        "spec": problem.spec,
-        "units": per_unit,
-        "levels": lv.tolist(),
-        "how": codec.export_how,
-        **(info or {}),
-    }
-    (path / "levelsearch_compression.json").write_text(json.dumps(meta, indent=1))
-    return path
+    return export_model(problem, levels, out, {"how": problem.codec.export_how, **(info or {})})
 
 
 def verify_levels_export(problem: WeightLevelProblem, levels: np.ndarray, out: str | Path, n_seq: int = 2) -> float:

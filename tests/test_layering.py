@@ -74,7 +74,7 @@ def test_no_module_outside_the_codecs_branches_on_a_compression_kinds_name():
 
 
 def test_codecs_are_reached_only_through_the_registry_from_the_pipeline():
-    for name in ("pipeline.py", "compress.py", "database.py", "levelcompress.py", "weightsearch.py"):
+    for name in ("pipeline.py", "compress.py", "database.py", "weightsearch.py", "layerwise.py", "export.py"):
         bad = {
             n for n in _imports(ROOT / "adapters" / name) if n.startswith((".codecs.", "levelsearch.adapters.codecs."))
         }

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -23,9 +24,10 @@ pytestmark = pytest.mark.llm
 
 
 @pytest.fixture
-def lowrank(monkeypatch):
-    monkeypatch.setitem(base._REGISTRY, "lowrank", LowRankCodec)  # register_codec, undone after the test
-    return base.get_codec("lowrank")
+def lowrank():
+    base.register_codec("lowrank", LowRankCodec)
+    yield base.get_codec("lowrank")
+    base.CODECS.unregister("lowrank")
 
 
 @pytest.fixture
@@ -46,6 +48,19 @@ def test_a_registered_third_party_codec_runs_compress_end_to_end(lowrank, model_
     assert res["export"]["max_abs_logit_diff"] < 1e-4
     meta = json.loads((out / "model" / "levelsearch_compression.json").read_text())
     assert meta["kind"] == "lowrank" and meta["how"] == "dense product of the factors"
+    assert (out / "profile.png").stat().st_size > 0
+
+
+def test_a_codec_plugs_into_the_generic_problem_with_no_subclass(lowrank, model_dir, tmp_path):
+    from levelsearch.adapters.weightsearch import WeightLevelProblem
+
+    small = dict(seq_len=32, calibration_tokens=128, heldout_tokens=64, top_k=16, progress=False)
+    problem = WeightLevelProblem(str(model_dir), codec="lowrank", target=0.6, database=str(tmp_path / "db"), **small)
+    assert type(problem) is WeightLevelProblem and problem.name == "llm-lowrank"
+    shapes = [problem.db.shape(u) for u in problem.unit_names]
+    assert problem.costs == [[float(params_kept(p, s)) for p in (1.0, 0.75, 0.5, 0.35, 0.25)] for s in shapes]
+    lv = problem.space.sample(np.random.default_rng(0))
+    assert 0.58 <= problem.average(lv) <= 0.6 and problem.average(lv) == problem.space.cost(lv) / problem.numel.sum()
 
 
 def test_the_third_party_codecs_variants_keep_their_level_and_decode_to_what_they_stand_for(lowrank):

@@ -4,38 +4,53 @@ A **codec** is one compression kind. It says
 
 - which level problem it plugs into and how a ``levelsearch compress`` run builds it from the
   settings (:meth:`Codec.make_problem`; the target's meaning and range are the codec's);
-- which baselines besides uniform / DP / random it brings (:meth:`Codec.baselines`);
-- how a level assignment reads in a report (:meth:`Codec.summary`, :attr:`Codec.profile_label`).
+- which baselines it brings and how a run scores them (:meth:`Codec.run_baselines`, :meth:`Codec.baselines`);
+- how a level assignment reads in a report (:meth:`Codec.summary`, :attr:`Codec.profile_label`) and
+  how the model at an assignment is exported (:meth:`Codec.export`: a Hugging Face directory the stock
+  engines load; a codec with a packed format overrides it).
 
-A :class:`WeightCodec` is a codec whose unit is a linear layer's weight and whose variants are
-made once and stored in a :class:`~levelsearch.adapters.database.VariantDatabase`. It also says
+A :class:`WeightCodec` is a codec whose variants of a unit are made once and stored in a
+:class:`~levelsearch.adapters.database.VariantDatabase`; any weight codec plugs into the one
+:class:`~levelsearch.adapters.weightsearch.WeightLevelProblem` with no subclass. It says
 
-- what its levels are for a unit of ``numel`` weights (:meth:`WeightCodec.level_values`: the
-  value of a level is what its cost is computed from: zeros, bits, ``[zeros, bits]``);
-- how to make every level's variant of a weight from the dense weight and its calibration
-  Hessian (:meth:`WeightCodec.make_variants`, with the kernels of :mod:`..kernels`);
-- how to store a variant compactly and load it back (:meth:`WeightCodec.encode`,
-  :meth:`WeightCodec.decode`), and the dense weight it stands for (:meth:`WeightCodec.dense`);
+- **units**: which modules of a model are its units (:meth:`WeightCodec.units`; default every linear
+  of every decoder layer);
+- **levels and costs**: the spec of its levels (:meth:`WeightCodec.make_spec`), each level's value
+  for a unit (:meth:`WeightCodec.level_values`: zeros, bits, ``[zeros, bits]``, a fraction kept), the
+  amount of the budget's quantity a level keeps (:meth:`WeightCodec.amount`, or
+  :meth:`WeightCodec.unit_amounts` when it depends on the unit's shape: zeros, bits, parameters; its
+  average per weight is what ``--target`` names), its cost in the level space
+  (:meth:`WeightCodec.level_cost` / :meth:`WeightCodec.unit_costs`, default the amount) and the
+  budget (:meth:`WeightCodec.make_space`);
+- **statistics**: which calibration statistic making a variant needs (:attr:`WeightCodec.statistics`:
+  the Hessian ``2XᵀX/N``, its diagonal, the layer inputs ``X`` themselves, or nothing);
+- **variants**: how to make every level's variant of a weight (:meth:`WeightCodec.make_variants`, with
+  the kernels of :mod:`..kernels`), store it compactly and load it back (:meth:`WeightCodec.encode`,
+  :meth:`WeightCodec.decode`), the dense weight it stands for (:meth:`WeightCodec.dense`), and how a
+  decoded variant is applied to the live module (:meth:`WeightCodec.apply_variant`);
 - per-layer statistics its baselines need, computed while the database is built
-  (:meth:`WeightCodec.layer_statistics`);
-- what an exported unit records (:meth:`WeightCodec.export_entry`, :attr:`WeightCodec.export_how`).
+  (:meth:`WeightCodec.layer_statistics`), and what an exported unit records (:meth:`WeightCodec.export_entry`).
 
-The registry maps a name (``--method NAME``, and a database spec's ``"kind"``) to a codec class:
-the built-in ones, then every entry point of the group ``levelsearch.codecs``
-(``name = "package.module:CodecClass"``); a name taken twice is an error, never a silent shadow.
+The registry (:data:`CODECS`, a :class:`levelsearch.registry.Registry`) maps a name (``--method NAME``,
+and a database spec's ``"kind"``) to a codec class: the built-in ones, then every entry point of the
+group ``levelsearch.codecs`` (``name = "package.module:CodecClass"``); a name taken twice is an error,
+never a silent shadow.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any, ClassVar
 
 import numpy as np
 
+from levelsearch.registry import Registry
+
 __all__ = [
+    "CODECS",
     "ENTRY_POINT_GROUP",
+    "STATISTICS",
     "Codec",
     "WeightCodec",
     "available_codecs",
@@ -48,6 +63,8 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "levelsearch.codecs"
+#: what :attr:`WeightCodec.statistics` may name: what :meth:`WeightCodec.make_variants` receives per linear
+STATISTICS = ("hessian", "hessian_diag", "activations", "none")
 
 Settings = dict[str, Any]
 
@@ -57,12 +74,14 @@ class Codec(ABC):
 
     #: registry name: ``levelsearch compress --method NAME`` and a database spec's ``"kind"``
     name: ClassVar[str] = ""
-    #: what a level's profile value is, for plots (``"sparsity"``, ``"bits"`` ...)
+    #: what a unit's profile value is, for plots (``"sparsity"``, ``"bits"``, ``"dropped"`` ...)
     profile_label: ClassVar[str] = "level"
     #: how the journal identity names a start taken from a baseline (``"heuristic"``: ``best-heuristic:NAME``)
     start_label: ClassVar[str] = ""
     #: a ``--target`` that makes sense for this codec (examples and the conformance tests use it)
     example_target: ClassVar[float] = 0.5
+    #: how an export writes the units (``levelsearch_compression.json``'s ``how``)
+    export_how: ClassVar[str] = "dense weights"
 
     def check_settings(self, settings: Settings) -> None:  # noqa: B027 (most codecs check nothing more)
         """The codec's own checks of ``compress`` settings, before the model loads (one-line ``ValueError``)."""
@@ -84,17 +103,23 @@ class Codec(ABC):
     def results_fields(self, problem: Any, settings: Settings) -> dict[str, Any]:
         """What ``results.json`` says of the problem besides the common fields (its units ...)."""
 
-    @abstractmethod
     def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
-        """Draw the profile of every method's assignment into ``path`` (``methods``: their results)."""
+        """Draw every method's per-unit profile into ``path`` (``methods``: their results, for the legend)."""
+        from ..plots import plot_profile
+
+        ppl = {n: m["heldout_ppl"] for n, m in methods.items()}
+        return plot_profile(problem, assignments, path, ppl, label=self.profile_label)
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
         """What a report says of an assignment besides its levels and profile (e.g. ``average``)."""
         return {}
 
-    @abstractmethod
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
-        """Write ``problem``'s model at ``levels`` as a directory the stock engines load; returns its path."""
+        """Write ``problem``'s model at ``levels`` as a Hugging Face directory the stock engines load (the
+        problem's export state, plus ``levelsearch_compression.json``); returns its path."""
+        from ..export import export_model
+
+        return export_model(problem, levels, out, {"how": self.export_how, **(info or {})})
 
     def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
         """Largest absolute logit difference between the exported directory and ``problem``'s model at ``levels``."""
@@ -102,16 +127,162 @@ class Codec(ABC):
 
 
 class WeightCodec(Codec):
-    """A codec whose variants of a linear layer are precomputed into a variant database."""
+    """A codec whose variants of a unit are precomputed into a variant database (see the module docstring)."""
 
-    #: how an exported unit's weight is written (``levelsearch_compression.json``'s ``how``)
-    export_how: ClassVar[str] = "dense weights"
+    #: the calibration statistic :meth:`make_variants` receives per unit (one of :data:`STATISTICS`)
+    statistics: ClassVar[str] = "hessian"
+    #: spec entries besides ``kind`` and their defaults (:meth:`make_spec` takes these as options)
+    default_spec: ClassVar[dict[str, Any]] = {}
+    #: budget options and their defaults (:meth:`make_space` reads them; default: ``tol``, the band's width
+    #: in budget units per weight)
+    budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.02}
 
-    def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
-        """Every unit written as the dense weight its variant stands for, plus ``levelsearch_compression.json``."""
-        from ..weightsearch import export_levels
+    # ------------------------------------------------------------------ units, levels, costs
+    def units(self, model: Any) -> list[tuple[str, int, Any]]:
+        """``(module path, decoder layer, module)`` of every unit of ``model``, in layer order (default:
+        every ``nn.Linear`` of every decoder layer). A unit is a module with a 2-D ``weight``."""
+        from ..calibration import linear_units
 
-        return export_levels(problem, levels, out, info)
+        return list(linear_units(model))
+
+    def make_spec(self, model: Any, target: float, **options: Any) -> dict[str, Any]:
+        """The database spec for ``model`` at ``target``: ``{"kind": name, **default_spec, **options}``.
+
+        Raises:
+            ValueError: an option this codec does not know.
+        """
+        unknown = sorted(set(options) - set(self.default_spec))
+        if unknown:
+            takes = ", ".join(sorted(self.default_spec)) or "none"
+            raise ValueError(f"the {self.name} codec has no option {unknown[0]!r}; it takes: {takes}")
+        return {"kind": self.name, **self.default_spec, **options}
+
+    @abstractmethod
+    def check_spec(self, spec: dict[str, Any]) -> None:
+        """``ValueError`` with a sentence when ``spec`` (a database spec of this kind) is not valid."""
+
+    @abstractmethod
+    def level_values(self, spec: dict[str, Any], numel: int) -> list[Any]:
+        """The value of each level of a unit with ``numel`` weights, in level order (JSON-able)."""
+
+    def amount(self, spec: dict[str, Any], value: Any, numel: int) -> float:
+        """What a level of ``value`` keeps of the budget's quantity (zeros, bits, parameters) in a unit of
+        ``numel`` weights: a unit's profile is ``amount / numel`` and an assignment's average
+        ``Σ amount / Σ numel``. A codec whose amount depends on the unit's shape overrides
+        :meth:`unit_amounts` instead."""
+        raise NotImplementedError(f"codec {self.name!r} defines neither amount() nor unit_amounts()")
+
+    def unit_amounts(self, spec: dict[str, Any], values: list[Any], shape: tuple[int, int]) -> list[float]:
+        """The :meth:`amount` of every level of a unit of ``shape`` (``out × in``), in level order."""
+        return [self.amount(spec, v, shape[0] * shape[1]) for v in values]
+
+    def level_cost(self, spec: dict[str, Any], value: Any, numel: int) -> float:
+        """The cost of a level in the level space (default: its amount, see :meth:`unit_costs`)."""
+        return self.amount(spec, value, numel)
+
+    def unit_costs(self, spec: dict[str, Any], values: list[Any], shape: tuple[int, int]) -> list[float]:
+        """The cost of every level of a unit of ``shape`` in the level space (default: :meth:`level_cost`
+        of each value when a codec overrides it, else the unit's amounts)."""
+        if type(self).level_cost is WeightCodec.level_cost:
+            return self.unit_amounts(spec, values, shape)
+        return [self.level_cost(spec, v, shape[0] * shape[1]) for v in values]
+
+    def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
+        """The level space of units with level ``costs`` and ``numel`` weights at ``target`` (default: the
+        band ``[target − tol, target]`` of the average amount per weight, kept by repair)."""
+        from levelsearch import LevelSpace
+
+        n = float(np.sum(numel))
+        tol = float(options["tol"])
+        return LevelSpace([len(c) for c in costs], costs=costs, total=float(target) * n, tol=tol * n)
+
+    def describe_budget(self, target: float, options: dict[str, Any]) -> dict[str, Any]:
+        """What the problem's identity (``describe()``) says of the budget besides the spec."""
+        return {"target": float(target), **options}
+
+    def uniform_levels(self, problem: Any) -> np.ndarray | None:
+        """The uniform baseline: of the assignments with one level index everywhere that meet the budget,
+        the one with the lowest mean unit error; ``None`` when none meets it."""
+        errors = np.nanmean(problem.unit_errors(), axis=0)
+        for k in np.argsort(errors):
+            lv = np.full(problem.space.n_units, int(k), dtype=np.int64)
+            if problem.space.is_feasible(lv):
+                return lv
+        return None
+
+    def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
+        """The DP baseline: knapsack on the problem's per-unit errors (assumed additive)."""
+        from ..weightsearch import dp_levels
+
+        return dp_levels(problem)
+
+    # ------------------------------------------------------------------ variants
+    @abstractmethod
+    def make_variants(self, spec: dict[str, Any], w: Any, stats: Any, values: list[Any]) -> list[Any]:
+        """Every level's variant of the fp32 weight ``w`` (``out × in``) given the unit's calibration
+        statistic ``stats`` (what :attr:`statistics` names: the raw Hessian ``in × in``, its diagonal,
+        the inputs ``tokens × in``, or ``None``)."""
+
+    def select_statistics(self, hessian: Any, activations: Any) -> Any:
+        """What :meth:`make_variants` receives of a unit's raw Hessian and inputs, as :attr:`statistics` says."""
+        chosen = {"hessian": hessian, "activations": activations, "none": None}
+        if self.statistics == "hessian_diag":
+            return hessian.diagonal().clone()
+        if self.statistics not in chosen:
+            raise ValueError(f"codec {self.name!r}: statistics must be one of {', '.join(STATISTICS)}")
+        return chosen[self.statistics]
+
+    @abstractmethod
+    def keeps_level(self, spec: dict[str, Any], value: Any, variant: Any) -> bool:
+        """Whether ``variant`` is what a level of ``value`` claims (its exact zero count, codes within its bits ...).
+
+        The codec conformance test checks it for every variant a codec makes: the budget is computed
+        from level values, so a variant that does not keep its level would make the budget a lie.
+        """
+
+    @abstractmethod
+    def encode(self, variant: Any) -> dict[str, Any]:
+        """The compact tensors of a variant (named parts, stored under ``unit/level/part``)."""
+
+    @abstractmethod
+    def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
+        """The fp32 weight of a stored variant of level ``value``; ``part(name)`` reads one stored tensor."""
+
+    def dense(self, variant: Any) -> Any:
+        """The fp32 weight a variant stands for (what its output error is measured on)."""
+        return variant
+
+    def apply_variant(self, module: Any, weight: Any) -> None:
+        """Make the live ``module`` compute with the decoded ``weight`` (default: copy it into
+        ``module.weight``); restoring the dense model applies the dense weight the same way."""
+        import torch
+
+        with torch.no_grad():
+            module.weight.copy_(weight.to(module.weight.device, module.weight.dtype))
+
+    def layer_statistics(self, spec: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        """Statistics of one decoder layer from its ``(weight, Hessian)`` pairs, kept in the manifest."""
+        return {}
+
+    @abstractmethod
+    def export_entry(self, spec: dict[str, Any], value: Any, numel: int) -> dict[str, Any]:
+        """What ``levelsearch_compression.json`` records of a unit at level ``value``."""
+
+    # ------------------------------------------------------------------ a compress run
+    def make_problem(self, settings: Settings) -> Any:
+        """The generic :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem` of this codec."""
+        from ..weightsearch import WeightLevelProblem
+
+        return WeightLevelProblem(
+            settings["model"], codec=self, target=self.check_target(settings), **problem_settings(settings)
+        )
+
+    def check_target(self, settings: Settings) -> float:
+        """``settings["target"]`` checked for this codec (default: a number in (0, 1], e.g. a fraction kept)."""
+        t = target_in(settings, 0.0, 1.0, f"a fraction in (0, 1] for --method {self.name}", open_ends=False)
+        if t <= 0:
+            raise ValueError(f"--target must be a fraction in (0, 1] for --method {self.name}, got {t!r}")
+        return t
 
     def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
         """Uniform (when the target has one), the codec's own, DP on the per-unit errors, and best-of-N
@@ -145,61 +316,9 @@ class WeightCodec(Codec):
         info = {"dir": str(db.root), "bytes": db.size_bytes(), "spec": problem.spec}
         return {"units": problem.unit_names, "database": {**info, "build_seconds": db.manifest["build_seconds"]}}
 
-    def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
-        from ..levelcompress import plot_levels
-
-        ppl = {n: m["heldout_ppl"] for n, m in methods.items()}
-        return plot_levels(problem, assignments, path, ppl, label=self.profile_label)
-
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        """The profile (per-unit sparsity, bits ...) of ``levels``; subclasses add their average."""
-        return {"profile": problem.profile(levels).tolist()}
-
-    def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
-        """The DP baseline: knapsack on the problem's per-unit errors (assumed additive)."""
-        from ..weightsearch import dp_levels
-
-        return dp_levels(problem)
-
-    @abstractmethod
-    def check_spec(self, spec: dict[str, Any]) -> None:
-        """``ValueError`` with a sentence when ``spec`` (a database spec of this kind) is not valid."""
-
-    @abstractmethod
-    def level_values(self, spec: dict[str, Any], numel: int) -> list[Any]:
-        """The value of each level of a unit with ``numel`` weights, in level order (JSON-able)."""
-
-    @abstractmethod
-    def make_variants(self, spec: dict[str, Any], w: Any, h: Any, values: list[Any]) -> list[Any]:
-        """Every level's variant of the fp32 weight ``w`` (``out × in``) given its raw Hessian ``h``."""
-
-    @abstractmethod
-    def keeps_level(self, spec: dict[str, Any], value: Any, variant: Any) -> bool:
-        """Whether ``variant`` is what a level of ``value`` claims (its exact zero count, codes within its bits ...).
-
-        The codec conformance test checks it for every variant a codec makes: the budget is computed
-        from level values, so a variant that does not keep its level would make the budget a lie.
-        """
-
-    @abstractmethod
-    def encode(self, variant: Any) -> dict[str, Any]:
-        """The compact tensors of a variant (named parts, stored under ``unit/level/part``)."""
-
-    @abstractmethod
-    def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
-        """The fp32 weight of a stored variant of level ``value``; ``part(name)`` reads one stored tensor."""
-
-    def dense(self, variant: Any) -> Any:
-        """The fp32 weight a variant stands for (what its output error is measured on)."""
-        return variant
-
-    def layer_statistics(self, spec: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
-        """Statistics of one decoder layer from its ``(weight, Hessian)`` pairs, kept in the manifest."""
-        return {}
-
-    @abstractmethod
-    def export_entry(self, spec: dict[str, Any], value: Any, numel: int) -> dict[str, Any]:
-        """What ``levelsearch_compression.json`` records of a unit at level ``value``."""
+        """The profile (per-unit ``amount / numel``) and the average (``Σ amount / Σ numel``) of ``levels``."""
+        return {"profile": problem.profile(levels).tolist(), "average": problem.average(levels)}
 
 
 def target_in(settings: Settings, lo: float, hi: float, what: str, *, open_ends: bool = False) -> float:
@@ -242,14 +361,26 @@ def problem_settings(settings: Settings) -> dict[str, Any]:
     )
 
 
-_BUILT_IN: dict[str, str] = {
+def _check_codec(name: str, target: Any) -> None:
+    if not (isinstance(target, type) and issubclass(target, Codec)):
+        raise ValueError(f"codec {name!r} is {target!r}, not a subclass of levelsearch.adapters.codecs.Codec")
+
+
+#: the codecs: the built-in ones, then the entry-point group ``levelsearch.codecs``
+CODECS: Registry[type[Codec]] = Registry(
+    "codec",
+    ENTRY_POINT_GROUP,
+    unknown="unknown compression method {name!r}; available: {known}",
+    extra="llm",
+    check=_check_codec,
+)
+for _name, _target in {
     "drop": "levelsearch.adapters.codecs.drop:DropCodec",
     "sparsity": "levelsearch.adapters.codecs.sparsity:SparsityCodec",
     "quant": "levelsearch.adapters.codecs.quant:QuantCodec",
     "joint": "levelsearch.adapters.codecs.joint:JointCodec",
-}
-_REGISTRY: dict[str, type[Codec] | str] = dict(_BUILT_IN)
-_LOADED = False
+}.items():
+    CODECS.register(_name, _target)
 
 
 def register_codec(name: str, codec: type[Codec] | str, *, replace: bool = False) -> None:
@@ -258,26 +389,12 @@ def register_codec(name: str, codec: type[Codec] | str, *, replace: bool = False
     Raises:
         ValueError: ``name`` is taken by another codec and ``replace`` is false.
     """
-    if not replace and name in _REGISTRY and _REGISTRY[name] != codec:
-        raise ValueError(f"a codec named {name!r} is already registered; pick another name or replace=True")
-    _REGISTRY[name] = codec
-
-
-def _load_entry_points() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY and _REGISTRY[ep.name] != ep.value:
-            raise ValueError(f"entry point {ep.name!r} = {ep.value!r} collides with the registered codec of that name")
-        _REGISTRY[ep.name] = ep.value
+    CODECS.register(name, codec, replace=replace)
 
 
 def available_codecs() -> list[str]:
     """Names of every registered codec (built in and from entry points), sorted."""
-    _load_entry_points()
-    return sorted(_REGISTRY)
+    return CODECS.names()
 
 
 def get_codec(name: str) -> Codec:
@@ -286,16 +403,8 @@ def get_codec(name: str) -> Codec:
     Raises:
         ValueError: an unknown name (the known ones are listed) or an entry point that is not a codec.
     """
-    _load_entry_points()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown compression method {name!r}; available: {', '.join(available_codecs())}")
-    target = _REGISTRY[name]
-    if isinstance(target, str):
-        module_name, _, attr = target.partition(":")
-        target = getattr(__import__(module_name, fromlist=[attr]), attr)
-        _REGISTRY[name] = target
-    if not (isinstance(target, type) and issubclass(target, Codec)):
-        raise ValueError(f"codec {name!r} is {target!r}, not a subclass of levelsearch.adapters.codecs.Codec")
+    target = CODECS.get(name)
+    _check_codec(name, target)
     return target()
 
 
@@ -305,7 +414,7 @@ def get_weight_codec(kind: Any) -> WeightCodec:
     Raises:
         ValueError: ``kind`` names no registered codec with a variant database (those are listed).
     """
-    codec = get_codec(str(kind)) if str(kind) in available_codecs() else None
+    codec = get_codec(str(kind)) if str(kind) in CODECS else None
     if not isinstance(codec, WeightCodec):
         names = [n for n in available_codecs() if isinstance(get_codec(n), WeightCodec)]
         raise ValueError(f"database kind must be one of {', '.join(names)}, got {kind!r}")

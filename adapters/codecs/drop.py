@@ -4,7 +4,8 @@ Units are the attention and MLP sub-blocks of every decoder layer (``whole_block
 per layer); level 0 keeps a unit, level 1 drops it: its residual branch adds nothing. Each drop
 costs 1 in the budget. The variant needs no calibration statistic and no storage: the layer
 runner switches a sub-module's ``forward`` to zeros (:meth:`~levelsearch.adapters.fitness.LayerRunner.drop_module`),
-and an export zeroes the dropped sub-blocks' output projections (:mod:`levelsearch.adapters.export`).
+and an export zeroes the dropped sub-blocks' linear weights (the problem's export state; the shared
+:func:`~levelsearch.adapters.export.export_model` writes it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class DropCodec(Codec):
     profile_label = "dropped"
     start_label = "heuristic"
     example_target = 0.5
+    export_how = "linear weights of dropped sub-blocks are zero"
 
     def check_settings(self, settings: Settings) -> None:
         target_in(settings, 0.0, 1.0, "a fraction strictly between 0 and 1", open_ends=True)
@@ -79,17 +81,6 @@ class DropCodec(Codec):
             "units": problem.unit_names(),
             "space": problem.space.to_dict(),
         }
-
-    def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
-        from ..plots import plot_profile
-
-        return plot_profile(problem, assignments, path)
-
-    def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
-        """The model with the dropped sub-blocks' output projections zeroed (loads with the stock architecture)."""
-        from ..export import export_dropped
-
-        return export_dropped(problem, levels, out, info)
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
         attn, mlp = problem.dropped_modules(levels)

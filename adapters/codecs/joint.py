@@ -3,19 +3,24 @@
 Level ``(s, b)`` is the weight pruned to sparsity ``s`` by SparseGPT, then quantized to ``b``
 bits by GPTQ with its zeros kept (same Hessian); its value is ``[zeros, bits]``. Stored like a
 ``quant`` variant (the pruned weights' codes are their zero points, so they decode to exactly 0).
+
+A level's memory is ``(numel − zeros)·b`` bits of values plus a one-bit-per-weight mask when ``s > 0``
+(scales and zero points, ~0.3 bits/weight at group size 128, are the same for every level and left
+out). The budget is the band ``[target − tol, target]`` bits per weight over all units, kept by
+repair, so a user asks for bytes, not for a knob. Its DP baseline rounds the costs (:func:`joint_dp_levels`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .base import Settings, WeightCodec, problem_settings, target_in
 from .quant import decode_quantized, encode_quantized
 
-__all__ = ["JointCodec"]
+__all__ = ["JointCodec", "joint_dp_levels"]
 
 
 class JointCodec(WeightCodec):
@@ -25,6 +30,27 @@ class JointCodec(WeightCodec):
     profile_label = "bits"
     export_how = "dequantized weights, pruned ones exactly zero"
     example_target = 3.0
+    default_spec: ClassVar[dict[str, Any]] = {
+        "sparsities": (0.0, 0.25, 0.5, 0.6, 0.7),
+        "bits": (2, 3, 4, 6, 8),
+        "group_size": 128,
+    }
+
+    def make_spec(self, model: Any, target: float, **options: Any) -> dict[str, Any]:
+        """``sparsities`` (default 0, 0.25, 0.5, 0.6, 0.7), ``bits`` (default 2, 3, 4, 6, 8), ``group_size`` (128)."""
+        spec = super().make_spec(model, target, **options)
+        return {
+            "kind": self.name,
+            "method": "sparsegpt+gptq",
+            "sparsities": [float(x) for x in sorted(spec["sparsities"])],
+            "bits": sorted(int(b) for b in spec["bits"]),
+            "group_size": spec["group_size"],
+        }
+
+    def amount(self, spec: dict[str, Any], value: Any, numel: int) -> float:
+        """Memory in bits: values kept × bits, plus a mask bit per weight if pruned."""
+        z, b = int(value[0]), int(value[1])
+        return float((numel - z) * b + (numel if z > 0 else 0))
 
     def check_spec(self, spec: dict[str, Any]) -> None:
         if spec.get("method") != "sparsegpt+gptq":
@@ -78,14 +104,36 @@ class JointCodec(WeightCodec):
     def make_problem(self, settings: Settings) -> Any:
         from ..joint import JointProblem
 
-        t = target_in(settings, 1.0, 8.0, "the memory budget in bits per weight (e.g. 3)")
-        return JointProblem(settings["model"], target=t, **problem_settings(settings))
+        return JointProblem(settings["model"], target=self.check_target(settings), **problem_settings(settings))
+
+    def check_target(self, settings: Settings) -> float:
+        return target_in(settings, 1.0, 8.0, "the memory budget in bits per weight (e.g. 3)")
 
     def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
-        from ..joint import joint_dp_levels
-
         return joint_dp_levels(problem, seed=seed)
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        avg = problem.average_bits(levels)
-        return {**super().summary(problem, levels), "average": avg, "sparsity_bits": problem.sparsity_and_bits(levels)}
+        pairs = [problem.db.values(n)[int(lv)] for n, lv in zip(problem.unit_names, levels)]
+        sb = [(float(z / problem.numel[u]), int(b)) for u, (z, b) in enumerate(pairs)]
+        return {**super().summary(problem, levels), "sparsity_bits": sb}
+
+
+def joint_dp_levels(problem: Any, resolution: float = 0.01, seed: int = 0) -> np.ndarray:
+    """DP on normalised output errors with costs rounded to ``resolution`` bits per weight of the model.
+
+    The rounded problem is solved exactly (knapsack), then the result is repaired into the
+    true band (a few level moves at most).
+    """
+    from levelsearch import LevelSpace, solve_additive
+
+    total_w = float(problem.numel.sum())
+    step = resolution * total_w
+    tol = float(problem.budget_options["tol"])
+    costs = [np.round(np.asarray(c) / step) for c in problem.costs]
+    hi = np.floor(problem.target * total_w / step)
+    lo = np.ceil((problem.target - tol) * total_w / step)
+    shadow = LevelSpace([len(c) for c in costs], costs=[c.tolist() for c in costs], total=hi, tol=max(0.0, hi - lo))
+    lv, _ = solve_additive(shadow, np.nan_to_num(problem.unit_errors(), nan=np.inf))
+    if problem.space.is_feasible(lv):
+        return lv
+    return problem.space.repair(lv, np.random.default_rng(seed))

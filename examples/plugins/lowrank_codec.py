@@ -3,9 +3,12 @@
 Every linear layer ``W`` (``out × in``) keeps a fraction ``p`` of its parameters as two factors
 ``A (out × r) · B (r × in)`` with ``r = floor(p · out · in / (out + in))`` (the best rank-``r``
 approximation, by SVD); ``p = 1`` keeps ``W`` as it is. The budget is the band
-``[target − tol, target]`` of the fraction of parameters kept over all linears.
+``[target − tol, target]`` of the fraction of parameters kept over all units (the codec's default
+budget: ``amount`` is the parameters a level keeps). The SVD needs no calibration statistic.
 
-Nothing in ``levelsearch`` changes: register the codec, then run ``levelsearch compress``::
+This file is the whole plug-in: the codec plugs into levelsearch's generic layer-wise problem, its
+baselines (uniform, DP, random), the search, the held-out report, the plots and the export, with no
+subclass and no change to the package. Register it, then run ``levelsearch compress``::
 
     from levelsearch.adapters.codecs import register_codec
     from lowrank_codec import LowRankCodec
@@ -19,16 +22,12 @@ Nothing in ``levelsearch`` changes: register the codec, then run ``levelsearch c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from levelsearch.adapters.codecs.base import WeightCodec, problem_settings, target_in
-from levelsearch.adapters.weightsearch import WeightLevelProblem
-
-from levelsearch import LevelSpace
+from levelsearch.adapters.codecs.base import WeightCodec
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25)
 
@@ -59,15 +58,20 @@ class LowRankCodec(WeightCodec):
     profile_label = "parameters kept"
     export_how = "dense product of the factors"
     example_target = 0.6
+    statistics = "none"  # the SVD of the weight alone
+    default_spec: ClassVar[dict[str, Any]] = {"method": "svd", "fractions": FRACTIONS}
 
     def check_spec(self, spec: dict[str, Any]) -> None:
         if not spec.get("fractions") or any(not 0.0 < float(p) <= 1.0 for p in spec["fractions"]):
             raise ValueError("lowrank spec needs parameter fractions in (0, 1]")
 
     def level_values(self, spec: dict[str, Any], numel: int) -> list[Any]:
-        return [float(p) for p in spec["fractions"]]
+        return sorted((float(p) for p in spec["fractions"]), reverse=True)
 
-    def make_variants(self, spec: dict[str, Any], w: Any, h: Any, values: list[Any]) -> list[Any]:
+    def unit_amounts(self, spec: dict[str, Any], values: list[Any], shape: tuple[int, int]) -> list[float]:
+        return [float(params_kept(p, shape)) for p in values]  # parameters kept: the budget's quantity
+
+    def make_variants(self, spec: dict[str, Any], w: Any, stats: Any, values: list[Any]) -> list[Any]:
         u, s, vh = torch.linalg.svd(w.to(torch.float32), full_matrices=False)
         out = []
         for p in values:
@@ -91,51 +95,3 @@ class LowRankCodec(WeightCodec):
 
     def export_entry(self, spec: dict[str, Any], value: Any, numel: int) -> dict[str, Any]:
         return {"fraction_kept": float(value)}
-
-    def make_problem(self, settings: dict[str, Any]) -> Any:
-        t = target_in(settings, 0.0, 1.0, "the fraction of parameters kept, in (0, 1]")
-        return LowRankProblem(settings["model"], target=t, **problem_settings(settings))
-
-    def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        return {**super().summary(problem, levels), "average": problem.average_kept(levels)}
-
-
-class LowRankProblem(WeightLevelProblem):
-    """Per-layer parameter fractions under a band on the fraction kept over all linears."""
-
-    name = "llm-lowrank"
-
-    def __init__(
-        self,
-        model: str = "smollm2",
-        *,
-        target: float = 0.6,
-        fractions: Sequence[float] = FRACTIONS,
-        tol: float = 0.02,
-        **options: Any,
-    ) -> None:
-        self.target, self.tol = float(target), float(tol)
-        spec = {"kind": "lowrank", "method": "svd", "fractions": sorted((float(p) for p in fractions), reverse=True)}
-        self._setup(lambda m: spec, model, **options)
-        self.kept = [[params_kept(p, self.db.shape(u)) for p in self.db.values(u)] for u in self.unit_names]
-        n = float(self.numel.sum())
-        space = LevelSpace([len(c) for c in self.kept], costs=self.kept, total=self.target * n, tol=self.tol * n)
-        super().__init__(space)
-
-    def _describe_extra(self) -> dict[str, Any]:
-        return {"target": self.target, "tol": self.tol}
-
-    def uniform_levels(self) -> np.ndarray | None:
-        """The same fraction everywhere, the largest that meets the band, if any."""
-        for k in range(len(self.kept[0])):
-            lv = np.full(len(self.unit_names), k, dtype=np.int64)
-            if self.space.is_feasible(lv):
-                return lv
-        return None
-
-    def profile(self, levels: np.ndarray) -> np.ndarray:
-        """Fraction of parameters kept by each unit."""
-        return np.array([self.kept[u][int(lv)] / self.numel[u] for u, lv in enumerate(levels)])
-
-    def average_kept(self, levels: np.ndarray) -> float:
-        return float(self.space.cost(levels) / self.numel.sum())
