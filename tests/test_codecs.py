@@ -132,3 +132,26 @@ def test_every_llm_problem_lists_the_shared_options_and_refuses_an_unknown_one(k
     assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
     with pytest.raises(ValueError, match="has no parameter 'bogus'"):
         make_problem({"kind": kind, "bogus": 1})
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_every_codecs_problem_remembers_sequences_full_pool_values_and_layer_states(name, problems):
+    from levelsearch import Request
+
+    problem = problems[name]
+    rng = np.random.default_rng(5)
+    kids = list({k.tobytes(): k for k in (problem.space.sample(rng) for _ in range(8))}.values())[:2]
+    assert len(kids) == 2
+    problem._seq_kl.clear()
+    problem._memo.clear()
+    problem.store.clear()
+    seq = problem.search_pool.seq_len
+    problem.evaluate_many([Request(k, seq, 7) for k in kids])
+    before = problem.n_forward_tokens
+    problem.evaluate_many([Request(k, 2 * seq, 7) for k in kids])  # the same sequence plus one more
+    assert problem.n_forward_tokens - before == 2 * seq  # only the new sequence, for each kid
+    full = problem.evaluate_many([Request(k, None, 0) for k in kids])
+    assert all(problem.store.has(problem.candidate_keys(k)) for k in kids)
+    before = problem.n_forward_tokens
+    assert problem.evaluate_many([Request(k, None, 3) for k in kids]) == full  # remembered: no forward pass
+    assert problem.n_forward_tokens == before
