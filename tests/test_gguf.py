@@ -1,0 +1,264 @@
+"""The gguf codec: ggml's bytes, llama.cpp's rules, and an exported file that is exactly what was searched."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+libgguf = pytest.importorskip("libgguf")
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from levelsearch.adapters import gguf_types as gt  # noqa: E402
+from levelsearch.adapters.gguf_source import llama_cpp_mix, resolve_source  # noqa: E402
+
+pytestmark = pytest.mark.llm
+
+LEGACY = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+WITH_IMATRIX = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "Q4_0", "Q8_0")
+
+
+def _rows(n_rows: int, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n_rows, n)) * rng.gamma(1.0, 1.0, n)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- bytes and values
+@pytest.mark.parametrize("qtype", LEGACY)
+def test_ggml_bytes_are_gguf_py_bytes_for_the_types_both_quantize(qtype):
+    w = _rows(8, 576)
+    ours = gt.quantize(w, qtype, None)
+    theirs = gguf.quants.quantize(w, gguf.GGMLQuantizationType[qtype])
+    assert ours.dtype == np.uint8 and ours.shape == (8, gt.row_bytes(qtype, 576))
+    assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("qtype", WITH_IMATRIX)
+def test_gguf_py_dequantizes_ggml_bytes_to_ggmls_own_values(qtype):
+    w = _rows(6, 512, seed=1)
+    im = np.random.default_rng(2).random(512).astype(np.float32) + 0.01
+    data = gt.quantize(w, qtype, im)
+    ggml_values = libgguf.dequantize_rows(data, int(gguf.GGMLQuantizationType[qtype]), 512)
+    assert np.array_equal(gt.dequantize(data, qtype), ggml_values)
+
+
+def test_an_importance_matrix_lowers_the_error_it_weighs():
+    w = _rows(64, 512, seed=3)
+    im = np.random.default_rng(4).gamma(0.3, 1.0, 512).astype(np.float32)
+    for qtype in ("Q2_K", "Q3_K", "Q4_K"):
+        err = {
+            name: float(((gt.dequantize(gt.quantize(w, qtype, m), qtype) - w) ** 2 * im).sum())
+            for name, m in (("plain", None), ("imatrix", im))
+        }
+        assert err["imatrix"] < err["plain"], qtype
+
+
+def test_a_row_a_type_cannot_hold_gets_llama_cpps_fallback_or_f16():
+    assert [gt.effective_type(t, 576) for t in gt.DEFAULT_TYPES] == ["Q4_0", "Q4_0", "Q5_0", "Q5_1", "Q8_0", "Q8_0"]
+    assert [gt.effective_type(t, 1536) for t in gt.DEFAULT_TYPES] == list(gt.DEFAULT_TYPES)
+    assert gt.effective_type("IQ4_XS", 96) == "IQ4_NL"
+    assert gt.effective_type("Q4_K", 48) == "F16"  # not even the fallback's 32-block divides it
+    assert gt.tensor_bytes("Q4_K", (3, 512)) == 3 * 2 * 144
+    w = _rows(3, 48)
+    assert np.array_equal(gt.dequantize(gt.quantize(w, "F16", None), "F16"), w.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "types, match",
+    [("Q4_K,Q9_K", "unsupported gguf quant type 'Q9_K'"), ([], "non-empty"), ("Q4_K,q4_k", "must not repeat")],
+)
+def test_a_bad_type_list_is_one_sentence(types, match):
+    with pytest.raises(ValueError, match=match):
+        gt.check_types(types)
+
+
+def test_type_lists_are_read_case_blind_and_sorted_by_size():
+    assert gt.check_types("q8_0,Q2_K, q4_k") == ["Q2_K", "Q4_K", "Q8_0"]
+
+
+# ---------------------------------------------------------------------- llama.cpp's rules and recipe
+def test_llama_cpps_k_m_mixes_give_their_layers_more_bits():
+    n = 30  # SmolLM2-135M: use_more_bits is true for layers 0-2, 5, 8, ..., 23, 26-29
+    more = [i for i in range(n) if llama_cpp_mix("Q4_K_M", f"blk.{i}.attn_v.weight", n) == "Q6_K"]
+    assert more == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+    assert llama_cpp_mix("Q4_K_M", "blk.5.ffn_down.weight", n) == "Q6_K"
+    assert llama_cpp_mix("Q4_K_M", "blk.4.attn_q.weight", n) == "Q4_K"
+    q3 = {k: llama_cpp_mix("Q3_K_M", f"blk.1.{k}.weight", n) for k in ("attn_q", "attn_v", "attn_output", "ffn_up")}
+    assert q3 == {"attn_q": "Q3_K", "attn_v": "Q5_K", "attn_output": "Q4_K", "ffn_up": "Q3_K"}
+    assert llama_cpp_mix("Q3_K_M", "blk.2.attn_v.weight", n) == "Q4_K"
+    assert llama_cpp_mix("Q3_K_M", "blk.0.ffn_down.weight", n) == "Q5_K"
+    assert llama_cpp_mix("Q3_K_M", "blk.9.ffn_down.weight", n) == "Q4_K"
+
+
+def test_the_recipe_is_one_anchored_override_per_kind_and_type():
+    from levelsearch.adapters.gguf_export import recipe
+
+    results = {
+        "method": "gguf",
+        "gguf_tensors": ["blk.0.attn_q.weight", "blk.1.attn_q.weight", "blk.10.attn_q.weight", "blk.0.ffn_down.weight"],
+        "methods": {"evopress": {"types": ["Q4_K", "Q6_K", "Q4_K", "Q3_K"]}},
+    }
+    assert recipe(results) == [
+        "--tensor-type '^blk\\.(0|10)\\.attn_q\\.weight$=q4_k'",
+        "--tensor-type '^blk\\.(1)\\.attn_q\\.weight$=q6_k'",
+        "--tensor-type '^blk\\.(0)\\.ffn_down\\.weight$=q3_k'",
+    ]
+    with pytest.raises(ValueError, match="no method 'dp'"):
+        recipe(results, "dp")
+
+
+def test_a_hugging_face_directory_as_source_names_the_conversion_command(tmp_path):
+    with pytest.raises(ValueError, match="convert_hf_to_gguf.py"):
+        resolve_source(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_source(str(tmp_path / "missing.gguf"))
+
+
+# ---------------------------------------------------------------------- a tiny GGUF model end to end
+def _byte_chars() -> list[str]:
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def write_tiny_gguf(path: Path, *, hidden: int = 256, ffn: int = 512, layers: int = 2, seed: int = 0) -> Path:
+    """A 2-layer Llama GGUF (F16 weights, 4 heads and 2 KV heads, a byte-level BPE tokenizer), seeded."""
+    rng = np.random.default_rng(seed)
+    heads, kv = 4, 2
+    merges = ["Ġ t", "h e", "Ġ a"]
+    tokens = ["<|endoftext|>", *_byte_chars(), *(m.replace(" ", "") for m in merges)]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_vocab_size(len(tokens))
+    w.add_file_type(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3] + [1] * (len(tokens) - 1))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_add_bos_token(False)
+
+    def t(*shape: int, s: float = 0.06) -> np.ndarray:
+        return (rng.standard_normal(shape) * s).astype(np.float16)
+
+    hd = hidden // heads
+    w.add_tensor("token_embd.weight", t(len(tokens), hidden, s=1.0))
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.attn_q.weight", t(heads * hd, hidden))
+        w.add_tensor(f"blk.{i}.attn_k.weight", t(kv * hd, hidden))
+        w.add_tensor(f"blk.{i}.attn_v.weight", t(kv * hd, hidden))
+        w.add_tensor(f"blk.{i}.attn_output.weight", t(hidden, heads * hd))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", t(ffn, hidden))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", t(ffn, hidden))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", t(hidden, ffn))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output.weight", t(len(tokens), hidden))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from levelsearch.adapters.gguf_problem import GGUFProblem
+
+    root = tmp_path_factory.mktemp("gguf")
+    src = write_tiny_gguf(root / "tiny-f16.gguf")
+    problem = GGUFProblem(
+        str(src), target=4.0, types=("Q2_K", "Q3_K", "Q4_K", "Q6_K"), tol=0.02, seq_len=32,
+        calibration_tokens=256, heldout_tokens=128, top_k=16, progress=False, database=str(root / "db"),
+    )
+    return problem, root
+
+
+def test_a_levels_cost_is_the_tensors_exact_bytes_in_its_type(tiny):
+    problem, _ = tiny
+    for u, name in enumerate(problem.unit_names):
+        rows, n = problem.db.shape(name)
+        assert problem.unit_types[u] == ["Q2_K", "Q3_K", "Q4_K", "Q6_K"]
+        assert problem.level_bytes[u] == [rows * gt.row_bytes(t, n) for t in problem.unit_types[u]]
+    lv = problem.space.sample(np.random.default_rng(0))
+    assert problem.average_bits(lv) == 8 * problem.bytes_of(lv) / problem.numel.sum()
+    assert 4.0 * 0.98 <= problem.average_bits(lv) <= 4.0
+
+
+def test_the_baselines_are_computed_and_the_interpolation_and_dp_meet_the_band(tiny):
+    from levelsearch.adapters.gguf_baselines import gguf_baselines
+
+    problem, _ = tiny
+    base = gguf_baselines(problem)
+    assert {"uniform-Q4_K", "mix-Q3_K-Q4_K", "dp"} <= set(base)
+    assert "llama.cpp-Q4_K_M" in base  # Q4_K and Q6_K are levels; Q3_K_M asks for Q5_K, which is not
+    assert "llama.cpp-Q3_K_M" not in base
+    for name in ("mix-Q3_K-Q4_K", "dp"):
+        assert problem.space.is_feasible(base[name][0]), name
+
+
+def test_the_exported_file_is_the_searched_model_and_the_source_elsewhere(tiny):
+    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+
+    problem, root = tiny
+    lv = problem.space.sample(np.random.default_rng(1))
+    path = write_gguf(problem, lv, root / "out" / "model.gguf")
+    report = verify_gguf(problem, lv, path)
+    assert report["searched_tensors"] == len(problem.unit_names) and report["tensors_checked"] == 21
+    assert report["transformers_max_abs_logit_diff"] <= 1e-3
+    back = gguf.GGUFReader(str(path))
+    types = {t.name: t.tensor_type.name for t in back.tensors}
+    assert [types[problem.gguf_names[u]] for u in problem.unit_names] == problem.types_of(lv)
+    assert types["token_embd.weight"] == "F16" and types["output.weight"] == "F16"
+    saved = json.loads((path.parent / "gguf_export.json").read_text())
+    assert saved["bits_per_weight"] == pytest.approx(problem.average_bits(lv))
+
+
+def test_an_exported_tensor_that_differs_from_the_search_stops_the_check(tiny):
+    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+
+    problem, root = tiny
+    lv = problem.space.sample(np.random.default_rng(2))
+    path = write_gguf(problem, lv, root / "bad" / "model.gguf")
+    t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "blk.1.attn_k.weight")
+    raw = bytearray(path.read_bytes())
+    raw[int(t.data_offset) + 7] ^= 0x55  # a byte of a row's quants
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="blk.1.attn_k.weight dequantizes .* to other weights"):
+        verify_gguf(problem, lv, path)
+
+
+def test_a_target_the_types_cannot_reach_names_the_reachable_range(tiny):
+    from levelsearch.adapters.calibration import linear_units
+    from levelsearch.adapters.gguf_problem import check_target_range
+
+    problem, _ = tiny
+    with pytest.raises(ValueError, match=r"outside what the types Q2_K,Q6_K reach on this model \(2\.625\.\.6\.562"):
+        check_target_range(linear_units(problem.model), ["Q2_K", "Q6_K"], 7.0)
+
+
+def test_llama_cpp_perplexity_of_the_export_is_ours(tiny):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'levelsearch[llama-cpp]')")
+    from levelsearch.adapters.gguf_export import llama_cpp_perplexity, write_gguf
+
+    problem, root = tiny
+    lv = problem.space.sample(np.random.default_rng(3))
+    path = write_gguf(problem, lv, root / "llama" / "model.gguf")
+    ours = problem.heldout_report([lv])[0]["heldout_ppl"]
+    theirs = llama_cpp_perplexity(path, problem.heldout.tokens.numpy())
+    assert theirs == pytest.approx(ours, rel=0.01)
