@@ -38,6 +38,7 @@ class CompressSettings:
         data, threads, device, dtype: documents, torch threads, device and dtype.
         export, progress: write ``OUT/model``; show progress.
         search_tokens, database, random_n: weight codecs' fitness pool, database directory, random baseline size.
+        types: ``gguf``'s ggml quant types (a list or ``"Q2_K,Q4_K,..."``; default Q2_K..Q6_K, Q8_0).
     """
 
     model: str = "smollm2"
@@ -68,6 +69,7 @@ class CompressSettings:
     search_tokens: int | None = None
     database: str | None = None
     random_n: int = 16
+    types: list[str] | str | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
