@@ -262,3 +262,40 @@ def test_llama_cpp_perplexity_of_the_export_is_ours(tiny):
     ours = problem.heldout_report([lv])[0]["heldout_ppl"]
     theirs = llama_cpp_perplexity(path, problem.heldout.tokens.numpy())
     assert theirs == pytest.approx(ours, rel=0.01)
+
+
+# ---------------------------------------------------------------------- the command line
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--model", "{dir}"], "convert_hf_to_gguf.py"),
+        (["--types", "Q4_K,Q7_K"], "unsupported gguf quant type 'Q7_K'"),
+        (["--target", "0.5"], "--target must be the average bits per weight"),
+    ],
+)
+def test_bad_gguf_inputs_are_one_line_exit_2_and_nothing_written(args, says, tmp_path, capsys):
+    from levelsearch.cli import main
+
+    out = tmp_path / "run"
+    argv = ["compress", "--method", "gguf", "--target", "4.6", "--out", str(out), "--quiet"]
+    argv += [a.replace("{dir}", str(tmp_path)) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_gguf_recipe_prints_the_overrides_of_a_run(tmp_path, capsys):
+    from levelsearch.cli import main
+
+    results = {
+        "method": "gguf",
+        "gguf_tensors": ["blk.0.attn_v.weight", "blk.1.attn_v.weight"],
+        "methods": {"evopress": {"types": ["Q6_K", "Q4_K"], "bits_per_weight": 5.0}},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["gguf-recipe", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "--tensor-type '^blk\\.(0)\\.attn_v\\.weight$=q6_k'" in out
+    assert "--tensor-type '^blk\\.(1)\\.attn_v\\.weight$=q4_k'" in out
+    assert main(["gguf-recipe", str(tmp_path / "nothing")]) == 2

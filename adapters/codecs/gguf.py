@@ -191,8 +191,11 @@ class GGUFCodec(WeightCodec):
     # ------------------------------------------------------------------ a compress run
     def check_settings(self, settings: Settings) -> None:
         from ..gguf_source import resolve_source
+        from ..gguf_types import check_types
 
         self.check_target(settings)
+        if settings.get("types") is not None:
+            check_types(settings["types"])
         resolve_source(settings["model"])  # a Hugging Face directory: one line with the conversion command
 
     def make_problem(self, settings: Settings) -> Any:
