@@ -86,10 +86,10 @@ def test_a_format_that_does_not_fit_the_method_is_one_line(data_file, tmp_path):
 
 def test_vllm_warnings_name_unsupported_bits_and_mixed_fused_shards():
     units = {
-        "model.layers.0.self_attn.q_proj": {"bits": 4, "group_size": 128},
-        "model.layers.0.self_attn.k_proj": {"bits": 3, "group_size": 128},
-        "model.layers.0.self_attn.v_proj": {"bits": 4, "group_size": 128},
+        "model.layers.0.self_attn.q_proj": {"bits": 4, "stored_group_size": 128},
+        "model.layers.0.self_attn.k_proj": {"bits": 3, "stored_group_size": 128},
+        "model.layers.0.self_attn.v_proj": {"bits": 4, "stored_group_size": 128},
     }
     text = " ".join(vllm_warnings(units))
     assert "bit-widths [3]" in text and "q_proj/k_proj/v_proj of 1 layers" in text
-    assert vllm_warnings({k: {"bits": 4, "group_size": 128} for k in units}) == []
+    assert vllm_warnings({k: {"bits": 4, "stored_group_size": 128} for k in units}) == []

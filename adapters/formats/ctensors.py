@@ -131,7 +131,8 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
         state[f"{name}.weight_zero_point"] = pack_to_int32(zp, bits, packed_dim=0)
         state[f"{name}.weight_shape"] = torch.tensor([rows, cols])
         groups.setdefault((bits, group), []).append(name)
-        per_unit[name] = {"level": level, "bits": bits, "group_size": group}
+        entry = problem.db.codec.export_entry(problem.spec, problem.db.values(name)[level], rows * cols)
+        per_unit[name] = {"level": level, **entry, "bits": bits, "stored_group_size": group}
     config_groups = {
         f"group_{k}": {"targets": names, **_scheme(bits, group)}
         for k, ((bits, group), names) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)))
@@ -173,7 +174,8 @@ def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
             f"bit-widths {other} have no vLLM kernel (it runs {list(VLLM_BITS)}): transformers dequantizes them, "
             "vLLM refuses the checkpoint"
         )
-    groups = sorted({u["group_size"] for u in units.values() if u["group_size"] not in (None, 32, 64, 128)})
+    stored = [u["stored_group_size"] for u in units.values()]
+    groups = sorted({g for g in stored if g not in (None, 32, 64, 128)})
     if groups:
         out.append(f"group sizes {groups} have no vLLM Marlin kernel (it runs 32, 64, 128 and per-channel)")
     for fused in _FUSED:
@@ -181,7 +183,7 @@ def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
         for name, u in units.items():
             head, _, tail = name.rpartition(".")
             if tail in fused:
-                by_prefix.setdefault(head, set()).add((u["bits"], u["group_size"]))
+                by_prefix.setdefault(head, set()).add((u["bits"], u["stored_group_size"]))
         mixed = [h for h, s in by_prefix.items() if len(s) > 1]
         if mixed:
             out.append(
@@ -219,7 +221,8 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
         counts = mask.sum(dim=1)
         state[f"{name}.weight.row_offsets"] = torch.cumsum(counts, 0).sub(counts).to(torch.int32)
         nz = int(mask.sum())
-        per_unit[name] = {"level": int(lv[u]), "sparsity": 1.0 - nz / w.numel()}
+        value = problem.db.values(name)[int(lv[u])]
+        per_unit[name] = {"level": int(lv[u]), **problem.db.codec.export_entry(problem.spec, value, w.numel())}
         zeros_total += w.numel() - nz
         numel_total += w.numel()
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
