@@ -93,3 +93,19 @@ def test_vllm_warnings_name_unsupported_bits_and_mixed_fused_shards():
     text = " ".join(vllm_warnings(units))
     assert "bit-widths [3]" in text and "q_proj/k_proj/v_proj of 1 layers" in text
     assert vllm_warnings({k: {"bits": 4, "stored_group_size": 128} for k in units}) == []
+
+
+def test_joint_profile_is_pack_quantized_with_its_pruned_zeros_kept(data_file, tmp_path):
+    from levelsearch.adapters import load_compressed
+    from levelsearch.adapters.joint import JointProblem
+
+    prob = JointProblem(
+        target=3.0, sparsities=(0.0, 0.5), bits=(2, 4, 8), group_size=32, tol=0.1, **common(data_file, tmp_path / "db")
+    )
+    lv = mixed_levels(prob)
+    path = export(prob, lv, tmp_path / "j", method="joint")
+    assert check_export(prob, lv, path)["max_abs_logit_diff"] < 1e-4
+    model = load_compressed(path)
+    for u, name in enumerate(prob.unit_names):
+        zeros = prob.db.values(name)[int(lv[u])][0]
+        assert int((model.get_submodule(name).weight == 0).sum()) >= zeros
