@@ -24,6 +24,7 @@ __all__ = [
     "bits_per_weight",
     "check_types",
     "dequantize",
+    "dequantize_fast",
     "effective_type",
     "quantize",
     "row_bytes",
@@ -153,3 +154,22 @@ def dequantize(data: np.ndarray, name: str) -> np.ndarray:
     if name in _STORED:
         return raw.view(np.float16).astype(np.float32)
     return np.asarray(quants.dequantize(raw, _qt(name)), dtype=np.float32)
+
+
+def dequantize_fast(data: np.ndarray, name: str) -> np.ndarray:
+    """ggml's own dequantization (libgguf, C): the same values as :func:`dequantize` (tested for every default
+    type), 2-3x faster; what the search decodes with. The export check compares gguf-py's values of the
+    written file with the weights the search evaluated, so the two can never silently differ."""
+    import libgguf
+
+    raw = np.ascontiguousarray(data, dtype=np.uint8)
+    if name in _STORED:
+        return raw.view(np.float16).astype(np.float32)
+    n_per_row = raw.shape[1] // row_bytes(name, _block(name)) * _block(name)
+    return np.asarray(libgguf.dequantize_rows(raw, int(_qt(name)), n_per_row), dtype=np.float32)
+
+
+def _block(name: str) -> int:
+    from gguf import GGML_QUANT_SIZES
+
+    return int(GGML_QUANT_SIZES[_qt(name)][0])

