@@ -299,3 +299,27 @@ def test_gguf_recipe_prints_the_overrides_of_a_run(tmp_path, capsys):
     assert "--tensor-type '^blk\\.(0)\\.attn_v\\.weight$=q6_k'" in out
     assert "--tensor-type '^blk\\.(1)\\.attn_v\\.weight$=q4_k'" in out
     assert main(["gguf-recipe", str(tmp_path / "nothing")]) == 2
+
+
+def test_compress_on_a_gguf_file_writes_a_checked_gguf_and_its_recipe(tiny, tmp_path, capsys):
+    from levelsearch.cli import main
+
+    problem, root = tiny
+    out = tmp_path / "run"
+    argv = ["compress", "--method", "gguf", "--model", str(root / "tiny-f16.gguf"), "--target", "4.0",
+            "--types", "Q2_K,Q3_K,Q4_K,Q6_K", "--seq-len", "32", "--calibration-tokens", "256",
+            "--heldout-tokens", "128", "--top-k", "16", "--generations", "1", "--database", str(root / "db"),
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    evo = results["methods"]["evopress"]
+    assert 4.0 * 0.995 <= evo["bits_per_weight"] <= 4.0 and evo["feasible"]
+    assert {"dp", "mix-Q3_K-Q4_K", "uniform-Q4_K", "llama.cpp-Q4_K_M"} <= set(results["methods"])
+    assert not results["methods"]["llama.cpp-Q4_K_M"]["feasible"]  # its own size, not the target's
+    assert results["export"]["format"] == "gguf" and results["export"]["max_abs_logit_diff"] <= 1e-3
+    written = gguf.GGUFReader(str(out / "model.gguf"))
+    types = {t.name: t.tensor_type.name for t in written.tensors}
+    assert [types[n] for n in results["gguf_tensors"]] == evo["types"]
+    capsys.readouterr()
+    assert main(["gguf-recipe", str(out)]) == 0
+    assert capsys.readouterr().out.count("--tensor-type") >= 1
