@@ -146,7 +146,7 @@ class WeightCodec(Codec):
         return list(linear_units(model))
 
     def make_spec(self, model: Any, target: float, **options: Any) -> dict[str, Any]:
-        """The database spec for ``model`` at ``target``: ``{"kind": name, **default_spec, **options}``.
+        """The database spec for ``model`` at ``target``: ``{"kind": name, **default_spec, **options}`` (JSON values).
 
         Raises:
             ValueError: an option this codec does not know.
@@ -155,7 +155,10 @@ class WeightCodec(Codec):
         if unknown:
             takes = ", ".join(sorted(self.default_spec)) or "none"
             raise ValueError(f"the {self.name} codec has no option {unknown[0]!r}; it takes: {takes}")
-        return {"kind": self.name, **self.default_spec, **options}
+        import json
+
+        # as JSON has it (tuples become lists): a spec is compared with the one a database's manifest holds
+        return dict(json.loads(json.dumps({"kind": self.name, **self.default_spec, **options})))
 
     @abstractmethod
     def check_spec(self, spec: dict[str, Any]) -> None:

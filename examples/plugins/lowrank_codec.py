@@ -61,6 +61,12 @@ class LowRankCodec(WeightCodec):
     statistics = "none"  # the SVD of the weight alone
     default_spec: ClassVar[dict[str, Any]] = {"method": "svd", "fractions": FRACTIONS}
 
+    #: which linears are units, by their name within a decoder layer (``None``: every linear)
+    modules: ClassVar[tuple[str, ...] | None] = None
+
+    def units(self, model: Any) -> list[tuple[str, int, Any]]:
+        return [u for u in super().units(model) if self.modules is None or u[0].rsplit(".", 1)[-1] in self.modules]
+
     def check_spec(self, spec: dict[str, Any]) -> None:
         if not spec.get("fractions") or any(not 0.0 < float(p) <= 1.0 for p in spec["fractions"]):
             raise ValueError("lowrank spec needs parameter fractions in (0, 1]")
