@@ -18,13 +18,14 @@ A compression kind is a **codec**; everything else is shared:
   standard library's ``pydoc_data.topics``, split by document.
 - ``fitness``: :class:`LayerRunner` (layer-by-layer execution sharing unchanged prefixes),
   :class:`Teacher` (bounded-memory top-k dense distributions), :func:`kl_topk`, ``nll_next``.
-- ``layerwise``: :class:`LayerwiseProblem`, what every layer-wise KL problem shares (model, data,
-  teachers, identity); ``dropping``: :class:`DropProblem` (``llm-drop``); ``weightsearch``:
-  :class:`WeightLevelProblem` (weights swapped in from a ``database`` of variants) and its
-  ``llm-sparsity`` / ``llm-quant`` / ``llm-joint`` subclasses in ``sparsity``, ``quantization``, ``joint``.
+- ``layerwise``: :class:`LayerwiseProblem`, what every codec's problem shares (model, data, teachers,
+  the fitness with its prefix sharing, memos and anchor states, the held-out report, per-unit error
+  estimates, identity); ``weightsearch``: :class:`WeightLevelProblem`, the problem of any weight codec
+  (variants swapped in from a ``database``), no subclass needed; ``sparsity``, ``quantization``,
+  ``joint``: its named kinds ``llm-sparsity`` / ``llm-quant`` / ``llm-joint``; ``dropping``:
+  :class:`DropProblem` (``llm-drop``).
 - ``heuristics``: ShortGPT, angular distance, single-drop KL, random (the ``drop`` baselines);
-  ``export``, ``plots``: the ``drop`` export and profile plot (weight codecs': ``weightsearch``,
-  ``levelcompress``).
+  ``export``, ``plots``: the Hugging Face export and the per-unit profile plot of every codec.
 - ``pipeline``: the one ``levelsearch compress`` pipeline for every codec; ``compress``: the
   command, its settings (``DEFAULTS``) and selection schedules.
 - ``formats``: compressed checkpoints (dropped weights left out, compressed-tensors pack-quantized and
