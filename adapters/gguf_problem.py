@@ -143,6 +143,14 @@ class GGUFProblem(WeightLevelProblem):
         """Bytes of the searched tensors under ``levels``."""
         return int(sum(self.level_bytes[u][int(lv)] for u, lv in enumerate(levels)))
 
+    def file_bytes(self, levels: np.ndarray) -> int | None:
+        """The exported file's size at ``levels``: the source file's, its searched tensors replaced (within the
+        tensors' alignment padding, 31 bytes each at most); ``None`` without a source file."""
+        if self.source is None:
+            return None
+        src = sum(int(self.source.tensors[g].n_bytes) for g in self.gguf_names.values())
+        return int(self.source.path.stat().st_size) - src + self.bytes_of(levels)
+
     def profile(self, levels: np.ndarray) -> np.ndarray:
         """Bits per weight of each unit under ``levels``."""
         return np.array([8.0 * self.level_bytes[u][int(lv)] / self.numel[u] for u, lv in enumerate(levels)])

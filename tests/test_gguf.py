@@ -320,6 +320,7 @@ def test_compress_on_a_gguf_file_writes_a_checked_gguf_and_its_recipe(tiny, tmp_
     written = gguf.GGUFReader(str(out / "model.gguf"))
     types = {t.name: t.tensor_type.name for t in written.tensors}
     assert [types[n] for n in results["gguf_tensors"]] == evo["types"]
+    assert abs(evo["file_bytes"] - (out / "model.gguf").stat().st_size) <= 31 * len(evo["types"])
     capsys.readouterr()
     assert main(["gguf-recipe", str(out)]) == 0
     assert capsys.readouterr().out.count("--tensor-type") >= 1

@@ -245,6 +245,7 @@ class GGUFCodec(WeightCodec):
             "average": problem.average_bits(levels),
             "bits_per_weight": problem.average_bits(levels),
             "searched_bytes": problem.bytes_of(levels),
+            "file_bytes": problem.file_bytes(levels),
             "types": problem.types_of(levels),
         }
 
