@@ -46,13 +46,10 @@ class JointProblem(WeightLevelProblem):
         Others: see :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem`.
     """
 
-    name = "llm-joint"
     codec_name = "joint"
     default_target = 3.0
 
-    def average_bits(self, levels: np.ndarray) -> float:
-        """Σ memory / Σ numel, in bits per weight (mask included)."""
-        return self.average(levels)
+    average_bits = WeightLevelProblem.average  # Σ memory / Σ numel, in bits per weight (mask included)
 
     def sparsity_and_bits(self, levels: np.ndarray) -> list[tuple[float, int]]:
         """``(sparsity, bits)`` of each unit."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from .codecs import get_weight_codec
@@ -44,10 +43,7 @@ class QuantProblem(WeightLevelProblem):
         Others: see :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem`.
     """
 
-    name = "llm-quant"
     codec_name = "quant"
     default_target = 3.0
 
-    def average_bits(self, levels: np.ndarray) -> float:
-        """``Σ numel·bits / Σ numel``."""
-        return self.average(levels)
+    average_bits = WeightLevelProblem.average  # Σ numel·bits / Σ numel

@@ -46,13 +46,10 @@ class SparsityProblem(WeightLevelProblem):
         Others: see :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem`.
     """
 
-    name = "llm-sparsity"
     codec_name = "sparsity"
     default_target = 0.5
 
-    def average_sparsity(self, levels: np.ndarray) -> float:
-        """Zeros over all units / weights over all units."""
-        return self.average(levels)
+    average_sparsity = WeightLevelProblem.average  # zeros over all units / weights over all units
 
     def levels_for_sparsities(self, sparsity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The feasible assignment nearest to per-unit sparsities ``sparsity`` (rounded to levels, then repaired)."""

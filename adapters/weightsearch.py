@@ -51,7 +51,7 @@ class WeightLevelProblem(LayerwiseProblem):
             :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data`.
 
     A named problem kind is a subclass that sets :attr:`codec_name` and :attr:`default_target` and nothing
-    else: its signature lists its codec's options with their defaults.
+    else: its name is ``llm-<codec_name>`` and its signature lists its codec's options with their defaults.
     """
 
     _option_sources = ("_setup", "_setup_model_and_data")
@@ -64,6 +64,7 @@ class WeightLevelProblem(LayerwiseProblem):
         super().__init_subclass__(**kwargs)
         if not cls.codec_name or "__init__" in cls.__dict__:
             return
+        cls.name = f"llm-{cls.codec_name}"
         codec = get_weight_codec(cls.codec_name)
         kw = inspect.Parameter.KEYWORD_ONLY
         params = [
