@@ -157,3 +157,56 @@ def test_changing_a_returned_weight_does_not_change_the_database(quant_db):
 def test_a_negative_cache_bound_is_refused(quant_db):
     with pytest.raises(ValueError, match="cache_bytes"):
         VariantDatabase(quant_db.root, cache_bytes=-1)
+
+
+def _probe_codec(statistics: str, units: tuple[str, ...] | None = None):
+    """A weight codec whose one level is the weight itself; it records the statistic it gets per unit."""
+    from levelsearch.adapters.codecs import WeightCodec
+
+    class Probe(WeightCodec):
+        name = "probe"
+        seen: list = []
+
+        def units(self, model):
+            every = super().units(model)
+            return [u for u in every if units is None or u[0].rsplit(".", 1)[-1] in units]
+
+        def check_spec(self, spec):
+            pass
+
+        def level_values(self, spec, numel):
+            return [0]
+
+        def amount(self, spec, value, numel):
+            return numel
+
+        def make_variants(self, spec, w, stats, values):
+            self.seen.append(None if stats is None else tuple(stats.shape))
+            return [w.clone()]
+
+        def keeps_level(self, spec, value, variant):
+            return True
+
+        def encode(self, variant):
+            return {"w": variant}
+
+        def decode(self, spec, value, shape, part):
+            return part("w")
+
+        def export_entry(self, spec, value, numel):
+            return {}
+
+    Probe.statistics = statistics
+    return Probe()
+
+
+@pytest.mark.parametrize(
+    "statistics, shape", [("hessian", (80, 80)), ("hessian_diag", (80,)), ("activations", (8 * 16, 80)), ("none", None)]
+)
+def test_a_codec_gets_the_calibration_statistic_it_declares_for_the_units_it_names(statistics, shape, setup, tmp_path):
+    model, tokens = setup
+    codec = _probe_codec(statistics, units=("q_proj",))
+    spec = {"kind": "probe", "method": "copy"}
+    db = build_database(tmp_path, model, tokens, spec, codec=codec, progress=False)
+    assert [u.rsplit(".", 1)[-1] for u in db.unit_names] == ["q_proj", "q_proj"]  # the units the codec named
+    assert codec.seen == [shape, shape]  # q_proj's input is the hidden state: 80 wide, 8 x 16 tokens
