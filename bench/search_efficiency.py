@@ -91,9 +91,8 @@ def _reset(problem: Any, heur: dict[str, Any]) -> None:
     """Forget everything a previous run left in the oracle; remember the heuristics' full-pool values."""
     problem._memo.clear()
     problem._seq_kl.clear()
-    if isinstance(problem, DropProblem):
-        problem._unit_errors = None
-        problem.store = type(problem.store)(problem.store.max_variants)
+    problem._unit_errors = None  # dropping measures them again (their tokens counted); weight codecs read the database
+    problem.store = type(problem.store)(problem.store.max_variants)  # every codec's problem keeps anchor states
     for h in heur.values():
         problem._memo[np.asarray(h["levels"], dtype=np.int64).tobytes()] = float(h["calibration_kl"])
 
