@@ -30,6 +30,7 @@ few hundred variants in and out over and over, and decoding a packed 3-bit
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -276,6 +277,14 @@ def _build_layer(
     return tensors, {"errors": errors, **codec.layer_statistics(spec, pairs)}
 
 
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors of a decoded variant: a tensor, or an object (a dataclass ...) holding tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    parts = vars(obj).values() if hasattr(obj, "__dict__") else obj if isinstance(obj, (list, tuple)) else ()
+    return sum(_nbytes(p) for p in parts if isinstance(p, (torch.Tensor, list, tuple)) or hasattr(p, "__dict__"))
+
+
 #: Default bound, in bytes, of a :class:`VariantDatabase`'s cache of decoded fp32 weights.
 DECODED_CACHE_BYTES = 1 << 30
 
@@ -308,7 +317,7 @@ class VariantDatabase:
         if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
             raise ValueError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
         self.cache_bytes = cache_bytes
-        self._decoded: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self._decoded: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self.cached_bytes = 0
         self.root = Path(root)
         mpath = self.root / "manifest.json"
@@ -389,28 +398,30 @@ class VariantDatabase:
             self._handles[layer] = safe_open(str(f), framework="pt")
         return self._handles[layer]
 
-    def weight(self, unit: str, level: int) -> torch.Tensor:
-        """The fp32 ``(out, in)`` weight of ``unit`` at level index ``level`` (a new tensor, yours to change)."""
-        return self._cached(unit, level).clone()
+    def weight(self, unit: str, level: int) -> Any:
+        """What the codec decodes ``unit`` at level index ``level`` to (for the built-in codecs the fp32
+        ``(out, in)`` weight), as a copy that is yours to change."""
+        w = self._cached(unit, level)
+        return w.clone() if isinstance(w, torch.Tensor) else copy.deepcopy(w)
 
-    def _cached(self, unit: str, level: int) -> torch.Tensor:
-        """The decoded weight from the LRU cache (decoded on a miss); callers must not modify it."""
+    def _cached(self, unit: str, level: int) -> Any:
+        """The decoded variant from the LRU cache (decoded on a miss); callers must not modify it."""
         key = (unit, int(level))
         w = self._decoded.get(key)
         if w is not None:
             self._decoded.move_to_end(key)
             return w
         w = self._decode(unit, int(level))
-        size = w.numel() * w.element_size()
+        size = _nbytes(w)
         if size <= self.cache_bytes:
             self._decoded[key] = w
             self.cached_bytes += size
             while self.cached_bytes > self.cache_bytes:
                 _, old = self._decoded.popitem(last=False)
-                self.cached_bytes -= old.numel() * old.element_size()
+                self.cached_bytes -= _nbytes(old)
         return w
 
-    def _decode(self, unit: str, level: int) -> torch.Tensor:
+    def _decode(self, unit: str, level: int) -> Any:
         values = self.values(unit)
         if not 0 <= level < len(values):
             raise ValueError(f"unit {unit} has levels 0..{len(values) - 1}, got {level}")
@@ -419,7 +430,8 @@ class VariantDatabase:
         return self.codec.decode(self.spec, values[level], self.shape(unit), lambda part: f.get_tensor(f"{key}/{part}"))
 
     def put(self, module: nn.Module, unit: str, level: int) -> bool:
-        """Load ``unit`` at ``level`` into ``module`` unless it is already there; True if it was loaded."""
+        """Apply ``unit`` at ``level`` to ``module`` (the codec's ``apply_variant``) unless it is already there;
+        True if it was applied."""
         if self._current.get(unit) == level:
             return False
         self.codec.apply_variant(module, self._cached(unit, level))

@@ -249,15 +249,18 @@ class WeightCodec(Codec):
 
     @abstractmethod
     def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
-        """The fp32 weight of a stored variant of level ``value``; ``part(name)`` reads one stored tensor."""
+        """A stored variant of level ``value`` as :meth:`apply_variant` takes it (the built-in codecs: its fp32
+        ``out × in`` weight; a codec may return e.g. factors, with an ``apply_variant`` that uses them);
+        ``part(name)`` reads one stored tensor. Decoded variants are cached (their tensors count)."""
 
     def dense(self, variant: Any) -> Any:
         """The fp32 weight a variant stands for (what its output error is measured on)."""
         return variant
 
     def apply_variant(self, module: Any, weight: Any) -> None:
-        """Make the live ``module`` compute with the decoded ``weight`` (default: copy it into
-        ``module.weight``); restoring the dense model applies the dense weight the same way."""
+        """Make the live ``module`` compute with ``weight``: what :meth:`decode` returned, or the dense fp32
+        weight when the dense model is restored (default: copy the tensor into ``module.weight``). A codec
+        that changes how the module computes (factors, a hook) must restore it on the dense weight."""
         import torch
 
         with torch.no_grad():
