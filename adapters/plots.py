@@ -54,7 +54,7 @@ def plot_profile(
     axes[0][0].set_yticklabels(rows, fontsize=7)
     cbar = fig.colorbar(im, ax=list(axes[0]), fraction=0.02, pad=0.01)
     cbar.set_label(label if label is not None else problem.codec.profile_label, fontsize=8)
-    fig.suptitle("per-unit profile" + (" (held-out ppl)" if ppl else ""), fontsize=9)
+    fig.suptitle("per-unit profile" + (" (held-out ppl)" if ppl else ""), fontsize=9, y=1.06)
     out = Path(path)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
