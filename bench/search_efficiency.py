@@ -20,7 +20,8 @@ many forward tokens as the reference did. *Forward tokens* are the problem's own
 (``n_forward_tokens``: tokens that went through at least one decoder layer, per distinct candidate),
 including what ``evopress`` spends on the problem's per-unit error estimates; the heuristics and the
 dense teacher are computed once, shared, and counted for neither. Every run is journaled in
-``OUT/<task>/<optimizer>-s<seed>.db`` and its trace in ``.json``: run the same command again to resume.
+``OUT/<task>/<optimizer>-s<seed>.db`` and its trace in ``.json``: run the same command again to resume
+(add ``--resume`` when the oracle's code changed since, giving the same values).
 
 Prints one line per run (final KL, tokens, held-out perplexity) and the token ratio; writes
 ``OUT/<task>/<optimizer>-s<seed>.summary.json``; ``bench/efficiency_plot.py`` draws the curves.
@@ -107,6 +108,7 @@ def _run(
     target: float | None,
     max_tokens: float | None,
     extra: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     _reset(problem, heur)
     best = min(heur, key=lambda n: heur[n]["calibration_kl"])
@@ -146,7 +148,9 @@ def _run(
 
     hook.last = base  # type: ignore[attr-defined]
     try:
-        res = minimize(problem, optimizer=opt, journal=out / f"{name}-s{seed}.db", progress=hook, target=target)
+        res = minimize(
+            problem, optimizer=opt, journal=out / f"{name}-s{seed}.db", progress=hook, target=target, resume=resume
+        )
         levels, kl, stopped = res.best_levels, res.best_value, res.stopped_by
     except Stop:
         levels, kl = opt.recommend()
@@ -191,6 +195,11 @@ def main() -> None:
     ap.add_argument("--ref-dir", default=None, help="where evopress-ref's results are (default: --out)")
     ap.add_argument("--options", default="{}", help="extra options of the new optimizer, as YAML (an ablation)")
     ap.add_argument("--out", default="bench/results/efficiency")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="replay journals written by an earlier version of the oracle's code (same values: see the golden tests)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out) / args.task
@@ -209,12 +218,12 @@ def main() -> None:
         ref = saved(f"evopress-ref-s{seed}")
         for name in args.optimizers:
             if name == "evopress-ref":
-                r = _run(problem, heur, name, seed, out, args.generations, None, None)
+                r = _run(problem, heur, name, seed, out, args.generations, None, None, resume=args.resume)
             else:
                 target = None if ref is None else ref["calibration_kl"]
                 cap = args.max_tokens if ref is None else ref["tokens"]
                 extra = yaml.safe_load(args.options) or {}
-                r = _run(problem, heur, name, seed, out, 10 * args.generations, target, cap, extra)
+                r = _run(problem, heur, name, seed, out, 10 * args.generations, target, cap, extra, args.resume)
             row = {k: v for k, v in r.items() if k != "trace"}
             (out / f"{name}-s{seed}.summary.json").write_text(json.dumps(row, indent=1))
             if name == "evopress-ref":
