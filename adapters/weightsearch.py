@@ -121,6 +121,7 @@ class WeightLevelProblem(LayerwiseProblem):
         self.name = f"llm-{self.codec.name}"
         self.target = float(target)
         self.budget_options = {**self.codec.budget_defaults, **budget_options}
+        self.codec.check_budget(self.budget_options)  # before anything slow
         self._setup(lambda m: self.codec.make_spec(m, self.target, **spec_options), model, **options)
         super().__init__(self.codec.make_space(self.costs, self.numel, self.target, self.budget_options))
 

@@ -155,3 +155,14 @@ def test_every_codecs_problem_remembers_sequences_full_pool_values_and_layer_sta
     before = problem.n_forward_tokens
     assert problem.evaluate_many([Request(k, None, 3) for k in kids]) == full  # remembered: no forward pass
     assert problem.n_forward_tokens == before
+
+
+def test_a_bad_budget_option_is_one_line_before_the_model_loads(tmp_path):
+    from levelsearch.adapters.quantization import QuantProblem
+    from levelsearch.adapters.weightsearch import WeightLevelProblem
+
+    missing = str(tmp_path / "no-model")  # never read: the budget is checked first
+    with pytest.raises(ValueError, match="budget must be 'exact' or 'band', got 'wide'"):
+        QuantProblem(missing, budget="wide")
+    with pytest.raises(ValueError, match="tol must be a number in"):
+        WeightLevelProblem(missing, codec="joint", target=3, tol=-1)

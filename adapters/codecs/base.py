@@ -199,6 +199,13 @@ class WeightCodec(Codec):
         tol = float(options["tol"])
         return LevelSpace([len(c) for c in costs], costs=costs, total=float(target) * n, tol=tol * n)
 
+    def check_budget(self, options: dict[str, Any]) -> None:
+        """``ValueError`` (one line) for budget options :meth:`make_space` cannot take; called before the model
+        loads (default: ``tol`` a number in [0, 1) when the codec has one)."""
+        tol = options.get("tol", 0.0)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 <= float(tol) < 1.0:
+            raise ValueError(f"the {self.name} budget's tol must be a number in [0, 1), got {tol!r}")
+
     def describe_budget(self, target: float, options: dict[str, Any]) -> dict[str, Any]:
         """What the problem's identity (``describe()``) says of the budget besides the spec."""
         return {"target": float(target), **options}

@@ -70,8 +70,6 @@ class QuantCodec(WeightCodec):
         """``budget="exact"``: every group of equal-size units at ``target`` bits exactly; ``"band"``: see the base."""
         from levelsearch import LevelSpace
 
-        if options["budget"] not in ("exact", "band"):
-            raise ValueError(f"budget must be 'exact' or 'band', got {options['budget']!r}")
         if options["budget"] == "band":
             return super().make_space(costs, numel, target, options)
         labels = [f"{int(n)}" for n in numel]
@@ -85,6 +83,11 @@ class QuantCodec(WeightCodec):
                 f"{exc}; target {target} bits is not exactly reachable in every group of equal-size layers: "
                 "use budget='band'"
             ) from None
+
+    def check_budget(self, options: dict[str, Any]) -> None:
+        super().check_budget(options)
+        if options["budget"] not in ("exact", "band"):
+            raise ValueError(f"budget must be 'exact' or 'band', got {options['budget']!r}")
 
     def describe_budget(self, target: float, options: dict[str, Any]) -> dict[str, Any]:
         return {"target": float(target), "budget": options["budget"]}
