@@ -64,3 +64,17 @@ def test_bad_export_requests_are_one_line_and_exit_2(run_dir, extra, message, ca
 def test_a_directory_without_a_run_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "holds no results.json" in capsys.readouterr().err
+
+
+def test_a_failed_export_check_stops_compress_with_exit_2_and_a_failed_directory(tmp_path, monkeypatch, capsys):
+    from levelsearch.adapters.formats import verify
+
+    model = tmp_path / "llama"
+    save_model(tiny_llama(n_layers=2), byte_tokenizer(), model)
+    monkeypatch.setattr(verify, "tolerance", lambda dtype, scale=1.0: -1.0)  # no reload can be that close
+    out = tmp_path / "run"
+    args = ["compress", "--model", str(model), "--method", "drop", "--target", "0.5", "--out", str(out)]
+    assert main([*args, "--generations", "1", *SMALL]) == 2
+    assert "export check failed" in capsys.readouterr().err
+    assert (out / "model.FAILED" / "FAILED").is_file() and not (out / "model").exists()
+    assert "failed" in json.loads((out / "results.json").read_text())["export"]
