@@ -103,8 +103,8 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     from ..models import save_model
     from .drop import META_FILE
 
-    if problem.spec.get("kind") not in ("quant", "joint"):
-        raise ValueError(f"the pack-quantized format holds bit-widths; a {problem.spec.get('kind')} run has none")
+    if "bits" not in problem.spec:
+        raise ValueError("the pack-quantized format holds bit-widths; this run's levels have none")
     lv = problem.space.validate(levels)
     problem.apply(None)
     dtype = next(problem.model.parameters()).dtype
@@ -195,12 +195,11 @@ def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- sparse bitmask
 def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None) -> Path:
-    """Write a sparsity problem's model at ``levels`` in compressed-tensors' sparse-bitmask layout."""
+    """Write a weight problem's model at ``levels`` in compressed-tensors' sparse-bitmask layout (meant for
+    sparsity; any unit's weights are written exactly, the file shrinks with their zeros)."""
     from ..models import save_model
     from .drop import META_FILE
 
-    if problem.spec.get("kind") != "sparsity":
-        raise ValueError(f"the sparse-bitmask format holds pruned weights; use it for sparsity, not {problem.spec}")
     lv = problem.space.validate(levels)
     problem.apply(lv)
     try:
@@ -237,7 +236,7 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
     meta = {
         "format": "sparse-bitmask",
         "loader": "levelsearch.adapters.load_compressed",
-        "kind": "sparsity",
+        "kind": problem.spec["kind"],
         "spec": problem.spec,
         "levels": lv.tolist(),
         "units": per_unit,
