@@ -78,3 +78,16 @@ def test_a_failed_export_check_stops_compress_with_exit_2_and_a_failed_directory
     assert "export check failed" in capsys.readouterr().err
     assert (out / "model.FAILED" / "FAILED").is_file() and not (out / "model").exists()
     assert "failed" in json.loads((out / "results.json").read_text())["export"]
+
+
+def test_export_rebuilds_a_weight_codec_run_and_writes_its_dense_form(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "llama"
+    save_model(tiny_llama(n_layers=2), byte_tokenizer(), model)
+    out = tmp_path / "run"
+    args = ["compress", "--model", str(model), "--method", "quant", "--target", "3", "--out", str(out)]
+    assert main([*args, "--generations", "1", *SMALL]) == 0
+    assert json.loads((out / "results.json").read_text())["export"]["format"] == "pack-quantized"
+    assert main(["export", str(out), "--format", "dense", "--no-measure"]) == 0
+    entry = json.loads((out / "results.json").read_text())["exports"]["dense"]
+    assert entry["max_abs_logit_diff"] < 1e-4 and (out / "model-dense" / "model.safetensors").is_file()
