@@ -28,6 +28,7 @@ from levelsearch import LevelSpace, solve_additive
 
 from .gguf_source import GGUFSource, llama_cpp_mix, resolve_source
 from .gguf_types import DEFAULT_TYPES, check_types, effective_type, tensor_bytes
+from .layerwise import LayerwiseProblem
 from .models import DEFAULT_MODEL
 from .weightsearch import WeightLevelProblem
 
@@ -86,7 +87,11 @@ class GGUFProblem(WeightLevelProblem):
             self.source = None  # a Hugging Face directory: searchable, not exportable
         codec = GGUFCodec(source=self.source)
         spec = {"types": check_types(types), "method": "ggml-imatrix" if imatrix else "ggml"}
-        super().__init__(model, codec=codec, target=target, spec=spec, budget={"tol": float(tol)}, **options)
+        self.codec = codec
+        self.name = f"llm-{codec.name}"
+        self.target = float(target)
+        self.budget_options = {"tol": float(tol)}
+        self._setup(lambda m: codec.make_spec(m, self.target, **spec), model, **options)
         self.types: list[str] = list(self.spec["types"])
         self.tol = float(tol)
         self.gguf_names = {u: codec.tensor_name(u) for u in self.unit_names}
@@ -94,8 +99,9 @@ class GGUFProblem(WeightLevelProblem):
         costs = [[tensor_bytes(t, self.db.shape(u)) for t in self.unit_types[i]] for i, u in enumerate(self.unit_names)]
         self.level_bytes = costs
         total = self.target * float(self.numel.sum()) / 8.0
-        # the generic space counts nominal bits per requested type; the real one counts each tensor's bytes
-        self.space = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
+        # a level's cost is its tensor's bytes, which depend on the row length: the codec cannot make this space
+        space = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
+        LayerwiseProblem.__init__(self, space)
 
     # ------------------------------------------------------------------ set-up
     def _levels_per_unit(self) -> None:

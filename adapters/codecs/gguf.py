@@ -94,11 +94,9 @@ class GGUFCodec(WeightCodec):
         return spec
 
     def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
-        """A placeholder without a budget: a tensor's bytes depend on its row length, which a level's value does
-        not carry; :class:`~levelsearch.adapters.gguf_problem.GGUFProblem` puts the real space in its place."""
-        from levelsearch import LevelSpace
-
-        return LevelSpace([len(c) for c in costs], costs=costs)
+        """Refused: a level's cost is its tensor's bytes, which depend on the row length a level's value does not
+        carry; :class:`~levelsearch.adapters.gguf_problem.GGUFProblem` (what :meth:`make_problem` builds) makes it."""
+        raise ValueError("the gguf budget counts each tensor's bytes: build it with GGUFProblem or --method gguf")
 
     def check_target(self, settings: Settings) -> float:
         return target_in(settings, 1.0, 16.0, "the average bits per weight of the searched tensors (e.g. 4.6)")
