@@ -184,13 +184,14 @@ def _print_summary(res: dict[str, Any]) -> None:
         print(f"exported {res['export']['dir']} (max |logit diff| {res['export']['max_abs_logit_diff']:.2e})")
 
 
+def command_parser(subparsers: Any, name: str, help: str, doc: str | None) -> Any:
+    """A ``levelsearch NAME`` sub-command's parser, described by the first paragraph of ``doc``."""
+    return subparsers.add_parser(name, help=help, description=doc.split("\n\n")[0] if doc else None)
+
+
 def add_parser(subparsers: Any) -> None:
     """Add ``levelsearch compress`` to the CLI (entry point ``levelsearch.commands``)."""
-    p = subparsers.add_parser(
-        "compress",
-        help="search a compression profile for a model, compare, export",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
+    p = command_parser(subparsers, "compress", "search a compression profile for a model, compare, export", __doc__)
     p.add_argument("--config", help="YAML file with the same keys as these options")
     p.add_argument("--model", help="smollm2 (offline default), a model directory, GGUF file or hub id")
     p.add_argument(

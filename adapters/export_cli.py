@@ -108,10 +108,10 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Add ``levelsearch export`` to the CLI (entry point ``levelsearch.commands``)."""
-    p = subparsers.add_parser(
-        "export",
-        help="write a finished compress run's model in another format (no search)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    from .compress import command_parser
+
+    p = command_parser(
+        subparsers, "export", "write a finished compress run's model in another format (no search)", __doc__
     )
     p.add_argument("run_dir", help="directory of a finished levelsearch compress run")
     p.add_argument(

@@ -156,16 +156,7 @@ def _transformers_logits(problem: Any, levels: np.ndarray, path: Path, n_seq: in
 
     hf_logging.disable_progress_bar()
     loaded: Any = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    loaded = loaded.to(problem.runner.device).eval()
-    ids = problem.heldout.tokens[:n_seq].to(problem.runner.device)
-    with torch.inference_mode():
-        problem.apply(levels)
-        try:
-            ref = problem.model(input_ids=ids, use_cache=False).logits.float()
-        finally:
-            problem.apply(None)
-        got = loaded(input_ids=ids, use_cache=False).logits.float()
-    return float((ref - got).abs().max())
+    return float(problem.logit_diff(levels, loaded, n_seq))
 
 
 def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) -> float:
@@ -175,8 +166,13 @@ def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) ->
 
     seqs = np.asarray(tokens)
     llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=int(seqs.shape[1]), n_batch=int(seqs.shape[1]), logits_all=True,
-        verbose=False, n_threads=threads, seed=0,
+        model_path=str(path),
+        n_ctx=int(seqs.shape[1]),
+        n_batch=int(seqs.shape[1]),
+        logits_all=True,
+        verbose=False,
+        n_threads=threads,
+        seed=0,
     )
     nll, n = 0.0, 0
     for row in seqs:
@@ -291,8 +287,10 @@ def _recipe_cmd(args: argparse.Namespace) -> int:
         raise ValueError(f"{f} is not valid JSON") from None
     lines = recipe(results, args.name)
     m = results["methods"][args.name]
-    print(f"# {args.name}: {m['bits_per_weight']:.4f} bits per weight over the searched tensors; "
-          f"types as written in {run / 'model.gguf'} (llama.cpp's row-length fallbacks already applied)")
+    print(
+        f"# {args.name}: {m['bits_per_weight']:.4f} bits per weight over the searched tensors; "
+        f"types as written in {run / 'model.gguf'} (llama.cpp's row-length fallbacks already applied)"
+    )
     print(" \\\n".join(lines))
     return 0
 

@@ -62,8 +62,11 @@ def gguf_baselines(problem: Any) -> dict[str, tuple[np.ndarray, dict[str, Any], 
         t0 = time.perf_counter()
         lv = problem.stock_mix(mix)
         if lv is None:
-            print(f"levelsearch gguf: llama.cpp's {mix} asks for types outside {','.join(problem.types)}; "
-                  "its baseline is left out", file=sys.stderr)
+            print(
+                f"levelsearch gguf: llama.cpp's {mix} asks for types outside {','.join(problem.types)}; "
+                "its baseline is left out",
+                file=sys.stderr,
+            )
             continue
         out[f"llama.cpp-{mix}"] = (lv, {"rules": "llama.cpp " + mix}, time.perf_counter() - t0)
     t0 = time.perf_counter()

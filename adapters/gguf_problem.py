@@ -123,8 +123,10 @@ class GGUFProblem(WeightLevelProblem):
         if self.settings.get("progress", True):
             for rows, fb in self.fallbacks.items():
                 said = ", ".join(f"{a}->{b}" for a, b in fb.items())
-                print(f"levelsearch gguf: tensors with {rows} weights cannot hold every type; as llama.cpp: {said}",
-                      file=sys.stderr)
+                print(
+                    f"levelsearch gguf: tensors with {rows} weights cannot hold every type; as llama.cpp: {said}",
+                    file=sys.stderr,
+                )
 
     def kept_tensor_types(self) -> dict[str, str]:
         """Type of every 2-D tensor of the source file that is not searched (copied unchanged)."""

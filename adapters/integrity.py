@@ -129,9 +129,7 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
             else:
                 try:
                     header = json.loads(f.read(n))
-                    end = max(
-                        (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
-                    )
+                    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
                 except (ValueError, TypeError, KeyError, IndexError, AttributeError):
                     why = "unreadable header"
                 else:

@@ -370,6 +370,12 @@ class LayerwiseProblem(Problem, abc.ABC):
 
         dtype = next(self.model.parameters()).dtype
         loaded: Any = AutoModelForCausalLM.from_pretrained(str(out), dtype=dtype)
+        return self.logit_diff(levels, loaded, n_seq)
+
+    @torch.inference_mode()
+    def logit_diff(self, levels: np.ndarray, loaded: Any, n_seq: int = 2) -> float:
+        """Largest absolute logit difference, on ``n_seq`` held-out sequences, between a reloaded model
+        ``loaded`` and this model at ``levels``; the live model is left uncompressed."""
         loaded = loaded.to(self.runner.device).eval()
         ids = self.heldout.tokens[:n_seq].to(self.runner.device)
         self.apply(self.space.validate(levels))

@@ -101,7 +101,6 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
 
     from ..kernels.grid import unpack_codes
     from ..models import save_model
-    from .drop import META_FILE
 
     if "bits" not in problem.spec:
         raise ValueError("the pack-quantized format holds bit-widths; this run's levels have none")
@@ -150,18 +149,8 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
     _write_config(path, qcfg)
     warnings = vllm_warnings(per_unit)
-    meta = {
-        "format": "pack-quantized",
-        "loader": "levelsearch.adapters.load_compressed",
-        "kind": problem.spec["kind"],
-        "spec": problem.spec,
-        "levels": lv.tolist(),
-        "units": per_unit,
-        "vllm": warnings or ["loads with vLLM's compressed-tensors WNA16 kernels"],
-        **(info or {}),
-    }
-    (path / META_FILE).write_text(json.dumps(meta, indent=1))
-    return path
+    vllm = warnings or ["loads with vLLM's compressed-tensors WNA16 kernels"]
+    return _write_meta(path, "pack-quantized", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
 
 
 def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
@@ -198,7 +187,6 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
     """Write a weight problem's model at ``levels`` in compressed-tensors' sparse-bitmask layout (meant for
     sparsity; any unit's weights are written exactly, the file shrinks with their zeros)."""
     from ..models import save_model
-    from .drop import META_FILE
 
     lv = problem.space.validate(levels)
     problem.apply(lv)
@@ -233,8 +221,17 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
         "ignore": [],
     }
     _write_config(path, {"quant_method": "compressed-tensors", "sparsity_config": sparsity})
+    return _write_meta(path, "sparse-bitmask", problem, lv, per_unit, info)
+
+
+def _write_meta(
+    path: Path, fmt: str, problem: Any, lv: np.ndarray, per_unit: dict[str, Any], info: dict[str, Any] | None
+) -> Path:
+    """Write the export's ``levelsearch_compression.json`` (format, loader, spec, levels, per-unit facts)."""
+    from .drop import META_FILE
+
     meta = {
-        "format": "sparse-bitmask",
+        "format": fmt,
         "loader": "levelsearch.adapters.load_compressed",
         "kind": problem.spec["kind"],
         "spec": problem.spec,
