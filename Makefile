@@ -29,9 +29,11 @@ demo: $(STAMP)
 	$(BIN)/levelsearch compress --model smollm2 --method drop --target 0.25 --out $(DEMO_OUT) \
 		--generations $(DEMO_GENERATIONS)
 
-## make test: lint, type-check and the whole test suite (what CI runs)
+## make test: lint, type-check and the whole test suite (what CI runs), on TEST_JOBS processes
+## (pytest-xdist; TEST_JOBS=0 runs serially)
+TEST_JOBS ?= 2
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check levelsearch adapters baselines tests bench

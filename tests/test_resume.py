@@ -17,9 +17,11 @@ import pytest
 from levelsearch import make_problem, minimize
 
 # A CLI whose problem registry also knows "sleepy-noisy": the noisy synthetic problem
-# plus a fixed sleep per evaluation, so that kills land in the middle of a run.
+# plus a fixed sleep per evaluation, so that kills land in the middle of a run. With
+# LEVELSEARCH_TEST_HOLD=N:FILE the N-th evaluation of the process creates FILE and then
+# waits (up to 60 s), so that a test can signal it mid-run however loaded the machine is.
 CLI = """
-import sys, time
+import os, sys, time
 from levelsearch import register_problem, make_problem
 from levelsearch.problem import Problem
 from levelsearch.cli import main
@@ -35,9 +37,17 @@ class Sleepy(Problem):
         self.max_fidelity = self.inner.max_fidelity
         self.sleep = sleep
         self.params = {"sleep": sleep, **base}
+        self.calls = 0
 
     def evaluate(self, levels, fidelity=None, sample=None):
         time.sleep(self.sleep)
+        self.calls += 1
+        hold = os.environ.get("LEVELSEARCH_TEST_HOLD")
+        if hold and self.calls == int(hold.split(":", 1)[0]):
+            open(hold.split(":", 1)[1], "w").close()
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                time.sleep(0.01)
         return self.inner.evaluate(levels, fidelity, sample)
 
     def true_value(self, levels):
@@ -136,14 +146,18 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(cli, t
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_finishes(cli, tmp_path, sig):
     run = tmp_path / "run"
+    held = tmp_path / "held"
     proc = subprocess.Popen(
         [*cli, "run", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, "LEVELSEARCH_TEST_HOLD": f"31:{held}"},
     )
-    deadline = time.monotonic() + 30
-    while _count(run) < 30 and time.monotonic() < deadline:
+    # the 31st evaluation waits for the signal: the run is interrupted mid-run on any machine
+    deadline = time.monotonic() + 60
+    while not held.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
+    assert held.exists(), "the run never reached its 31st evaluation"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
