@@ -170,6 +170,8 @@ class ReferenceEvoPress(Optimizer):
         self.max_generations = None if max_generations is None else _positive_int(max_generations, "max_generations")
         self.start = cfg.get("start", "uniform")
 
+        # set keys of assignments: one byte per unit where levels fit (8x less to hash and to keep)
+        self._key_dtype = np.uint8 if int(space.max_level.max()) < 256 else np.int64
         self.parent: np.ndarray | None = None
         self.parent_value = float("inf")
         self.generation = 0
@@ -208,7 +210,7 @@ class ReferenceEvoPress(Optimizer):
                 if len(cands) >= self.init_candidates:
                     break
                 x = self.space.sample(self.rng)
-                k = x.tobytes()
+                k = self._key(x)
                 if k not in seen:
                     seen.add(k)
                     cands.append(x)
@@ -227,6 +229,9 @@ class ReferenceEvoPress(Optimizer):
             batch = [self.parent, *batch]
         return self._requests(batch, step.fidelity)
 
+    def _key(self, levels: np.ndarray) -> bytes:
+        return levels.astype(self._key_dtype).tobytes()
+
     def _requests(self, cands: list[np.ndarray], fidelity: int | None) -> list[Request]:
         # one fresh data sample per step, shared by all candidates of the step
         sample = int(self.rng.integers(2**31 - 1))
@@ -238,7 +243,7 @@ class ReferenceEvoPress(Optimizer):
 
     def _make_offspring(self) -> list[np.ndarray]:
         assert self.parent is not None
-        parent_key = self.parent.tobytes()
+        parent_key = self._key(self.parent)
         seen = {parent_key}
         kids: list[np.ndarray] = []
         m = self.max_switches
@@ -247,7 +252,7 @@ class ReferenceEvoPress(Optimizer):
                 break
             n_sw = int(min(self.rng.integers(1, m + 1), self.rng.integers(1, m + 1)))
             child = self.space.switch(self.parent, self.rng, n_sw)
-            key = child.tobytes()
+            key = self._key(child)
             if key in seen:
                 continue
             seen.add(key)
@@ -483,12 +488,13 @@ class EvoPress(ReferenceEvoPress):
         sur = self.surrogate if self.screen > 1 else None
         informed = sur is not None and (sur.n_rows > 0 or self._has_prior)
         kids: list[np.ndarray] = []
-        seen = {self.parent.tobytes()}
+        seen = {self._key(self.parent)}
         lost = self._lost if self.no_repeats else set()
         jump = self._jump_candidate()
-        if jump is not None and jump.tobytes() not in seen and jump.tobytes() not in lost:
+        jump_key = None if jump is None else self._key(jump)
+        if jump is not None and jump_key not in seen and jump_key not in lost:
             kids.append(jump)
-            seen.add(jump.tobytes())
+            seen.add(jump_key)
         want = self.offspring
         pool_size = want * (self.screen if informed else 1)
         pool: list[np.ndarray] = []
@@ -498,7 +504,7 @@ class EvoPress(ReferenceEvoPress):
                 break
             n_sw = int(min(self.rng.integers(1, m + 1), self.rng.integers(1, m + 1)))
             child = self.space.switch(self.parent, self.rng, n_sw)
-            key = child.tobytes()
+            key = self._key(child)
             if key in seen or key in lost:
                 continue
             seen.add(key)
@@ -523,7 +529,7 @@ class EvoPress(ReferenceEvoPress):
         assert self.parent is not None
         x0 = self.parent
         probes = single_unit_probes(self.space, x0, self.rng)
-        return [x0.copy(), *(y for y in probes if self.space.is_feasible(y) and y.tobytes() != x0.tobytes())]
+        return [x0.copy(), *(y for y in probes if self.space.is_feasible(y) and not np.array_equal(y, x0))]
 
     def _jump_candidate(self) -> np.ndarray | None:
         sur = self.surrogate
@@ -579,9 +585,9 @@ class EvoPress(ReferenceEvoPress):
             assert self.parent is not None
             for k, cand in enumerate(self._candidates):
                 if k != winner:
-                    self._lost.add(cand.tobytes())
+                    self._lost.add(self._key(cand))
             if winner is not None:
-                self._lost.add(self.parent.tobytes())
+                self._lost.add(self._key(self.parent))
                 self.parent = self._candidates[winner]
                 self.parent_value = float(kid_vals[winner])
             else:
