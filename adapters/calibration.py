@@ -2,8 +2,8 @@
 
 The model is never run end to end with hooks everywhere: the inputs of the first
 decoder layer are captured once (one pass up to that layer), then every decoder
-layer is run on them on its own, with forward hooks on its ``nn.Linear``
-modules accumulating ``Xᵀ X`` in fp32, and its outputs become the next layer's
+layer is run on them on its own, with forward hooks on its units (``nn.Linear`` and GPT-2's
+``Conv1D``, see :mod:`.units`) accumulating ``Xᵀ X`` in fp32, and its outputs become the next layer's
 inputs. Only one layer's activations for the calibration set live in memory.
 
 Works on any Hugging Face causal LM whose decoder layers form an
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .capture import call_layer, capture_inputs
 from .kernels.hessian import accumulate_xtx
 from .models import decoder_layers
+from .units import is_unit
 
 __all__ = [
     "linear_units",
@@ -34,19 +35,20 @@ __all__ = [
 ]
 
 
-def linear_units(model: nn.Module) -> list[tuple[str, int, nn.Linear]]:
-    """Every ``nn.Linear`` of every decoder layer as ``(name, layer index, module)``, in layer order.
+def linear_units(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
+    """Every unit (``nn.Linear`` or GPT-2's ``Conv1D``, :func:`~.units.is_unit`) of every decoder layer as
+    ``(name, layer index, module)``, in layer order.
 
     ``name`` is the module path relative to the model (e.g. ``model.layers.3.mlp.up_proj``).
     """
     layers = decoder_layers(model)
     prefix = {id(layer): i for i, layer in enumerate(layers)}
     names = {id(m): n for n, m in model.named_modules()}
-    out: list[tuple[str, int, nn.Linear]] = []
+    out: list[tuple[str, int, nn.Module]] = []
     for i, layer in enumerate(layers):
         assert id(layer) in prefix
         for _, mod in layer.named_modules():
-            if isinstance(mod, nn.Linear):
+            if is_unit(mod):
                 out.append((names[id(mod)], i, mod))
     return out
 
@@ -95,7 +97,7 @@ def run_layer(layer: nn.Module, inputs: LayerInputs) -> LayerInputs:
 def _accumulate(
     layer: nn.Module, inputs: LayerInputs, *, keep_inputs: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    """``2 Xᵀ X / N`` (fp32) of every linear in ``layer`` over all tokens of ``inputs``, and with
+    """``2 Xᵀ X / N`` (fp32) of every unit in ``layer`` over all tokens of ``inputs``, and with
     ``keep_inputs`` the inputs ``X`` themselves (``tokens × in``, fp32)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -112,7 +114,7 @@ def _accumulate(
         return hook
 
     for name, mod in layer.named_modules():
-        if isinstance(mod, nn.Linear):
+        if is_unit(mod):
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:
         for h, kw in zip(inputs.hidden, inputs.kwargs):

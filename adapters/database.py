@@ -50,6 +50,7 @@ from .calibration import layer_calibration, linear_units
 from .codecs.base import WeightCodec, get_weight_codec
 from .kernels.hessian import relative_output_error
 from .models import decoder_layers
+from .units import unit_weight
 
 __all__ = [
     "FORMAT",
@@ -68,9 +69,10 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     units = linear_units(model)
     for name, layer, mod in units:
-        h.update(f"{name}:{tuple(mod.weight.shape)};".encode())
+        w = unit_weight(mod)
+        h.update(f"{name}:{tuple(w.shape)};".encode())
         if layer == 0:
-            h.update(mod.weight.detach().to(torch.float32).cpu().numpy().tobytes())
+            h.update(w.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -176,10 +178,10 @@ def build_database(
         "calibration": calibration or {},
         "seed": seed,
     }
-    unit_table = {
-        name: {"layer": layer, "shape": list(mod.weight.shape), "values": codec.level_values(spec, mod.weight.numel())}
-        for name, layer, mod in units
-    }
+    unit_table: dict[str, Any] = {}
+    for name, layer, mod in units:
+        w = unit_weight(mod)  # out × in
+        unit_table[name] = {"layer": layer, "shape": list(w.shape), "values": codec.level_values(spec, w.numel())}
     manifest = _open_manifest(path, identity, {"model_id": model_id, "units": unit_table})
     done = {int(k) for k in manifest["layers"]}
     n_layers = 1 + max(layer for _, layer, _ in units)
@@ -265,7 +267,7 @@ def _build_layer(
     errors: dict[str, list[float]] = {}
     pairs = []
     for name, mod, h, x in units:
-        w = mod.weight.detach().to(torch.float32)
+        w = unit_weight(mod).detach().to(torch.float32).contiguous()  # out × in, whatever the module stores
         pairs.append((w, h))
         errs = []
         variants = codec.make_variants(spec, w, codec.select_statistics(h, x), manifest["units"][name]["values"])

@@ -108,6 +108,7 @@ def _check_file(problem: Any, levels: np.ndarray, path: Path) -> dict[str, Any]:
     from gguf import GGUFReader
 
     from .gguf_types import dequantize
+    from .units import unit_weight
 
     src = problem.source
     chosen = _chosen(problem, levels)
@@ -139,7 +140,7 @@ def _check_file(problem: Any, levels: np.ndarray, path: Path) -> dict[str, Any]:
             order = src.row_order(t.name, w.shape[0])
             if order is not None:
                 w = w[np.argsort(order)]
-            live = problem.modules[u].weight.detach().to("cpu", torch.float32).numpy()
+            live = unit_weight(problem.modules[u]).detach().to("cpu", torch.float32).numpy()
             if w.shape != live.shape or not np.array_equal(w, live):
                 diff = float(np.abs(w - live).max()) if w.shape == live.shape else math.inf
                 raise ValueError(f"{bad} {t.name} dequantizes (gguf-py) to other weights (max |diff| {diff:.3g})")

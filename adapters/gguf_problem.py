@@ -30,6 +30,7 @@ from .gguf_source import GGUFSource, llama_cpp_mix, resolve_source
 from .gguf_types import DEFAULT_TYPES, check_types, effective_type, tensor_bytes
 from .layerwise import LayerwiseProblem
 from .models import DEFAULT_MODEL
+from .units import unit_weight
 from .weightsearch import WeightLevelProblem
 
 __all__ = ["GGUFProblem", "check_target_range"]
@@ -41,7 +42,8 @@ def check_target_range(units: Sequence[tuple[str, int, Any]], types: Sequence[st
     lo = hi = 0.0
     n = 0
     for _name, _layer, mod in units:
-        shape = (int(mod.weight.shape[0]), int(mod.weight.shape[1]))
+        rows, cols = unit_weight(mod).shape  # out × in: a row is an output's weights
+        shape = (int(rows), int(cols))
         sizes = [tensor_bytes(effective_type(t, shape[1]), shape) for t in types]
         lo, hi, n = lo + min(sizes), hi + max(sizes), n + mod.weight.numel()
     lo_b, hi_b = 8.0 * lo / n, 8.0 * hi / n

@@ -28,6 +28,7 @@ from .data import TokenSet
 from .database import VariantDatabase, build_database, default_database_dir
 from .layerwise import LayerwiseProblem
 from .models import DEFAULT_MODEL
+from .units import unit_weight
 
 __all__ = ["WeightLevelProblem", "DENSE", "dp_levels", "random_levels", "export_levels", "verify_levels_export"]
 
@@ -166,7 +167,7 @@ class WeightLevelProblem(LayerwiseProblem):
         self.unit_layer = np.array([self.db.manifest["units"][u]["layer"] for u in self.unit_names])
         self.layer_units = [np.flatnonzero(self.unit_layer == i) for i in range(self.map.n_layers)]
         self.numel = np.array([m.weight.numel() for m in self.modules], dtype=np.int64)
-        self._dense = [m.weight.detach().to("cpu", copy=True) for m in self.modules]
+        self._dense = [unit_weight(m).detach().to("cpu", copy=True) for m in self.modules]  # out × in
         self._dense_now = np.ones(len(self.modules), dtype=bool)
         for which in ("calibration", "heldout"):
             self.teacher(which)  # on the dense weights, before anything is swapped in

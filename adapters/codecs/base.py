@@ -140,7 +140,8 @@ class WeightCodec(Codec):
     # ------------------------------------------------------------------ units, levels, costs
     def units(self, model: Any) -> list[tuple[str, int, Any]]:
         """``(module path, decoder layer, module)`` of every unit of ``model``, in layer order (default:
-        every ``nn.Linear`` of every decoder layer). A unit is a module with a 2-D ``weight``."""
+        every ``nn.Linear`` and GPT-2 ``Conv1D`` of every decoder layer). A unit is a module with a 2-D
+        ``weight``, read and written as ``out × in`` through :mod:`levelsearch.adapters.units`."""
         from ..calibration import linear_units
 
         return list(linear_units(model))
@@ -266,12 +267,12 @@ class WeightCodec(Codec):
 
     def apply_variant(self, module: Any, weight: Any) -> None:
         """Make the live ``module`` compute with ``weight``: what :meth:`decode` returned, or the dense fp32
-        weight when the dense model is restored (default: copy the tensor into ``module.weight``). A codec
-        that changes how the module computes (factors, a hook) must restore it on the dense weight."""
-        import torch
+        weight when the dense model is restored (default: copy the ``out × in`` tensor into ``module.weight``,
+        in the module's layout: :func:`~levelsearch.adapters.units.set_unit_weight`). A codec that changes
+        how the module computes (factors, a hook) must restore it on the dense weight."""
+        from ..units import set_unit_weight
 
-        with torch.no_grad():
-            module.weight.copy_(weight.to(module.weight.device, module.weight.dtype))
+        set_unit_weight(module, weight)
 
     def layer_statistics(self, spec: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
         """Statistics of one decoder layer from its ``(weight, Hessian)`` pairs, kept in the manifest."""

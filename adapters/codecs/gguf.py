@@ -80,6 +80,7 @@ class GGUFCodec(WeightCodec):
         tensor of the source file of the same shape and that the types reach ``target``."""
         from ..gguf_problem import check_target_range
         from ..gguf_types import check_types
+        from ..units import unit_weight
 
         spec = super().make_spec(model, target, **options)
         spec["types"] = check_types(spec["types"])
@@ -88,8 +89,9 @@ class GGUFCodec(WeightCodec):
             g = self.tensor_name(name)
             if self.source is not None:
                 shape = [int(x) for x in self.source.tensors[g].shape][::-1]
-                if shape != list(mod.weight.shape):
-                    raise ValueError(f"{g} is {shape} in the source file but {list(mod.weight.shape)} in the model")
+                have = list(unit_weight(mod).shape)
+                if shape != have:
+                    raise ValueError(f"{g} is {shape} in the source file but {have} in the model")
         check_target_range(units, spec["types"], float(target))
         return spec
 

@@ -10,7 +10,9 @@ one group per row), the modules named exactly in ``targets``. Codes and grid are
 ``2^(bits−1)`` to the library's signed range, so the reload dequantizes to the searched weights.
 compressed-tensors needs the group size to divide a layer's input width; where the search's does not
 (SmolLM2's 576 = 4·128 + 64), the layer is written with the largest group size that divides both
-(64) and each scale and zero point repeated: the same weights, 1/128 bit more per weight.
+(64) and each scale and zero point repeated: the same weights, 1/128 bit more per weight. A unit is packed
+``out × in`` whatever its module stores (GPT-2's ``Conv1D`` keeps ``in × out``); the loader puts it back
+in the module's layout (:func:`~levelsearch.adapters.units.module_layout`).
 :func:`load_pack_quantized` reloads it with compressed-tensors' own decompressor, module by module with
 each module's config group. (transformers 5.24 with compressed-tensors 0.20 gets a profile of several
 bit-widths wrong both ways: ``from_pretrained`` re-initialises the packed zero points, which it expects
@@ -21,7 +23,8 @@ fuses (q/k/v, gate/up) at one bit-width: :func:`vllm_warnings` says when a profi
 
 **sparse-bitmask.** compressed-tensors' bitmask layout per pruned linear: ``weight.shape``,
 ``weight.compressed`` (the nonzeros, row-major), ``weight.bitmask`` (a bit per weight, each row
-packed little-endian) and ``weight.row_offsets`` (where each row's nonzeros start); the nonzeros in fp16
+packed little-endian) and ``weight.row_offsets`` (where each row's nonzeros start), of the state dict's
+tensor as the module stores it (``in × out`` for a ``Conv1D``); the nonzeros in fp16
 when that loses nothing (a database keeps them in fp16), else in the model's dtype. config.json
 names it under ``quantization_config.sparsity_config``. Current transformers and compressed-tensors
 releases (0.15 on) no longer decompress it, so :func:`load_sparse_bitmask` does (``load_compressed``).
@@ -123,7 +126,7 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
             idx = torch.arange(cols // group) * group // int(gs)
             scales, zeros = scales[:, idx], zeros[:, idx]
         off = 1 << (bits - 1)
-        state.pop(f"{name}.weight")
+        state.pop(f"{name}.weight")  # codes are out × in, as compressed-tensors packs a linear (Conv1D too)
         state[f"{name}.weight_packed"] = pack_to_int32((codes.to(torch.int16) - off).to(torch.int8), bits)
         state[f"{name}.weight_scale"] = scales.to(dtype).contiguous()
         zp = (zeros.to(torch.int16) - off).to(torch.int8)
@@ -274,13 +277,28 @@ def _without_quantization_config(path: Path) -> Any:
     return config
 
 
-def _load_strict(path: Path, config: Any, state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> Any:
-    """The stock architecture of ``config`` with ``state`` loaded; tensors missing or extra are errors."""
+def _load_strict(
+    path: Path,
+    config: Any,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype | None,
+    units: dict[str, torch.Tensor] | None = None,
+) -> Any:
+    """The stock architecture of ``config`` with ``state`` loaded, and each of ``units`` (module name →
+    ``out × in`` weight) as its module's weight in the module's layout; tensors missing or extra are errors."""
     from transformers import AutoModelForCausalLM
+
+    from ..units import module_layout
 
     model: Any = (
         AutoModelForCausalLM.from_config(config, dtype=dtype) if dtype else AutoModelForCausalLM.from_config(config)
     )
+    for name, w in (units or {}).items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path}: no module {name} in the {type(model).__name__} its config builds") from None
+        state[f"{name}.weight"] = module_layout(module, w)
     target = next(model.parameters()).dtype
     missing, unexpected = model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False)
     if unexpected:
@@ -306,11 +324,11 @@ def load_pack_quantized(path: Path, dtype: torch.dtype | None) -> Any:
     if qcfg.get("format") != "pack-quantized":
         raise ValueError(f"{path}: config.json names no pack-quantized quantization_config")
     state = read_state_dict(path)
+    units: dict[str, torch.Tensor] = {}
     for group in qcfg["config_groups"].values():
         scheme = QuantizationScheme.model_validate(group)
         for name in group["targets"]:
             parts = {p: state.pop(f"{name}.{p}") for p in ("weight_packed", "weight_scale", "weight_zero_point")}
             parts["weight_shape"] = state.pop(f"{name}.weight_shape")
-            dense = PackedQuantizationCompressor.decompress(parts, scheme)
-            state[f"{name}.weight"] = dense["weight"]
-    return _load_strict(path, _without_quantization_config(path), state, dtype)
+            units[name] = PackedQuantizationCompressor.decompress(parts, scheme)["weight"]  # out × in
+    return _load_strict(path, _without_quantization_config(path), state, dtype, units)
