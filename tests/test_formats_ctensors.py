@@ -109,17 +109,3 @@ def test_joint_profile_is_pack_quantized_with_its_pruned_zeros_kept(data_file, t
     for u, name in enumerate(prob.unit_names):
         zeros = prob.db.values(name)[int(lv[u])][0]
         assert int((model.get_submodule(name).weight == 0).sum()) >= zeros
-
-
-@pytest.mark.parametrize("arch", ["qwen3", "gemma3", "phi3", "gpt_neox", "mixtral"])
-def test_pack_quantized_reloads_on_other_architectures(arch, data_file, tmp_path):
-    from test_formats_drop import _config
-    from test_sparsity_quant import ByteTokenizer
-
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(_config(arch)).eval()
-    opts = {**common(data_file, tmp_path / "db"), "loaded": (model, ByteTokenizer())}
-    prob = QuantProblem(target=3.0, bits=(2, 3, 4), group_size=16, **opts)
-    lv = mixed_levels(prob)
-    path = export(prob, lv, tmp_path / "q", method="quant")
-    assert check_export(prob, lv, path)["max_abs_logit_diff"] < 1e-4

@@ -20,44 +20,36 @@ from test_adapters_drop import byte_tokenizer  # noqa: E402
 pytestmark = pytest.mark.llm
 
 N_LAYERS = 4
-COMMON = dict(vocab_size=257, hidden_size=32, num_attention_heads=4, max_position_embeddings=128)
+COMMON = dict(vocab_size=257, num_attention_heads=4, max_position_embeddings=128)
 
 
-def _config(arch: str):
+def _config(arch: str, hidden: int = 32, n_layers: int = N_LAYERS):
+    """A tiny random config of ``arch`` (4 heads, MLP width ``2 · hidden``, vocabulary 257: bytes and an eos)."""
     t = transformers
+    c = {**COMMON, "hidden_size": hidden, "num_hidden_layers": n_layers, "intermediate_size": 2 * hidden}
     if arch == "llama":
-        return t.LlamaConfig(**COMMON, intermediate_size=64, num_key_value_heads=2, num_hidden_layers=N_LAYERS)
+        return t.LlamaConfig(**c, num_key_value_heads=2)
     if arch == "qwen3":
-        return t.Qwen3Config(**COMMON, intermediate_size=64, num_key_value_heads=2, head_dim=8, num_hidden_layers=4)
+        return t.Qwen3Config(**c, num_key_value_heads=2, head_dim=8)
     if arch == "gemma3":
-        return t.Gemma3TextConfig(
-            **COMMON,
-            intermediate_size=64,
-            num_key_value_heads=2,
-            head_dim=8,
-            num_hidden_layers=N_LAYERS,
-            sliding_window=8,
-            layer_types=["sliding_attention", "full_attention"] * 2,
-        )
+        types = ["sliding_attention", "full_attention"] * (n_layers // 2)
+        return t.Gemma3TextConfig(**c, num_key_value_heads=2, head_dim=8, sliding_window=8, layer_types=types)
     if arch == "phi3":
-        return t.Phi3Config(
-            **COMMON, intermediate_size=64, num_key_value_heads=2, num_hidden_layers=N_LAYERS, pad_token_id=0
-        )
+        return t.Phi3Config(**c, num_key_value_heads=2, pad_token_id=0)
     if arch == "gpt_neox":
-        return t.GPTNeoXConfig(**COMMON, intermediate_size=64, num_hidden_layers=N_LAYERS)
+        return t.GPTNeoXConfig(**c)
     if arch == "gpt2":
         return t.GPT2Config(
-            vocab_size=257, n_embd=32, n_head=4, n_layer=N_LAYERS, n_positions=128, bos_token_id=256, eos_token_id=256
+            vocab_size=257,
+            n_embd=hidden,
+            n_head=4,
+            n_layer=n_layers,
+            n_positions=128,
+            bos_token_id=256,
+            eos_token_id=256,
         )
     if arch == "mixtral":
-        return t.MixtralConfig(
-            **COMMON,
-            intermediate_size=64,
-            num_key_value_heads=2,
-            num_hidden_layers=N_LAYERS,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-        )
+        return t.MixtralConfig(**c, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
     raise AssertionError(arch)
 
 
