@@ -228,6 +228,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--database", help="sparsity/quant/joint: variant database directory (default: under the cache)")
     p.add_argument("--random-n", type=int, help="sparsity/quant/joint: size of the best-of-N random baseline (16)")
     p.add_argument("--types", help="gguf: comma list of ggml quant types (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0)")
+    p.add_argument(
+        "--format",
+        help="format of OUT/model, as levelsearch export's: drop: drop (default), zeroed; quant/joint: "
+        "pack-quantized (default), dense; sparsity: sparse-bitmask (default), dense",
+    )
     p.add_argument("--no-export", action="store_true", help="skip writing the Hugging Face model directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

@@ -68,17 +68,14 @@ def export_run(
     import numpy as np
 
     from .codecs import get_codec
-    from .formats import formats_for
+    from .formats import check_format
     from .formats.run import check_new_dir, export_and_check
     from .pipeline import check_journal_problem, jsonable
 
     run = Path(run)
     res, settings = run_settings(run)
     method = str(res["method"])
-    fits = formats_for(method)
-    fmt = format or fits[0]
-    if fmt not in fits:
-        raise ValueError(f"--format {fmt} does not fit the run's method {method}; use one of {', '.join(fits)}")
+    fmt = check_format(method, format, f"the run's method {method}")
     dest = check_new_dir(out if out is not None else run / f"model-{fmt}")
     settings["threads"] = threads
     codec = get_codec(method)

@@ -201,10 +201,11 @@ def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> di
 def export_and_write(
     codec: Any, problem: Any, best: Any, results: dict[str, Any], timings: dict[str, float], t_all: float, cfg: Any
 ) -> dict[str, Any]:
-    """Export the search's best model (unless ``cfg["export"]`` is off) in its codec's default format, check
-    that it reloads to the searched logits, measure its size and speed against the dense model's
-    (:func:`~levelsearch.adapters.formats.run.export_and_check`), then write ``OUT/results.json`` with the
-    timings (seconds since ``t_all``). A failed check is recorded there and raised. Returns ``results``."""
+    """Export the search's best model (unless ``cfg["export"]`` is off) in ``cfg["format"]`` (default: its
+    codec's first format), check that it reloads to the searched logits, measure its size and speed against
+    the dense model's (:func:`~levelsearch.adapters.formats.run.export_and_check`), then write
+    ``OUT/results.json`` with the timings (seconds since ``t_all``). A failed check is recorded there and
+    raised. Returns ``results``."""
     from .formats.run import export_and_check
     from .formats.verify import ExportCheckFailed
 
@@ -219,7 +220,8 @@ def export_and_write(
         t0 = time.perf_counter()
         info = {"heldout_ppl": results["methods"]["evopress"]["heldout_ppl"]}
         try:  # an export that does not reload to the searched logits stops the run (model.FAILED, exit 2)
-            results["export"] = export_and_check(codec, problem, best, out / "model", info=info)
+            fmt = cfg.get("format")
+            results["export"] = export_and_check(codec, problem, best, out / "model", format=fmt, info=info)
         except ExportCheckFailed as exc:
             results["export"] = {"failed": str(exc)}
             write()
@@ -231,12 +233,15 @@ def export_and_write(
 
 def check_settings(cfg: dict[str, Any]) -> None:
     """What every codec's run needs, checked before the model loads (one-line ``ValueError``)."""
+    from .formats import check_format
+
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
     if cfg.get("optimizer", "evopress") not in ("evopress", "evopress-ref"):
         raise ValueError(f"--optimizer must be evopress (default) or evopress-ref, got {cfg['optimizer']!r}")
     check_out(cfg["out"])
     check_numbers(cfg)
+    check_format(str(cfg["method"]), cfg.get("format"))  # a format that does not fit: before anything is written
 
 
 def choose_start(setting: Any, baselines: dict[str, dict[str, Any]], label: str = "") -> tuple[str, Any]:

@@ -37,6 +37,8 @@ class CompressSettings:
         heuristics: the ``drop`` heuristics to run (default all); whole_blocks, budget: ``drop``'s units and budget.
         data, threads, device, dtype: documents, torch threads, device and dtype.
         export, progress: write ``OUT/model``; show progress.
+        format: the format ``OUT/model`` is written in (default: the method's first; the names of
+            ``levelsearch export --format``, :data:`~levelsearch.adapters.formats.FORMATS`).
         search_tokens, database, random_n: weight codecs' fitness pool, database directory, random baseline size.
         types: ``gguf``'s ggml quant types (a list or ``"Q2_K,Q4_K,..."``; default Q2_K..Q6_K, Q8_0).
     """
@@ -65,6 +67,7 @@ class CompressSettings:
     device: str | None = None
     dtype: str | None = None
     export: bool = True
+    format: str | None = None
     progress: bool = True
     search_tokens: int | None = None
     database: str | None = None

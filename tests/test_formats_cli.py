@@ -61,6 +61,34 @@ def test_bad_export_requests_are_one_line_and_exit_2(run_dir, extra, message, ca
     assert message in err and len(err.splitlines()) == 1
 
 
+def test_compress_writes_the_format_asked_for(tmp_path):
+    model = tmp_path / "llama"
+    save_model(tiny_llama(n_layers=2), byte_tokenizer(), model)
+    out = tmp_path / "run"
+    args = ["compress", "--model", str(model), "--method", "drop", "--target", "0.5", "--out", str(out)]
+    assert main([*args, "--format", "zeroed", "--generations", "1", *SMALL]) == 0
+    e = json.loads((out / "results.json").read_text())["export"]
+    assert e["format"] == "zeroed" and e["loader"] == "transformers" and e["max_abs_logit_diff"] <= e["tolerance"]
+    assert e["size"]["ratio"] == pytest.approx(1.0, abs=0.01)  # zeroed: the dense file, not the default drop format
+    meta = json.loads((out / "model" / "levelsearch_compression.json").read_text())
+    assert meta["format"] == "zeroed"
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "fmt", "fits"),
+    [("drop", "0.5", "pack-quantized", "drop, zeroed"), ("quant", "3", "sparse-bitmask", "pack-quantized, dense")],
+)
+def test_compress_refuses_a_format_that_does_not_fit_in_one_line_writing_nothing(
+    method, target, fmt, fits, tmp_path, capsys
+):
+    out = tmp_path / "run"  # the model does not exist either: the format is refused before it would load
+    args = ["compress", "--model", str(tmp_path / "absent"), "--method", method, "--target", target, "--out", str(out)]
+    assert main([*args, "--format", fmt, *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--format {fmt} does not fit --method {method}; use one of {fits}" in err and len(err.splitlines()) == 1
+    assert not out.exists()  # refused before the model loads and before anything is written
+
+
 def test_a_directory_without_a_run_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "holds no results.json" in capsys.readouterr().err

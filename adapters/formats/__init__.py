@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMATS", "export", "export_drop", "formats_for", "load_compressed", "check_export"]
+__all__ = ["FORMATS", "check_format", "export", "export_drop", "formats_for", "load_compressed", "check_export"]
 
 #: formats per compression method, the default first
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -44,6 +44,22 @@ FORMATS: dict[str, tuple[str, ...]] = {
 def formats_for(method: str) -> tuple[str, ...]:
     """The formats a compression ``method`` can be written in, its default first (``("dense",)`` for plug-ins)."""
     return FORMATS.get(method, ("dense",))
+
+
+def check_format(method: str, format: str | None, whose: str | None = None) -> str:
+    """The format an export of ``method`` is written in: ``format``, or ``method``'s default when ``None``.
+
+    Raises:
+        ValueError: one line, when ``format`` does not fit ``method`` (the fitting ones are listed);
+            ``whose`` names the method in it (default ``--method METHOD``).
+    """
+    fits = formats_for(method)
+    if format is None:
+        return fits[0]
+    if str(format) not in fits:
+        who = whose or f"--method {method}"
+        raise ValueError(f"--format {format} does not fit {who}; use one of {', '.join(fits)}")
+    return str(format)
 
 
 def export_drop(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None) -> Path:
@@ -71,10 +87,7 @@ def export(
     Raises:
         ValueError: a format that does not fit the method (the fitting ones are listed).
     """
-    fits = formats_for(method)
-    fmt = fits[0] if format is None else str(format)
-    if fmt not in fits:
-        raise ValueError(f"--format {fmt} does not fit --method {method}; use one of {', '.join(fits)}")
+    fmt = check_format(method, format)
     info = {**(info or {}), "format": fmt}
     if fmt == "drop":
         return export_drop(problem, levels, out, info)
