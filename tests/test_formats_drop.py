@@ -56,9 +56,10 @@ def _config(arch: str, hidden: int = 32, n_layers: int = N_LAYERS):
 ARCHS = ["llama", "qwen3", "gemma3", "phi3", "gpt_neox", "gpt2", "mixtral"]
 
 
-def tiny_problem(arch: str) -> DropProblem:
+def tiny_problem(arch: str, dtype=None) -> DropProblem:
+    """A drop problem on a tiny random ``arch`` model, built in ``dtype`` (default fp32) as transformers loads one."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(_config(arch)).eval()
+    model = transformers.AutoModelForCausalLM.from_config(_config(arch), dtype=dtype or torch.float32).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
