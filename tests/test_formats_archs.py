@@ -1,6 +1,6 @@
 """Every export format on tiny random models of seven transformers architectures (built from configs, no
 download): drop, sparse-bitmask and pack-quantized exports reload through ``load_compressed`` to the searched
-logits and are smaller on disk than the dense model.
+logits and are smaller on disk than the dense model; the weight codecs' ``dense`` exports reload too.
 
 The weight codecs' units are every ``nn.Linear`` and GPT-2 ``Conv1D`` of the decoder layers (GPT-2's are
 ``Conv1D``: weight ``in × out``, compressed as its ``out × in`` transpose and written back in its layout).
@@ -71,3 +71,6 @@ def test_every_format_reloads_to_the_searched_logits_and_is_smaller(arch, method
     assert checked["max_abs_logit_diff"] <= checked["tolerance"] == 1e-4
     size = sizes(prob, path)
     assert size["ratio"] < 1.0, size
+    if method != "drop":  # the weight codecs' dense form (Conv1D written back in its own layout) reloads too
+        dense_path = export(prob, lv, tmp_path / "dense", method=method, format="dense")
+        assert check_export(prob, lv, dense_path)["max_abs_logit_diff"] <= 1e-4
