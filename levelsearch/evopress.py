@@ -491,10 +491,11 @@ class EvoPress(ReferenceEvoPress):
         seen = {self._key(self.parent)}
         lost = self._lost if self.no_repeats else set()
         jump = self._jump_candidate()
-        jump_key = None if jump is None else self._key(jump)
-        if jump is not None and jump_key not in seen and jump_key not in lost:
-            kids.append(jump)
-            seen.add(jump_key)
+        if jump is not None:
+            jump_key = self._key(jump)
+            if jump_key not in seen and jump_key not in lost:
+                kids.append(jump)
+                seen.add(jump_key)
         want = self.offspring
         pool_size = want * (self.screen if informed else 1)
         pool: list[np.ndarray] = []
