@@ -166,8 +166,7 @@ class LevelSpace:
             if reach is not None and not _hits(reach, grp.lo, grp.hi):
                 raise ValueError(
                     f"budget{where} is infeasible: no assignment has total cost {exactly}{band} "
-                    f"(reachable range [{lo_total:g}, {hi_total:g}], but not every value in it is reachable); "
-                    + widen
+                    f"(reachable range [{lo_total:g}, {hi_total:g}], but not every value in it is reachable); " + widen
                 )
         elif grp.step > 0:
             # totals are lo_total + m*step: the band must hold one of them
