@@ -3,8 +3,10 @@ without searching again.
 
 The run's problem is rebuilt from what the run recorded (``results.json``: model, method, target,
 the EvoPress levels, a weight codec's database; the journal: data, sequence length, token counts,
-seed) and checked against the journal's identity (other weights or data: one line, exit 2). The
-export goes to ``--out`` (default ``RUN_DIR/model-FORMAT``, which must not hold anything yet), is
+seed) and checked against the journal's identity (other weights or data: one line, exit 2). Rebuilding
+it loads the model, the token sets and a weight codec's variant database (built only if it is missing),
+never the dense teacher: that is computed on first use, and the export, its check and its measurements
+do not use it. The export goes to ``--out`` (default ``RUN_DIR/model-FORMAT``, which must not hold anything yet), is
 reloaded and compared with the searched logits (a mismatch renames it ``NAME.FAILED``, exit 2) and
 measured (size on disk and tokens/s beside the dense model; ``--no-measure`` skips it); the entry
 is added to ``results.json`` under ``exports``.

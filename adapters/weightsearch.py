@@ -7,8 +7,11 @@ statistic its variants need, how they are made, stored, loaded and applied, and 
 exported. Here: the model, the calibration pool and the held-out set (and everything
 :class:`~levelsearch.adapters.layerwise.LayerwiseProblem` shares: the fitness with its memos and
 anchors, the held-out report), the :class:`~levelsearch.adapters.database.VariantDatabase` (built on
-first use, then reused), and the dense model's top-``k`` teacher on both sets (computed once, before any
-weight is swapped). Only units whose level changed are loaded from the memory-mapped database.
+first use, then reused), and the dense model's top-``k`` teacher on both sets, computed on first use
+(:meth:`~levelsearch.adapters.layerwise.LayerwiseProblem.teacher`: its pass puts every unit back to its
+dense weight, whatever was swapped in before), so a problem built only to export and check an assignment
+(``levelsearch export``) never computes it. Only units whose level changed are loaded from the
+memory-mapped database.
 """
 
 from __future__ import annotations
@@ -169,8 +172,7 @@ class WeightLevelProblem(LayerwiseProblem):
         self.numel = np.array([m.weight.numel() for m in self.modules], dtype=np.int64)
         self._dense = [unit_weight(m).detach().to("cpu", copy=True) for m in self.modules]  # out × in
         self._dense_now = np.ones(len(self.modules), dtype=bool)
-        for which in ("calibration", "heldout"):
-            self.teacher(which)  # on the dense weights, before anything is swapped in
+        # no teacher here: it is computed on first use, its pass restoring the dense weights (_layer_fn, key None)
         per_unit = [(self.db.values(n), self.db.shape(n)) for n in self.unit_names]
         self.amounts = [self.codec.unit_amounts(self.spec, vs, shape) for vs, shape in per_unit]
         self.costs = [self.codec.unit_costs(self.spec, vs, shape) for vs, shape in per_unit]
