@@ -151,7 +151,12 @@ class GGUFCodec(WeightCodec):
         raise ValueError("the gguf budget counts each tensor's bytes: build it with GGUFProblem or --method gguf")
 
     def check_target(self, settings: Settings) -> float:
-        return target_in(settings, 1.0, 16.0, "the average bits per weight of the searched tensors (e.g. 4.6)")
+        return target_in(
+            settings,
+            1.0,
+            16.0,
+            "the average bits per weight of the searched tensors (e.g. 4.6; or give --target-bytes)",
+        )
 
     def uniform_levels(self, problem: Any) -> np.ndarray | None:
         return problem.uniform_levels()
