@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean llama-cpp
 
 $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,16 @@ demo: $(STAMP)
 TEST_JOBS ?= 2
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
+
+## make llama-cpp: the optional llama.cpp check of GGUF exports (llama-cpp-python, compiled from source: about
+## 5.5 min on an idle 2-core CPU). Built for AVX2 without AVX-512/AMX: a -march=native build dies with an illegal
+## instruction on machines whose CPU reports AMX that the kernel does not grant. Override LLAMA_CMAKE_ARGS to tune.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+	-DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+llama-cpp: $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q \
+		--no-binary llama-cpp-python 'llama-cpp-python>=0.3'
 
 lint: $(STAMP)
 	$(BIN)/ruff check levelsearch adapters baselines tests bench

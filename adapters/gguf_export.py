@@ -160,12 +160,9 @@ def _transformers_logits(problem: Any, levels: np.ndarray, path: Path, n_seq: in
     return float(problem.logit_diff(levels, loaded, n_seq))
 
 
-def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) -> float:
-    """llama.cpp's perplexity (``llama-cpp-python``) of ``tokens`` (``n_seq × seq_len``), each sequence on its
-    own, every token after the first predicted: the same tokens and positions as our held-out perplexity."""
+def _llama_cpp_ppl_in_process(path: Path, seqs: np.ndarray, threads: int | None) -> float:
     import llama_cpp
 
-    seqs = np.asarray(tokens)
     llm = llama_cpp.Llama(
         model_path=str(path),
         n_ctx=int(seqs.shape[1]),
@@ -188,6 +185,50 @@ def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) ->
     return math.exp(nll / n)
 
 
+def _llama_cpp_child(argv: list[str]) -> None:
+    """Child-process entry of :func:`llama_cpp_perplexity`: ``MODEL TOKENS.npy THREADS`` → the perplexity on stdout."""
+    threads = int(argv[2]) if argv[2] != "-" else None
+    print(json.dumps(_llama_cpp_ppl_in_process(Path(argv[0]), np.load(argv[1]), threads)))
+
+
+def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) -> float:
+    """llama.cpp's perplexity (``llama-cpp-python``) of ``tokens`` (``n_seq × seq_len``), each sequence on its
+    own, every token after the first predicted: the same tokens and positions as our held-out perplexity.
+
+    llama.cpp runs in a child process, so that a library built for another CPU (an illegal instruction) or any
+    other crash of it is an error with one line, not the end of the run.
+
+    Raises:
+        RuntimeError: llama.cpp failed or crashed (the message says how, and how to rebuild it).
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    seqs = np.asarray(tokens, dtype=np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = Path(tmp) / "tokens.npy"
+        np.save(tok, seqs)
+        code = "import sys; from levelsearch.adapters import gguf_export as g; g._llama_cpp_child(sys.argv[1:])"
+        args = [sys.executable, "-c", code, str(path), str(tok), "-" if threads is None else str(int(threads))]
+        done = subprocess.run(args, capture_output=True, text=True)
+    if done.returncode != 0:
+        if done.returncode < 0:
+            import signal
+
+            how = f"crashed with {signal.Signals(-done.returncode).name}"
+        else:
+            tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            how = f"failed ({tail})"
+        hint = (
+            "; rebuild llama-cpp-python for this CPU (make llama-cpp)"
+            if done.returncode == -4  # SIGILL
+            else ""
+        )
+        raise RuntimeError(f"llama.cpp {how} on {path}{hint}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def verify_gguf(
     problem: Any, levels: np.ndarray, path: str | Path, info: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -207,13 +248,16 @@ def verify_gguf(
     report["transformers_max_abs_logit_diff"] = diff
     if not diff <= LOGIT_TOL:
         raise ValueError(f"transformers' GGUF loader gives other logits for {p} (max |diff| {diff:.3g} > {LOGIT_TOL})")
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        report["llama_cpp"] = "not checked: llama-cpp-python is not installed (pip install 'levelsearch[llama-cpp]')"
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:  # not imported here: llama.cpp runs in a child process
+        report["llama_cpp"] = "not checked: llama-cpp-python is not installed (make llama-cpp)"
     else:
         ours = info.get("heldout_ppl")
-        theirs = llama_cpp_perplexity(p, problem.heldout.tokens.cpu().numpy())
+        try:
+            theirs = llama_cpp_perplexity(p, problem.heldout.tokens.cpu().numpy())
+        except RuntimeError as e:
+            raise ValueError(str(e)) from None
         report["llama_cpp"] = {"heldout_ppl": theirs, "ours": ours}
         if ours is not None and not abs(theirs / float(ours) - 1.0) <= LLAMA_CPP_PPL_TOL:
             raise ValueError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +263,24 @@ def test_llama_cpp_perplexity_of_the_export_is_ours(tiny):
     ours = problem.heldout_report([lv])[0]["heldout_ppl"]
     theirs = llama_cpp_perplexity(path, problem.heldout.tokens.numpy())
     assert theirs == pytest.approx(ours, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "crash, says", [("os.kill(os.getpid(), signal.SIGILL)", "crashed with SIGILL"), ("1 / 0", "failed")]
+)
+def test_a_llama_cpp_that_crashes_is_one_error_not_the_end_of_the_run(crash, says, tmp_path, monkeypatch):
+    # a llama-cpp-python built for another CPU dies with an illegal instruction: it runs in a child process
+    fake = tmp_path / "fake" / "llama_cpp"
+    fake.mkdir(parents=True)
+    body = f"import os, signal\nclass Llama:\n    def __init__(self, **kw):\n        {crash}\n"
+    (fake / "__init__.py").write_text(body)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
+    from levelsearch.adapters.gguf_export import llama_cpp_perplexity
+
+    with pytest.raises(RuntimeError, match=says) as err:
+        llama_cpp_perplexity(tmp_path / "model.gguf", np.zeros((1, 4), dtype=np.int64))
+    assert "\n" not in str(err.value)
+    assert ("make llama-cpp" in str(err.value)) == ("SIGILL" in says)
 
 
 # ---------------------------------------------------------------------- the command line
