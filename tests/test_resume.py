@@ -152,6 +152,8 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_finishes(cli, tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "LEVELSEARCH_TEST_HOLD": f"31:{held}"},
+        # as from a terminal: a test run started in the background inherits SIGINT ignored, and Python keeps it so
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # the 31st evaluation waits for the signal: the run is interrupted mid-run on any machine
     deadline = time.monotonic() + 60
