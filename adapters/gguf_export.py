@@ -220,11 +220,7 @@ def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) ->
         else:
             tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
             how = f"failed ({tail})"
-        hint = (
-            "; rebuild llama-cpp-python for this CPU (make llama-cpp)"
-            if done.returncode == -4  # SIGILL
-            else ""
-        )
+        hint = "; rebuild llama-cpp-python for this CPU (make llama-cpp)" if done.returncode == -4 else ""  # SIGILL
         raise RuntimeError(f"llama.cpp {how} on {path}{hint}")
     return float(json.loads(done.stdout.strip().splitlines()[-1]))
 
