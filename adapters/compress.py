@@ -287,7 +287,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--format",
         help="format of OUT/model, as levelsearch export's: drop: drop (default), zeroed; quant/joint: "
-        "pack-quantized (default), dense; sparsity: sparse-bitmask (default), dense",
+        "pack-quantized (default), dense; quant also: gptq (vLLM at 2/3/4/8 bits); "
+        "sparsity: sparse-bitmask (default), dense",
     )
     p.add_argument("--no-export", action="store_true", help="skip writing the Hugging Face model directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -13,6 +13,9 @@ drop      ``zeroed``          the dense file with dropped sub-blocks' weights ze
 quant     ``pack-quantized``  compressed-tensors, one config group per bit-width, int32-packed
                               codes, group scales and packed zero points (transformers + the
                               ``compressed-tensors`` package; vLLM)
+quant     ``gptq``            GPTQ (``qweight``/``qzeros``/``scales``/``g_idx``) with a per-module
+                              ``dynamic`` map: 2/3/4/8 bits for vLLM's ``--quantization gptq``
+                              (:mod:`.gptq`; :func:`load_compressed`)
 joint     ``pack-quantized``  as quant, the pruned weights' codes at their zero points
 sparsity  ``sparse-bitmask``  compressed-tensors' bitmask layout: a bit per weight plus the nonzero
                               values (:func:`load_compressed`)
@@ -35,7 +38,7 @@ __all__ = ["FORMATS", "check_format", "export", "export_drop", "formats_for", "l
 #: formats per compression method, the default first
 FORMATS: dict[str, tuple[str, ...]] = {
     "drop": ("drop", "zeroed"),
-    "quant": ("pack-quantized", "dense"),
+    "quant": ("pack-quantized", "dense", "gptq"),
     "joint": ("pack-quantized", "dense"),
     "sparsity": ("sparse-bitmask", "dense"),
 }
@@ -95,6 +98,10 @@ def export(
         from .ctensors import write_pack_quantized
 
         return write_pack_quantized(problem, levels, out, info)
+    if fmt == "gptq":
+        from .gptq import write_gptq
+
+        return write_gptq(problem, levels, out, info)
     if fmt == "sparse-bitmask":
         from .ctensors import write_sparse_bitmask
 

@@ -8,6 +8,8 @@
   model tensor the file lacks (tied weights aside), is an error, never a random initialisation.
 - ``format: pack-quantized``: the stock architecture, every module decompressed by compressed-tensors
   with its own config group (:mod:`.ctensors` says why not through transformers' quantizer).
+- ``format: gptq``: the stock architecture, every GPTQ-packed linear unpacked and dequantized here
+  (:mod:`.gptq`; its ``dynamic`` map gives each module's bits).
 - ``format: sparse-bitmask``: the compressed-tensors bitmask layout, decompressed here
   (:mod:`.ctensors`; current transformers releases no longer read it).
 """
@@ -170,6 +172,10 @@ def load_compressed(
         from .ctensors import load_pack_quantized
 
         model = load_pack_quantized(p, dt)
+    elif meta.get("format") == "gptq":
+        from .gptq import load_gptq
+
+        model = load_gptq(p, dt)
     elif meta.get("noop_branches"):
         model = _load_with_noop(p, meta, dt)
     else:

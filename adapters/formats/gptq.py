@@ -1,0 +1,334 @@
+"""GPTQ checkpoints (``format: gptq``): a bit-width profile vLLM serves with ``--quantization gptq``.
+
+vLLM runs compressed-tensors weights at 4 and 8 bits only; its ``gptq`` method
+(``GPTQLinearMethod``, the exllama-derived ``gptq_gemm`` kernel) runs 2, 3, 4 and 8 bits, asymmetric
+grids included, and reads a per-module ``dynamic`` override from ``quantization_config``. This module
+writes that checkpoint (:func:`write_gptq`) and reads it back with its own unpacking (:func:`load_gptq`).
+
+**Tensors**, per quantized linear ``NAME`` (``in`` input columns, ``out`` output rows, ``b`` bits,
+``G`` groups of ``g`` columns):
+
+- ``NAME.qweight``: int32 ``(in·b/32, out)``, the codes packed along the *input* dimension: for each
+  output column the ``in`` codes form one little-endian bit stream (code ``k`` at bits ``k·b .. k·b+b−1``)
+  cut into 32-bit words. At 2, 4 and 8 bits a word holds ``32/b`` whole codes; at 3 bits 32 codes fill
+  3 words and codes 10 and 21 straddle a word boundary (the layout GPTQ's 3-bit kernels unpack).
+- ``NAME.qzeros``: int32 ``(G, out·b/32)``, the zero points packed the same way along the *output*
+  dimension: ``zero − 1`` in the v1 ``checkpoint_format: gptq``, the zero itself in ``gptq_v2``.
+- ``NAME.scales``: ``(G, out)``: fp32 for an fp32 model, else fp16 (vLLM's GPTQ kernels compute in fp16).
+- ``NAME.g_idx``: int32 ``(in,)``, column ``i`` in group ``i // g`` (``desc_act: false``: no reordering).
+
+The codes, scales and zero points are the search's
+(:class:`~levelsearch.adapters.kernels.grid.Quantized`: ``W = scale · (code − zero)``), so the weights
+are exactly the searched ones. Where they cannot be written as they are:
+
+- **Bit-widths** vLLM's GPTQ kernels lack (1, 5, 6, 7) are stored at the next one they have (2 or 8):
+  the same codes and grid in a wider field, so the same weights at more bits per weight.
+- **Group sizes**: vLLM needs the group size to divide a layer's input width; where the search's does not
+  (SmolLM2's 576 = 4·128 + 64) the layer is written with the largest size that divides both (64) and each
+  scale and zero point repeated, as the pack-quantized writer does.
+- **Zero point 0**: v1 stores ``zero − 1`` and cannot hold 0 (its kernels read back ``2^b``). When a unit
+  has one, the whole checkpoint is written as ``gptq_v2``, which vLLM reads since
+  vllm-project/vllm#26092; older vLLM releases would misread it.
+
+**Config.** ``config.json`` gets ``quantization_config``: ``quant_method: gptq``, ``sym: false``,
+``desc_act: false``, ``lm_head: false``, ``checkpoint_format``, the most common (bits, group size) as the
+base, and a ``dynamic`` map naming every module exactly (a ``+:`` regex anchored at both ends, as vLLM's
+``get_dynamic_override`` matches them with ``re.match``): each quantized unit with its bits and group size;
+the fused modules vLLM builds (``qkv_proj``, ``gate_up_proj``) with their shards' scheme when the shards
+share one; every other linear of the decoder layers with ``-:`` (left dense). vLLM picks
+``GPTQLinearMethod`` for it: Marlin (``gptq_marlin``) takes symmetric 4 and 8 bits only, and this grid is
+asymmetric. vLLM runs the method in fp16 only (``--dtype float16``), and fuses q/k/v and gate/up into
+one layer with one scheme: :func:`gptq_vllm_warnings` says when a profile breaks that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "VLLM_GPTQ_BITS",
+    "VLLM_COMMAND",
+    "gptq_vllm_warnings",
+    "load_gptq",
+    "pack_along_rows",
+    "stored_bits",
+    "unpack_along_rows",
+    "write_gptq",
+]
+
+#: bit-widths vLLM's ``gptq`` method runs (``GPTQConfig``: 2/3/4/8)
+VLLM_GPTQ_BITS = (2, 3, 4, 8)
+#: how vLLM serves the directory (its GPTQ kernels take fp16 activations only)
+VLLM_COMMAND = "vllm serve DIR --quantization gptq --dtype float16"
+#: vLLM's fused module name per group of shard names (Llama-style models)
+_FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+_MASK32 = (1 << 32) - 1
+
+
+def stored_bits(bits: int) -> int:
+    """The narrowest bit-width of :data:`VLLM_GPTQ_BITS` that holds ``bits``-bit codes."""
+    for b in VLLM_GPTQ_BITS:
+        if b >= int(bits):
+            return b
+    raise ValueError(f"{bits}-bit codes do not fit the gptq format (at most 8 bits)")
+
+
+def pack_along_rows(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack ``(n, m)`` unsigned ``bits``-bit integers along dim 0 into int32 words ``(n·bits/32, m)``.
+
+    Each column is one little-endian bit stream: value ``k`` occupies stream bits ``k·bits`` onwards,
+    stream bit ``j`` is bit ``j % 32`` of word ``j // 32``; a value may straddle two words (3 bits).
+    """
+    n, m = values.shape
+    if (n * bits) % 32:
+        raise ValueError(f"{n} values of {bits} bits do not fill whole 32-bit words")
+    v = values.to(torch.int64)
+    if bool((v < 0).any()) or bool((v >= (1 << bits)).any()):
+        raise ValueError(f"values outside 0..{(1 << bits) - 1} cannot be packed at {bits} bits")
+    start = torch.arange(n, dtype=torch.int64) * bits
+    word, shift = start // 32, (start % 32)[:, None]
+    words = torch.zeros(n * bits // 32, m, dtype=torch.int64)
+    words.index_add_(0, word, (v << shift) & _MASK32)  # disjoint bit fields: adding is or-ing
+    spill = (start % 32 + bits) > 32  # the high bits of a value that crosses into the next word
+    if bool(spill.any()):
+        words.index_add_(0, word[spill] + 1, v[spill] >> (32 - shift[spill]))
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+
+
+def unpack_along_rows(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """The ``(n, m)`` values of int32 ``words`` packed along dim 0 at ``bits`` bits (the loader's reading,
+    bit by bit: stream bit ``k·bits + j`` is bit ``j`` of value ``k``)."""
+    if words.shape[0] * 32 != n * bits:
+        raise ValueError(f"{words.shape[0]} words do not hold {n} values of {bits} bits")
+    u = words.to(torch.int64) & _MASK32
+    out = torch.zeros(n, words.shape[1], dtype=torch.int64)
+    base = torch.arange(n, dtype=torch.int64) * bits
+    for j in range(bits):
+        pos = base + j
+        out |= ((u[pos // 32] >> (pos % 32)[:, None]) & 1) << j
+    return out
+
+
+def _module_regex(name: str) -> str:
+    return f"^{re.escape(name)}$"
+
+
+def _decoder_linears(model: Any) -> list[str]:
+    """Names of the ``nn.Linear`` / ``Conv1D`` modules inside the decoder layers."""
+    from ..units import is_unit
+    from .layout import model_layout
+
+    prefix = model_layout(model).prefix + "."
+    return [n for n, m in model.named_modules() if n.startswith(prefix) and is_unit(m)]
+
+
+def write_gptq(
+    problem: Any,
+    levels: np.ndarray,
+    out: str | Path,
+    info: dict[str, Any] | None,
+    *,
+    checkpoint_format: str | None = None,
+) -> Path:
+    """Write a quant problem's model at ``levels`` as a GPTQ checkpoint (see the module docstring).
+
+    ``checkpoint_format``: ``"gptq"`` (v1) or ``"gptq_v2"``; default v1 unless a zero point is 0.
+
+    Raises:
+        ValueError: one line, when the run has no bit-widths, a layer's width does not fill the int32
+            words of its bit-width, or v1 is asked for with a zero point of 0.
+    """
+    from ..kernels.grid import unpack_codes
+    from ..models import save_model
+    from .ctensors import _bits_of, _parts, _write_config, _write_meta
+
+    if "bits" not in problem.spec:
+        raise ValueError("the gptq format holds bit-widths; this run's levels have none")
+    if checkpoint_format not in (None, "gptq", "gptq_v2"):
+        raise ValueError(f"checkpoint_format must be gptq or gptq_v2, not {checkpoint_format}")
+    lv = problem.space.validate(levels)
+    problem.apply(None)
+    dtype = next(problem.model.parameters()).dtype
+    scale_dtype = torch.float32 if dtype == torch.float32 else torch.float16
+    state = dict(problem.model.state_dict())
+    gs = problem.spec.get("group_size", 128)
+    packed: dict[str, dict[str, torch.Tensor]] = {}
+    zeros_of: dict[str, torch.Tensor] = {}
+    per_unit: dict[str, Any] = {}
+    for u, name in enumerate(problem.unit_names):
+        level = int(lv[u])
+        bits = _bits_of(problem.db.values(name)[level])
+        sb = stored_bits(bits)
+        rows, cols = problem.db.shape(name)
+        if (cols * sb) % 32 or (rows * sb) % 32:
+            need = 32 // math.gcd(32, sb)
+            raise ValueError(
+                f"{name} ({rows}x{cols}) cannot be written at {sb} bits in the gptq format: its input and "
+                f"output widths must be multiples of {need}; use --format pack-quantized"
+            )
+        p = _parts(problem.db, name, level, ("codes", "scales", "zeros"))
+        codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))
+        scales, zeros = p["scales"], p["zeros"]
+        group = cols if gs is None else (int(gs) if cols % int(gs) == 0 else math.gcd(int(gs), cols))
+        if gs is not None and group != gs:  # the search's groups as runs of smaller ones
+            idx = torch.arange(cols // group) * group // int(gs)
+            scales, zeros = scales[:, idx], zeros[:, idx]
+        packed[name] = {
+            "qweight": pack_along_rows(codes.T, sb),
+            "scales": scales.T.to(scale_dtype).contiguous(),
+            "g_idx": (torch.arange(cols) // group).to(torch.int32),
+        }
+        zeros_of[name] = zeros.to(torch.int64)  # (out, groups)
+        entry = problem.db.codec.export_entry(problem.spec, problem.db.values(name)[level], rows * cols)
+        per_unit[name] = {
+            "level": level,
+            **entry,
+            "bits": bits,
+            "stored_bits": sb,
+            "stored_group_size": -1 if gs is None else group,
+        }
+    has_zero = any(bool((z == 0).any()) for z in zeros_of.values())
+    fmt = checkpoint_format or ("gptq_v2" if has_zero else "gptq")
+    if fmt == "gptq" and has_zero:
+        raise ValueError("a zero point is 0, which the v1 gptq checkpoint_format cannot hold; use gptq_v2")
+    offset = 1 if fmt == "gptq" else 0
+    for name, tensors in packed.items():
+        sb = per_unit[name]["stored_bits"]
+        state.pop(f"{name}.weight")
+        state[f"{name}.qweight"] = tensors["qweight"]
+        state[f"{name}.qzeros"] = pack_along_rows(zeros_of[name] - offset, sb).T.contiguous()
+        state[f"{name}.scales"] = tensors["scales"]
+        state[f"{name}.g_idx"] = tensors["g_idx"]
+    schemes = {n: (u["stored_bits"], u["stored_group_size"]) for n, u in per_unit.items()}
+    base_bits, base_group = Counter(schemes.values()).most_common(1)[0][0]
+    dynamic: dict[str, dict[str, Any]] = {}
+    for name, (b, g) in schemes.items():
+        dynamic[f"+:{_module_regex(name)}"] = {"bits": b, "group_size": g}
+    for fused, shards in _fused_schemes(schemes).items():
+        if len(shards) == 1:
+            b, g = next(iter(shards))
+            dynamic[f"+:{_module_regex(fused)}"] = {"bits": b, "group_size": g}
+    for name in _decoder_linears(problem.model):
+        if name not in schemes:
+            dynamic[f"-:{_module_regex(name)}"] = {}
+    qcfg = {
+        "quant_method": "gptq",
+        "bits": base_bits,
+        "group_size": base_group,
+        "desc_act": False,
+        "sym": False,
+        "lm_head": False,
+        "true_sequential": True,
+        "checkpoint_format": fmt,
+        "dynamic": dynamic,
+    }
+    path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
+    _write_config(path, qcfg)
+    notes = gptq_vllm_warnings(per_unit, fmt)
+    vllm = [f"serve: {VLLM_COMMAND} (GPTQLinearMethod: gptq_gemm kernel)", *notes]
+    return _write_meta(path, "gptq", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
+
+
+def _fused_schemes(schemes: dict[str, Any]) -> dict[str, set[Any]]:
+    """vLLM's fused module names (``…self_attn.qkv_proj``) whose shards are all units, each with the set of
+    its shards' schemes (one element: vLLM can load it)."""
+    out: dict[str, set[Any]] = {}
+    for fused, shards in _FUSED.items():
+        heads = {n.rpartition(".")[0] for n in schemes if n.rpartition(".")[2] in shards}
+        for head in sorted(heads):
+            names = [f"{head}.{s}" for s in shards]
+            if all(n in schemes for n in names):
+                out[f"{head}.{fused}"] = {schemes[n] for n in names}
+    return out
+
+
+def gptq_vllm_warnings(units: dict[str, dict[str, Any]], checkpoint_format: str = "gptq") -> list[str]:
+    """What keeps vLLM's ``gptq`` method from serving the profile as searched: bit-widths stored wider,
+    fused shards (q/k/v, gate/up) in different schemes or not all quantized, the v2 zero points. Empty
+    when none."""
+    out = []
+    wider = sorted({(u["bits"], u["stored_bits"]) for u in units.values() if u["bits"] != u["stored_bits"]})
+    if wider:
+        pairs = ", ".join(f"{b} as {s}" for b, s in wider)
+        out.append(f"bit-widths vLLM's gptq kernels lack are stored wider ({pairs} bits): the same weights, larger")
+    schemes = {n: (u["stored_bits"], u["stored_group_size"]) for n, u in units.items()}
+    for fused, shards in _FUSED.items():
+        mixed = [f for f, s in _fused_schemes(schemes).items() if f.endswith("." + fused) and len(s) > 1]
+        heads = {n.rpartition(".")[0] for n in schemes if n.rpartition(".")[2] in shards}
+        partial = [h for h in heads if not all(f"{h}.{s}" in schemes for s in shards)]
+        if mixed:
+            out.append(
+                f"{'/'.join(shards)} of {len(mixed)} layers (first: {mixed[0]}) differ in bits or group size; "
+                "vLLM fuses them into one layer with one scheme and cannot load them"
+            )
+        if partial:
+            out.append(f"only some of {'/'.join(shards)} are quantized in {sorted(partial)[0]}; vLLM refuses that")
+    if checkpoint_format == "gptq_v2":
+        out.append(
+            "checkpoint_format gptq_v2 (a zero point is 0, which v1 cannot hold): needs a vLLM with "
+            "vllm-project/vllm#26092; older ones misread the zero points"
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _override(dynamic: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The ``dynamic`` entry for module ``name`` (first match wins, as in vLLM): its dict for ``+:`` or a bare
+    pattern, ``None`` for ``-:`` (left dense), ``{}`` when nothing matches."""
+    for pattern, value in dynamic.items():
+        if pattern.startswith("-:"):
+            if re.match(pattern[2:], name):
+                return None
+        elif re.match(pattern[2:] if pattern.startswith("+:") else pattern, name):
+            return dict(value)
+    return {}
+
+
+def load_gptq(path: str | Path, dtype: torch.dtype | None = None) -> Any:
+    """The model of a gptq directory: the stock architecture, each quantized linear dequantized here.
+
+    Every module with a ``qweight`` is read at the bits and group size its ``dynamic`` entry (else the base
+    config) gives; the tensor shapes must agree with them (``ValueError`` otherwise).
+    """
+    from .ctensors import _load_strict, _without_quantization_config
+    from .loader import read_state_dict
+
+    path = Path(path)
+    qcfg = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    if qcfg.get("quant_method") != "gptq":
+        raise ValueError(f"{path}: config.json names no gptq quantization_config")
+    fmt = qcfg.get("checkpoint_format", "gptq")
+    if fmt not in ("gptq", "gptq_v2"):
+        raise ValueError(f"{path}: checkpoint_format {fmt} is neither gptq nor gptq_v2")
+    if qcfg.get("desc_act"):
+        raise ValueError(f"{path}: desc_act checkpoints (reordered columns) are not read here")
+    dynamic = qcfg.get("dynamic") or {}
+    state = read_state_dict(path)
+    units: dict[str, torch.Tensor] = {}
+    for key in [k for k in state if k.endswith(".qweight")]:
+        name = key[: -len(".qweight")]
+        over = _override(dynamic, name)
+        if over is None:
+            raise ValueError(f"{path}: {name} is packed but its dynamic entry leaves it dense")
+        bits = int(over.get("bits", qcfg["bits"]))
+        qweight, qzeros = state.pop(key), state.pop(f"{name}.qzeros")
+        scales, g_idx = state.pop(f"{name}.scales"), state.pop(f"{name}.g_idx").to(torch.int64)
+        n_in, n_out = g_idx.numel(), scales.shape[1]
+        group = int(over.get("group_size", qcfg["group_size"]))
+        if group != -1 and scales.shape[0] != n_in // group:
+            raise ValueError(f"{path}: {name} has {scales.shape[0]} groups, not {n_in}/{group}")
+        codes = unpack_along_rows(qweight, bits, n_in)  # (in, out)
+        zeros = unpack_along_rows(qzeros.T, bits, n_out).T  # (groups, out)
+        if fmt == "gptq":
+            zeros = zeros + 1
+        w = scales.to(torch.float32)[g_idx] * (codes - zeros[g_idx]).to(torch.float32)  # (in, out)
+        units[name] = w.T.contiguous()  # out × in
+    return _load_strict(path, _without_quantization_config(path), state, dtype, units)
