@@ -68,7 +68,7 @@ METHODS: dict[str, Callable[[dict[str, Any]], dict[str, Any]] | str] = {}
 
 #: settings only the methods that list them in their codec's ``method_settings`` take (others refuse them,
 #: one line): the setting → its option
-METHOD_SETTINGS: dict[str, str] = {"tol": "--tol", "target_bytes": "--target-bytes"}
+METHOD_SETTINGS: dict[str, str] = {"tol": "--tol", "target_bytes": "--target-bytes", "extra_tensors": "--extra-tensors"}
 
 
 def check_method_settings(name: str, cfg: Mapping[str, Any], given: Mapping[str, Any] | None = None) -> None:
@@ -283,6 +283,12 @@ def add_parser(subparsers: Any) -> None:
         help="gguf, instead of --target: budget in bytes of the searched tensors (their exact sizes in their types; "
         "the file adds the tensors not searched and the metadata): an integer or a number with a unit, "
         "B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024), e.g. 80MB; rounded down to a byte",
+    )
+    p.add_argument(
+        "--extra-tensors",
+        help="gguf: also search these tensors outside the decoder layers, a comma list of token_embd, output "
+        "(default none: copied from the source); they count in the budget; a model without output.weight "
+        "computes its logits with token_embd, which is then both; other methods refuse it",
     )
     p.add_argument(
         "--format",

@@ -3,13 +3,15 @@ without searching again.
 
 The run's problem is rebuilt from what the run recorded (``results.json``: model, method, target,
 the EvoPress levels, a weight codec's database; the journal: data, sequence length, token counts,
-seed) and checked against the journal's identity (other weights or data: one line, exit 2). Rebuilding
-it loads the model, the token sets and a weight codec's variant database (built only if it is missing),
-never the dense teacher: that is computed on first use, and the export, its check and its measurements
-do not use it. The export goes to ``--out`` (default ``RUN_DIR/model-FORMAT``, which must not hold anything yet), is
-reloaded and compared with the searched logits (a mismatch renames it ``NAME.FAILED``, exit 2) and
-measured (size on disk and tokens/s beside the dense model; ``--no-measure`` skips it); the entry
-is added to ``results.json`` under ``exports``.
+seed, and what a codec takes besides, through its ``settings_of_run``: gguf's types, band width,
+budget in bytes and extra tensors) and checked against the journal's identity (other weights or
+data: one line, exit 2). Rebuilding it loads the model, the token sets and a weight codec's variant
+database (built only if it is missing), never the dense teacher: that is computed on first use, and
+the export, its check and its measurements do not use it. The export goes to ``--out`` (default
+``RUN_DIR/model-FORMAT``, which must not hold anything yet; a gguf run's is ``model.gguf`` in
+``RUN_DIR/model-gguf``, with its ``gguf_export.json``), is reloaded and compared with the searched
+logits (a mismatch renames it ``NAME.FAILED``, exit 2) and measured (size on disk and tokens/s
+beside the dense model; ``--no-measure`` skips it); the entry is added to ``results.json`` under ``exports``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def run_settings(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(results, compress settings)`` of a finished run, the settings rebuilt from its records."""
     from levelsearch import Journal
 
+    from .codecs import available_codecs, get_codec
     from .settings import CompressSettings
 
     run = Path(run)
@@ -51,6 +54,10 @@ def run_settings(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         stored = (jr.meta("identity") or {}).get("problem") or {}
     settings = CompressSettings(model=res["model"], method=res["method"], target=res["target"]).to_dict()
     settings.update({k: stored[k] for k in _FROM_PROBLEM if k in stored})
+    codec = get_codec(str(res["method"])) if str(res["method"]) in available_codecs() else None
+    own = getattr(codec, "settings_of_run", None)  # a codec's own settings (gguf: --types, --tol ...)
+    if callable(own) and stored:
+        settings.update(own(stored))
     if isinstance(res.get("database"), dict):
         settings["database"] = res["database"]["dir"]
         settings["search_tokens"] = res.get("search_tokens")
@@ -70,21 +77,29 @@ def export_run(
     import numpy as np
 
     from .codecs import get_codec
-    from .formats import check_format
+    from .formats import FORMATS, check_format
     from .formats.run import check_new_dir, export_and_check
     from .pipeline import check_journal_problem, jsonable
 
     run = Path(run)
     res, settings = run_settings(run)
     method = str(res["method"])
-    fmt = check_format(method, format, f"the run's method {method}")
+    codec = get_codec(method)
+    # a codec with a file format of its own (gguf: one .gguf file) writes, checks and measures it itself
+    own = method not in FORMATS and callable(getattr(codec, "export_and_check", None))
+    if own and format not in (None, method):
+        raise ValueError(f"--format {format} does not fit the run's method {method}: it writes one {method} file")
+    fmt = method if own else check_format(method, format, f"the run's method {method}")
     dest = check_new_dir(out if out is not None else run / f"model-{fmt}")
     settings["threads"] = threads
-    codec = get_codec(method)
     problem = codec.make_problem(settings)
     check_journal_problem(run, problem)  # the same weights, data and settings as the search
     levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)
-    entry = export_and_check(codec, problem, levels, dest, format=fmt, info={"run": str(run)}, measure=measure)
+    info: dict[str, Any] = {"run": str(run)}
+    if own:  # checked against the search's held-out perplexity where the codec can (llama.cpp's, for gguf)
+        info["heldout_ppl"] = res["methods"]["evopress"].get("heldout_ppl")
+    where = dest / "model" if own else dest  # gguf: DEST/model.gguf and its gguf_export.json
+    entry = export_and_check(codec, problem, levels, where, format=None if own else fmt, info=info, measure=measure)
     res.setdefault("exports", {})[fmt] = entry
     tmp = run / "results.json.tmp"
     tmp.write_text(json.dumps(jsonable(res), indent=1))

@@ -16,35 +16,38 @@ import argparse
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["write_gguf", "verify_gguf", "plot_types", "recipe", "add_recipe_parser", "llama_cpp_perplexity"]
+__all__ = [
+    "add_recipe_parser",
+    "llama_cpp_perplexity",
+    "plot_types",
+    "recipe",
+    "tensor_kind",
+    "verify_gguf",
+    "write_gguf",
+]
 
 LOGIT_TOL = 1e-3  # transformers' reload runs the same fp32 weights: only summation order may differ
 LLAMA_CPP_PPL_TOL = 0.01
 
 
-def _variant_bytes(problem: Any, unit: int, db_level: int) -> np.ndarray:
-    """The stored ggml bytes (``rows × row bytes``, Hugging Face row order) of a unit's database level."""
-    from safetensors import safe_open
-
-    db = problem.db
-    name = problem.unit_names[unit]
-    layer = db.manifest["units"][name]["layer"]
-    f = db.root / db.manifest["layers"][str(layer)]["file"]
-    with safe_open(str(f), framework="np") as h:
-        return np.asarray(h.get_tensor(f"{name}/{db_level}/data"))
-
-
 def _chosen(problem: Any, levels: np.ndarray) -> dict[str, tuple[int, int, str]]:
-    """GGUF tensor name → ``(unit, database level, type)`` of ``levels``."""
+    """GGUF tensor name → ``(unit, level, type)`` of ``levels``."""
     return {
-        problem.gguf_names[name]: (u, problem.db_level(u, int(levels[u])), problem.unit_types[u][int(levels[u])])
+        problem.gguf_names[name]: (u, int(levels[u]), problem.unit_types[u][int(levels[u])])
         for u, name in enumerate(problem.unit_names)
     }
+
+
+def tensor_kind(gguf_name: str) -> str:
+    """``attn_v`` of ``blk.3.attn_v.weight``; ``token_embd`` / ``output`` of the tensors outside the layers."""
+    parts = gguf_name.split(".")
+    return parts[2] if parts[0] == "blk" and len(parts) > 2 else parts[0]
 
 
 def write_gguf(problem: Any, levels: np.ndarray, path: str | Path) -> Path:
@@ -81,7 +84,7 @@ def write_gguf(problem: Any, levels: np.ndarray, path: str | Path) -> Path:
     for t in src.reader.tensors:
         if t.name in chosen:
             u, k, qtype = chosen[t.name]
-            data = _variant_bytes(problem, u, k)
+            data = problem.variant_bytes(u, k)
             order = src.row_order(t.name, data.shape[0])
             writer.add_tensor(t.name, data if order is None else data[order], raw_dtype=GGMLQuantizationType[qtype])
         else:
@@ -272,14 +275,16 @@ def plot_types(problem: Any, assignments: dict[str, np.ndarray], path: Any, meth
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = list(dict.fromkeys(problem.gguf_names[u].split(".")[2] for u in problem.unit_names))
+    of = [tensor_kind(problem.gguf_names[u]) for u in problem.unit_names]
+    kinds = list(dict.fromkeys(of))
     fig, axes = plt.subplots(1, len(kinds), figsize=(2.6 * len(kinds), 3.0), sharey=True, squeeze=False)
     for ax, kind in zip(axes[0], kinds):
-        idx = [i for i, u in enumerate(problem.unit_names) if problem.gguf_names[u].split(".")[2] == kind]
+        idx = [i for i, k in enumerate(of) if k == kind]
         for name, lv in assignments.items():
             m = methods.get(name, {})
             label = f"{name} ({m['heldout_ppl']:.2f}, {problem.average_bits(lv):.3f} bpw)" if m else name
-            ax.plot(problem.unit_layer[idx], problem.profile(lv)[idx], lw=1, label=label)
+            mark = "o" if len(idx) == 1 else None  # token_embd, output: one tensor, one point
+            ax.plot(problem.unit_layer[idx], problem.profile(lv)[idx], lw=1, marker=mark, label=label)
         ax.set_title(kind, fontsize=9)
         ax.set_xlabel("layer", fontsize=8)
     axes[0][0].set_ylabel("bits per weight")
@@ -296,7 +301,8 @@ def recipe(results: dict[str, Any], method: str = "evopress") -> list[str]:
     """``--tensor-type PATTERN=TYPE`` overrides of llama-quantize giving every searched tensor ``method``'s type.
 
     One anchored regex per tensor kind and type (``^blk\\.(0|4|7)\\.attn_v\\.weight$=q6_k``; llama-quantize
-    lower-cases patterns and takes the first that matches, so the patterns never overlap).
+    lower-cases patterns and takes the first that matches, so the patterns never overlap), and one per searched
+    tensor outside the layers (``^token_embd\\.weight$=q8_0``, ``^output\\.weight$=q6_k``).
 
     Raises:
         ValueError: ``results`` is not a ``gguf`` run's, or has no method of that name.
@@ -307,10 +313,13 @@ def recipe(results: dict[str, Any], method: str = "evopress") -> list[str]:
     if method not in methods or "types" not in methods[method]:
         raise ValueError(f"results.json has no method {method!r}; it has {', '.join(sorted(methods))}")
     groups: dict[tuple[str, str], list[int]] = {}
+    lines = []
     for name, qtype in zip(results["gguf_tensors"], methods[method]["types"]):
+        if not name.startswith("blk."):  # token_embd.weight, output.weight
+            lines.append(f"--tensor-type '^{re.escape(name)}$={qtype.lower()}'")
+            continue
         _, layer, kind, *_ = name.split(".")
         groups.setdefault((kind, qtype), []).append(int(layer))
-    lines = []
     for (kind, qtype), layers in sorted(groups.items(), key=lambda kv: (kv[0][0], min(kv[1]))):
         alt = "|".join(str(i) for i in sorted(layers))
         lines.append(f"--tensor-type '^blk\\.({alt})\\.{kind}\\.weight$={qtype.lower()}'")

@@ -1,7 +1,8 @@
 """Dynamic GGUF: a ggml quant type per decoder weight tensor, searched under a bits-per-weight budget.
 
 :class:`GGUFProblem` (kind ``"llm-gguf"``): units are the decoder's quantizable weight tensors (per
-layer: attention q/k/v/o, MLP gate/up/down); a unit's levels are ggml quant types (default
+layer: attention q/k/v/o, MLP gate/up/down) and, with ``extra_tensors``, the token embedding
+(``token_embd``) and the output head (``output``); a unit's levels are ggml quant types (default
 :data:`~levelsearch.adapters.gguf_types.DEFAULT_TYPES`), each the type llama.cpp writes for that
 tensor when asked for it (its fallback for row lengths the type cannot hold, see
 :mod:`~levelsearch.adapters.gguf_types`; two requested types that end up as one type are one level).
@@ -15,21 +16,34 @@ calibration set (per input channel, the mean squared activation: llama.cpp's ima
 search evaluates their gguf-py dequantization: the values any reader of the exported file gets.
 The reference weights are the source GGUF's, dequantized (the offline default SmolLM2 ships as Q4_1,
 so the reference is that 4-bit model, not the original bf16 one).
+
+The embedding and output tensors (``extra_tensors``) are quantized without an importance matrix, as
+``llama-quantize`` does with an imatrix of ``llama-imatrix``, which collects none for them (the
+embedding is a row lookup, not a matrix product; the output only with ``--process-output``); their
+variants are made when the problem is built (they are not in the variant database) and their error
+estimate is the plain relative error ``‖ΔW‖² / ‖W‖²``. The search evaluates them for real: layer 0
+starts from the embedding at the candidate's level and the logits come from the head at its level.
+A model whose file has no ``output.weight`` ties its head to ``token_embd`` (llama.cpp computes the
+logits with ``token_embd`` then, and transformers ties ``lm_head`` to ``embed_tokens``): its one
+``token_embd`` unit is both, and ``output`` names that same unit.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from levelsearch import LevelSpace, solve_additive
 
-from .gguf_source import GGUFSource, llama_cpp_mix, resolve_source
-from .gguf_types import DEFAULT_TYPES, check_types, effective_type, tensor_bytes
+from .fitness import LayerRunner
+from .gguf_source import GGUFSource, check_extra_tensors, llama_cpp_mix, resolve_source
+from .gguf_types import DEFAULT_TYPES, check_types, dequantize_fast, effective_type, quantize, tensor_bytes
 from .layerwise import LayerwiseProblem
 from .models import DEFAULT_MODEL
 from .units import unit_weight
@@ -87,6 +101,9 @@ class GGUFProblem(WeightLevelProblem):
         types: requested ggml types (default Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_0).
         tol: width of the band as a fraction of the budget (default 0.005: within 0.5% below it).
         imatrix: weight the quantization with the calibration importance matrix (default on).
+        extra_tensors: also search these tensors outside the decoder layers: ``"token_embd"``, ``"output"``
+            (a list or a comma list; default none: they are copied from the source unchanged). Searched,
+            they count in the budget (its bits per weight are over every searched tensor).
         Others: see :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem`.
     """
 
@@ -99,10 +116,13 @@ class GGUFProblem(WeightLevelProblem):
         types: Sequence[str] | str = DEFAULT_TYPES,
         tol: float = 0.005,
         imatrix: bool = True,
+        extra_tensors: Sequence[str] | str | None = None,
         **options: Any,
     ) -> None:
         from .codecs.gguf import GGUFCodec
 
+        wanted = check_extra_tensors(extra_tensors)
+        self._progress = bool(options.get("progress", True))
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 < float(tol) < 0.5:
             raise ValueError(f"gguf tol must be a fraction of the target in (0, 0.5), got {tol!r}")
         if target is not None and target_bytes is not None:
@@ -129,18 +149,23 @@ class GGUFProblem(WeightLevelProblem):
             self.budget_options["target_bytes"] = self.target_bytes  # part of the identity (a bits run stays as was)
 
         def make_spec(m: Any) -> dict[str, Any]:
+            self._extras = self._find_extras(m, wanted)
+            extra = [(n, layer, mod) for n, layer, mod, _g in self._extras]
             if self.target_bytes is None:
-                return codec.make_spec(m, self.target, **spec)
-            units = codec.units(m)
+                return codec.make_spec(m, self.target, extra_units=extra, **spec)
+            units = codec.units(m) + extra
             self.target = 8.0 * self.target_bytes / sum(int(mod.weight.numel()) for _n, _l, mod in units)
-            return codec.make_spec(m, self.target, target_bytes=self.target_bytes, **spec)
+            return codec.make_spec(m, self.target, target_bytes=self.target_bytes, extra_units=extra, **spec)
 
         self._setup(make_spec, model, **options)
         self.types: list[str] = list(self.spec["types"])
         self.tol = float(tol)
         self.gguf_names = {u: codec.tensor_name(u) for u in self.unit_names}
+        self.unit_shapes: list[tuple[int, int]] = [self.db.shape(u) for u in self.unit_names]
+        self._add_extra_units()
         self._levels_per_unit()
-        costs = [[tensor_bytes(t, self.db.shape(u)) for t in self.unit_types[i]] for i, u in enumerate(self.unit_names)]
+        self._make_extra_variants()
+        costs = [[tensor_bytes(t, shape) for t in types] for types, shape in zip(self.unit_types, self.unit_shapes)]
         self.level_bytes = costs
         total = (
             float(self.target_bytes) if self.target_bytes is not None else self.target * float(self.numel.sum()) / 8.0
@@ -149,24 +174,179 @@ class GGUFProblem(WeightLevelProblem):
         space = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
         LayerwiseProblem.__init__(self, space)
 
+    # ------------------------------------------------------------------ the tensors outside the decoder layers
+    def _find_extras(self, model: Any, wanted: list[str]) -> list[tuple[str, int, Any, str]]:
+        """``(module path, layer, module, GGUF tensor)`` of each of the ``wanted`` extra tensors of ``model``: the
+        embedding (layer 0) and the head (the last layer); a tied model's one ``token_embd`` for both names.
+
+        Raises:
+            ValueError: the source file and the model disagree on the tying, or on a tensor's shape.
+        """
+        from .units import unit_weight
+
+        embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+        tied = head is not None and head.weight is embed.weight
+        #: whether the head is the token embedding (the file has no ``output.weight``)
+        self.tied = bool(tied)
+        if not wanted:
+            return []
+        if self.source is not None and ("output.weight" not in self.source.tensors) != tied:
+            has = "has no" if tied else "has an"
+            raise ValueError(
+                f"{self.source.path} {has} output.weight but the loaded model's head is {'' if tied else 'not '}"
+                "its embedding; cannot tell which tensor the logits come from"
+            )
+        names = {id(m): n for n, m in model.named_modules()}
+        out: list[tuple[str, int, Any, str]] = []
+        if "token_embd" in wanted or (tied and "output" in wanted):
+            out.append((names[id(embed)], 0, embed, "token_embd.weight"))
+        if "output" in wanted and not tied:
+            out.append((names[id(head)], self.map.n_layers - 1, head, "output.weight"))
+        if tied and "output" in wanted and self._progress:
+            print(
+                "levelsearch gguf: the model ties its output to token_embd (the file has no output.weight, llama.cpp "
+                "computes the logits with token_embd): output is searched as token_embd",
+                file=sys.stderr,
+            )
+        for _n, _l, mod, g in out:
+            have = list(unit_weight(mod).shape)
+            if self.source is not None and [int(x) for x in self.source.tensors[g].shape][::-1] != have:
+                shape = [int(x) for x in self.source.tensors[g].shape][::-1]
+                raise ValueError(f"{g} is {shape} in the source file but {have} in the model")
+        return out
+
+    def _add_extra_units(self) -> None:
+        """Append the extra tensors to the units (after the decoder linears, which the database holds): the
+        embedding opens layer 0's key, the head closes the last layer's, so candidates that differ in them
+        never share a layer state they do not share, and the runner puts them where they act."""
+        from .units import unit_weight
+
+        #: the extra GGUF tensors searched (``token_embd``, ``output``): what the problem's identity records
+        self.extra_tensors: list[str] = [g.removesuffix(".weight") for _n, _l, _m, g in self._extras]
+        self.n_linear = len(self.unit_names)  # units 0..n_linear-1 are the database's decoder linears
+        if not self._extras:
+            return
+        self.unit_names = [*self.unit_names, *(n for n, _l, _m, _g in self._extras)]
+        self.modules = [*self.modules, *(m for _n, _l, m, _g in self._extras)]
+        self.unit_layer = np.array([*self.unit_layer.tolist(), *(layer for _n, layer, _m, _g in self._extras)])
+        self.numel = np.array([*self.numel.tolist(), *(int(m.weight.numel()) for _n, _l, m, _g in self._extras)])
+        # the extras' dense weights are the parameters' own tensors: a level is put by pointing the parameter
+        # at a decoded tensor (never by writing into it), so the dense one stays as it was
+        self._dense = [*self._dense, *(unit_weight(m).detach() for _n, _l, m, _g in self._extras)]
+        self._dense_now = np.ones(len(self.modules), dtype=bool)
+        for n, _l, m, g in self._extras:
+            self.gguf_names[n] = g
+            self.unit_shapes.append((int(unit_weight(m).shape[0]), int(unit_weight(m).shape[1])))
+        per_layer = [list(map(int, u)) for u in self.layer_units]
+        by_gguf = {g: self.n_linear + i for i, (_n, _l, _m, g) in enumerate(self._extras)}
+        self._embed_unit = by_gguf.get("token_embd.weight")
+        self._head_unit = by_gguf.get("output.weight", self._embed_unit if self.tied else None)
+        if self._embed_unit is not None:
+            per_layer[0].insert(0, self._embed_unit)  # first of layer 0's key
+        if self._head_unit is not None:
+            per_layer[-1].append(self._head_unit)  # last of the last layer's key (a tied token_embd: both)
+        self.layer_units = [np.array(u, dtype=np.int64) for u in per_layer]
+        self.amounts += [self.codec.unit_amounts(self.spec, self.types, s) for s in self.unit_shapes[self.n_linear :]]
+        self.costs += [self.codec.unit_costs(self.spec, self.types, s) for s in self.unit_shapes[self.n_linear :]]
+        self._extra_level: dict[int, int | None] = {}
+        self._decoded: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self.runner = _ExtraTensorsRunner(self.runner, self._put_input, self._put_output)
+
+    def _make_extra_variants(self) -> None:
+        """Every level's ggml bytes of each extra tensor (no importance matrix, as llama-quantize with llama-imatrix's
+        file) and its plain relative error ``‖ΔW‖² / ‖W‖²``."""
+        self._extra_data: dict[int, list[np.ndarray]] = {}
+        self._extra_errors: dict[int, list[float]] = {}
+        for u in range(self.n_linear, len(self.unit_names)):
+            w = self._dense[u].to("cpu", torch.float32).numpy()
+            if self._progress:
+                rows, cols = w.shape
+                print(
+                    f"levelsearch gguf: quantizing {self.gguf_names[self.unit_names[u]]} ({rows}x{cols}) to "
+                    f"{', '.join(self.unit_types[u])}, without an importance matrix (as llama-quantize)",
+                    file=sys.stderr,
+                )
+            norm = float((w.astype(np.float64) ** 2).sum())
+            self._extra_data[u], self._extra_errors[u] = [], []
+            for t in self.unit_types[u]:
+                data = quantize(w, t, None)
+                err = float(((dequantize_fast(data, t) - w).astype(np.float64) ** 2).sum())
+                self._extra_data[u].append(data)
+                self._extra_errors[u].append(err / norm if norm > 0 else 0.0)
+
+    def _extra_weight(self, unit: int, level: int) -> torch.Tensor:
+        """The decoded weight of an extra tensor at ``level`` (kept in a bounded LRU cache; never written into)."""
+        from .database import DECODED_CACHE_BYTES
+
+        key = (unit, int(level))
+        w = self._decoded.get(key)
+        if w is not None:
+            self._decoded.move_to_end(key)
+            return w
+        dense = self._dense[unit]
+        with torch.inference_mode(False):  # a parameter's data, used in and out of inference mode
+            values = dequantize_fast(self._extra_data[unit][int(level)], self.unit_types[unit][int(level)])
+            w = torch.from_numpy(values).to(dense.device, dense.dtype)
+        self._decoded[key] = w
+        while sum(t.numel() * t.element_size() for t in self._decoded.values()) > DECODED_CACHE_BYTES:
+            if len(self._decoded) == 1:
+                break
+            self._decoded.popitem(last=False)
+        return w
+
+    def _put_extra(self, unit: int, level: int | None) -> None:
+        if self._extra_level.get(unit) == level:
+            return
+        weight = self._dense[unit] if level is None else self._extra_weight(unit, int(level))
+        self.modules[unit].weight.data = weight  # a tied head is the same parameter: it follows
+        self._extra_level[unit] = level
+
+    def _put_input(self, key: Any) -> None:
+        """Put the embedding at its level in layer 0's ``key`` (its first entry; ``None``: dense)."""
+        if self._embed_unit is not None:
+            self._put(self._embed_unit, None if key is None else key[0])
+
+    def _put_output(self, key: Any) -> None:
+        """Put the head at its level in the last layer's ``key`` (its last entry; ``None``: dense)."""
+        if self._head_unit is not None:
+            self._put(self._head_unit, None if key is None else key[-1])
+
+    def variant_bytes(self, unit: int, level: int) -> np.ndarray:
+        """The ggml bytes (``rows × row bytes``, Hugging Face row order) of ``unit`` at problem level ``level``."""
+        if unit >= self.n_linear:
+            return self._extra_data[unit][int(level)]
+        from safetensors import safe_open
+
+        name = self.unit_names[unit]
+        layer = self.db.manifest["units"][name]["layer"]
+        f = self.db.root / self.db.manifest["layers"][str(layer)]["file"]
+        with safe_open(str(f), framework="np") as h:
+            return np.asarray(h.get_tensor(f"{name}/{self.db_level(unit, level)}/data"))
+
+    def _describe_extra(self) -> dict[str, Any]:
+        out = super()._describe_extra()
+        if self.extra_tensors:  # a run without them keeps the identity it had
+            out["extra_tensors"] = list(self.extra_tensors)
+        return out
+
     # ------------------------------------------------------------------ set-up
     def _levels_per_unit(self) -> None:
         """Each unit's distinct effective types (smallest first) and the database level standing for each."""
         self.unit_types: list[list[str]] = []
         self._db_level: list[list[int]] = []
         self.fallbacks: dict[str, dict[str, str]] = {}
-        for u in self.unit_names:
-            n_per_row = self.db.shape(u)[1]
+        for shape in self.unit_shapes:
+            n_per_row = shape[1]
             seen: dict[str, int] = {}
             for k, t in enumerate(self.types):
                 eff = effective_type(t, n_per_row)
                 if eff != t:
                     self.fallbacks.setdefault(f"rows of {n_per_row}", {})[t] = eff
                 seen.setdefault(eff, k)
-            order = sorted(seen, key=lambda t: tensor_bytes(t, self.db.shape(u)))
+            order = sorted(seen, key=lambda t: tensor_bytes(t, shape))
             self.unit_types.append(order)
             self._db_level.append([seen[t] for t in order])
-        if self.settings.get("progress", True):
+        if self._progress:
             for rows, fb in self.fallbacks.items():
                 said = ", ".join(f"{a}->{b}" for a, b in fb.items())
                 print(
@@ -182,10 +362,15 @@ class GGUFProblem(WeightLevelProblem):
         return {n: t.tensor_type.name for n, t in self.source.tensors.items() if len(t.shape) > 1 and n not in searched}
 
     def _put(self, unit: int, level: int | None) -> None:
+        if unit >= self.n_linear:
+            self._put_extra(unit, None if level is None else int(level))
+            return
         super()._put(unit, None if level is None else self._db_level[unit][int(level)])
 
     def db_level(self, unit: int, level: int) -> int:
-        """The database level of problem level ``level`` of ``unit``."""
+        """The database level of problem level ``level`` of a decoder linear ``unit``."""
+        if unit >= self.n_linear:
+            raise ValueError(f"{self.unit_names[unit]} is not in the variant database (its variants are the problem's)")
         return self._db_level[unit][int(level)]
 
     # ------------------------------------------------------------------ what an assignment is
@@ -221,7 +406,7 @@ class GGUFProblem(WeightLevelProblem):
         """Levels giving unit ``u`` what llama.cpp writes for ``requested[u]``; ``None`` if a unit lacks that type."""
         out = []
         for u, t in enumerate(requested):
-            eff = effective_type(t, self.db.shape(self.unit_names[u])[1])
+            eff = effective_type(t, self.unit_shapes[u][1])
             if eff not in self.unit_types[u]:
                 return None
             out.append(self.unit_types[u].index(eff))
@@ -239,23 +424,64 @@ class GGUFProblem(WeightLevelProblem):
         """llama.cpp's ``mix`` (``Q3_K_M``/``Q4_K_M``) on the searched tensors, with its fallbacks; ``None`` if a
         type it asks for is not among the levels."""
         n = self.map.n_layers
-        return self.levels_for([llama_cpp_mix(mix, self.gguf_names[u], n) for u in self.unit_names])
+        asked = [
+            llama_cpp_mix(mix, self.gguf_names[u], n, tied=self.tied, n_per_row=self.unit_shapes[i][1])
+            for i, u in enumerate(self.unit_names)
+        ]
+        return self.levels_for(asked)
 
     def _measure_unit_errors(self) -> np.ndarray:
         """Per-unit, per-level imatrix-weighted relative errors ``Σ_j imatrix_j ‖ΔW_:j‖² / Σ_j imatrix_j ‖W_:j‖²``
-        (recorded while the database was built); the DP baseline's input and EvoPress's prior."""
-        by_db = np.full((len(self.unit_names), len(self.types)), np.nan)
+        (recorded while the database was built; an extra tensor's plain relative error, made with its variants);
+        the DP baseline's input and EvoPress's prior."""
         stats = self.db.statistics("imatrix_errors")
-        for u, name in enumerate(self.unit_names):
-            layer = int(self.unit_layer[u])
-            local = [n for n in self.unit_names if self.db.manifest["units"][n]["layer"] == layer]
-            by_db[u] = stats[layer][local.index(name)]
         out = np.full((len(self.unit_names), int(self.space.n_levels.max())), np.nan)
-        for u in range(len(self.unit_names)):
+        for u, name in enumerate(self.db.unit_names):
+            layer = int(self.unit_layer[u])
+            local = [n for n in self.db.unit_names if self.db.manifest["units"][n]["layer"] == layer]
+            by_db = stats[layer][local.index(name)]
             for lv, k in enumerate(self._db_level[u]):
-                out[u, lv] = by_db[u, k]
+                out[u, lv] = by_db[k]
+        for u, errs in self._extra_errors.items():
+            out[u, : len(errs)] = errs
         return out
 
     def dp_levels(self) -> np.ndarray:
         """Knapsack on :meth:`unit_errors` (assumed additive) under the band."""
         return solve_additive(self.space, np.nan_to_num(self.unit_errors(), nan=np.inf))[0]
+
+
+class _ExtraTensorsRunner(LayerRunner):
+    """The layer runner of a problem whose token embedding or output head are units.
+
+    Layer 0 starts from the embedding at the candidate's level (``put_input(layer 0's key)``, then the
+    model's own pass up to layer 0 again), and the logits of a candidate come from the head at its level
+    (``put_output(the last layer's key)`` before ``on_output``): wherever the prefix tree or a stored anchor
+    starts, whatever was put before.
+    """
+
+    def __init__(self, base: LayerRunner, put_input: Callable[[Any], None], put_output: Callable[[Any], None]) -> None:
+        super().__init__(base.model, base.map, chunk_tokens=base.chunk_tokens)
+        self.put_input, self.put_output = put_input, put_output
+
+    def run_shared(
+        self,
+        input_ids: torch.Tensor,
+        keys: Sequence[Sequence[Hashable]],
+        layer_fn: Callable[[int, torch.Tensor, Hashable], torch.Tensor],
+        on_output: Callable[[torch.Tensor, list[int]], None],
+        **options: Any,
+    ) -> dict[int, list[torch.Tensor]]:
+        last = self.map.n_layers - 1
+
+        def fn(layer: int, h: torch.Tensor, key: Hashable) -> torch.Tensor:
+            if layer == 0:
+                self.put_input(key)
+                h = self._capture(input_ids)  # the embedding's output at this candidate's level
+            return layer_fn(layer, h, key)
+
+        def out(h: torch.Tensor, cands: list[int]) -> None:
+            self.put_output(keys[cands[0]][last])  # the candidates here share every key, the head's level too
+            on_output(h, cands)
+
+        return super().run_shared(input_ids, keys, fn, out, **options)

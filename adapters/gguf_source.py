@@ -19,11 +19,24 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["GGUFSource", "gguf_tensor_name", "llama_cpp_mix", "resolve_source", "STOCK_MIXES", "LLAMA_CPP_RULES_AT"]
+__all__ = [
+    "EXTRA_TENSORS",
+    "GGUFSource",
+    "LLAMA_CPP_RULES_AT",
+    "STOCK_MIXES",
+    "check_extra_tensors",
+    "gguf_tensor_name",
+    "llama_cpp_mix",
+    "resolve_source",
+]
 
 #: where the stock mixes' rules were read (ggml-org/llama.cpp, src/llama-quant.cpp, llama_tensor_get_type_impl)
 LLAMA_CPP_RULES_AT = "ggml-org/llama.cpp@007dbbf3fd17eefe9b47fee45f48f7ba5e62b714 src/llama-quant.cpp"
 STOCK_MIXES = ("Q3_K_M", "Q4_K_M")
+#: the mixes' base type (llama.cpp's ``llama_ftype_get_default_type``): what a tensor no rule names gets
+_MIX_BASE = {"Q3_K_M": "Q3_K", "Q4_K_M": "Q4_K"}
+#: the tensors outside the decoder layers a gguf run may search too (``--extra-tensors``), in this order
+EXTRA_TENSORS = ("token_embd", "output")
 
 _CONVERT = (
     "convert it to GGUF with llama.cpp first: python convert_hf_to_gguf.py {path} --outtype f16 "
@@ -120,11 +133,10 @@ class GGUFSource:
 
     def row_order(self, gguf_name: str, n_rows: int) -> np.ndarray | None:
         """``order`` with ``gguf_rows = hf_rows[order]`` for a permuted q/k tensor, else ``None``."""
-        if self.arch not in _PERMUTED_ARCHS:
+        parts = gguf_name.split(".")
+        if self.arch not in _PERMUTED_ARCHS or len(parts) != 4 or parts[2] not in ("attn_q", "attn_k"):
             return None
-        kind = gguf_name.split(".")[2]
-        if kind not in ("attn_q", "attn_k"):
-            return None
+        kind = parts[2]
         heads = self.n_head if kind == "attn_q" else self.n_head_kv
         idx = np.arange(n_rows)
         return idx.reshape(heads, 2, n_rows // heads // 2).swapaxes(1, 2).reshape(n_rows)
@@ -152,17 +164,52 @@ def gguf_tensor_name(hf_name: str) -> str:
     return f"blk.{int(m.group(1))}.{_KINDS[m.group(2)]}.weight"
 
 
+def check_extra_tensors(names: Any) -> list[str]:
+    """``--extra-tensors``: the names of :data:`EXTRA_TENSORS` in ``names`` (a list, a comma-separated string or
+    ``None``; ``token_embd.weight`` reads as ``token_embd``), in that order.
+
+    Raises:
+        ValueError: a name that is not one of them, or a repeated one (one line).
+    """
+    if names is None:
+        return []
+    items = names.split(",") if isinstance(names, str) else names
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"--extra-tensors must be a comma list of {', '.join(EXTRA_TENSORS)}, got {names!r}")
+    got = [str(n).strip().lower().removesuffix(".weight") for n in items if str(n).strip()]
+    for n in got:
+        if n not in EXTRA_TENSORS:
+            raise ValueError(
+                f"--extra-tensors: unknown tensor {n!r}; the tensors outside the decoder layers a gguf run can "
+                f"search are {', '.join(EXTRA_TENSORS)}"
+            )
+    if len(set(got)) != len(got):
+        raise ValueError(f"--extra-tensors must not repeat a tensor, got {','.join(got)}")
+    return [n for n in EXTRA_TENSORS if n in got]
+
+
 def _use_more_bits(i: int, n: int) -> bool:
     # the layers llama.cpp's *_K_M mixes give more bits: the first and last eighth, and every third between
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def llama_cpp_mix(mix: str, gguf_name: str, n_layers: int) -> str:
-    """The type llama.cpp's stock ``mix`` (``Q3_K_M`` or ``Q4_K_M``) asks for a decoder linear of a dense
-    (non-MoE, non-Falcon) model, before its fallback for row lengths (rules of :data:`LLAMA_CPP_RULES_AT`).
+def llama_cpp_mix(mix: str, gguf_name: str, n_layers: int, *, tied: bool = False, n_per_row: int = 0) -> str:
+    """The type llama.cpp's stock ``mix`` (``Q3_K_M`` or ``Q4_K_M``) asks for a tensor of a dense (non-MoE,
+    non-Falcon) model, before its fallback for row lengths (rules of :data:`LLAMA_CPP_RULES_AT`).
 
     For attn_v llama.cpp counts the attn_v tensors seen so far; with one per layer that is the layer index.
+    ``output.weight``, and ``token_embd.weight`` when the model is ``tied`` (no ``output.weight``: llama.cpp
+    computes the logits with ``token_embd``), get Q6_K, or Q8_0 when the mix's base type (Q3_K, Q4_K) cannot
+    hold their rows of ``n_per_row`` weights; an untied ``token_embd.weight`` gets the base type.
     """
+    if mix not in _MIX_BASE:
+        raise ValueError(f"unknown llama.cpp mix {mix!r}; known: {', '.join(STOCK_MIXES)}")
+    if gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight"):
+        from .gguf_types import effective_type
+
+        return "Q6_K" if effective_type(_MIX_BASE[mix], int(n_per_row)) == _MIX_BASE[mix] else "Q8_0"
+    if gguf_name == "token_embd.weight":
+        return _MIX_BASE[mix]
     layer = int(gguf_name.split(".")[1])
     kind = gguf_name.split(".")[2]
     if mix == "Q3_K_M":
@@ -177,4 +224,4 @@ def llama_cpp_mix(mix: str, gguf_name: str, n_layers: int) -> str:
         if kind in ("attn_v", "ffn_down") and _use_more_bits(layer, n_layers):
             return "Q6_K"
         return "Q4_K"
-    raise ValueError(f"unknown llama.cpp mix {mix!r}; known: {', '.join(STOCK_MIXES)}")
+    raise AssertionError(mix)  # pragma: no cover - every mix of _MIX_BASE has its rules above

