@@ -30,6 +30,7 @@ __all__ = [
     "tensor_kind",
     "verify_gguf",
     "write_gguf",
+    "write_imatrix",
 ]
 
 LOGIT_TOL = 1e-3  # transformers' reload runs the same fp32 weights: only summation order may differ
@@ -95,6 +96,47 @@ def write_gguf(problem: Any, levels: np.ndarray, path: str | Path) -> Path:
     writer.close()
     os.replace(tmp, out)
     return out
+
+
+def write_imatrix(problem: Any, path: str | Path) -> dict[str, Any]:
+    """Write the importance matrix the search quantized with to ``path`` in llama.cpp's legacy binary format
+    (``save_imatrix_legacy`` of llama.cpp's ``tools/imatrix/imatrix.cpp``, read by ``llama-quantize --imatrix``);
+    what ``gguf_export.json`` records of it.
+
+    The layout (little-endian): ``int32`` entry count; per entry, names sorted, ``int32`` name length, the
+    name (no terminator), ``int32`` ncall, ``int32`` value count, the values (``float32``); then ``int32`` chunk
+    count, ``int32`` length and the dataset's name. A reader divides the values by ncall: ncall is 1, so it gets
+    exactly the fp32 values the search's variants were quantized with (the mean squared activation of each input
+    channel over the calibration pool). The tensors outside the decoder layers have no entry: llama-imatrix
+    collects none for them, and the search quantized them without one.
+    """
+    import struct
+
+    found = {problem.gguf_names[n]: problem.imatrix_of(u) for u, n in enumerate(problem.unit_names[: problem.n_linear])}
+    entries = {g: np.ascontiguousarray(im, dtype="<f4") for g, im in found.items() if im is not None}
+    if len(entries) < len(found):  # all or nothing: llama-quantize would quantize a missing one without
+        if problem.spec["method"] != "ggml-imatrix":
+            why = "the search used no importance matrix"
+        else:
+            why = "the variant database predates stored importance matrices (build a new one: --database NEW_DIR)"
+        return {"written": False, "why": why}
+    dataset = str(problem.settings.get("data") or "pydoc_data.topics").encode()
+    out = Path(path)
+    tmp = out.with_name(out.name + ".partial")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<i", len(entries)))
+        for name in sorted(entries):
+            key, values = name.encode(), entries[name]
+            f.write(struct.pack("<i", len(key)) + key + struct.pack("<ii", 1, values.size) + values.tobytes())
+        f.write(struct.pack("<i", int(problem.calibration.n_seq)) + struct.pack("<i", len(dataset)) + dataset)
+    os.replace(tmp, out)
+    return {
+        "written": True,
+        "file": str(out),
+        "entries": len(entries),
+        "format": "llama.cpp legacy imatrix (ncall 1: the values are the means)",
+        "calibration_tokens": int(problem.calibration.n_tokens),
+    }
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -302,7 +344,9 @@ def recipe(results: dict[str, Any], method: str = "evopress") -> list[str]:
 
     One anchored regex per tensor kind and type (``^blk\\.(0|4|7)\\.attn_v\\.weight$=q6_k``; llama-quantize
     lower-cases patterns and takes the first that matches, so the patterns never overlap), and one per searched
-    tensor outside the layers (``^token_embd\\.weight$=q8_0``, ``^output\\.weight$=q6_k``).
+    tensor outside the layers (``^token_embd\\.weight$=q8_0``, ``^output\\.weight$=q6_k``). With the run's
+    ``kept_tensors`` (the 2-D tensors it copied from the source), one per kept tensor giving it its source type:
+    llama-quantize copies a tensor asked for in its own type, so they stay as the export has them.
 
     Raises:
         ValueError: ``results`` is not a ``gguf`` run's, or has no method of that name.
@@ -323,6 +367,8 @@ def recipe(results: dict[str, Any], method: str = "evopress") -> list[str]:
     for (kind, qtype), layers in sorted(groups.items(), key=lambda kv: (kv[0][0], min(kv[1]))):
         alt = "|".join(str(i) for i in sorted(layers))
         lines.append(f"--tensor-type '^blk\\.({alt})\\.{kind}\\.weight$={qtype.lower()}'")
+    for name, qtype in sorted((results.get("kept_tensors") or {}).items()):
+        lines.append(f"--tensor-type '^{re.escape(name)}$={str(qtype).lower()}'")
     return lines
 
 
@@ -341,6 +387,17 @@ def _recipe_cmd(args: argparse.Namespace) -> int:
         f"# {args.name}: {m['bits_per_weight']:.4f} bits per weight over the searched tensors; "
         f"types as written in {run / 'model.gguf'} (llama.cpp's row-length fallbacks already applied)"
     )
+    source = (results.get("source") or {}).get("file", "SOURCE.gguf")
+    imatrix = run / "imatrix.dat"
+    with_im = f"--imatrix {imatrix} " if imatrix.is_file() else ""
+    print(
+        f"# with your llama.cpp: llama-quantize --allow-requantize {with_im}OVERRIDES {source} OUT.gguf Q4_K_M "
+        "(every 2-D tensor has an override, so the mix named last only labels the file)"
+    )
+    if with_im:
+        print(f"# {imatrix}: the importance matrix the search quantized with (llama.cpp's legacy format)")
+    else:
+        print("# the run left no imatrix.dat: the overrides give its types, quantized with your own imatrix")
     print(" \\\n".join(lines))
     return 0
 

@@ -323,6 +323,20 @@ class GGUFProblem(WeightLevelProblem):
         with safe_open(str(f), framework="np") as h:
             return np.asarray(h.get_tensor(f"{name}/{self.db_level(unit, level)}/data"))
 
+    def imatrix_of(self, unit: int) -> np.ndarray | None:
+        """The importance matrix (fp32, per input channel) a decoder linear's variants were quantized with; ``None``
+        for the extra tensors (quantized without one), without ``imatrix``, or from a database that predates it."""
+        if unit >= self.n_linear or self.spec["method"] != "ggml-imatrix":
+            return None
+        from safetensors import safe_open
+
+        name = self.unit_names[unit]
+        layer = self.db.manifest["units"][name]["layer"]
+        f = self.db.root / self.db.manifest["layers"][str(layer)]["file"]
+        with safe_open(str(f), framework="np") as h:
+            key = f"{name}/0/imatrix"
+            return np.asarray(h.get_tensor(key), dtype=np.float32) if key in set(h.keys()) else None
+
     def _describe_extra(self) -> dict[str, Any]:
         out = super()._describe_extra()
         if self.extra_tensors:  # a run without them keeps the identity it had

@@ -705,11 +705,69 @@ def test_levelsearch_export_rebuilds_a_gguf_run_with_its_types_tol_byte_budget_a
     assert [written[g] for g in res["gguf_tensors"]] == evo["types"]
     capsys.readouterr()
     assert main(["gguf-recipe", str(out)]) == 0
-    assert "^token_embd\\.weight$" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "^token_embd\\.weight$" in printed and f"--imatrix {out / 'imatrix.dat'}" in printed
+    layers = {g for g in res["gguf_tensors"] if g.startswith("blk.")}
+    assert read_legacy_imatrix(out / "imatrix.dat")[0].keys() == layers
     assert "--format dense does not fit the run's method gguf" in _compress_err(
         ["export", str(out), "--format", "dense"], capsys
     )
     assert main(["export", str(out)]) == 0  # the same types, band, byte budget and tensors: the search's problem
     assert (out / "model-gguf" / "model.gguf").read_bytes() == (out / "model.gguf").read_bytes()
+    assert (out / "model-gguf" / "imatrix.dat").read_bytes() == (out / "imatrix.dat").read_bytes()
     again = json.loads((out / "results.json").read_text())
     assert again["exports"]["gguf"]["max_abs_logit_diff"] <= 1e-3
+
+
+# ---------------------------------------------------------------------- the importance matrix, for llama-quantize
+def read_legacy_imatrix(path):
+    """llama.cpp's legacy imatrix file as llama-quantize reads it: ``({name: values / ncall}, chunks, dataset)``."""
+    import struct
+
+    raw = Path(path).read_bytes()
+    at = 0
+
+    def take(fmt):
+        nonlocal at
+        got = struct.unpack_from(fmt, raw, at)
+        at += struct.calcsize(fmt)
+        return got
+
+    (n,) = take("<i")
+    out, names = {}, []
+    for _ in range(n):
+        (length,) = take("<i")
+        name = raw[at : at + length].decode()
+        at += length
+        ncall, nval = take("<ii")
+        values = np.frombuffer(raw, dtype="<f4", count=nval, offset=at).copy()
+        at += 4 * nval
+        out[name] = values / np.float32(ncall) if ncall > 0 else values
+        names.append(name)
+    chunks, length = take("<ii")
+    dataset = raw[at : at + length].decode()
+    assert at + length == len(raw) and names == sorted(names)
+    return out, chunks, dataset
+
+
+def test_the_imatrix_the_search_quantized_with_is_written_in_llama_cpps_legacy_format(tiny_extra, monkeypatch):
+    from levelsearch.adapters.gguf_export import write_imatrix
+
+    problem, root = tiny_extra
+    (root / "im").mkdir()
+    info = write_imatrix(problem, root / "im" / "imatrix.dat")
+    assert info["written"] and info["entries"] == problem.n_linear == 14
+    values, chunks, dataset = read_legacy_imatrix(root / "im" / "imatrix.dat")
+    assert set(values) == {problem.gguf_names[u] for u in problem.unit_names[: problem.n_linear]}
+    assert "token_embd.weight" not in values and "output.weight" not in values  # quantized without, as llama.cpp
+    assert chunks == problem.calibration.n_seq and dataset == "pydoc_data.topics"
+    for u in range(problem.n_linear):
+        im = values[problem.gguf_names[problem.unit_names[u]]]
+        assert im.dtype == np.float32 and np.array_equal(im, problem.imatrix_of(u))
+        # the values used: quantizing the weight with them gives the search's bytes (Q4_K weighs with an imatrix)
+        k = problem.unit_types[u].index("Q4_K")
+        w = problem._dense[u].numpy()
+        assert np.array_equal(gt.quantize(w, "Q4_K", im), problem.variant_bytes(u, k))
+    monkeypatch.setattr(type(problem), "imatrix_of", lambda self, u: None)
+    assert not write_imatrix(problem, root / "im" / "none.dat")["written"]
+    assert not (root / "im" / "none.dat").exists()

@@ -210,9 +210,14 @@ class GGUFCodec(WeightCodec):
         return variant.qtype == eff and variant.data.shape[1] == row_bytes(eff, variant.n_per_row)
 
     def encode(self, variant: Any) -> dict[str, Any]:
+        """The ggml bytes (``data``) and, when one weighted them, the importance matrix (``imatrix``, fp32 per
+        input channel: what ``OUT/imatrix.dat`` gives llama-quantize)."""
         import torch
 
-        return {"data": torch.from_numpy(np.ascontiguousarray(variant.data))}
+        parts = {"data": torch.from_numpy(np.ascontiguousarray(variant.data))}
+        if variant.imatrix is not None:
+            parts["imatrix"] = torch.from_numpy(np.array(variant.imatrix, dtype=np.float32))  # a copy per level
+        return parts
 
     def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
         import torch
@@ -354,20 +359,27 @@ class GGUFCodec(WeightCodec):
 
         return plot_types(problem, assignments, path, methods)
 
-    def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
-        return problem.dp_levels()
+    def dp_levels(self, problem: Any, *, seed: int, errors: np.ndarray | None = None) -> np.ndarray:
+        if errors is None:
+            return problem.dp_levels()  # imatrix-weighted errors
+        from levelsearch import solve_additive
+
+        return solve_additive(problem.space, np.nan_to_num(errors, nan=np.inf))[0]
 
     # ------------------------------------------------------------------ export
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
-        """``OUT/model.gguf`` (for ``out`` = ``OUT/model``): the source file, the searched tensors in their types."""
+        """``OUT/model.gguf`` (for ``out`` = ``OUT/model``): the source file, the searched tensors in their types;
+        beside it ``OUT/imatrix.dat``, the importance matrix the search quantized with, in llama.cpp's legacy
+        format (for ``llama-quantize --imatrix`` with ``levelsearch gguf-recipe``'s overrides)."""
         from pathlib import Path
 
-        from ..gguf_export import write_gguf
+        from ..gguf_export import write_gguf, write_imatrix
 
         self._info = dict(info or {})
         t0 = time.perf_counter()
         path = write_gguf(problem, levels, Path(out).with_suffix(".gguf"))
         self._info["write_seconds"] = time.perf_counter() - t0
+        self._info["imatrix"] = write_imatrix(problem, path.with_name("imatrix.dat"))
         return path
 
     def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
