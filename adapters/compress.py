@@ -272,6 +272,13 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--database", help="sparsity/quant/joint: variant database directory (default: under the cache)")
     p.add_argument("--random-n", type=int, help="sparsity/quant/joint: size of the best-of-N random baseline (16)")
+    p.add_argument(
+        "--estimates",
+        choices=["fisher", "layer"],
+        help="sparsity/quant/joint: the per-unit error estimates EvoPress starts from and screens with: fisher "
+        "(default; one forward and backward pass over the search pool, counted in the search's tokens; adds "
+        "the dp-fisher baseline) or layer (the variant database's normalised layer errors, free)",
+    )
     p.add_argument("--types", help="gguf: comma list of ggml quant types (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0)")
     p.add_argument(
         "--tol",

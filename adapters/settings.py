@@ -7,8 +7,8 @@
 
 A YAML config has the same keys (``-`` or ``_``), and so do the CLI options (``--search-minutes``).
 Keys a codec does not use are ignored by it (``whole_blocks`` and ``budget`` are ``drop``'s;
-``search_tokens``, ``database`` and ``random_n`` the weight codecs'), except ``tol``, ``target_bytes`` and
-``extra_tensors`` (``gguf``'s): a method that does not take them refuses them.
+``search_tokens``, ``database``, ``random_n`` and ``estimates`` the weight codecs'), except ``tol``,
+``target_bytes`` and ``extra_tensors`` (``gguf``'s): a method that does not take them refuses them.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class CompressSettings:
         format: the format ``OUT/model`` is written in (default: the method's first; the names of
             ``levelsearch export --format``, :data:`~levelsearch.adapters.formats.FORMATS`).
         search_tokens, database, random_n: weight codecs' fitness pool, database directory, random baseline size.
+        estimates: weight codecs' per-unit error estimates (EvoPress's prior and the ``dp-fisher`` baseline):
+            ``fisher`` (default) or ``layer`` (:class:`~levelsearch.adapters.weightsearch.WeightLevelProblem`).
         types: ``gguf``'s ggml quant types (a list or ``"Q2_K,Q4_K,..."``; default Q2_K..Q6_K, Q8_0).
         tol: ``gguf``'s band width, a fraction of the budget in (0, 0.5) (default 0.005: the band is
             ``[target·(1−tol), target]``); other methods refuse it.
@@ -79,6 +81,7 @@ class CompressSettings:
     search_tokens: int | None = None
     database: str | None = None
     random_n: int = 16
+    estimates: str = "fisher"
     types: list[str] | str | None = None
     tol: float | str | None = None
     target_bytes: int | str | None = None

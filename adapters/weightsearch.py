@@ -33,9 +33,21 @@ from .layerwise import LayerwiseProblem
 from .models import DEFAULT_MODEL
 from .units import unit_weight
 
-__all__ = ["WeightLevelProblem", "DENSE", "dp_levels", "random_levels", "export_levels", "verify_levels_export"]
+__all__ = [
+    "ESTIMATES",
+    "WeightLevelProblem",
+    "DENSE",
+    "dp_levels",
+    "random_levels",
+    "export_levels",
+    "verify_levels_export",
+]
 
 DENSE = None  # a candidate standing for the uncompressed model in :meth:`WeightLevelProblem.score`
+
+
+#: what :meth:`WeightLevelProblem.unit_errors` can measure (``estimates=``)
+ESTIMATES = ("fisher", "layer")
 
 
 class WeightLevelProblem(LayerwiseProblem):
@@ -51,7 +63,7 @@ class WeightLevelProblem(LayerwiseProblem):
         options: the codec's level options (the keys of its
             :attr:`~levelsearch.adapters.codecs.WeightCodec.default_spec`) and budget options (of its
             :attr:`~levelsearch.adapters.codecs.WeightCodec.budget_defaults`); ``database``, ``progress``,
-            ``search_tokens`` (see :meth:`_setup`); and the model and data settings of
+            ``search_tokens``, ``estimates`` (see :meth:`_setup`); and the model and data settings of
             :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data`.
 
     A named problem kind is a subclass that sets :attr:`codec_name` and :attr:`default_target` and nothing
@@ -137,6 +149,7 @@ class WeightLevelProblem(LayerwiseProblem):
         database: str | None = None,
         progress: bool = True,
         search_tokens: int | None = None,
+        estimates: str = "fisher",
         **options: Any,
     ) -> None:
         """Load the model and data, then ``make_spec(model module)`` (checks the settings before anything
@@ -149,9 +162,19 @@ class WeightLevelProblem(LayerwiseProblem):
             progress: progress bars while building the database (default on).
             search_tokens: fitness uses only the first ``search_tokens`` tokens of the calibration
                 pool (default: all); the database's statistics always use the whole pool.
+            estimates: what :meth:`unit_errors` measures: ``"fisher"`` (default: K-FAC Fisher-weighted KL
+                estimates on the search pool, :mod:`~levelsearch.adapters.fisher`; one forward and one
+                backward pass over the pool, counted in :attr:`n_forward_tokens` as three forwards) or
+                ``"layer"`` (the database's normalised layer errors: free, much weaker; the ``dp``
+                baseline's input either way).
             options: the model and data: see
                 :meth:`~levelsearch.adapters.layerwise.LayerwiseProblem._setup_model_and_data`.
         """
+        if estimates not in ESTIMATES:
+            raise ValueError(f"estimates {estimates!r}: choose one of {', '.join(ESTIMATES)}")
+        self.estimates = estimates
+        self._progress = bool(progress)
+        self.fisher_tokens = 0  # token-equivalents the Fisher estimates took (once measured)
         self._setup_model_and_data(model or DEFAULT_MODEL, **options)
         self.spec = make_spec(self.model)
         if not hasattr(self, "codec"):
@@ -269,7 +292,19 @@ class WeightLevelProblem(LayerwiseProblem):
         return DENSE
 
     def _measure_unit_errors(self) -> np.ndarray:
-        """Per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (from the database)."""
+        """Per-unit, per-level KL estimates: Fisher-weighted (``estimates="fisher"``, their tokens counted in
+        :attr:`n_forward_tokens`) or the database's normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)``."""
+        if self.estimates == "layer":
+            return self.db.errors()
+        from .fisher import fisher_estimates
+
+        est, tokens = fisher_estimates(self, progress=self._progress)
+        self.n_forward_tokens += tokens
+        self.fisher_tokens = tokens
+        return est
+
+    def layer_errors(self) -> np.ndarray:
+        """The database's per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (free)."""
         return self.db.errors()
 
     # ------------------------------------------------------------------ export
@@ -304,9 +339,10 @@ def verify_levels_export(problem: WeightLevelProblem, levels: np.ndarray, out: s
     return problem.verify_export(levels, out, n_seq)
 
 
-def dp_levels(problem: WeightLevelProblem) -> np.ndarray:
-    """Knapsack DP on per-unit normalised output errors, assumed additive."""
-    errors = problem.unit_errors()
+def dp_levels(problem: WeightLevelProblem, errors: np.ndarray | None = None) -> np.ndarray:
+    """Knapsack DP on per-unit errors, assumed additive: ``errors`` (default: the database's normalised
+    output errors, :meth:`WeightLevelProblem.layer_errors`)."""
+    errors = problem.layer_errors() if errors is None else errors
     return solve_additive(problem.space, np.nan_to_num(errors, nan=np.inf))[0]
 
 

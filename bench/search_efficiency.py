@@ -190,7 +190,7 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=45, help="evopress-ref's generations (the demo's 45)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
-        "--max-tokens", type=float, default=None, help="token cap of the new optimizer when no reference result exists"
+        "--max-tokens", type=float, default=None, help="the new optimizer's token cap (default: the reference's)"
     )
     ap.add_argument("--ref-dir", default=None, help="where evopress-ref's results are (default: --out)")
     ap.add_argument("--options", default="{}", help="extra options of the new optimizer, as YAML (an ablation)")
@@ -221,7 +221,7 @@ def main() -> None:
                 r = _run(problem, heur, name, seed, out, args.generations, None, None, resume=args.resume)
             else:
                 target = None if ref is None else ref["calibration_kl"]
-                cap = args.max_tokens if ref is None else ref["tokens"]
+                cap = args.max_tokens if args.max_tokens is not None or ref is None else ref["tokens"]
                 extra = yaml.safe_load(args.options) or {}
                 r = _run(problem, heur, name, seed, out, 10 * args.generations, target, cap, extra, args.resume)
             row = {k: v for k, v in r.items() if k != "trace"}

@@ -33,6 +33,7 @@ SETTINGS = dict(
     generations=2,
     optimizer="evopress-ref",
     export=False,
+    estimates="layer",  # the per-unit estimates of b673fc1 (the Fisher ones add a baseline, dp-fisher, since)
 )
 TARGETS = {"drop": 0.5, "sparsity": 0.5, "quant": 3, "joint": 3}
 

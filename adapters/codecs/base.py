@@ -217,18 +217,21 @@ class WeightCodec(Codec):
     def uniform_levels(self, problem: Any) -> np.ndarray | None:
         """The uniform baseline: of the assignments with one level index everywhere that meet the budget,
         the one with the lowest mean unit error; ``None`` when none meets it."""
-        errors = np.nanmean(problem.unit_errors(), axis=0)
+        errors = np.nanmean(
+            problem.layer_errors() if hasattr(problem, "layer_errors") else problem.unit_errors(), axis=0
+        )
         for k in np.argsort(errors):
             lv = np.full(problem.space.n_units, int(k), dtype=np.int64)
             if problem.space.is_feasible(lv):
                 return lv
         return None
 
-    def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
-        """The DP baseline: knapsack on the problem's per-unit errors (assumed additive)."""
+    def dp_levels(self, problem: Any, *, seed: int, errors: np.ndarray | None = None) -> np.ndarray:
+        """The DP baseline: knapsack on per-unit errors (assumed additive): ``errors``, by default the
+        database's normalised output errors."""
         from ..weightsearch import dp_levels
 
-        return dp_levels(problem)
+        return dp_levels(problem, errors)
 
     # ------------------------------------------------------------------ variants
     @abstractmethod
@@ -302,8 +305,10 @@ class WeightCodec(Codec):
         return t
 
     def run_baselines(self, problem: Any, settings: Settings, cache: Any, tag: dict[str, str]) -> dict[str, Any]:
-        """Uniform (when the target has one), the codec's own, DP on the per-unit errors, and best-of-N
-        random when no uniform exists; their calibration KL on the whole search pool."""
+        """Uniform (when the target has one), the codec's own, DP on the database's normalised errors (``dp``)
+        and on the problem's Fisher estimates (``dp-fisher``, when it measures them: they are the
+        optimizer's prior too), and best-of-N random when no uniform exists; their calibration KL on the
+        whole search pool."""
         import time
 
         from ..weightsearch import random_levels
@@ -319,6 +324,14 @@ class WeightCodec(Codec):
             base[name] = {"levels": levels, "seconds": time.perf_counter() - t, **chosen}
             t = time.perf_counter()
         base["dp"] = {"levels": self.dp_levels(problem, seed=seed), "seconds": time.perf_counter() - t}
+        if getattr(problem, "estimates", None) == "fisher":
+            t = time.perf_counter()
+            lv = self.dp_levels(problem, seed=seed, errors=problem.unit_errors())
+            base["dp-fisher"] = {
+                "levels": lv,
+                "seconds": time.perf_counter() - t,
+                "forward_tokens": problem.fisher_tokens,
+            }
         if uni is None:
             t = time.perf_counter()
             lv = random_levels(problem, n=int(settings.get("random_n", 16)), fidelity=fid, seed=seed)
@@ -374,6 +387,7 @@ def problem_settings(settings: Settings) -> dict[str, Any]:
         **model_and_data_settings(settings),
         database=settings.get("database"),
         search_tokens=settings.get("search_tokens"),
+        estimates=settings.get("estimates") or "fisher",
         progress=bool(settings["progress"]),
     )
 

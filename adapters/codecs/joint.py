@@ -109,8 +109,8 @@ class JointCodec(WeightCodec):
     def check_target(self, settings: Settings) -> float:
         return target_in(settings, 1.0, 8.0, "the memory budget in bits per weight (e.g. 3)")
 
-    def dp_levels(self, problem: Any, *, seed: int) -> np.ndarray:
-        return joint_dp_levels(problem, seed=seed)
+    def dp_levels(self, problem: Any, *, seed: int, errors: np.ndarray | None = None) -> np.ndarray:
+        return joint_dp_levels(problem, seed=seed, errors=errors)
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
         pairs = [problem.db.values(n)[int(lv)] for n, lv in zip(problem.unit_names, levels)]
@@ -118,8 +118,11 @@ class JointCodec(WeightCodec):
         return {**super().summary(problem, levels), "sparsity_bits": sb}
 
 
-def joint_dp_levels(problem: Any, resolution: float = 0.01, seed: int = 0) -> np.ndarray:
-    """DP on normalised output errors with costs rounded to ``resolution`` bits per weight of the model.
+def joint_dp_levels(
+    problem: Any, resolution: float = 0.01, seed: int = 0, errors: np.ndarray | None = None
+) -> np.ndarray:
+    """DP on per-unit errors (default: the database's normalised output errors) with costs rounded to
+    ``resolution`` bits per weight of the model.
 
     The rounded problem is solved exactly (knapsack), then the result is repaired into the
     true band (a few level moves at most).
@@ -133,7 +136,8 @@ def joint_dp_levels(problem: Any, resolution: float = 0.01, seed: int = 0) -> np
     hi = np.floor(problem.target * total_w / step)
     lo = np.ceil((problem.target - tol) * total_w / step)
     shadow = LevelSpace([len(c) for c in costs], costs=[c.tolist() for c in costs], total=hi, tol=max(0.0, hi - lo))
-    lv, _ = solve_additive(shadow, np.nan_to_num(problem.unit_errors(), nan=np.inf))
+    errors = problem.layer_errors() if errors is None else errors
+    lv, _ = solve_additive(shadow, np.nan_to_num(errors, nan=np.inf))
     if problem.space.is_feasible(lv):
         return lv
     return problem.space.repair(lv, np.random.default_rng(seed))
