@@ -618,6 +618,18 @@ def test_a_searched_embedding_and_head_export_and_reload_to_the_searched_logits(
         verify_gguf(problem, lv, path)
 
 
+def test_llama_cpp_runs_a_searched_embedding_and_head_as_we_do(tiny_extra):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'levelsearch[llama-cpp]')")
+    from levelsearch.adapters.gguf_export import llama_cpp_perplexity, write_gguf
+
+    problem, root = tiny_extra
+    lv = problem.space.sample(np.random.default_rng(3))
+    assert problem.types_of(lv)[-2:] != ["Q6_K", "Q6_K"]
+    path = write_gguf(problem, lv, root / "llama-extra" / "model.gguf")
+    ours = problem.heldout_report([lv])[0]["heldout_ppl"]
+    assert llama_cpp_perplexity(path, problem.heldout.tokens.numpy()) == pytest.approx(ours, rel=0.01)
+
+
 def test_a_tied_models_one_embedding_is_its_head_searched_and_exported_as_token_embd(tiny_tied):
     from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
 
