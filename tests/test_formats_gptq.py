@@ -205,6 +205,29 @@ def test_gptq_v2_holds_zero_points_of_zero_which_v1_refuses(problem, tmp_path, m
     assert any("vllm-project/vllm#26092" in line for line in meta["vllm"])
 
 
+def test_fused_shards_searched_at_different_bits_are_stored_at_the_widest(problem, tmp_path):
+    lv = planned_levels(problem)
+    searched = {"q_proj": 2, "k_proj": 3, "v_proj": 5, "gate_proj": 2, "up_proj": 4}
+    for u, name in enumerate(problem.unit_names):
+        if name.startswith("model.layers.0.") and name.rsplit(".", 1)[1] in searched:
+            lv[u] = BITS.index(searched[name.rsplit(".", 1)[1]])
+    path = write_gptq(problem, lv, tmp_path / "w", None)
+    assert check_export(problem, lv, path)["max_abs_logit_diff"] < 1e-4  # the same weights in wider fields
+    dyn = json.loads((path / "config.json").read_text())["quantization_config"]["dynamic"]
+    assert vllm_override(dyn, "model.layers.0.self_attn.qkv_proj") == {"bits": 8, "group_size": 32}
+    assert vllm_override(dyn, "model.layers.0.self_attn.q_proj") == {"bits": 8, "group_size": 32}
+    assert vllm_override(dyn, "model.layers.0.mlp.gate_up_proj") == {"bits": 4, "group_size": 32}
+    meta = json.loads((path / "levelsearch_compression.json").read_text())
+    assert meta["units"]["model.layers.0.self_attn.q_proj"]["bits"] == 2
+    assert meta["units"]["model.layers.0.self_attn.q_proj"]["stored_bits"] == 8
+    assert any("fused module's widest" in line for line in meta["vllm"])
+    as_searched = write_gptq(problem, lv, tmp_path / "s", None, widen_fused=False)
+    dyn = json.loads((as_searched / "config.json").read_text())["quantization_config"]["dynamic"]
+    assert vllm_override(dyn, "model.layers.0.self_attn.qkv_proj") is None  # no one scheme to give it
+    meta = json.loads((as_searched / "levelsearch_compression.json").read_text())
+    assert any("cannot load them" in line for line in meta["vllm"])
+
+
 def test_vllm_warnings_name_mixed_fused_shards_and_widened_bits():
     def unit(bits, stored=None):
         return {"bits": bits, "stored_bits": stored or bits, "stored_group_size": 128}

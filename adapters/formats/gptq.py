@@ -23,6 +23,9 @@ are exactly the searched ones. Where they cannot be written as they are:
 
 - **Bit-widths** vLLM's GPTQ kernels lack (1, 5, 6, 7) are stored at the next one they have (2 or 8):
   the same codes and grid in a wider field, so the same weights at more bits per weight.
+- **Fused shards**: vLLM fuses q/k/v and gate/up into one layer with one scheme; where the search gave the
+  shards different bit-widths, each is stored at the widest of them (its codes in a wider field: the same
+  weights, more bytes), so that the profile loads (``widen_fused=False`` writes them as searched).
 - **Group sizes**: vLLM needs the group size to divide a layer's input width; where the search's does not
   (SmolLM2's 576 = 4·128 + 64) the layer is written with the largest size that divides both (64) and each
   scale and zero point repeated, as the pack-quantized writer does.
@@ -37,8 +40,8 @@ base, and a ``dynamic`` map naming every module exactly (a ``+:`` regex anchored
 the fused modules vLLM builds (``qkv_proj``, ``gate_up_proj``) with their shards' scheme when the shards
 share one; every other linear of the decoder layers with ``-:`` (left dense). vLLM picks
 ``GPTQLinearMethod`` for it: Marlin (``gptq_marlin``) takes symmetric 4 and 8 bits only, and this grid is
-asymmetric. vLLM runs the method in fp16 only (``--dtype float16``), and fuses q/k/v and gate/up into
-one layer with one scheme: :func:`gptq_vllm_warnings` says when a profile breaks that.
+asymmetric. vLLM runs the method in fp16 only (``--dtype float16``); :func:`gptq_vllm_warnings` says what
+of the above a profile needed, or what keeps vLLM from loading it.
 """
 
 from __future__ import annotations
@@ -137,10 +140,12 @@ def write_gptq(
     info: dict[str, Any] | None,
     *,
     checkpoint_format: str | None = None,
+    widen_fused: bool = True,
 ) -> Path:
     """Write a quant problem's model at ``levels`` as a GPTQ checkpoint (see the module docstring).
 
     ``checkpoint_format``: ``"gptq"`` (v1) or ``"gptq_v2"``; default v1 unless a zero point is 0.
+    ``widen_fused``: store the shards vLLM fuses (q/k/v, gate/up) at their widest shard's bit-width.
 
     Raises:
         ValueError: one line, when the run has no bit-widths, a layer's width does not fill the int32
@@ -163,10 +168,13 @@ def write_gptq(
     packed: dict[str, dict[str, torch.Tensor]] = {}
     zeros_of: dict[str, torch.Tensor] = {}
     per_unit: dict[str, Any] = {}
+    bits_of = {name: _bits_of(problem.db.values(name)[int(lv[u])]) for u, name in enumerate(problem.unit_names)}
+    width = {name: stored_bits(b) for name, b in bits_of.items()}
+    if widen_fused:
+        width = _widen_fused(width)
     for u, name in enumerate(problem.unit_names):
         level = int(lv[u])
-        bits = _bits_of(problem.db.values(name)[level])
-        sb = stored_bits(bits)
+        bits, sb = bits_of[name], width[name]
         rows, cols = problem.db.shape(name)
         if (cols * sb) % 32 or (rows * sb) % 32:
             need = 32 // math.gcd(32, sb)
@@ -237,6 +245,19 @@ def write_gptq(
     return _write_meta(path, "gptq", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
 
 
+def _widen_fused(width: dict[str, int]) -> dict[str, int]:
+    """``width`` with the shards of each fused module vLLM builds (all of them units) at their widest bit-width."""
+    out = dict(width)
+    for shards in _FUSED.values():
+        heads = {n.rpartition(".")[0] for n in width if n.rpartition(".")[2] in shards}
+        for head in heads:
+            names = [f"{head}.{s}" for s in shards]
+            if all(n in width for n in names):
+                top = max(width[n] for n in names)
+                out.update({n: top for n in names})
+    return out
+
+
 def _fused_schemes(schemes: dict[str, Any]) -> dict[str, set[Any]]:
     """vLLM's fused module names (``…self_attn.qkv_proj``) whose shards are all units, each with the set of
     its shards' schemes (one element: vLLM can load it)."""
@@ -255,10 +276,16 @@ def gptq_vllm_warnings(units: dict[str, dict[str, Any]], checkpoint_format: str 
     fused shards (q/k/v, gate/up) in different schemes or not all quantized, the v2 zero points. Empty
     when none."""
     out = []
-    wider = sorted({(u["bits"], u["stored_bits"]) for u in units.values() if u["bits"] != u["stored_bits"]})
-    if wider:
-        pairs = ", ".join(f"{b} as {s}" for b, s in wider)
+    lacking = sorted({(u["bits"], stored_bits(u["bits"])) for u in units.values() if u["bits"] not in VLLM_GPTQ_BITS})
+    if lacking:
+        pairs = ", ".join(f"{b} as {s}" for b, s in lacking)
         out.append(f"bit-widths vLLM's gptq kernels lack are stored wider ({pairs} bits): the same weights, larger")
+    widened = [n for n, u in units.items() if u["stored_bits"] > stored_bits(u["bits"])]
+    if widened:
+        out.append(
+            f"{len(widened)} q/k/v or gate/up shards (first: {widened[0]}) are stored at their fused module's widest "
+            "bit-width, as vLLM runs one scheme per fused module: the same weights, larger"
+        )
     schemes = {n: (u["stored_bits"], u["stored_group_size"]) for n, u in units.items()}
     for fused, shards in _FUSED.items():
         mixed = [f for f, s in _fused_schemes(schemes).items() if f.endswith("." + fused) and len(s) > 1]
