@@ -197,12 +197,44 @@ def test_gptq_v2_holds_zero_points_of_zero_which_v1_refuses(problem, tmp_path, m
         return out
 
     monkeypatch.setattr(ctensors, "_parts", with_a_zero_point_of_zero)
-    with pytest.raises(ValueError, match="zero point is 0, which the v1 gptq checkpoint_format cannot hold"):
+    with pytest.raises(ValueError, match="8-bit codes and a zero point of 0, which the v1 gptq checkpoint_format"):
         write_gptq(problem, lv, tmp_path / "v1", None, checkpoint_format="gptq")
     auto = write_gptq(problem, lv, tmp_path / "auto", None)
     assert json.loads((auto / "config.json").read_text())["quantization_config"]["checkpoint_format"] == "gptq_v2"
     meta = json.loads((auto / "levelsearch_compression.json").read_text())
     assert any("vllm-project/vllm#26092" in line for line in meta["vllm"])
+
+
+def test_v1_holds_a_zero_point_of_zero_as_codes_plus_one_in_a_wider_field(problem, tmp_path, monkeypatch):
+    from levelsearch.adapters import load_compressed
+    from levelsearch.adapters.formats import ctensors
+    from levelsearch.adapters.kernels.grid import Quantized, unpack_codes
+
+    lv = planned_levels(problem)
+    parts = ctensors._parts
+    flat = ("model.layers.1.mlp.down_proj", "model.layers.0.self_attn.k_proj")  # 3 bits; k: a q/k/v shard
+
+    def patched(db, unit, level, names):
+        out = dict(parts(db, unit, level, names))
+        if unit in flat:
+            out["zeros"] = out["zeros"].clone()
+            out["zeros"][1, 0] = 0
+        return out
+
+    monkeypatch.setattr(ctensors, "_parts", patched)
+    path = write_gptq(problem, lv, tmp_path / "v1", None)
+    qcfg = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert qcfg["checkpoint_format"] == "gptq"
+    meta = json.loads((path / "levelsearch_compression.json").read_text())
+    model = load_compressed(path)
+    for name in flat:
+        u = problem.unit_names.index(name)
+        p = patched(problem.db, name, int(lv[u]), ("codes", "scales", "zeros"))
+        assert meta["units"][name]["groups_shifted"] == 1 and meta["units"][name]["stored_bits"] == 4
+        q = Quantized(3, 32, unpack_codes(p["codes"].numpy(), 3, problem.db.shape(name)), p["scales"], p["zeros"])
+        assert torch.equal(model.get_submodule(name).weight, q.dequantize())  # scale · (code − 0), exactly
+    assert vllm_override(qcfg["dynamic"], "model.layers.0.self_attn.qkv_proj") == {"bits": 4, "group_size": 32}
+    assert any("zero point of 0" in line for line in meta["vllm"])
 
 
 def test_fused_shards_searched_at_different_bits_are_stored_at_the_widest(problem, tmp_path):

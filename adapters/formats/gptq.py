@@ -29,8 +29,10 @@ are exactly the searched ones. Where they cannot be written as they are:
 - **Group sizes**: vLLM needs the group size to divide a layer's input width; where the search's does not
   (SmolLM2's 576 = 4·128 + 64) the layer is written with the largest size that divides both (64) and each
   scale and zero point repeated, as the pack-quantized writer does.
-- **Zero point 0**: v1 stores ``zero − 1`` and cannot hold 0 (its kernels read back ``2^b``). When a unit
-  has one, the whole checkpoint is written as ``gptq_v2``, which vLLM reads since
+- **Zero point 0**: v1 stores ``zero − 1`` and cannot hold 0 (its kernels read back ``2^b``). Such a
+  group is written as codes + 1 with zero point 1 (the same weights), its unit one bit-width wider where
+  its codes filled their field (SmolLM2 at 3 bits: 3 groups of 898,560). Only 8-bit codes cannot be
+  widened: then the whole checkpoint is ``gptq_v2`` (zero points as they are), which vLLM reads since
   vllm-project/vllm#26092; older vLLM releases would misread it.
 
 **Config.** ``config.json`` gets ``quantization_config``: ``quant_method: gptq``, ``sym: false``,
@@ -144,12 +146,13 @@ def write_gptq(
 ) -> Path:
     """Write a quant problem's model at ``levels`` as a GPTQ checkpoint (see the module docstring).
 
-    ``checkpoint_format``: ``"gptq"`` (v1) or ``"gptq_v2"``; default v1 unless a zero point is 0.
+    ``checkpoint_format``: ``"gptq"`` (v1) or ``"gptq_v2"``; default v1 unless an 8-bit unit has a zero
+    point of 0.
     ``widen_fused``: store the shards vLLM fuses (q/k/v, gate/up) at their widest shard's bit-width.
 
     Raises:
         ValueError: one line, when the run has no bit-widths, a layer's width does not fill the int32
-            words of its bit-width, or v1 is asked for with a zero point of 0.
+            words of its bit-width, or v1 is asked for with an 8-bit unit's zero point of 0.
     """
     from ..kernels.grid import unpack_codes
     from ..models import save_model
@@ -165,36 +168,58 @@ def write_gptq(
     scale_dtype = torch.float32 if dtype == torch.float32 else torch.float16
     state = dict(problem.model.state_dict())
     gs = problem.spec.get("group_size", 128)
-    packed: dict[str, dict[str, torch.Tensor]] = {}
-    zeros_of: dict[str, torch.Tensor] = {}
-    per_unit: dict[str, Any] = {}
-    bits_of = {name: _bits_of(problem.db.values(name)[int(lv[u])]) for u, name in enumerate(problem.unit_names)}
+    grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
+    bits_of: dict[str, int] = {}
+    for u, name in enumerate(problem.unit_names):  # the search's grids, in groups that divide the width
+        bits = bits_of[name] = _bits_of(problem.db.values(name)[int(lv[u])])
+        rows, cols = problem.db.shape(name)
+        p = _parts(problem.db, name, int(lv[u]), ("codes", "scales", "zeros"))
+        codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))  # uint8 until written
+        scales, zeros = p["scales"], p["zeros"].to(torch.int64)
+        group = cols if gs is None else (int(gs) if cols % int(gs) == 0 else math.gcd(int(gs), cols))
+        if gs is not None and group != gs:  # the search's groups as runs of smaller ones
+            idx = torch.arange(cols // group) * group // int(gs)
+            scales, zeros = scales[:, idx], zeros[:, idx]
+        grids[name] = (codes, scales, zeros, group)
+    has_zero = {n for n, g in grids.items() if bool((g[2] == 0).any())}
+    stuck = sorted(n for n in has_zero if bits_of[n] == 8)  # 8-bit codes with a zero point of 0: no wider field
+    fmt = checkpoint_format or ("gptq_v2" if stuck else "gptq")
+    if fmt == "gptq" and stuck:
+        raise ValueError(
+            f"{stuck[0]} has 8-bit codes and a zero point of 0, which the v1 gptq checkpoint_format cannot hold; "
+            "use gptq_v2"
+        )
     width = {name: stored_bits(b) for name, b in bits_of.items()}
+    if fmt == "gptq":  # v1: a zero point of 0 becomes 1 with codes + 1, in a wider field where they filled theirs
+        for name in has_zero:
+            if width[name] == bits_of[name]:
+                width[name] = stored_bits(width[name] + 1)
     if widen_fused:
         width = _widen_fused(width)
+    per_unit: dict[str, Any] = {}
     for u, name in enumerate(problem.unit_names):
-        level = int(lv[u])
-        bits, sb = bits_of[name], width[name]
-        rows, cols = problem.db.shape(name)
+        level, bits, sb = int(lv[u]), bits_of[name], width[name]
+        codes, scales, zeros, group = grids.pop(name)
+        codes = codes.to(torch.int64)
+        rows, cols = codes.shape
         if (cols * sb) % 32 or (rows * sb) % 32:
             need = 32 // math.gcd(32, sb)
             raise ValueError(
                 f"{name} ({rows}x{cols}) cannot be written at {sb} bits in the gptq format: its input and "
                 f"output widths must be multiples of {need}; use --format pack-quantized"
             )
-        p = _parts(problem.db, name, level, ("codes", "scales", "zeros"))
-        codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))
-        scales, zeros = p["scales"], p["zeros"]
-        group = cols if gs is None else (int(gs) if cols % int(gs) == 0 else math.gcd(int(gs), cols))
-        if gs is not None and group != gs:  # the search's groups as runs of smaller ones
-            idx = torch.arange(cols // group) * group // int(gs)
-            scales, zeros = scales[:, idx], zeros[:, idx]
-        packed[name] = {
-            "qweight": pack_along_rows(codes.T, sb),
-            "scales": scales.T.to(scale_dtype).contiguous(),
-            "g_idx": (torch.arange(cols) // group).to(torch.int32),
-        }
-        zeros_of[name] = zeros.to(torch.int64)  # (out, groups)
+        g_idx = torch.arange(cols) // group
+        shifted = 0
+        if fmt == "gptq":
+            flat = zeros == 0  # (out, groups): scale · (code − 0) = scale · ((code + 1) − 1)
+            shifted = int(flat.sum())
+            codes = codes + flat[:, g_idx].to(torch.int64)
+            zeros = zeros + flat.to(torch.int64) - 1  # v1 stores zero − 1
+        state.pop(f"{name}.weight")
+        state[f"{name}.qweight"] = pack_along_rows(codes.T, sb)
+        state[f"{name}.qzeros"] = pack_along_rows(zeros, sb).T.contiguous()
+        state[f"{name}.scales"] = scales.T.to(scale_dtype).contiguous()
+        state[f"{name}.g_idx"] = g_idx.to(torch.int32)
         entry = problem.db.codec.export_entry(problem.spec, problem.db.values(name)[level], rows * cols)
         per_unit[name] = {
             "level": level,
@@ -203,18 +228,8 @@ def write_gptq(
             "stored_bits": sb,
             "stored_group_size": -1 if gs is None else group,
         }
-    has_zero = any(bool((z == 0).any()) for z in zeros_of.values())
-    fmt = checkpoint_format or ("gptq_v2" if has_zero else "gptq")
-    if fmt == "gptq" and has_zero:
-        raise ValueError("a zero point is 0, which the v1 gptq checkpoint_format cannot hold; use gptq_v2")
-    offset = 1 if fmt == "gptq" else 0
-    for name, tensors in packed.items():
-        sb = per_unit[name]["stored_bits"]
-        state.pop(f"{name}.weight")
-        state[f"{name}.qweight"] = tensors["qweight"]
-        state[f"{name}.qzeros"] = pack_along_rows(zeros_of[name] - offset, sb).T.contiguous()
-        state[f"{name}.scales"] = tensors["scales"]
-        state[f"{name}.g_idx"] = tensors["g_idx"]
+        if shifted:
+            per_unit[name]["groups_shifted"] = shifted
     schemes = {n: (u["stored_bits"], u["stored_group_size"]) for n, u in per_unit.items()}
     base_bits, base_group = Counter(schemes.values()).most_common(1)[0][0]
     dynamic: dict[str, dict[str, Any]] = {}
@@ -280,11 +295,20 @@ def gptq_vllm_warnings(units: dict[str, dict[str, Any]], checkpoint_format: str 
     if lacking:
         pairs = ", ".join(f"{b} as {s}" for b, s in lacking)
         out.append(f"bit-widths vLLM's gptq kernels lack are stored wider ({pairs} bits): the same weights, larger")
+    shifted = [n for n, u in units.items() if u.get("groups_shifted")]
+    if shifted:
+        groups = sum(units[n]["groups_shifted"] for n in shifted)
+        out.append(
+            f"{groups} groups of {len(shifted)} units (first: {shifted[0]}) have a zero point of 0, which v1 cannot "
+            "hold: written as codes + 1 with zero point 1 (the same weights), in a wider field where the codes "
+            "filled theirs"
+        )
     widened = [n for n, u in units.items() if u["stored_bits"] > stored_bits(u["bits"])]
     if widened:
         out.append(
-            f"{len(widened)} q/k/v or gate/up shards (first: {widened[0]}) are stored at their fused module's widest "
-            "bit-width, as vLLM runs one scheme per fused module: the same weights, larger"
+            f"{len(widened)} units (first: {widened[0]}) are stored wider than their bit-width: q/k/v or gate/up "
+            "shards at their fused module's widest (vLLM runs one scheme per fused module), or room for a zero "
+            "point of 0 in v1: the same weights, larger"
         )
     schemes = {n: (u["stored_bits"], u["stored_group_size"]) for n, u in units.items()}
     for fused, shards in _FUSED.items():
@@ -300,8 +324,8 @@ def gptq_vllm_warnings(units: dict[str, dict[str, Any]], checkpoint_format: str 
             out.append(f"only some of {'/'.join(shards)} are quantized in {sorted(partial)[0]}; vLLM refuses that")
     if checkpoint_format == "gptq_v2":
         out.append(
-            "checkpoint_format gptq_v2 (a zero point is 0, which v1 cannot hold): needs a vLLM with "
-            "vllm-project/vllm#26092; older ones misread the zero points"
+            "checkpoint_format gptq_v2 (zero points stored as they are): needs a vLLM with vllm-project/vllm#26092; "
+            "older ones misread the zero points"
         )
     return out
 
