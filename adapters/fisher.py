@@ -2,14 +2,17 @@
 
 To second order, the KL per token from the dense model to one whose unit holds ``W + ΔW`` is
 ``½ · vec(ΔW)ᵀ F vec(ΔW)``, where ``F`` is the Fisher information of the dense model's own predictive
-distribution (the Hessian of that KL at ``ΔW = 0``). Two approximations of ``F`` restricted to one unit:
+distribution (the Hessian of that KL at ``ΔW = 0``). Three approximations of ``F`` restricted to one unit,
+with ``x`` the unit's input and ``g`` the gradient at its output, per token:
 
-- ``"kfac"`` (the default): ``E[(g gᵀ) ⊗ (x xᵀ)] ≈ diag(E[g²]) ⊗ E[x xᵀ]`` with ``x`` the unit's input and ``g``
-  the gradient at its output, per token, so the estimate is ``½ · Σ_o E[g_o²] · (ΔW A ΔWᵀ)_oo`` with
-  ``A = E[x xᵀ]``. It keeps the input correlations that SparseGPT's and GPTQ's updates exploit (``A`` is
-  the layer Hessian they compensate with) and weighs each output by how much the model's predictions
-  depend on it: what the database's normalised layer errors ``tr(ΔW A ΔWᵀ)/tr(W A Wᵀ)`` leave out;
-- ``"diag"``: the diagonal of ``F``, ``½ · Σ F ⊙ ΔW²``.
+- ``"diag"``: the diagonal of ``F``, ``½ · Σ F ⊙ ΔW²``: each weight's change weighed by how much the
+  predictions depend on it, the changes taken as independent;
+- ``"kfac"``: ``E[(g gᵀ) ⊗ (x xᵀ)] ≈ diag(E[g²]) ⊗ E[x xᵀ]``, so ``½ · Σ_o E[g_o²] · (ΔW A ΔWᵀ)_oo`` with
+  ``A = E[x xᵀ]``: it keeps the input correlations that SparseGPT's and GPTQ's updates exploit (``A`` is the
+  layer Hessian they compensate with) but loses each weight's own scale within a row;
+- ``"hybrid"`` (the default): both, ``½ · Σ_o uₒ C uₒᵀ`` with ``uₒ = ΔWₒ ⊙ √Fₒ`` and ``C`` the correlation
+  matrix of the unit's inputs (``A`` normalised to a unit diagonal): the exact diagonal, K-FAC's correlations.
+  It equals ``"diag"`` when the changes are independent noise and follows ``"kfac"`` when they are correlated.
 
 Both are estimated without bias from one backward pass per sequence and label sample: labels ``y_t`` are
 drawn from the model at every position, and the gradient of ``Σ_t log p(y_t)`` at a unit's output (or
@@ -17,9 +20,9 @@ weight) squares to the sum of the per-position squares in expectation (a positio
 zero given the inputs, so cross terms vanish). The cost: one forward and one backward pass (counted as
 two forwards) per sequence and sample.
 
-Measured on SmolLM2-135M (``bench/fisher_prior.py``): dp on these estimates reaches a calibration KL of
-0.684 at 3 bits (uniform 0.882, dp on layer errors 1.084) and 1.361 at 70% sparsity (OWL 1.632, dp on
-layer errors 1.720), for 12,288 token-equivalents.
+Measured on SmolLM2-135M (``bench/fisher_prior.py``, 4,096 calibration tokens, 12,288 token-equivalents), the
+calibration KL of dp on each: 3 bits, diag 0.684, kfac 0.817, hybrid 0.682 (uniform 0.882, dp on the
+database's layer errors 1.084); 70% sparsity, diag 1.486, kfac 1.361 (OWL 1.632, dp on layer errors 1.720).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .units import unit_weight
 __all__ = ["FISHER_KINDS", "FisherStats", "fisher_stats", "fisher_estimates"]
 
 #: the approximations of the Fisher :func:`fisher_estimates` takes
-FISHER_KINDS = ("kfac", "diag")
+FISHER_KINDS = ("hybrid", "kfac", "diag")
 
 
 class FisherStats:
@@ -49,6 +52,9 @@ class FisherStats:
         """The KL estimate of unit ``i`` changed by ``delta`` (``out × in``)."""
         if self.kind == "diag":
             return 0.5 * float((self.diag[i] * delta.square()).sum())
+        if self.kind == "hybrid":
+            u = delta * self.diag[i].sqrt()
+            return 0.5 * float(((u @ self.a[i]) * u).sum())  # a: the input correlations here
         return 0.5 * float((self.g2[i] * ((delta @ self.a[i]) * delta).sum(1)).sum())
 
 
@@ -57,7 +63,7 @@ def fisher_stats(
     modules: list[Any],
     tokens: torch.Tensor,
     *,
-    kind: str = "kfac",
+    kind: str = "hybrid",
     samples: int = 1,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
@@ -76,8 +82,9 @@ def fisher_stats(
     for p in params:
         p.requires_grad_(True)
     shapes = [tuple(unit_weight(m).shape) for m in modules]  # out × in
+    need_a, need_diag = kind in ("kfac", "hybrid"), kind in ("diag", "hybrid")
     g2 = [torch.zeros(s[0]) for s in shapes] if kind == "kfac" else []
-    diag = [torch.zeros(s) for s in shapes] if kind == "diag" else []
+    diag = [torch.zeros(s) for s in shapes] if need_diag else []
     a: list[torch.Tensor] = []  # one per distinct input (q/k/v read one, gate/up one)
     a_of = [-1] * len(modules)
     outs: list[Any] = [None] * len(modules)
@@ -86,7 +93,7 @@ def fisher_stats(
     def hook(i: int) -> Any:
         def fn(_mod: Any, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             outs[i] = out
-            if kind != "kfac":
+            if not need_a:
                 return
             x = inp[0]
             key = (x.data_ptr(), tuple(x.shape))
@@ -125,16 +132,22 @@ def fisher_stats(
         for p, r in zip(model.parameters(), was):
             p.requires_grad_(r)
     n = tokens.numel()
+    if kind == "hybrid":  # the input correlation matrix: the diagonal Fisher carries the scales
+        corr = []
+        for x in a:
+            d = x.diagonal().clamp_min(1e-30).rsqrt()
+            corr.append(x * d[:, None] * d[None, :])
+        a = corr
     return FisherStats(
         kind,
         [g / (n * samples) for g in g2],
-        [a[j] / n for j in a_of] if kind == "kfac" else [],
+        [a[j] / n if kind == "kfac" else a[j] for j in a_of] if need_a else [],
         [d / (n * samples) for d in diag],
     )
 
 
 def fisher_estimates(
-    problem: Any, *, kind: str = "kfac", samples: int = 1, seed: int = 0, progress: bool = False
+    problem: Any, *, kind: str = "hybrid", samples: int = 1, seed: int = 0, progress: bool = False
 ) -> tuple[np.ndarray, int]:
     """``(n_units, max_levels)`` Fisher KL estimates of a weight-codec problem's variants (nan-padded), on its
     search pool, and the token-equivalents spent (the forward tokens, each backward pass counted as two).

@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--task", choices=["quant", "sparsity"], required=True)
     ap.add_argument("--samples", type=int, default=1, help="label samples per sequence")
     ap.add_argument("--kinds", nargs="+", default=["kfac", "diag"], help="Fisher approximations")
+    ap.add_argument("--load", action="store_true", help="read the estimates --out holds instead of measuring them")
     ap.add_argument("--journal", help="journal whose full-pool batches the predictions are ranked against")
     ap.add_argument("--out", default="/tmp/fisher")
     args = ap.parse_args()
@@ -49,12 +50,16 @@ def main() -> None:
 
     priors = {}
     for kind in args.kinds:
+        saved = out / f"{args.task}-{kind}.npy"
+        if args.load and saved.exists():
+            priors[kind] = np.load(saved)
+            continue
         t0 = time.time()
         priors[kind], tokens = fisher_estimates(p, kind=kind, samples=args.samples)
         print(f"fisher {kind}: {tokens} token-equivalents, {time.time() - t0:.0f} s")
     for k, v in priors.items():
         np.save(out / f"{args.task}-{k}.npy", v)
-    errs = p.unit_errors()
+    errs = p.layer_errors()
     ests = {**priors, "db-errors": errs}
     heur = json.loads(Path(f"bench/results/efficiency/{args.task}/heuristics.json").read_text())
     for name, est in ests.items():
