@@ -19,3 +19,14 @@ def tiny_llama_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "llama"
     save_model(tiny_llama(n_layers=2), byte_tokenizer(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory):
+    """A small text file of documents (``test_sparsity_quant.TEXT`` cut into 300-character pieces): the calibration
+    and held-out data of the tiny weight-codec problems."""
+    from test_sparsity_quant import TEXT
+
+    path = tmp_path_factory.mktemp("data") / "docs.txt"
+    path.write_text("\n\n\n".join(TEXT[i : i + 300] for i in range(0, len(TEXT), 300)))
+    return str(path)

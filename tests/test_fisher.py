@@ -12,16 +12,9 @@ from levelsearch.adapters.codecs import get_codec  # noqa: E402
 from levelsearch.adapters.fisher import fisher_stats  # noqa: E402
 from levelsearch.adapters.quantization import QuantProblem  # noqa: E402
 from levelsearch.adapters.units import set_unit_weight, unit_weight  # noqa: E402
-from test_sparsity_quant import TEXT, common, tiny_llama  # noqa: E402
+from test_sparsity_quant import common, tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.llm
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "docs.txt"
-    path.write_text("\n\n\n".join(TEXT[i : i + 300] for i in range(0, len(TEXT), 300)))
-    return str(path)
 
 
 def _kl_per_token(model, tokens):
@@ -87,3 +80,30 @@ def test_layer_estimates_are_the_database_errors_and_cost_nothing(data_file, tmp
 def test_an_unknown_estimate_kind_is_one_line(data_file, tmp_path):
     with pytest.raises(ValueError, match="estimates 'hessian': choose one of fisher, layer"):
         QuantProblem(target=3.0, estimates="hessian", **common(data_file, tmp_path / "db"))
+
+
+def test_a_quant_run_with_the_fisher_prior_resumes_to_the_uninterrupted_result(tiny_llama_dir, tmp_path, monkeypatch):
+    from levelsearch.adapters.compress import run_compress
+
+    monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
+    settings = dict(
+        model=str(tiny_llama_dir),
+        method="quant",
+        target=3,
+        seq_len=32,
+        calibration_tokens=128,
+        heldout_tokens=64,
+        top_k=16,
+        heuristic_tokens=64,
+        offspring=4,
+        progress=False,
+        export=False,
+        database=str(tmp_path / "db"),
+    )
+    whole = run_compress({**settings, "generations": 3, "out": str(tmp_path / "whole")})
+    run_compress({**settings, "generations": 1, "out": str(tmp_path / "parts")})
+    resumed = run_compress({**settings, "generations": 3, "out": str(tmp_path / "parts")})
+    a, b = whole["methods"]["evopress"], resumed["methods"]["evopress"]
+    assert b["replayed_evaluations"] > 0
+    assert a["levels"] == b["levels"] and a["calibration_kl"] == b["calibration_kl"]
+    assert "dp-fisher" in whole["methods"]

@@ -22,15 +22,6 @@ from test_sparsity_quant import common  # noqa: E402
 pytestmark = pytest.mark.llm
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    from test_sparsity_quant import TEXT
-
-    path = tmp_path_factory.mktemp("data") / "docs.txt"
-    path.write_text("\n\n\n".join(TEXT[i : i + 300] for i in range(0, len(TEXT), 300)))
-    return str(path)
-
-
 def mixed_levels(problem, seed=0):
     rng = np.random.default_rng(seed)
     return problem.space.switch(problem.space.sample(rng), rng, 2)

@@ -73,15 +73,6 @@ def test_two_four_and_eight_bits_fill_words_whole_low_bits_first():
 
 # --------------------------------------------------------------------------------------- exports and reloads
 @pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    from test_sparsity_quant import TEXT
-
-    path = tmp_path_factory.mktemp("data") / "docs.txt"
-    path.write_text("\n\n\n".join(TEXT[i : i + 300] for i in range(0, len(TEXT), 300)))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def problem(data_file, tmp_path_factory):
     return QuantProblem(target=3.0, bits=BITS, group_size=32, **common(data_file, tmp_path_factory.mktemp("db")))
 

@@ -53,13 +53,6 @@ def tiny_llama():
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "docs.txt"
-    path.write_text("\n\n\n".join(TEXT[i : i + 300] for i in range(0, len(TEXT), 300)))
-    return str(path)
-
-
 def common(data_file, tmp):
     return dict(
         loaded=(tiny_llama(), ByteTokenizer()),
