@@ -42,8 +42,9 @@ FISHER_KINDS = ("hybrid", "kfac", "diag")
 
 
 class FisherStats:
-    """Per unit, per token: ``g2`` (``E[g_o²]``, ``out``) and ``a`` (``E[x xᵀ]``, ``in × in``, shared by units
-    that read the same input) for ``"kfac"``; ``diag`` (``out × in``) for ``"diag"``."""
+    """Per unit, per token, on the CPU: ``diag`` (the diagonal Fisher, ``out × in``) for ``"diag"`` and
+    ``"hybrid"``; ``a`` (``in × in``, one tensor shared by units that read the same input): ``E[x xᵀ]`` for
+    ``"kfac"``, its correlation matrix for ``"hybrid"``; ``g2`` (``E[g_o²]``, ``out``) for ``"kfac"``."""
 
     def __init__(self, kind: str, g2: list[torch.Tensor], a: list[torch.Tensor], diag: list[torch.Tensor]) -> None:
         self.kind, self.g2, self.a, self.diag = kind, g2, a, diag
@@ -74,8 +75,9 @@ def fisher_stats(
     number of sequences done."""
     if kind not in FISHER_KINDS:
         raise ValueError(f"Fisher approximation {kind!r}: choose one of {', '.join(FISHER_KINDS)}")
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch.Generator().manual_seed(int(seed))  # labels drawn on the CPU: the same on every device
     params = [m.weight for m in modules]
+    dev = params[0].device
     was = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -83,8 +85,8 @@ def fisher_stats(
         p.requires_grad_(True)
     shapes = [tuple(unit_weight(m).shape) for m in modules]  # out × in
     need_a, need_diag = kind in ("kfac", "hybrid"), kind in ("diag", "hybrid")
-    g2 = [torch.zeros(s[0]) for s in shapes] if kind == "kfac" else []
-    diag = [torch.zeros(s) for s in shapes] if need_diag else []
+    g2 = [torch.zeros(s[0], device=dev) for s in shapes] if kind == "kfac" else []
+    diag = [torch.zeros(s, device=dev) for s in shapes] if need_diag else []
     a: list[torch.Tensor] = []  # one per distinct input (q/k/v read one, gate/up one)
     a_of = [-1] * len(modules)
     outs: list[Any] = [None] * len(modules)
@@ -101,7 +103,7 @@ def fisher_stats(
                 a_of[i] = seen[key]
                 return
             if a_of[i] < 0:
-                a.append(torch.zeros(shapes[i][1], shapes[i][1]))
+                a.append(torch.zeros(shapes[i][1], shapes[i][1], device=dev))
                 a_of[i] = len(a) - 1
             seen[key] = a_of[i]
             x2 = x.detach().reshape(-1, x.shape[-1]).float()
@@ -113,10 +115,10 @@ def fisher_stats(
     try:
         for s_i in range(tokens.shape[0]):
             seen.clear()
-            logp = torch.log_softmax(model(input_ids=tokens[s_i : s_i + 1]).logits[0].float(), dim=-1)
+            logp = torch.log_softmax(model(input_ids=tokens[s_i : s_i + 1].to(dev)).logits[0].float(), dim=-1)
             wrt = outs if kind == "kfac" else params
             for s in range(samples):
-                y = torch.multinomial(logp.detach().exp(), 1, generator=gen)
+                y = torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen).to(dev)
                 grads = torch.autograd.grad(logp.gather(1, y).sum(), wrt, retain_graph=s < samples - 1)
                 for i, g in enumerate(grads):
                     g = g.float()
@@ -138,11 +140,12 @@ def fisher_stats(
             d = x.diagonal().clamp_min(1e-30).rsqrt()
             corr.append(x * d[:, None] * d[None, :])
         a = corr
+    a = [(x / n if kind == "kfac" else x).cpu() for x in a]
     return FisherStats(
         kind,
-        [g / (n * samples) for g in g2],
-        [a[j] / n if kind == "kfac" else a[j] for j in a_of] if need_a else [],
-        [d / (n * samples) for d in diag],
+        [(g / (n * samples)).cpu() for g in g2],
+        [a[j] for j in a_of] if need_a else [],
+        [(d / (n * samples)).cpu() for d in diag],
     )
 
 
