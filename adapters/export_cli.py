@@ -131,7 +131,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--format",
         help="drop: drop (default), zeroed; quant/joint: pack-quantized (default), dense; "
-        "quant also: gptq (vLLM at 2/3/4/8 bits); sparsity: sparse-bitmask (default), dense",
+        "quant and joint also: gptq (vLLM at 2/3/4/8 bits); sparsity: sparse-bitmask (default), dense",
     )
     p.add_argument("--out", help="where to write it (default RUN_DIR/model-FORMAT; must not hold anything)")
     p.add_argument("--no-measure", action="store_true", help="skip the size and tokens/s measurements")

@@ -301,3 +301,24 @@ def test_compress_writes_gptq_and_records_its_check(tmp_path, monkeypatch):
     e = json.loads((out / "results.json").read_text())["export"]
     assert e["format"] == "gptq" and e["max_abs_logit_diff"] <= e["tolerance"] == 1e-4 and e["size"]["ratio"] < 0.5
     assert json.loads((out / "model" / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
+
+
+def test_a_joint_profile_is_written_as_gptq_with_its_pruned_zeros_kept(data_file, tmp_path):
+    from levelsearch.adapters import load_compressed
+    from levelsearch.adapters.joint import JointProblem
+
+    prob = JointProblem(
+        target=3.0, sparsities=(0.0, 0.5), bits=(2, 4, 8), group_size=32, tol=0.1, **common(data_file, tmp_path / "db")
+    )
+    rng = np.random.default_rng(0)
+    lv = prob.space.switch(prob.space.sample(rng), rng, 2)
+    path = export(prob, lv, tmp_path / "j", method="joint", format="gptq")
+    assert check_export(prob, lv, path)["max_abs_logit_diff"] < 1e-4
+    assert json.loads((path / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
+    model = load_compressed(path)
+    pruned = 0
+    for u, name in enumerate(prob.unit_names):
+        zeros = prob.db.values(name)[int(lv[u])][0]
+        pruned += zeros
+        assert int((model.get_submodule(name).weight == 0).sum()) >= zeros
+    assert pruned > 0  # the profile prunes something: the zeros survive the gptq codes

@@ -17,6 +17,7 @@ quant     ``gptq``            GPTQ (``qweight``/``qzeros``/``scales``/``g_idx``)
                               ``dynamic`` map: 2/3/4/8 bits for vLLM's ``--quantization gptq``
                               (:mod:`.gptq`; :func:`load_compressed`)
 joint     ``pack-quantized``  as quant, the pruned weights' codes at their zero points
+joint     ``gptq``            as quant, the pruned weights' codes at their zero points
 sparsity  ``sparse-bitmask``  compressed-tensors' bitmask layout: a bit per weight plus the nonzero
                               values (:func:`load_compressed`)
 any       ``dense``           the weights each level stands for, dense (stock loader)
@@ -39,7 +40,7 @@ __all__ = ["FORMATS", "check_format", "export", "export_drop", "formats_for", "l
 FORMATS: dict[str, tuple[str, ...]] = {
     "drop": ("drop", "zeroed"),
     "quant": ("pack-quantized", "dense", "gptq"),
-    "joint": ("pack-quantized", "dense"),
+    "joint": ("pack-quantized", "dense", "gptq"),
     "sparsity": ("sparse-bitmask", "dense"),
 }
 
