@@ -46,17 +46,20 @@ class FisherStats:
     ``"hybrid"``; ``a`` (``in × in``, one tensor shared by units that read the same input): ``E[x xᵀ]`` for
     ``"kfac"``, its correlation matrix for ``"hybrid"``; ``g2`` (``E[g_o²]``, ``out``) for ``"kfac"``."""
 
-    def __init__(self, kind: str, g2: list[torch.Tensor], a: list[torch.Tensor], diag: list[torch.Tensor]) -> None:
+    def __init__(
+        self, kind: str, g2: list[torch.Tensor], a: list[torch.Tensor | None], diag: list[torch.Tensor]
+    ) -> None:
         self.kind, self.g2, self.a, self.diag = kind, g2, a, diag
 
     def estimate(self, i: int, delta: torch.Tensor) -> float:
         """The KL estimate of unit ``i`` changed by ``delta`` (``out × in``)."""
-        if self.kind == "diag":
+        a = self.a[i] if self.a else None
+        if a is None:  # "diag", or an embedding (its input is token ids: no correlations)
             return 0.5 * float((self.diag[i] * delta.square()).sum())
         if self.kind == "hybrid":
             u = delta * self.diag[i].sqrt()
-            return 0.5 * float(((u @ self.a[i]) * u).sum())  # a: the input correlations here
-        return 0.5 * float((self.g2[i] * ((delta @ self.a[i]) * delta).sum(1)).sum())
+            return 0.5 * float(((u @ a) * u).sum())  # a: the input correlations here
+        return 0.5 * float((self.g2[i] * ((delta @ a) * delta).sum(1)).sum())
 
 
 def fisher_stats(
@@ -75,6 +78,8 @@ def fisher_stats(
     number of sequences done."""
     if kind not in FISHER_KINDS:
         raise ValueError(f"Fisher approximation {kind!r}: choose one of {', '.join(FISHER_KINDS)}")
+    if kind == "kfac" and any(isinstance(m, torch.nn.Embedding) for m in modules):
+        raise ValueError("the kfac Fisher approximation takes linear units only, not an embedding")
     gen = torch.Generator().manual_seed(int(seed))  # labels drawn on the CPU: the same on every device
     params = [m.weight for m in modules]
     dev = params[0].device
@@ -95,7 +100,7 @@ def fisher_stats(
     def hook(i: int) -> Any:
         def fn(_mod: Any, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             outs[i] = out
-            if not need_a:
+            if not need_a or isinstance(_mod, torch.nn.Embedding):  # an embedding's input is token ids
                 return
             x = inp[0]
             key = (x.data_ptr(), tuple(x.shape))
@@ -144,7 +149,7 @@ def fisher_stats(
     return FisherStats(
         kind,
         [(g / (n * samples)).cpu() for g in g2],
-        [a[j] for j in a_of] if need_a else [],
+        [a[j] if j >= 0 else None for j in a_of] if need_a else [],
         [(d / (n * samples)).cpu() for d in diag],
     )
 
@@ -155,7 +160,8 @@ def fisher_estimates(
     """``(n_units, max_levels)`` Fisher KL estimates of a weight-codec problem's variants (nan-padded), on its
     search pool, and the token-equivalents spent (the forward tokens, each backward pass counted as two).
 
-    ``problem`` is a :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem` (its model is left dense)."""
+    ``problem`` is a :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem` (its model is left dense; its
+    ``variant_weight(unit, level)`` gives each variant's weight). Embedding units get the diagonal estimate."""
     problem.apply(None)
     tokens = problem.search_pool.tokens
     bar = None
@@ -176,10 +182,10 @@ def fisher_estimates(
     finally:
         if bar is not None:
             bar.close()
-    k = max(len(problem.db.values(u)) for u in problem.unit_names)
-    out = np.full((len(problem.unit_names), k), np.nan)
-    for i, name in enumerate(problem.unit_names):
+    n_levels = problem.space.n_levels
+    out = np.full((len(problem.unit_names), int(n_levels.max())), np.nan)
+    for i in range(len(problem.unit_names)):
         dense = problem._dense[i].float()
-        for lv in range(len(problem.db.values(name))):
-            out[i, lv] = st.estimate(i, problem.db.weight(name, lv).float() - dense)
+        for lv in range(int(n_levels[i])):
+            out[i, lv] = st.estimate(i, problem.variant_weight(i, lv).float() - dense)
     return out, int(tokens.numel()) * (1 + 2 * samples)

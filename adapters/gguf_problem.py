@@ -445,9 +445,22 @@ class GGUFProblem(WeightLevelProblem):
         return self.levels_for(asked)
 
     def _measure_unit_errors(self) -> np.ndarray:
+        """Per-unit, per-level error estimates, EvoPress's prior and the ``dp-fisher`` baseline's input: the
+        Fisher-weighted KL estimates (``estimates="fisher"``, the default; :mod:`~levelsearch.adapters.fisher`,
+        their tokens counted in :attr:`n_forward_tokens`) or :meth:`layer_errors` (``"layer"``)."""
+        if self.estimates == "layer":
+            return self.layer_errors()
+        from .fisher import fisher_estimates
+
+        est, tokens = fisher_estimates(self, progress=self._progress)
+        self.n_forward_tokens += tokens
+        self.fisher_tokens = tokens
+        return est
+
+    def layer_errors(self) -> np.ndarray:
         """Per-unit, per-level imatrix-weighted relative errors ``Σ_j imatrix_j ‖ΔW_:j‖² / Σ_j imatrix_j ‖W_:j‖²``
-        (recorded while the database was built; an extra tensor's plain relative error, made with its variants);
-        the DP baseline's input and EvoPress's prior."""
+        (recorded while the database was built; an extra tensor's plain relative error, made with its variants):
+        the ``dp`` baseline's input."""
         stats = self.db.statistics("imatrix_errors")
         out = np.full((len(self.unit_names), int(self.space.n_levels.max())), np.nan)
         for u, name in enumerate(self.db.unit_names):
@@ -460,9 +473,17 @@ class GGUFProblem(WeightLevelProblem):
             out[u, : len(errs)] = errs
         return out
 
-    def dp_levels(self) -> np.ndarray:
-        """Knapsack on :meth:`unit_errors` (assumed additive) under the band."""
-        return solve_additive(self.space, np.nan_to_num(self.unit_errors(), nan=np.inf))[0]
+    def variant_weight(self, unit: int, level: int) -> torch.Tensor:
+        """The fp32 ``out × in`` weight of ``unit`` at ``level`` (an extra tensor's from its own variants)."""
+        if unit >= self.n_linear:
+            return self._extra_weight(unit, int(level))
+        return self.db.weight(self.unit_names[unit], self._db_level[unit][int(level)])
+
+    def dp_levels(self, errors: np.ndarray | None = None) -> np.ndarray:
+        """Knapsack on per-unit errors (assumed additive) under the band: ``errors``, by default
+        :meth:`layer_errors` (imatrix-weighted)."""
+        errors = self.layer_errors() if errors is None else errors
+        return solve_additive(self.space, np.nan_to_num(errors, nan=np.inf))[0]
 
 
 class _ExtraTensorsRunner(LayerRunner):

@@ -303,6 +303,10 @@ class WeightLevelProblem(LayerwiseProblem):
         self.fisher_tokens = tokens
         return est
 
+    def variant_weight(self, unit: int, level: int) -> torch.Tensor:
+        """The fp32 ``out × in`` weight of ``unit`` at ``level`` (the database's decoded variant, a copy)."""
+        return self.db.weight(self.unit_names[unit], int(level))
+
     def layer_errors(self) -> np.ndarray:
         """The database's per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (free)."""
         return self.db.errors()

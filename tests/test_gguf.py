@@ -213,8 +213,9 @@ def test_the_baselines_are_computed_and_the_interpolation_and_dp_meet_the_band(t
     assert {"uniform-Q4_K", "mix-Q3_K-Q4_K", "dp"} <= set(base)
     assert "llama.cpp-Q4_K_M" in base  # Q4_K and Q6_K are levels; Q3_K_M asks for Q5_K, which is not
     assert "llama.cpp-Q3_K_M" not in base
-    for name in ("mix-Q3_K-Q4_K", "dp"):
+    for name in ("mix-Q3_K-Q4_K", "dp", "dp-fisher"):
         assert problem.space.is_feasible(base[name][0]), name
+    assert base["dp-fisher"][1]["forward_tokens"] == problem.fisher_tokens == 3 * problem.search_pool.n_tokens
 
 
 def test_the_exported_file_is_the_searched_model_and_the_source_elsewhere(tiny):
@@ -658,8 +659,9 @@ def test_the_baselines_cover_the_embedding_and_output(tiny_extra):
 
     problem, _ = tiny_extra
     base = gguf_baselines(problem)
-    for name in ("mix-Q3_K-Q4_K", "dp"):
+    for name in ("mix-Q3_K-Q4_K", "dp", "dp-fisher"):
         assert problem.space.is_feasible(base[name][0]), name
+    assert base["dp-fisher"][1]["forward_tokens"] == problem.fisher_tokens == 3 * problem.search_pool.n_tokens
     assert problem.types_of(base["uniform-Q4_K"][0])[-2:] == ["Q4_K", "Q4_K"]
     q4km = problem.types_of(base["llama.cpp-Q4_K_M"][0])
     assert q4km[-2:] == ["Q4_K", "Q6_K"]  # untied: token_embd the mix's type, output Q6_K
@@ -783,3 +785,16 @@ def test_the_imatrix_the_search_quantized_with_is_written_in_llama_cpps_legacy_f
     monkeypatch.setattr(type(problem), "imatrix_of", lambda self, u: None)
     assert not write_imatrix(problem, root / "im" / "none.dat")["written"]
     assert not (root / "im" / "none.dat").exists()
+
+
+@pytest.mark.parametrize("which", ["tiny_extra", "tiny_tied"])
+def test_fisher_estimates_cover_the_extra_tensors_and_grow_as_the_type_shrinks(which, request):
+    problem, _ = request.getfixturevalue(which)
+    est = problem.unit_errors()  # Fisher-weighted (the default); dp's imatrix errors stay layer_errors()
+    assert est.shape == problem.layer_errors().shape
+    for u in range(len(problem.unit_names)):
+        row = est[u, : int(problem.space.n_levels[u])]
+        assert np.all(np.isfinite(row)) and np.all(row >= 0)
+        if which == "tiny_extra":  # the tied tiny model predicts near one-hot: its Fisher is ~0 everywhere
+            assert row[0] > row[-1], problem.unit_names[u]  # smallest type first: the largest error
+    assert problem.space.is_feasible(problem.dp_levels(est))

@@ -360,11 +360,7 @@ class GGUFCodec(WeightCodec):
         return plot_types(problem, assignments, path, methods)
 
     def dp_levels(self, problem: Any, *, seed: int, errors: np.ndarray | None = None) -> np.ndarray:
-        if errors is None:
-            return problem.dp_levels()  # imatrix-weighted errors
-        from levelsearch import solve_additive
-
-        return solve_additive(problem.space, np.nan_to_num(errors, nan=np.inf))[0]
+        return problem.dp_levels(errors)  # default: imatrix-weighted errors
 
     # ------------------------------------------------------------------ export
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
