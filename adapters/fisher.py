@@ -99,7 +99,8 @@ def fisher_stats(
 
     def hook(i: int) -> Any:
         def fn(_mod: Any, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            outs[i] = out
+            if kind == "kfac":
+                outs[i] = out
             if not need_a or isinstance(_mod, torch.nn.Embedding):  # an embedding's input is token ids
                 return
             x = inp[0]
@@ -116,7 +117,7 @@ def fisher_stats(
 
         return fn
 
-    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)] if kind != "diag" else []
     try:
         for s_i in range(tokens.shape[0]):
             seen.clear()

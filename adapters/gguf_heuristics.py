@@ -71,7 +71,7 @@ def gguf_baselines(problem: Any) -> dict[str, tuple[np.ndarray, dict[str, Any], 
         out[f"llama.cpp-{mix}"] = (lv, {"rules": "llama.cpp " + mix}, time.perf_counter() - t0)
     t0 = time.perf_counter()
     out["dp"] = (problem.dp_levels(), {"errors": "imatrix-weighted"}, time.perf_counter() - t0)
-    if getattr(problem, "estimates", None) == "fisher":
+    if problem.estimates == "fisher":
         t0 = time.perf_counter()
         lv = problem.dp_levels(problem.unit_errors())
         info = {"errors": "Fisher-weighted", "forward_tokens": problem.fisher_tokens}

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from levelsearch import LevelSpace, solve_additive
+from levelsearch import LevelSpace
 
 from .fitness import LayerRunner
 from .gguf_source import GGUFSource, check_extra_tensors, llama_cpp_mix, resolve_source
@@ -47,7 +47,7 @@ from .gguf_types import DEFAULT_TYPES, check_types, dequantize_fast, effective_t
 from .layerwise import LayerwiseProblem
 from .models import DEFAULT_MODEL
 from .units import unit_weight
-from .weightsearch import WeightLevelProblem
+from .weightsearch import WeightLevelProblem, dp_levels
 
 __all__ = ["GGUFProblem", "check_target_range", "reachable_bytes"]
 
@@ -444,23 +444,10 @@ class GGUFProblem(WeightLevelProblem):
         ]
         return self.levels_for(asked)
 
-    def _measure_unit_errors(self) -> np.ndarray:
-        """Per-unit, per-level error estimates, EvoPress's prior and the ``dp-fisher`` baseline's input: the
-        Fisher-weighted KL estimates (``estimates="fisher"``, the default; :mod:`~levelsearch.adapters.fisher`,
-        their tokens counted in :attr:`n_forward_tokens`) or :meth:`layer_errors` (``"layer"``)."""
-        if self.estimates == "layer":
-            return self.layer_errors()
-        from .fisher import fisher_estimates
-
-        est, tokens = fisher_estimates(self, progress=self._progress)
-        self.n_forward_tokens += tokens
-        self.fisher_tokens = tokens
-        return est
-
     def layer_errors(self) -> np.ndarray:
         """Per-unit, per-level imatrix-weighted relative errors ``Σ_j imatrix_j ‖ΔW_:j‖² / Σ_j imatrix_j ‖W_:j‖²``
         (recorded while the database was built; an extra tensor's plain relative error, made with its variants):
-        the ``dp`` baseline's input."""
+        the ``dp`` baseline's input, and :meth:`unit_errors` with ``estimates="layer"``."""
         stats = self.db.statistics("imatrix_errors")
         out = np.full((len(self.unit_names), int(self.space.n_levels.max())), np.nan)
         for u, name in enumerate(self.db.unit_names):
@@ -480,10 +467,9 @@ class GGUFProblem(WeightLevelProblem):
         return self.db.weight(self.unit_names[unit], self._db_level[unit][int(level)])
 
     def dp_levels(self, errors: np.ndarray | None = None) -> np.ndarray:
-        """Knapsack on per-unit errors (assumed additive) under the band: ``errors``, by default
-        :meth:`layer_errors` (imatrix-weighted)."""
-        errors = self.layer_errors() if errors is None else errors
-        return solve_additive(self.space, np.nan_to_num(errors, nan=np.inf))[0]
+        """Knapsack on per-unit errors under the band (:func:`~levelsearch.adapters.weightsearch.dp_levels`):
+        ``errors``, by default :meth:`layer_errors` (imatrix-weighted)."""
+        return dp_levels(self, errors)
 
 
 class _ExtraTensorsRunner(LayerRunner):

@@ -293,9 +293,9 @@ class WeightLevelProblem(LayerwiseProblem):
 
     def _measure_unit_errors(self) -> np.ndarray:
         """Per-unit, per-level KL estimates: Fisher-weighted (``estimates="fisher"``, their tokens counted in
-        :attr:`n_forward_tokens`) or the database's normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)``."""
+        :attr:`n_forward_tokens`) or :meth:`layer_errors` (``"layer"``)."""
         if self.estimates == "layer":
-            return self.db.errors()
+            return self.layer_errors()
         from .fisher import fisher_estimates
 
         est, tokens = fisher_estimates(self, progress=self._progress)

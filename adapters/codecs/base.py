@@ -217,9 +217,7 @@ class WeightCodec(Codec):
     def uniform_levels(self, problem: Any) -> np.ndarray | None:
         """The uniform baseline: of the assignments with one level index everywhere that meet the budget,
         the one with the lowest mean unit error; ``None`` when none meets it."""
-        errors = np.nanmean(
-            problem.layer_errors() if hasattr(problem, "layer_errors") else problem.unit_errors(), axis=0
-        )
+        errors = np.nanmean(problem.layer_errors(), axis=0)
         for k in np.argsort(errors):
             lv = np.full(problem.space.n_units, int(k), dtype=np.int64)
             if problem.space.is_feasible(lv):
@@ -324,7 +322,7 @@ class WeightCodec(Codec):
             base[name] = {"levels": levels, "seconds": time.perf_counter() - t, **chosen}
             t = time.perf_counter()
         base["dp"] = {"levels": self.dp_levels(problem, seed=seed), "seconds": time.perf_counter() - t}
-        if getattr(problem, "estimates", None) == "fisher":
+        if problem.estimates == "fisher":
             t = time.perf_counter()
             lv = self.dp_levels(problem, seed=seed, errors=problem.unit_errors())
             base["dp-fisher"] = {

@@ -359,9 +359,6 @@ class GGUFCodec(WeightCodec):
 
         return plot_types(problem, assignments, path, methods)
 
-    def dp_levels(self, problem: Any, *, seed: int, errors: np.ndarray | None = None) -> np.ndarray:
-        return problem.dp_levels(errors)  # default: imatrix-weighted errors
-
     # ------------------------------------------------------------------ export
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
         """``OUT/model.gguf`` (for ``out`` = ``OUT/model``): the source file, the searched tensors in their types;
