@@ -17,10 +17,30 @@ A file that is not a levelsearch journal (another SQLite database, a text
 file, a damaged journal, an empty file) is refused with a ``ValueError`` before
 anything is written to it. A new journal is built under a temporary name and
 linked into place, so a journal file is never seen half-made.
+
+Integrity: every evaluation row carries ``chain = sha256(previous chain ||
+canonical bytes of the row)`` (its number, levels, fidelity, sample, value,
+error, seconds, worker and time); the first row chains from a genesis hash
+drawn at creation. Every meta value (identity, oracle, config, cost model and
+any key stored with :meth:`Journal.set_meta`) carries a checksum of its key,
+its value and the chain head when it was written. Reading rows
+(:meth:`Journal.records`) or a meta value (:meth:`Journal.meta`) verifies them
+and raises a one-line ``ValueError`` naming the first altered row or key: an
+edited, deleted, inserted or reordered evaluation, an edited meta value, a meta
+value copied from another journal. Deleting the *last* rows is not detectable
+(it looks like a run killed earlier, whose resume evaluates them again) unless
+a meta value was written after them. A journal of the older format (schema 1,
+no chain) is refused: it has no integrity record and its run must be done again.
+
+Threat model: accidents and stale state (a hand edit, a script that rewrote a
+value, a file copied between runs, a damaged disk), not a hostile local user
+with write access, who can recompute the hashes: the chain is a checksum, not a
+signature.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -35,7 +55,7 @@ import numpy as np
 
 __all__ = ["Journal", "JournalRecord", "JournalMismatch"]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _MAGIC = "levelsearch-journal"
 
 
@@ -94,6 +114,11 @@ class Journal:
             raise ValueError(f"{self.path} is not a file; give the path of a journal file")
         self.conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # the verified chain: rows checked so far, the last id and head, and the heads meta values cite
+        self._genesis_head = b""
+        self._n_rows, self._last_id, self._head = 0, 0, b""
+        self._heads: dict[int, bytes] = {}
+        self._wanted: set[int] = set()
         try:
             self._open(identity)
         except sqlite3.DatabaseError as exc:
@@ -186,19 +211,28 @@ class Journal:
         from . import __version__
 
         with conn:  # one transaction: a journal either has its schema and identity or is empty
-            conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, at INTEGER NOT NULL, "
+                "checksum TEXT NOT NULL)"
+            )
             conn.execute(
                 "CREATE TABLE evals (id INTEGER PRIMARY KEY, levels BLOB NOT NULL, fidelity INTEGER, "
-                "sample INTEGER, value REAL, error TEXT, seconds REAL, worker TEXT, time REAL)"
+                "sample INTEGER, value REAL, error TEXT, seconds REAL, worker TEXT, time REAL, chain TEXT NOT NULL)"
             )
-            rows = [
+            token = secrets.token_hex(32)
+            genesis = _genesis(token)
+            rows: list[tuple[str, Any]] = [
                 ("format", [_MAGIC, _SCHEMA_VERSION]),
                 ("levelsearch_version", __version__),
                 ("created", time.time()),
             ]
             if identity is not None:
                 rows.append(("identity", _canon(identity)))
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, sort_keys=True)) for k, v in rows])
+            table = [("genesis", json.dumps(token), 0, _genesis_checksum(json.dumps(token)))]
+            for k, v in rows:
+                text = json.dumps(v, sort_keys=True)
+                table.append((k, text, 0, _meta_checksum(genesis, 0, k, text)))
+            conn.executemany("INSERT INTO meta VALUES (?, ?, ?, ?)", table)
 
     def _check_format(self) -> None:
         assert self.conn is not None
@@ -211,9 +245,15 @@ class Journal:
             raise ValueError(f"{self.path} is not a levelsearch journal; give a journal.db written by levelsearch")
         if not isinstance(fmt[1], int) or fmt[1] > _SCHEMA_VERSION:
             raise ValueError(f"{self.path} was written by a newer levelsearch; upgrade to read it")
+        if fmt[1] < _SCHEMA_VERSION:
+            raise ValueError(
+                f"journal {self.path} was written by an older levelsearch and has no integrity record, so its "
+                "values cannot be trusted; run it again in a new output directory"
+            )
         check = self.conn.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
             raise ValueError(f"{self.path} is damaged ({check[0] if check else 'no answer'}); start a new run")
+        self._verify_all()
 
     def _check_identity(self, identity: dict[str, Any] | None) -> None:
         if identity is None or self.readonly:
@@ -234,17 +274,129 @@ class Journal:
             raise ValueError(f"journal {self.path} is closed")
         return self.conn
 
+    # ----------------------------------------------------------- integrity
+    def _altered(self, where: str) -> ValueError:
+        return ValueError(
+            f"journal {self.path} was altered at {where} (its integrity chain does not match); "
+            "its values cannot be trusted: start a new run"
+        )
+
+    def _verify_all(self) -> None:
+        """Check the genesis, every evaluation row and every meta value (on open)."""
+        db = self._db()
+        try:
+            row = db.execute("SELECT value, checksum FROM meta WHERE key='genesis'").fetchone()
+        except sqlite3.DatabaseError:
+            row = None
+        if row is None or row[1] != _genesis_checksum(row[0]):
+            raise self._altered("meta value 'genesis'")
+        try:
+            token = json.loads(row[0])
+        except ValueError:
+            raise self._altered("meta value 'genesis'") from None
+        self._genesis_head = _genesis(str(token))
+        self._heads = {0: self._genesis_head}
+        self._n_rows, self._last_id, self._head = 0, 0, self._genesis_head
+        metas = db.execute("SELECT key, value, at, checksum FROM meta").fetchall()
+        self._wanted = {at for _, _, at, _ in metas if isinstance(at, int)}
+        for _ in self._verified_rows(from_start=True):
+            pass
+        for key, value, at, checksum in metas:
+            if key != "genesis":
+                self._check_meta_row(key, value, at, checksum)
+
+    def _head_at(self, at: int) -> bytes | None:
+        """The chain head after ``at`` evaluation rows (``None`` past the end)."""
+        if at > self._n_rows:
+            for _ in self._verified_rows(from_start=False):
+                pass
+        if at == self._n_rows:
+            return self._head
+        return self._heads.get(at)
+
+    def _check_meta_row(self, key: str, value: str, at: Any, checksum: Any) -> None:
+        if not isinstance(at, int) or at < 0:
+            raise self._altered(f"meta value {key!r}")
+        head = self._head_at(at)
+        if head is None and at < self._n_rows:
+            # a head not kept in memory: read the chain again, keeping this one
+            self._wanted.add(at)
+            for _ in self._verified_rows(from_start=True):
+                pass
+            head = self._heads.get(at)
+        if head is None or checksum != _meta_checksum(head, at, key, value):
+            raise self._altered(f"meta value {key!r}")
+
+    def _verified_rows(self, *, from_start: bool) -> Iterator[tuple[Any, ...]]:
+        """Evaluation rows in order, each checked against the chain (from the start, or after the last checked).
+
+        Raises:
+            ValueError: a row was edited, deleted, inserted or reordered; or the file is damaged.
+        """
+        if from_start:
+            n, last_id, head = 0, 0, self._genesis_head
+        else:
+            n, last_id, head = self._n_rows, self._last_id, self._head
+        try:
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT id, levels, fidelity, sample, value, error, seconds, worker, time, chain FROM evals "
+                    "WHERE id > ? ORDER BY id",
+                    (last_id,),
+                )
+                .fetchall()
+            )
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is damaged ({exc}); start a new run") from None
+        wanted = self._wanted
+        checked: list[tuple[Any, ...]] = []
+        for row in rows:
+            n += 1
+            if row[0] != last_id + 1 or not isinstance(row[1], bytes):
+                raise self._altered(f"row {n}")
+            head = _chain_next(head, row[:9])
+            if row[9] != head.hex():
+                raise self._altered(f"row {n}")
+            last_id = row[0]
+            if n in wanted:
+                self._heads[n] = head
+            checked.append(row)
+        self._n_rows, self._last_id, self._head = n, last_id, head
+        yield from checked
+
     # ---------------------------------------------------------------- meta
     def meta(self, key: str) -> Any:
-        """A stored fact (``identity``, ``config``, ``levelsearch_version``...), ``None`` when absent."""
-        row = self._db().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        """A stored fact (``identity``, ``config``, ``levelsearch_version``...), ``None`` when absent.
+
+        Raises:
+            ValueError: the value was altered since it was written (its checksum does not match).
+        """
+        try:
+            row = self._db().execute("SELECT value, at, checksum FROM meta WHERE key=?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is damaged ({exc}); start a new run") from None
+        if row is None:
+            return None
+        self._check_meta_row(key, row[0], row[1], row[2])
+        return json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
-        """Store a JSON-able fact (one transaction)."""
+        """Store a JSON-able fact (one transaction), with a checksum tied to the chain head."""
+        if key == "genesis":
+            raise ValueError("the meta key 'genesis' is reserved")
         db = self._db()
+        for _ in self._verified_rows(from_start=False):  # rows written since (there are none for a lone writer)
+            pass
+        text = json.dumps(_canon(value), sort_keys=True)
+        at = self._n_rows
+        self._wanted.add(at)
+        self._heads[at] = self._head
         with db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(_canon(value), sort_keys=True)))
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?)",
+                (key, text, at, _meta_checksum(self._head, at, key, text)),
+            )
 
     # ------------------------------------------------------------- records
     def append(
@@ -260,7 +412,7 @@ class Journal:
         """Durably append one evaluation (one transaction); a non-finite value is stored as a failure.
 
         Raises:
-            ValueError: the journal was opened read-only.
+            ValueError: the journal was opened read-only, or rows were altered since it was opened.
             OSError: the write failed (disk full, file removed); the run can be resumed afterwards.
         """
         if self.readonly:
@@ -271,43 +423,40 @@ class Journal:
             error = error or f"fitness returned {v}"
         else:
             v_db = v
+        # catch up first: the in-memory head is then right even after an interrupted earlier append
+        for _ in self._verified_rows(from_start=False):
+            pass
         row = (
+            self._last_id + 1,
             np.ascontiguousarray(levels, dtype=np.int64).tobytes(),
             None if fidelity is None else int(fidelity),
             None if sample is None else int(sample),
             v_db,
-            error,
+            None if error is None else str(error),
             float(seconds),
             str(worker),
             time.time(),
         )
+        chain = _chain_next(self._head, row).hex()
         db = self._db()
         try:
             with db:
                 db.execute(
-                    "INSERT INTO evals (levels, fidelity, sample, value, error, seconds, worker, time) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
+                    "INSERT INTO evals (id, levels, fidelity, sample, value, error, seconds, worker, time, chain) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row, chain),
                 )
         except sqlite3.OperationalError as exc:  # disk full, file removed, read-only mount...
             raise OSError(f"cannot write to journal {self.path} ({exc}); fix that, then resume the run") from None
 
     def records(self) -> Iterator[JournalRecord]:
-        """Every evaluation in the order it was journaled.
+        """Every evaluation in the order it was journaled, each checked against the chain.
 
         Raises:
-            ValueError: the file is damaged.
+            ValueError: the file is damaged, or a row was edited, deleted, inserted or reordered
+                (raised before the first record is returned).
         """
-        try:
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT id, levels, fidelity, sample, value, error, seconds, worker, time FROM evals ORDER BY id"
-                )
-                .fetchall()
-            )
-        except sqlite3.DatabaseError as exc:
-            raise ValueError(f"{self.path} is damaged ({exc}); start a new run") from None
+        rows = list(self._verified_rows(from_start=True))
         for row in rows:
             value = float("inf") if row[4] is None else float(row[4])
             yield JournalRecord(
@@ -339,6 +488,39 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _genesis(token: str) -> bytes:
+    """The chain head before the first row: derived from a random token drawn when the journal was made."""
+    return hashlib.sha256(b"levelsearch-journal-genesis\0" + token.encode()).digest()
+
+
+def _genesis_checksum(text: Any) -> str:
+    return hashlib.sha256(b"levelsearch-journal-genesis-row\0" + str(text).encode()).hexdigest()
+
+
+def _meta_checksum(head: bytes, at: int, key: str, text: str) -> str:
+    """Checksum of one meta value: its key, its JSON text and the chain head (after ``at`` rows) it was written at."""
+    h = hashlib.sha256(b"levelsearch-journal-meta\0")
+    h.update(head)
+    h.update(json.dumps([at, key, text]).encode())
+    return h.hexdigest()
+
+
+def _float_text(x: Any) -> Any:
+    return None if x is None else float(x).hex()
+
+
+def _chain_next(head: bytes, row: tuple[Any, ...]) -> bytes:
+    """``sha256(head || canonical bytes of the row)``; ``row`` is (id, levels, fidelity, sample, value,
+    error, seconds, worker, time) as stored."""
+    rid, levels, fidelity, sample, value, error, seconds, worker, t = row
+    fields = [rid, fidelity, sample, _float_text(value), error, _float_text(seconds), worker, _float_text(t)]
+    h = hashlib.sha256(head)
+    h.update(json.dumps(fields, separators=(",", ":")).encode())
+    h.update(b"\0")
+    h.update(bytes(levels))
+    return h.digest()
 
 
 def _canon(value: Any) -> Any:
