@@ -46,7 +46,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .calibration import layer_calibration, linear_units
+from .calibration import layer_calibration
 from .codecs.base import WeightCodec, get_weight_codec
 from .kernels.hessian import relative_output_error
 from .models import decoder_layers
@@ -61,26 +61,29 @@ __all__ = [
     "VariantDatabase",
 ]
 
-FORMAT = 1
+#: The database layout and identity (2: the model's fingerprint covers every byte of every weight).
+FORMAT = 2
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the names and shapes of all linears and the bytes of the first decoder layer's weights."""
-    h = hashlib.sha256()
-    units = linear_units(model)
-    for name, layer, mod in units:
-        w = unit_weight(mod)
-        h.update(f"{name}:{tuple(w.shape)};".encode())
-        if layer == 0:
-            h.update(w.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 over every weight of ``model``, all its bytes (the variants depend on every weight up to their
+    layer, through the calibration statistics): :func:`~levelsearch.adapters.integrity.weights_fingerprint`."""
+    from .integrity import weights_fingerprint
+
+    return weights_fingerprint(model)
 
 
-def default_database_dir(model_id: str, spec: dict[str, Any], calibration: dict[str, Any] | None = None) -> Path:
-    """Where a database for ``model_id`` built with ``spec`` lives by default (under the model cache)."""
+def default_database_dir(
+    model_id: str, spec: dict[str, Any], calibration: dict[str, Any] | None = None, weights: str | None = None
+) -> Path:
+    """Where a database for ``model_id`` built with ``spec`` lives by default (under the model cache).
+
+    ``weights`` (the model's :func:`model_fingerprint`) is part of the name: a model changed in place gets
+    a database of its own, built afresh, instead of the old model's being refused or reused.
+    """
     from .models import cache_root
 
-    key = json.dumps({"spec": spec, "calibration": calibration or {}}, sort_keys=True)
+    key = json.dumps({"spec": spec, "calibration": calibration or {}, "weights": weights}, sort_keys=True)
     tag = hashlib.sha256(key.encode()).hexdigest()[:10]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(model_id))[-60:]
     return cache_root() / "databases" / f"{safe}-{spec['kind']}-{spec['method']}-{tag}"
@@ -93,11 +96,11 @@ def unit_level_values(spec: dict[str, Any], numel: int) -> list[Any]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """A layer file's sha256, memoised by its path, size, times and inode
+    (:func:`~levelsearch.adapters.integrity.file_sha256`): opening a database again does not re-read it."""
+    from .integrity import file_sha256
+
+    return file_sha256(path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -144,6 +147,7 @@ def build_database(
     batch_size: int = 8,
     progress: bool = True,
     on_layer: Callable[[int], None] | None = None,
+    fingerprint: str | None = None,
 ) -> VariantDatabase:
     """Build (or finish building) the database of ``model`` at ``root``.
 
@@ -162,6 +166,7 @@ def build_database(
         batch_size: sequences per forward call of the calibration driver.
         progress: tqdm bar over layers.
         on_layer: called with a layer's index after its file is durably recorded.
+        fingerprint: ``model``'s :func:`model_fingerprint` when the caller has it (saves hashing it again).
 
     Raises:
         ValueError: the directory holds a database for another model or with other settings.
@@ -173,7 +178,7 @@ def build_database(
     units = codec.units(model)
     identity = {
         "format": FORMAT,
-        "fingerprint": model_fingerprint(model),
+        "fingerprint": fingerprint or model_fingerprint(model),
         "spec": spec,
         "calibration": calibration or {},
         "seed": seed,
@@ -243,6 +248,11 @@ def _open_manifest(path: Path, identity: dict[str, Any], fresh: dict[str, Any]) 
         manifest = {**identity, **fresh, "layers": {}, "build_seconds": 0.0}
         _write_json(mpath, manifest)
         return manifest
+    if manifest.get("format") != identity["format"]:
+        raise ValueError(
+            f"{path} holds a database of another levelsearch version (format {manifest.get('format')}, this one "
+            f"reads {identity['format']}); delete it or use another directory"
+        )
     if manifest.get("fingerprint") != identity["fingerprint"]:
         raise ValueError(
             f"{path} holds a database built for another model ({manifest.get('model_id')}); use another directory"

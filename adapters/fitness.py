@@ -209,6 +209,10 @@ class LayerRunner:
         return [slice(s, min(n_seq, s + per)) for s in range(0, n_seq, per)]
 
 
+#: The teacher file's layout; a file of another one is rebuilt.
+TEACHER_FORMAT = "2"
+
+
 class Teacher:
     """The dense model's top-``k`` next-token log-probabilities over a fixed token set.
 
@@ -260,15 +264,17 @@ class Teacher:
         return {"logp": self.logp.contiguous(), "index": self.index.contiguous(), "tail": self.tail.contiguous()}
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-        """Write the teacher to a safetensors file, atomically, with ``metadata`` and a sha256 of its tensors."""
+        """Write the teacher to a safetensors file, atomically, with ``metadata``, its ``nll`` and a sha256 of
+        all of it (tensors and every metadata entry: an edited ``nll`` fails it as an edited tensor does)."""
         import os
 
         from safetensors.torch import save_file
 
-        from .integrity import tensors_checksum
+        from .integrity import metadata_checksum
 
         tensors = self.tensors()
-        meta = {**(metadata or {}), "nll": repr(self.nll), "sha256": tensors_checksum(tensors)}
+        meta = {**(metadata or {}), "nll": repr(self.nll), "format": TEACHER_FORMAT}
+        meta["sha256"] = metadata_checksum(tensors, meta)
         tmp = Path(f"{path}.tmp")
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
@@ -278,12 +284,13 @@ class Teacher:
         """Read a teacher written by :meth:`save`; ``None`` if missing, or refused (one line on stderr).
 
         Refused: a file that is truncated or unreadable, written for other ``metadata`` (another
-        problem: its tag holds the weights' and data's fingerprint), without a checksum, or
-        whose tensors do not match their checksum. The caller rebuilds it.
+        problem: its tag holds the weights' and data's fingerprint) or by another format, without a
+        checksum, or whose tensors or metadata (``nll`` included) do not match their checksum. The caller
+        rebuilds it.
         """
         from safetensors import safe_open
 
-        from .integrity import say_rebuild, tensors_checksum
+        from .integrity import metadata_checksum, say_rebuild
 
         if not Path(path).is_file():
             return None
@@ -298,10 +305,16 @@ class Teacher:
             say_rebuild(path, f"is unreadable ({type(exc).__name__}: truncated or damaged)")
             return None
         shapes_ok = t["logp"].shape == t["index"].shape and tuple(t["tail"].shape) == tuple(t["logp"].shape[:2])
-        if not shapes_ok or meta.get("sha256") != tensors_checksum(t):
-            say_rebuild(path, "fails its checksum (corrupted)")
+        body = {k: v for k, v in meta.items() if k != "sha256"}
+        if not shapes_ok or meta.get("format") != TEACHER_FORMAT or meta.get("sha256") != metadata_checksum(t, body):
+            say_rebuild(path, "fails its checksum (edited, corrupted or written by an older levelsearch)")
             return None
-        return cls(t["logp"], t["index"], t["tail"], float(meta.get("nll", "nan")))
+        try:
+            nll = float(meta["nll"])
+        except (KeyError, ValueError):
+            say_rebuild(path, "has no readable nll")
+            return None
+        return cls(t["logp"], t["index"], t["tail"], nll)
 
     def rows(self, seqs: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.logp[seqs], self.index[seqs], self.tail[seqs]

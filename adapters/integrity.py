@@ -1,14 +1,21 @@
 """Fingerprints and checksums: nothing read back from disk is used unless it was checked.
 
+Threat model: accidents and stale state (a model changed in place, an edited or damaged cache,
+a half-written file), not a hostile local user with write access to the cache.
+
+- :func:`weights_fingerprint` — sha256 over every parameter and buffer of an in-memory model:
+  name, dtype, shape and *all* its bytes. What a search compresses is the in-memory model, so this
+  is the identity of its weights; tensors are hashed in parallel threads (hashlib releases the GIL).
+  Measured (``bench/hash_cost.py``): see ``bench/results/integrity/hash_cost.json``.
 - :func:`content_fingerprint` — what an LLM problem's values depend on besides its settings:
-  the model's weights (every tensor's name, dtype and shape plus a strided sample of its
-  values, so it costs the same few milliseconds per tensor whatever the model's size) and
-  the calibration and held-out tokens (hashed in full: a changed data file at the same
-  path, another tokenizer or split gives another fingerprint). It is part of the
-  problem's :meth:`describe`, hence of the run's identity, the journal's identity and the
-  tag of every cache file.
-- :func:`tensors_checksum` / :func:`json_checksum` — sha256 of what a cache file holds,
-  stored in it and compared when it is read back.
+  the weights' fingerprint and the calibration and held-out tokens (hashed in full). It is part of
+  the problem's :meth:`describe`, hence of the run's identity, the journal's identity and the tag
+  of every cache file; the variant database records the weights' full fingerprint.
+- :func:`file_sha256` — a file's full sha256, memoised by (path, size, mtime, ctime, inode) in a
+  small side file of the cache (:func:`memo_path`), so a file that did not change is not read again.
+- :func:`tensors_checksum` / :func:`json_checksum` / :func:`metadata_checksum` — sha256 of what a
+  cache file holds (tensors, JSON, and tensors together with all their metadata), stored in it and
+  compared when it is read back.
 - :func:`check_safetensors` — a safetensors file's header parses and its size covers every
   tensor (a truncated download or cache is a one-line ``ValueError``, not a traceback).
 - :func:`say_rebuild` — the one line printed when a cache is refused and rebuilt.
@@ -21,7 +28,9 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,48 +38,72 @@ import numpy as np
 import torch
 
 __all__ = [
-    "SAMPLE_PER_TENSOR",
+    "HASH",
     "check_safetensors",
     "content_fingerprint",
+    "file_sha256",
     "json_checksum",
+    "memo_path",
+    "metadata_checksum",
     "say_rebuild",
+    "tensor_digest",
     "tensors_checksum",
     "tokens_fingerprint",
     "weights_fingerprint",
 ]
 
-#: Values sampled from each weight tensor by :func:`weights_fingerprint` (64 evenly spaced runs of 64).
-SAMPLE_PER_TENSOR = 4096
-_BLOCK = 64
-_BLOCKS = SAMPLE_PER_TENSOR // _BLOCK
+#: The hash of every identity and checksum: sha256 (with the CPU's SHA extensions about twice as fast as
+#: blake2b here: 0.69 vs 1.37 s/GiB single-threaded, see ``bench/results/integrity/hash_cost.json``).
+HASH = "sha256"
+#: Threads hashing tensors at once (each hashes a whole tensor; hashlib releases the GIL).
+_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+def tensor_digest(t: torch.Tensor) -> bytes:
+    """sha256 of a tensor's raw bytes in row-major order (any dtype: bf16, fp8 ... are hashed as bytes;
+    a tensor on an accelerator is copied to the CPU first)."""
+    flat = t.detach().reshape(-1)
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    flat = flat.contiguous()
+    if flat.numel() == 0:
+        return hashlib.sha256(b"").digest()
+    return hashlib.sha256(flat.view(torch.uint8).numpy()).digest()
+
+
+def _named_digests(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, str, bytes]]:
+    """``(name, "dtype:shape" or "alias:NAME", digest)`` of every tensor, hashed in parallel; a tensor
+    that is a view of the same memory as an earlier one (tied weights) is hashed once and named as an alias."""
+    items = list(named)
+    first: dict[tuple[Any, ...], str] = {}
+    todo: list[int] = []
+    heads: list[str] = []
+    for i, (name, t) in enumerate(items):
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride())) if t.numel() else None
+        if key is not None and key in first:
+            heads.append(f"alias:{first[key]}")
+            continue
+        if key is not None:
+            first[key] = name
+        heads.append(f"{t.dtype}:{tuple(t.shape)}")
+        todo.append(i)
+    digests: dict[int, bytes] = {}
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        for i, d in zip(todo, pool.map(lambda j: tensor_digest(items[j][1]), todo), strict=True):
+            digests[i] = d
+    return [(name, heads[i], digests.get(i, b"")) for i, (name, _) in enumerate(items)]
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer: name, dtype, shape and an evenly strided sample of its values.
+    """sha256 over every parameter and buffer of ``model``: its name, dtype, shape and all its bytes.
 
-    :data:`SAMPLE_PER_TENSOR` values in evenly spaced runs (the first and last values included)
-    are hashed, so the cost grows with the number of tensors, not their size (SmolLM2-135M: 30 tensors
-    per layer, a few ms; an 8B model: the same per tensor).
+    A value changed anywhere gives another fingerprint. Cost: one pass over the weights' bytes at the
+    hash's speed, spread over up to 8 threads (a model on an accelerator is copied to the CPU tensor by
+    tensor first); measured in ``bench/results/integrity/hash_cost.json``.
     """
-    h = hashlib.sha256()
-    for name, t in model.state_dict(keep_vars=False).items():
-        flat = t.detach().reshape(-1)
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        n = flat.numel()
-        if n == 0:
-            continue
-        if flat.dtype == torch.bfloat16:
-            flat = flat.view(torch.int16)
-        if n > SAMPLE_PER_TENSOR:
-            # _BLOCKS evenly spaced runs of _BLOCK values (the first and the last run included): few
-            # memory pages touched per tensor, whatever its size; plain slices (no indexing kernel)
-            starts = [k * (n - _BLOCK) // (_BLOCKS - 1) for k in range(_BLOCKS)]
-            if flat.device.type == "cpu":
-                arr = flat.numpy()
-                h.update(b"".join(arr[s : s + _BLOCK].tobytes() for s in starts))
-                continue
-            flat = torch.cat([flat[s : s + _BLOCK] for s in starts])
-        h.update(flat.cpu().contiguous().numpy().tobytes())
+    h = hashlib.sha256(b"weights-v2;")
+    for name, head, digest in _named_digests(model.state_dict(keep_vars=False).items()):
+        h.update(f"{name}:{head}:".encode() + digest + b";")
     return h.hexdigest()
 
 
@@ -85,26 +118,99 @@ def tokens_fingerprint(*token_sets: Any) -> str:
     return h.hexdigest()
 
 
-def content_fingerprint(model: torch.nn.Module, *token_sets: Any) -> dict[str, str]:
-    """``{"weights": ..., "data": ...}``: short sha256 prefixes of the weights and the token sets."""
-    return {"weights": weights_fingerprint(model)[:20], "data": tokens_fingerprint(*token_sets)[:20]}
+def content_fingerprint(model: torch.nn.Module, *token_sets: Any, weights: str | None = None) -> dict[str, str]:
+    """``{"weights": ..., "data": ...}``: short sha256 prefixes of all the weights and the token sets
+    (``weights``: the model's :func:`weights_fingerprint` when the caller has it already)."""
+    w = weights if weights is not None else weights_fingerprint(model)
+    return {"weights": w[:20], "data": tokens_fingerprint(*token_sets)[:20]}
 
 
 def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 of named tensors (names, dtypes, shapes and every byte), in name order."""
     h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        if t.dtype == torch.bfloat16:
-            t = t.view(torch.int16)
-        h.update(t.numpy().tobytes())
+    for name, head, digest in _named_digests((n, tensors[n]) for n in sorted(tensors)):
+        h.update(f"{name}:{head.replace('alias:', '=')};".encode() + digest)
     return h.hexdigest()
 
 
 def json_checksum(obj: Any) -> str:
     """sha256 of ``obj`` as canonical JSON (sorted keys, no spaces)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def metadata_checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """sha256 of named tensors *and* every metadata entry (a safetensors cache's whole content but the
+    checksum itself): an edited number in the metadata fails it as an edited tensor does."""
+    return json_checksum({"tensors": tensors_checksum(tensors), "metadata": dict(metadata)})
+
+
+# ---------------------------------------------------------------------- file hashes, memoised
+def memo_path() -> Path:
+    """The side file in the cache that remembers files' sha256 by path, size, mtime, ctime and inode."""
+    from .models import cache_root
+
+    return cache_root() / "file-sha256.json"
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino)]
+
+
+#: A file changed less than this long before it was hashed is not memoised: file systems stamp times
+#: coarsely (a few ms), so a write right after the hash could keep the stamps ("racy" entries, as git says).
+_RACY_NS = 2_000_000_000
+
+
+def _read_memo(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        body = data["files"]
+        if not isinstance(body, dict) or data.get("sha256") != json_checksum(body):
+            return {}
+        return body
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}  # a missing or damaged memo only costs a re-read
+
+
+def file_sha256(path: str | os.PathLike[str], *, memo: bool = True) -> str:
+    """The sha256 of a file's bytes, read once per version of the file.
+
+    With ``memo`` the digest is remembered in :func:`memo_path` under the file's absolute path with
+    its size, mtime, ctime and inode; a later call whose file has the same five is answered without
+    reading it (any write, rename over it or ``touch`` changes one of them). Files modified in the
+    last 2 seconds are hashed but not remembered.
+    """
+    p = Path(path).absolute()
+    st = p.stat()
+    mp = memo_path() if memo else None
+    if mp is not None:
+        entry = _read_memo(mp).get(str(p))
+        if isinstance(entry, dict) and entry.get("stat") == _stat_key(st) and isinstance(entry.get("sha256"), str):
+            return str(entry["sha256"])
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    digest = h.hexdigest()
+    st_after = p.stat()
+    recent = time.time_ns() - max(st_after.st_mtime_ns, st_after.st_ctime_ns) < _RACY_NS
+    if mp is not None and _stat_key(st_after) == _stat_key(st) and not recent:
+        _remember(mp, str(p), {"stat": _stat_key(st), "sha256": digest})
+    return digest
+
+
+def _remember(mp: Path, key: str, entry: dict[str, Any]) -> None:
+    """Add one entry to the memo (atomically; entries of files that no longer exist are dropped)."""
+    files = _read_memo(mp)
+    files = {k: v for k, v in files.items() if os.path.exists(k)}
+    files[key] = entry
+    try:
+        mp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mp.with_name(f"{mp.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"files": files, "sha256": json_checksum(files)}))
+        os.replace(tmp, mp)
+    except OSError:
+        pass  # a read-only cache: the digest is simply computed again next time
 
 
 def check_safetensors(path: str | os.PathLike[str]) -> None:
@@ -144,17 +250,20 @@ def say_rebuild(path: str | os.PathLike[str], reason: str) -> None:
     print(f"levelsearch: {path} {reason}; rebuilding it", file=sys.stderr, flush=True)
 
 
-def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dict[str, float]:
+def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dict[str, Any]:
     """Seconds each integrity check takes on ``model`` with a ``make demo``-sized run (median of 3).
 
-    ``python -m levelsearch.adapters.integrity`` prints them. Measured: the weights
-    fingerprint, the data fingerprint (calibration + held-out tokens), the safetensors header
-    check of the model file, the teacher checksum (computed on save and again on load, for
-    the two teachers of a run) and the heuristics cache checksum; plus, to extrapolate to a
-    larger model, the fingerprint of one 100M-value tensor and sha256 throughput (what a
-    variant database's layer files cost to verify per GB).
+    ``python -m levelsearch.adapters.integrity`` prints them and ``bench/hash_cost.py`` commits them.
+    Measured: the full weights fingerprint (every byte of every tensor, threaded), the same on one
+    thread, the data fingerprint (calibration + held-out tokens), the safetensors header check and the
+    full file hash of the model file (cold: read and hashed; memoised: answered from the side file),
+    the teacher checksum (on save and again on load, for the two teachers of a run) and the heuristics
+    cache checksum; plus sha256 and blake2b throughput on 256 MiB, from which the cost of an 8B-parameter
+    bf16 model (16 GB) is extrapolated.
     """
     import time
+
+    global _THREADS
 
     from .models import _cached_smollm2, load_model
 
@@ -167,12 +276,24 @@ def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dic
         return sorted(times)[1]
 
     m, _ = load_model(model, device="cpu")
-    out: dict[str, float] = {}
-    out["n_tensors"] = float(len(m.state_dict()))
+    sd = m.state_dict()
+    n_bytes = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in sd.values()}.values())
+    out: dict[str, Any] = {"model": model, "threads": _THREADS, "cpu_count": os.cpu_count()}
+    out["n_tensors"] = len(sd)
+    out["weight_bytes"] = n_bytes
     out["weights_fingerprint"] = best(lambda: weights_fingerprint(m))
+    threads, _THREADS = _THREADS, 1
+    try:
+        out["weights_fingerprint_one_thread"] = best(lambda: weights_fingerprint(m))
+    finally:
+        _THREADS = threads
     if model == "smollm2":
         f = _cached_smollm2() / "model.safetensors"
+        out["file_bytes"] = f.stat().st_size
         out["safetensors_header_check"] = best(lambda: check_safetensors(f))
+        out["file_sha256_cold"] = best(lambda: file_sha256(f, memo=False))
+        file_sha256(f)
+        out["file_sha256_memoised"] = best(lambda: file_sha256(f))
     n_seq = tokens // 256
     toks = [torch.randint(0, 49152, (n_seq, 256)) for _ in range(2)]
     out["data_fingerprint"] = best(lambda: tokens_fingerprint(*toks))
@@ -182,22 +303,21 @@ def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dic
         "tail": torch.randn(n_seq, 256),
     }
     # two teachers (calibration, held-out), each hashed on save and again on load
-    out["teacher_checksums"] = 4 * best(lambda: tensors_checksum(teacher))
+    out["teacher_checksums"] = 4 * best(lambda: metadata_checksum(teacher, {"nll": "2.5"}))
     heur = {f"h{i}": {"levels": list(range(60)), "calibration_kl": 0.1, "seconds": 1.0} for i in range(6)}
     out["heuristics_checksum"] = 2 * best(lambda: json_checksum({"key": {"a": 1}, "heuristics": heur}))
-    big = torch.nn.Linear(10_000, 10_000, bias=False)
-    out["fingerprint_of_one_100M_tensor"] = best(lambda: weights_fingerprint(big))
     blob = os.urandom(1 << 28)
-    out["sha256_seconds_per_GB"] = best(lambda: hashlib.sha256(blob).digest()) * 4
+    gb = 1e9 / (1 << 28)
+    out["sha256_seconds_per_GB"] = best(lambda: hashlib.sha256(blob).digest()) * gb
+    out["blake2b_seconds_per_GB"] = best(lambda: hashlib.blake2b(blob).digest()) * gb
+    rate = out["weights_fingerprint"] / n_bytes * 1e9
+    out["weights_fingerprint_seconds_per_GB"] = rate
+    out["extrapolated_8B_bf16_weights_fingerprint"] = 16e9 * rate / 1e9
+    out["extrapolated_8B_bf16_one_thread"] = 16e9 * out["weights_fingerprint_one_thread"] / n_bytes
     out["total_demo"] = sum(
         out[k]
-        for k in (
-            "weights_fingerprint",
-            "safetensors_header_check",
-            "data_fingerprint",
-            "teacher_checksums",
-            "heuristics_checksum",
-        )
+        for k in ("weights_fingerprint", "safetensors_header_check", "file_sha256_memoised", "data_fingerprint")
+        + ("teacher_checksums", "heuristics_checksum")
         if k in out
     )
     return out
@@ -205,4 +325,4 @@ def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dic
 
 if __name__ == "__main__":  # pragma: no cover - a measurement, see measure()
     for key, value in measure().items():
-        print(f"{key:32s} {value:.4f}")
+        print(f"{key:40s} {value}")

@@ -131,10 +131,11 @@ class LayerwiseProblem(Problem, abc.ABC):
             heldout_tokens=heldout_tokens,
             seed=seed,
         )
-        from .integrity import content_fingerprint
+        from .integrity import content_fingerprint, weights_fingerprint
 
-        # the weights' and the token sets' fingerprint: part of describe(), so of every cache tag and journal
-        self.content = content_fingerprint(self.model, self.calibration, self.heldout)
+        # every byte of the weights, and the token sets: part of describe(), so of every cache tag and journal
+        self.weights_sha256 = weights_fingerprint(self.model)
+        self.content = content_fingerprint(self.model, self.calibration, self.heldout, weights=self.weights_sha256)
         self.top_k = int(top_k)
         self.runner = LayerRunner(self.model, self.map, chunk_tokens=chunk_tokens)
         self._teachers: dict[str, Teacher] = {}

@@ -190,23 +190,45 @@ def _no_gguf_bar(active: bool) -> Iterator[None]:
 
 
 def _cached_smollm2() -> Path:
-    """Directory of the dequantized SmolLM2 (built from the GGUF file on first use)."""
-    out = cache_root() / "smollm2-135m-instruct"
-    if (out / "model.safetensors").is_file() and (out / "config.json").is_file():
-        from .integrity import check_safetensors, say_rebuild
+    """Directory of the dequantized SmolLM2 (built from the GGUF file on first use).
 
+    The cache is used only when its weights file is whole and has the sha256 recorded when it was
+    built (``weights-sha256.json`` beside it); the file's hash is memoised
+    (:func:`~levelsearch.adapters.integrity.file_sha256`), so it is read again only after it changed.
+    A damaged, edited or unrecorded cache is rebuilt, said in one line.
+    """
+    from .integrity import check_safetensors, file_sha256, json_checksum, say_rebuild
+
+    out = cache_root() / "smollm2-135m-instruct"
+    weights, record = out / "model.safetensors", out / _WEIGHTS_RECORD
+    if weights.is_file() and (out / "config.json").is_file():
         try:
-            check_safetensors(out / "model.safetensors")
-            return out
-        except ValueError:
-            say_rebuild(out / "model.safetensors", "is truncated or damaged")
+            check_safetensors(weights)
+            rec = json.loads(record.read_text()) if record.is_file() else None
+            body = {k: v for k, v in (rec or {}).items() if k != "checksum"}
+            if rec is None or rec.get("checksum") != json_checksum(body):
+                say_rebuild(weights, "has no valid record of its sha256 (written by an older levelsearch)")
+            elif file_sha256(weights) != body.get("model.safetensors"):
+                say_rebuild(weights, "fails its sha256 (damaged or edited)")
+            else:
+                return out
+        except (ValueError, OSError, AttributeError):
+            say_rebuild(weights, "is truncated or damaged")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     save_model(model, tok, out)
+    body = {"model.safetensors": file_sha256(weights)}
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({**body, "checksum": json_checksum(body)}))
+    os.replace(tmp, record)
     return out
+
+
+#: The side file of the dequantized SmolLM2 cache holding its weights file's sha256.
+_WEIGHTS_RECORD = "weights-sha256.json"
 
 
 def save_model(

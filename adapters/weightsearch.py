@@ -211,7 +211,7 @@ class WeightLevelProblem(LayerwiseProblem):
             "content": tokens_fingerprint(self.calibration)[:20],  # the statistics' tokens, not a path
         }
         return build_database(
-            database or default_database_dir(self.model_name, self.spec, calib),
+            database or default_database_dir(self.model_name, self.spec, calib, self.weights_sha256),
             self.model,
             self.calibration.tokens,
             self.spec,
@@ -220,6 +220,7 @@ class WeightLevelProblem(LayerwiseProblem):
             calibration=calib,
             seed=int(self.settings["seed"]),
             progress=progress,
+            fingerprint=self.weights_sha256,
         )
 
     def describe(self) -> dict[str, Any]:
