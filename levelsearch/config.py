@@ -18,7 +18,12 @@ cluster, e.g. ``auto``; default: start Ray locally) and ``max_worker_restarts``
 (default ``4 * workers``).
 
 Every error a user can make is a ``ValueError`` with one sentence saying what
-to change.
+to change, naming the key: configs are checked against a declared schema
+(:data:`RUN_SCHEMA`, :data:`BUDGET_SCHEMA`, :data:`OPTIMIZER_OPTIONS`; the
+:class:`~levelsearch.schema.Schema` machinery is in :mod:`levelsearch.schema`,
+which says why it is our own). YAML is read bounded: duplicate keys are refused,
+aliases are limited (:data:`MAX_YAML_ALIASES`, :data:`MAX_YAML_NODES` once
+expanded) and a file over :data:`MAX_YAML_BYTES` is not read.
 """
 
 from __future__ import annotations
@@ -33,19 +38,104 @@ from typing import Any
 import numpy as np
 import yaml
 
-__all__ = ["RunConfig", "load_config", "parse_config", "safe_load", "read_text", "check_finite"]
+from .schema import ConfigError, Field, Schema, check_name, validate
+
+__all__ = [
+    "RunConfig",
+    "load_config",
+    "parse_config",
+    "safe_load",
+    "load_yaml",
+    "read_text",
+    "check_finite",
+    "Field",
+    "Schema",
+    "ConfigError",
+    "validate",
+    "check_name",
+    "RUN_SCHEMA",
+    "BUDGET_SCHEMA",
+    "OPTIMIZER_OPTIONS",
+]
 
 #: Budget limits (the driver's): a billion evaluations, 10^15 fidelity units; more is a typo.
 MAX_EVALUATIONS = 10**9
 MAX_COST = 1e15
+#: YAML limits: a config is a few hundred bytes; these stop a runaway file or an alias bomb fast.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e6`` and ``2.5e8`` as numbers.
+    """``yaml.SafeLoader`` that reads ``1e6`` as a number, refuses duplicate keys and bounds aliases.
 
     PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so ``max_cost: 2.0e8``
     would arrive as the string ``"2.0e8"``; budgets in tokens are written that way all the time.
+    PyYAML keeps the last of two equal keys without a word; here that is an error naming the key and
+    its line. Aliases (``*name``) are counted and the document's size with every alias expanded is
+    bounded, so a "billion laughs" file fails at once instead of filling the memory of whoever walks it.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                line = self.peek_event().start_mark.line + 1
+                raise _YamlLimit(f"more than {MAX_YAML_ALIASES} aliases (*name) at line {line}; write the values out")
+        return super().compose_node(parent, index)
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None and self._aliases:
+            _expanded_size(node, {}, set())
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue  # merged keys (<<) may be overridden, as YAML says
+            key = self.construct_object(key_node)
+            try:
+                dup = key in seen
+            except TypeError:
+                continue  # an unhashable key: the constructor says so
+            if dup:
+                raise _YamlLimit(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}; give each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _YamlLimit(ValueError):
+    pass
+
+
+def _expanded_size(node: Any, memo: dict[int, int], open_: set[int]) -> int:
+    """Nodes in ``node`` with every alias expanded; refuses more than ``MAX_YAML_NODES`` and cycles."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise _YamlLimit(f"a recursive alias at line {node.start_mark.line + 1}; a config cannot contain itself")
+    open_.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(v, memo, open_) for v in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo, open_) + _expanded_size(v, memo, open_) for k, v in node.value)
+    open_.discard(key)
+    if size > MAX_YAML_NODES:
+        raise _YamlLimit(
+            f"aliases expand to more than {MAX_YAML_NODES} values (from line {node.start_mark.line + 1}); "
+            "write the config out without them"
+        )
+    memo[key] = size
+    return size
 
 
 _Loader.add_implicit_resolver(
@@ -62,18 +152,113 @@ _Loader.add_implicit_resolver(
 )
 
 
-def safe_load(text: str) -> Any:
-    """Parse YAML safely (no Python objects), reading ``1e6``-style numbers as floats."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+def safe_load(text: str, source: str = "YAML") -> Any:
+    """Parse YAML safely (no Python objects), reading ``1e6``-style numbers as floats.
+
+    Raises:
+        ValueError: a duplicate key, too many aliases or values, a document over
+            ``MAX_YAML_BYTES`` or nested too deeply (one line starting with ``source``).
+        yaml.YAMLError: not YAML at all (its mark says where).
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ValueError(f"{source}: larger than {MAX_YAML_BYTES} bytes; a config is a short text file")
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _YamlLimit as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: nested too deeply; a config is a few levels of mappings and lists") from None
 
 
-_TOP_KEYS = {"problem", "optimizer", "seed", "budget", "evaluator", "max_consecutive_failures", "name"}
-_BUDGET_KEYS = {"max_evaluations", "max_cost"}
-_EVALUATOR_KINDS = {"serial", "ray"}
-_EVALUATOR_KEYS = {
-    "serial": {"kind", "retries"},
-    "ray": {"kind", "retries", "workers", "resources_per_worker", "address", "max_worker_restarts"},
-}
+def load_yaml(path: str | Path, what: str = "config") -> Any:
+    """The YAML document in ``path`` (bounded, see :func:`safe_load`); every failure is one-line ``ValueError``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable, too large, or not valid YAML (naming the file and the line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {p} does not exist")
+    try:
+        return safe_load(read_text(p, f"{what} file"), source=str(p))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{p}: not valid YAML{where}") from None
+
+
+#: options that several optimizers take, bounded: a typo such as ``offspring: 1000000000`` must be an
+#: error, not a run that never finishes. Other options are checked by the optimizer itself.
+OPTIMIZER_OPTIONS = Schema(
+    {
+        "offspring": Field("int", min=1, max=100_000),
+        "batch": Field("int", min=1, max=100_000),
+        "max_switches": Field("int", min=1, max=100_000),
+        "init_candidates": Field("int", min=1, max=100_000),
+        "screen": Field("int", min=1, max=100_000),
+        "max_extra_probes": Field("int", min=0, max=1_000_000),
+        "max_generations": Field("int", min=1, max=MAX_EVALUATIONS),
+        "budget": Field("int", min=1, max=MAX_EVALUATIONS),
+        "fidelity": Field("int", min=1, max=10**15, nullable=True),
+        "init_fidelity": Field("int", min=1, max=10**15, nullable=True),
+    },
+    extra=Field("any"),
+)
+
+BUDGET_SCHEMA = Schema(
+    {
+        "max_evaluations": Field("int", min=1, max=MAX_EVALUATIONS),
+        "max_cost": Field("number", min=0, exclusive_min=True, max=MAX_COST),
+    },
+    one_of=("max_evaluations", "max_cost"),
+)
+
+_RAY_ONLY = ("workers", "resources_per_worker", "address", "max_worker_restarts")
+
+
+def _serial_has_no_ray_keys(ev: dict[str, Any]) -> str | None:
+    bad = [k for k in _RAY_ONLY if k in ev]
+    if ev["kind"] == "serial" and bad:
+        return f"key {bad[0]!r} is for kind ray, not serial (serial takes: kind, retries)"
+    return None
+
+
+EVALUATOR_SCHEMA = Schema(
+    {
+        "kind": Field("str", choices=("serial", "ray"), default="serial"),
+        "retries": Field("int", min=0, max=1000, default=0),
+        "workers": Field("int", min=1, max=100_000),
+        "resources_per_worker": Field(
+            "mapping", schema=Schema(extra=Field("number", min=0, max=1e6)), example="{CPU: 1, GPU: 1}"
+        ),
+        "address": Field("str", min=1, max=1000, example="auto or ray://host:10001"),
+        "max_worker_restarts": Field("int", min=0, max=1_000_000),
+    },
+    check=_serial_has_no_ray_keys,
+)
+
+PROBLEM_SCHEMA = Schema({"kind": Field("str", required=True, min=1, example="kind: linear")}, extra=Field("any"))
+
+RUN_SCHEMA = Schema(
+    {
+        "problem": Field(
+            "mapping", required=True, schema=PROBLEM_SCHEMA, shorthand="kind", example="problem: {kind: linear}"
+        ),
+        "optimizer": Field(
+            "mapping",
+            schema=Schema({"name": Field("str", required=True, min=1), **OPTIMIZER_OPTIONS.fields}, extra=Field("any")),
+            shorthand="name",
+            default={"name": "evopress"},
+            example="optimizer: evopress",
+        ),
+        "seed": Field("int", min=0, max=2**63 - 1, default=0),
+        "budget": Field("mapping", required=True, schema=BUDGET_SCHEMA, example="budget: {max_evaluations: 5000}"),
+        "evaluator": Field("mapping", schema=EVALUATOR_SCHEMA, shorthand="kind", default={"kind": "serial"}),
+        "max_consecutive_failures": Field("int", min=1, max=MAX_EVALUATIONS, default=100),
+        "name": Field("str", nullable=True, max=200),
+    }
+)
 
 
 @dataclass
@@ -126,21 +311,15 @@ def load_config(path: str | Path) -> RunConfig:
         FileNotFoundError: no such file.
         ValueError: unreadable YAML or an invalid config (one clear sentence).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    try:
-        data = safe_load(read_text(p, "config file"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{p}: not valid YAML{where}") from None
-    return parse_config(data, source=str(p))
+    return parse_config(load_yaml(path), source=str(path))
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """The UTF-8 text of ``path``; a binary or unreadable file is a ``ValueError`` that names it."""
+def read_text(path: Path, what: str = "file", limit: int = MAX_YAML_BYTES) -> str:
+    """The UTF-8 text of ``path``; a binary, unreadable or larger than ``limit`` bytes file is a
+    ``ValueError`` that names it."""
     try:
+        if path.stat().st_size > limit:
+            raise ValueError(f"{what} {path} is larger than {limit} bytes; give a YAML config (a short text file)")
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{what} {path} is not a UTF-8 text file (binary?); give a YAML file") from None
@@ -166,115 +345,26 @@ def check_finite(value: Any, where: str) -> None:
         raise ValueError(f"{where} must be a finite number, got {value!r}")
 
 
-def _int(x: Any, what: str, minimum: int = 0) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {x!r}")
-    return x
-
-
-def _parse_evaluator(ev: Any, source: str) -> dict[str, Any]:
-    if isinstance(ev, str):
-        ev = {"kind": ev}
-    if not isinstance(ev, Mapping) or ev.get("kind", "serial") not in _EVALUATOR_KINDS:
-        raise ValueError(f"{source}: evaluator.kind must be one of {sorted(_EVALUATOR_KINDS)}")
-    ev = {"kind": "serial", **dict(ev)}
-    allowed = _EVALUATOR_KEYS[ev["kind"]]
-    bad = sorted(set(ev) - allowed)
-    if bad:
-        raise ValueError(
-            f"{source}: unknown evaluator key {bad[0]!r} for kind {ev['kind']}; allowed: {', '.join(sorted(allowed))}"
-        )
-    _int(ev.get("retries", 0), f"{source}: evaluator.retries")
-    if "workers" in ev:
-        _int(ev["workers"], f"{source}: evaluator.workers", 1)
-    res = ev.get("resources_per_worker")
-    if res is not None and (
-        not isinstance(res, Mapping)
-        or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-            for k, v in res.items()
-        )
-    ):
-        raise ValueError(
-            f"{source}: evaluator.resources_per_worker must map resource names to numbers >= 0, "
-            f"e.g. {{CPU: 1, GPU: 1}}, got {res!r}"
-        )
-    address = ev.get("address")
-    if address is not None and (not isinstance(address, str) or not address):
-        raise ValueError(f"{source}: evaluator.address must be a Ray address such as 'auto' or 'ray://host:10001'")
-    if "max_worker_restarts" in ev:
-        _int(ev["max_worker_restarts"], f"{source}: evaluator.max_worker_restarts")
-    return ev
-
-
 def parse_config(data: Any, source: str = "config") -> RunConfig:
-    """Validate a config given as a mapping (see :func:`load_config`)."""
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: a run config must be a mapping with at least 'problem' and 'budget'")
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ValueError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(_TOP_KEYS))}")
-    if "problem" not in data:
-        raise ValueError(f"{source}: missing 'problem' (e.g. problem: {{kind: linear}})")
-    problem = data["problem"]
-    if isinstance(problem, str):
-        problem = {"kind": problem}
-    if not isinstance(problem, Mapping) or "kind" not in problem:
-        raise ValueError(f"{source}: 'problem' must be a mapping with a 'kind' (see `levelsearch problems`)")
-    check_finite(dict(problem), f"{source}: problem")
-    opt = data.get("optimizer", "evopress")
-    if isinstance(opt, str) and opt:
-        opt_name, options = opt, {}
-    elif isinstance(opt, Mapping) and isinstance(opt.get("name"), str) and opt["name"]:
-        opt_name = str(opt["name"])
-        options = {k: v for k, v in opt.items() if k != "name"}
-    else:
-        raise ValueError(f"{source}: 'optimizer' must be a name or a mapping with a 'name'")
-    check_finite(options, f"{source}: optimizer")
-    seed = _int(data.get("seed", 0), f"{source}: seed")
-    budget = data.get("budget")
-    if not isinstance(budget, Mapping) or not budget:
-        raise ValueError(f"{source}: missing 'budget' (e.g. budget: {{max_evaluations: 5000}})")
-    bad = sorted(set(budget) - _BUDGET_KEYS)
-    if bad:
-        raise ValueError(f"{source}: unknown budget key {bad[0]!r}; use max_evaluations and/or max_cost")
-    max_eval = budget.get("max_evaluations")
-    if max_eval is not None:
-        max_eval = _int(max_eval, f"{source}: budget.max_evaluations", 1)
-        if max_eval > MAX_EVALUATIONS:
-            raise ValueError(
-                f"{source}: budget.max_evaluations={max_eval} is beyond any run (at most {MAX_EVALUATIONS:.0e}); "
-                "check the number"
-            )
+    """Validate a config given as a mapping against :data:`RUN_SCHEMA` (see :func:`load_config`).
+
+    Raises:
+        ConfigError: one line naming the key, e.g. ``run.yaml: budget.max_evaluations: must be an integer ...``.
+    """
+    if data is None:
+        data = {}
+    cfg = validate(data, RUN_SCHEMA, where=source)
+    opt = dict(cfg["optimizer"])
+    budget = cfg["budget"]
     max_cost = budget.get("max_cost")
-    if max_cost is not None:
-        if (
-            isinstance(max_cost, bool)
-            or not isinstance(max_cost, (int, float))
-            or not math.isfinite(max_cost)
-            or max_cost <= 0
-        ):
-            raise ValueError(f"{source}: budget.max_cost must be a positive number, got {max_cost!r}")
-        if max_cost > MAX_COST:
-            raise ValueError(
-                f"{source}: budget.max_cost={max_cost:g} is beyond any run (at most {MAX_COST:.0e}); check the number"
-            )
-        max_cost = float(max_cost)
-    if max_eval is None and max_cost is None:
-        raise ValueError(f"{source}: budget needs max_evaluations or max_cost")
-    ev = _parse_evaluator(data.get("evaluator", {"kind": "serial"}), source)
-    mcf = _int(data.get("max_consecutive_failures", 100), f"{source}: max_consecutive_failures", 1)
-    name = data.get("name")
-    if name is not None and not isinstance(name, str):
-        raise ValueError(f"{source}: name must be a string")
     return RunConfig(
-        problem=dict(problem),
-        optimizer=opt_name,
-        optimizer_options=dict(options),
-        seed=seed,
-        max_evaluations=max_eval,
-        max_cost=max_cost,
-        evaluator=ev,
-        max_consecutive_failures=mcf,
-        name=name,
+        problem=cfg["problem"],
+        optimizer=opt.pop("name"),
+        optimizer_options=opt,
+        seed=cfg["seed"],
+        max_evaluations=budget.get("max_evaluations"),
+        max_cost=None if max_cost is None else float(max_cost),
+        evaluator=cfg["evaluator"],
+        max_consecutive_failures=cfg["max_consecutive_failures"],
+        name=cfg.get("name"),
     )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import RunConfig, parse_config, read_text, safe_load
+from .config import RunConfig, load_yaml, parse_config
 from .driver import Result, minimize, run_identity
 from .evaluators import Evaluator, SerialEvaluator
 from .journal import Journal
@@ -169,13 +169,48 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
         ValueError: bad config, unwritable directory, or a journal of another run.
         AllFailedError: the oracle failed ``max_consecutive_failures`` times in a row.
     """
+    if not str(out).strip():
+        raise ValueError("--out is empty; name a run directory, e.g. --out runs/first")
     out = Path(out)
     problem = _build_problem(config)
     _check_optimizer(config, problem)
     _make_dir(out)
     with DirectoryLock(out):  # before anything is written: two runs racing for one directory cannot mix
         _check_writable(out)
+        _check_is_a_run_directory(out)
         return _run_locked(config, problem, out, progress=progress, plot=plot)
+
+
+def _check_is_a_run_directory(out: Path) -> None:
+    """Refuse a directory that holds files but no run: its summary.json or plots would be overwritten
+    (``--out .`` in a project folder, a typo naming another tool's output)."""
+    if (out / CONFIG).exists():
+        return
+    others = sorted(p.name for p in out.iterdir())
+    if others:
+        where = "the current directory" if out.resolve() == Path.cwd().resolve() else f"output directory {out}"
+        raise ValueError(
+            f"{where} holds other files ({others[0]}{', ...' if len(others) > 1 else ''}) and no run "
+            f"({CONFIG}); choose a new or empty --out directory"
+        )
+
+
+def _check_budget_covers_the_journal(config: RunConfig, problem: Problem, journal: Journal, out: Path) -> None:
+    """A budget below what the journal already spent would replay only part of the run and write a
+    summary worse than the one on disk: refused, naming what was spent."""
+    spent = len(journal)
+    if config.max_evaluations is not None and spent > config.max_evaluations:
+        raise ValueError(
+            f"budget.max_evaluations={config.max_evaluations} is below the {spent} evaluations {out} already "
+            f"spent; give at least {spent} (or choose a new --out directory)"
+        )
+    if config.max_cost is not None and spent:
+        cost = sum(problem.cost_of(r.fidelity) for r in journal.records())
+        if cost > config.max_cost * (1 + 1e-12):
+            raise ValueError(
+                f"budget.max_cost={config.max_cost:g} is below the cost {cost:g} {out} already spent; "
+                f"give at least {cost:g} (or choose a new --out directory)"
+            )
 
 
 def _run_locked(config: RunConfig, problem: Problem, out: Path, *, progress: bool, plot: bool) -> dict[str, Any]:
@@ -184,9 +219,9 @@ def _run_locked(config: RunConfig, problem: Problem, out: Path, *, progress: boo
     cfg_path = out / CONFIG
     if cfg_path.exists():
         try:
-            stored = safe_load(cfg_path.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            raise ValueError(f"{cfg_path} is not a readable run config; choose a new --out directory") from None
+            stored = load_yaml(cfg_path, "run config")
+        except ValueError as exc:
+            raise ValueError(f"{exc}; choose a new --out directory") from None
         if parse_config(stored, str(cfg_path)).identity() != config.identity():
             raise ValueError(
                 f"{out} already holds a run of a different config; choose a new --out directory "
@@ -198,6 +233,11 @@ def _run_locked(config: RunConfig, problem: Problem, out: Path, *, progress: boo
     journal: Journal | None = None
     if (out / JOURNAL).exists():  # refuse a damaged or foreign journal before anything is written
         journal = Journal(out / JOURNAL, identity=identity)
+        try:
+            _check_budget_covers_the_journal(config, problem, journal, out)
+        except BaseException:
+            journal.close()
+            raise
     evaluator: Evaluator | None = None
     try:
         text = yaml.safe_dump(config.to_dict(), sort_keys=False)
@@ -264,8 +304,5 @@ def resume_dir(out: str | Path, *, progress: bool = True) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{out} holds no run (no {CONFIG}); start one with `levelsearch run CONFIG --out {out}`"
         )
-    try:
-        data = safe_load(read_text(cfg_path, "run config"))
-    except yaml.YAMLError:
-        raise ValueError(f"{cfg_path} is not valid YAML; restore it or start a new run") from None
+    data = load_yaml(cfg_path, "run config")
     return run_config(parse_config(data, str(cfg_path)), out, progress=progress)

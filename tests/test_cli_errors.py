@@ -59,26 +59,37 @@ def _write_truncated_journal(run: Path) -> None:
 
 Setup = Callable[[Path], None] | None
 
+
+def _in_a_run(setup: Callable[[Path], None]) -> Callable[[Path], None]:
+    """``setup`` in a directory that holds a run of the same config (a journal needs its config.yaml)."""
+
+    def both(run: Path) -> None:
+        (run / "config.yaml").write_text(_yaml())
+        setup(run)
+
+    return both
+
+
 # (id, config text, what is already in the run directory, words the error must contain)
 CASES: list[tuple[str, str, Setup, str]] = [
-    ("missing-problem", _yaml(problem=None), None, "missing 'problem'"),
-    ("missing-budget", _yaml(budget=None), None, "missing 'budget'"),
-    ("unknown-top-key", _yaml() + "budjet: {max_evaluations: 5}\n", None, "unknown key 'budjet'"),
-    ("unknown-budget-key", _yaml(budget="{max_evals: 5}"), None, "unknown budget key 'max_evals'"),
+    ("missing-problem", _yaml(problem=None), None, "problem: missing"),
+    ("missing-budget", _yaml(budget=None), None, "budget: missing"),
+    ("unknown-top-key", _yaml() + "budjet: {max_evaluations: 5}\n", None, "budjet: unknown key"),
+    ("unknown-budget-key", _yaml(budget="{max_evals: 5}"), None, "budget.max_evals: unknown key"),
     ("unknown-problem-param", _yaml(problem="{kind: linear, n_unit: 8}"), None, "no parameter 'n_unit'"),
     ("unknown-problem-kind", _yaml(problem="{kind: lineer}"), None, "unknown problem kind 'lineer'"),
     ("unknown-optimizer", _yaml(optimizer="evopres"), None, "unknown optimizer 'evopres'"),
     ("unknown-optimizer-option", _yaml(optimizer="{name: evopress, ofspring: 3}"), None, "ofspring"),
-    ("unknown-evaluator-key", _yaml() + "evaluator: {kind: serial, workers: 2}\n", None, "unknown evaluator key"),
+    ("unknown-evaluator-key", _yaml() + "evaluator: {kind: serial, workers: 2}\n", None, "'workers' is for kind ray"),
     ("unknown-evaluator-kind", _yaml() + "evaluator: {kind: dask}\n", None, "evaluator.kind"),
-    ("seed-not-int", _yaml(seed="zero"), None, "seed must be an integer"),
-    ("budget-string", _yaml(budget="{max_evaluations: '100'}"), None, "max_evaluations must be an integer"),
-    ("problem-not-mapping", _yaml(problem="[1, 2]"), None, "'problem' must be a mapping"),
+    ("seed-not-int", _yaml(seed="zero"), None, "seed: must be an integer"),
+    ("budget-string", _yaml(budget="{max_evaluations: '100'}"), None, "budget.max_evaluations: must be an integer"),
+    ("problem-not-mapping", _yaml(problem="[1, 2]"), None, "problem: must be a mapping"),
     ("option-wrong-type", _yaml(optimizer="{name: evopress, offspring: many}"), None, "offspring"),
     ("retries-negative", _yaml() + "evaluator: {kind: serial, retries: -1}\n", None, "retries"),
     ("max-failures-zero", _yaml() + "max_consecutive_failures: 0\n", None, "max_consecutive_failures"),
     ("negative-max-evaluations", _yaml(budget="{max_evaluations: -5}"), None, "max_evaluations"),
-    ("negative-max-cost", _yaml(budget="{max_cost: -1.5}"), None, "max_cost must be a positive number"),
+    ("negative-max-cost", _yaml(budget="{max_cost: -1.5}"), None, "budget.max_cost: must be a finite number > 0"),
     ("infeasible-total", _yaml(problem="{kind: linear, n_units: 8, n_levels: 2, total: 20}"), None, "20"),
     (
         "max-cost-below-one-evaluation",
@@ -92,10 +103,10 @@ CASES: list[tuple[str, str, Setup, str]] = [
     ),
     ("yaml-syntax", "problem: {kind: linear\nbudget: [\n", None, "not valid YAML"),
     ("config-is-a-list", "- linear\n- evopress\n", None, "must be a mapping"),
-    ("foreign-journal", _yaml(), _write_foreign_journal, "belongs to a different run"),
-    ("other-sqlite-database", _yaml(), _write_other_sqlite, "not a levelsearch journal"),
-    ("garbage-journal", _yaml(), _write_garbage, "not a readable levelsearch journal"),
-    ("truncated-journal", _yaml(), _write_truncated_journal, "journal"),
+    ("foreign-journal", _yaml(), _in_a_run(_write_foreign_journal), "belongs to a different run"),
+    ("other-sqlite-database", _yaml(), _in_a_run(_write_other_sqlite), "not a levelsearch journal"),
+    ("garbage-journal", _yaml(), _in_a_run(_write_garbage), "not a readable levelsearch journal"),
+    ("truncated-journal", _yaml(), _in_a_run(_write_truncated_journal), "journal"),
     ("dir-of-another-config", _yaml(), _write_other_config, "different config"),
 ]
 
