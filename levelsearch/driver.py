@@ -10,12 +10,15 @@ evaluation for problems without fidelity).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
+import signal
+import threading
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .config import MAX_COST, MAX_EVALUATIONS, check_finite  # the largest budgets accepted: more is a typo
-from .evaluators import Evaluator, Outcome, SerialEvaluator, fitness_value
-from .journal import Journal, JournalMismatch
+from .evaluators import Evaluator, Outcome, SerialEvaluator, fitness_value, private_levels
+from .journal import Journal, JournalMismatch, JournalRecord
 from .optimizer import Optimizer, Request, make_optimizer
 from .problem import FunctionProblem, Problem
 from .space import LevelSpace
@@ -37,6 +40,7 @@ __all__ = [
     "AllFailedError",
     "run_identity",
     "oracle_fingerprint",
+    "spot_check_tolerance",
     "MAX_EVALUATIONS",
     "MAX_COST",
 ]
@@ -81,7 +85,8 @@ class Result:
     Attributes:
         best_levels: the recommended assignment (int64 array).
         best_value: its value as the optimizer measured it.
-        n_evaluations: oracle evaluations spent (journal replays included).
+        n_evaluations: oracle evaluations spent (journal replays included; the spot-checks
+            of a resume are not: a resumed run reports what an uninterrupted one would).
         cost: fidelity spent (sum of the fidelity of every evaluation).
         history: every evaluation in order.
         trace: the recommendation after every told batch (for convergence plots).
@@ -90,6 +95,9 @@ class Result:
             ``"exhausted"`` (200 batches in a row proposed only evaluated points) or ``"interrupted"``.
         wall_seconds: wall time of this call.
         optimum: the problem's known optimum, when it has one (``None`` for an interrupted run).
+        n_replayed: evaluations answered from the journal.
+        n_spot_checks: journaled evaluations measured again before the journal was replayed
+            (oracle calls that are not in ``n_evaluations``, ``cost`` or ``history``).
     """
 
     best_levels: np.ndarray
@@ -104,6 +112,7 @@ class Result:
     optimum: float | None = None
     best_true_value: float | None = None
     n_replayed: int = 0
+    n_spot_checks: int = 0
 
 
 # consecutive batches with nothing new to evaluate before the driver gives up
@@ -129,6 +138,8 @@ def minimize(
     progress: bool | ProgressHook = False,
     target: float | None = None,
     resume: bool = False,
+    eval_timeout: float | None = None,
+    spot_checks: int = 3,
 ) -> Result:
     """Minimise ``fn`` over ``space`` with a registered optimizer.
 
@@ -139,14 +150,18 @@ def minimize(
         optimizer: a registered name (see ``levelsearch optimizers``) or an instance.
         max_evaluations: stop after this many oracle evaluations.
         max_cost: stop once this much fidelity is spent (tokens, samples).
-        seed: seed of the optimizer (same seed ⇒ same trajectory).
+        seed: seed of the optimizer, an integer >= 0 (same seed ⇒ same trajectory).
         options: keyword options of the optimizer (e.g. ``{"offspring": 32}``).
         evaluator: how to run batches (default: in-process, serial).
         journal: a SQLite journal path (or open :class:`Journal`). An existing
             journal of the same run is replayed: the trajectory continues exactly
             where it stopped and journaled evaluations are not run again. It must
             have been written by the same problem description and the same oracle
-            (see :func:`oracle_fingerprint`), else :class:`JournalMismatch`.
+            (see :func:`oracle_fingerprint`), else :class:`JournalMismatch`. Before a
+            journal with evaluations is replayed, ``spot_checks`` of them are measured
+            again (the first, the best and the last successful ones): they must give the
+            journaled values (see :func:`spot_check_tolerance`), else :class:`JournalMismatch`.
+            Every fitness gets its own writable copy of its levels.
         identity: extra JSON-able facts that must match when a journal is resumed.
         retries: extra attempts for an evaluation that raised an exception.
         max_consecutive_failures: abort with :class:`AllFailedError` after this
@@ -156,7 +171,13 @@ def minimize(
         resume: replay a journal even though it was written by another oracle (a fitness
             function whose code or data changed, e.g. only its docstring or logging):
             you vouch that it gives the values journaled. The problem description,
-            optimizer, options and seed must still match.
+            optimizer, options and seed must still match, and the spot-checks still run.
+        eval_timeout: seconds one evaluation may take (default: no limit). A call past it
+            is a failed evaluation ("did not return within ..."); it runs in a worker thread
+            that is abandoned and keeps running until the oracle returns by itself (see
+            :func:`~levelsearch.evaluators.call_with_timeout`). For the default evaluator only.
+        spot_checks: journaled evaluations measured again before a replay (default 3;
+            0 skips the check: you vouch that the oracle gives the journaled values).
 
     Returns:
         A :class:`Result`.
@@ -169,6 +190,7 @@ def minimize(
         AllFailedError: the oracle failed ``max_consecutive_failures`` times in a row.
     """
     t_start = time.perf_counter()
+    _check_seed(seed)
     problem = _as_problem(fn, space)
     check_finite(options, "options")
     if target is not None and (
@@ -196,7 +218,18 @@ def minimize(
         raise ValueError(f"max_consecutive_failures must be a positive integer, got {max_consecutive_failures!r}")
     if evaluator is not None and retries:
         raise ValueError("retries= configures the default evaluator; give retries to your evaluator instead")
-    evaluator = evaluator or SerialEvaluator(problem, retries=int(retries))
+    if eval_timeout is not None and (
+        isinstance(eval_timeout, bool)
+        or not isinstance(eval_timeout, (int, float, np.integer, np.floating))
+        or not 0 < eval_timeout < math.inf
+    ):
+        raise ValueError(f"eval_timeout must be a positive number of seconds, got {eval_timeout!r}")
+    if evaluator is not None and eval_timeout is not None:
+        raise ValueError("eval_timeout= configures the default evaluator; give a timeout to your evaluator instead")
+    if isinstance(spot_checks, bool) or not isinstance(spot_checks, (int, np.integer)) or spot_checks < 0:
+        raise ValueError(f"spot_checks must be an integer >= 0, got {spot_checks!r}")
+    spot_check_tolerance(problem)  # a bad replay_tolerance is an error before anything runs
+    evaluator = evaluator or SerialEvaluator(problem, retries=int(retries), timeout=eval_timeout)
 
     jr: Journal | None
     own_journal = False
@@ -215,6 +248,7 @@ def minimize(
 
     # answers available without calling the oracle
     replay: dict[tuple[Any, ...], list[Outcome]] = {}
+    journaled: list[JournalRecord] = []
     if jr is not None:
         try:
             if not jr.readonly and jr.meta("cost_model") is None:  # lets reports price fidelity=None
@@ -222,7 +256,8 @@ def minimize(
                     "cost_model",
                     {"uses_fidelity": bool(problem.uses_fidelity), "max_fidelity": problem.max_fidelity},
                 )
-            for rec in jr.records():
+            journaled = list(jr.records())
+            for rec in journaled:
                 k = _norm_key(problem, rec.levels, rec.fidelity, rec.sample)
                 replay.setdefault(k, []).append(Outcome(rec.value, rec.error, rec.seconds, rec.worker))
         except BaseException:
@@ -236,14 +271,18 @@ def minimize(
     stopped_by = "optimizer"
     idle_batches = 0  # batches answered entirely from the cache
     bar = _make_bar(progress, max_evaluations, max_cost)
+    n_spot = 0
     try:
+        if journaled and spot_checks:
+            assert jr is not None
+            n_spot = _spot_check(jr, problem, evaluator, journaled, seed, int(spot_checks))
         while not opt.stop():
             batch = opt.ask()
             if not batch:
                 stopped_by = "optimizer"
                 break
-            # the oracle, journal and history get read-only copies: a fitness that writes into its
-            # ``levels`` fails loudly instead of corrupting the optimizer's state or what is journaled
+            # the driver's own copies for the journal and history; the evaluator gets copies of
+            # these (and each oracle call its own), so nothing a fitness does reaches them
             asked = [Request(_frozen(r.levels), r.fidelity, r.sample) for r in batch]
             values: list[float] = [math.nan] * len(batch)
             keys = [_norm_key(problem, r.levels, r.fidelity, r.sample) for r in asked]
@@ -293,7 +332,8 @@ def minimize(
                     fresh.append(idx)
             if fresh:
                 sink = _Sink(led, asked, fresh, values)
-                outs = evaluator.evaluate([asked[i] for i in fresh], on_result=sink)
+                sent = [Request(private_levels(asked[i].levels), asked[i].fidelity, asked[i].sample) for i in fresh]
+                outs = evaluator.evaluate(sent, on_result=sink)
                 sink.finish(outs)
             # Replayed failures count towards the streak (a resumed run behaves like an
             # uninterrupted one), but a batch answered only from the journal never aborts:
@@ -313,7 +353,7 @@ def minimize(
                 values[idx] = values[src]
             opt.tell(batch, values)
             rec_levels, rec_value = opt.recommend()
-            tv = problem.true_value(rec_levels) if rec_levels is not None else None
+            tv = problem.true_value(private_levels(rec_levels)) if rec_levels is not None else None
             shown = min(led.best_value, rec_value) if not problem.uses_fidelity else rec_value
             trace.append(TracePoint(led.n_eval, led.cost, shown, tv))
             if bar is not None:
@@ -330,11 +370,29 @@ def minimize(
     except KeyboardInterrupt:
         stopped_by = "interrupted"
     finally:
-        if bar is not None:
-            bar.close()
-        if own_journal and jr is not None:
-            jr.close()
+        # a burst of Ctrl-C must not break the clean-up: further SIGINTs wait until it is done
+        with _sigint_deferred():
+            if bar is not None:
+                bar.close()
+            if own_journal and jr is not None:
+                jr.close()
+    # a known optimum may take long to compute (enumeration): not while the user waits on Ctrl-C
+    optimum = None if stopped_by == "interrupted" else problem.optimum
+    with _sigint_deferred():
+        return _result(problem, opt, led, trace, stopped_by, t_start, n_spot, optimum)
 
+
+def _result(
+    problem: Problem,
+    opt: Optimizer,
+    led: _Ledger,
+    trace: list[TracePoint],
+    stopped_by: str,
+    t_start: float,
+    n_spot: int,
+    optimum: float | None,
+) -> Result:
+    space = problem.space
     levels, value = opt.recommend()
     if not problem.uses_fidelity and led.best_levels is not None and led.best_value <= value:
         # every value of a fidelity-free problem is exact: the best seen is the best
@@ -360,11 +418,94 @@ def minimize(
         n_failures=led.n_fail,
         stopped_by=stopped_by,
         wall_seconds=time.perf_counter() - t_start,
-        # a known optimum may take long to compute (enumeration): not while the user waits on Ctrl-C
-        optimum=None if stopped_by == "interrupted" else problem.optimum,
-        best_true_value=problem.true_value(levels),
+        optimum=optimum,
+        best_true_value=problem.true_value(private_levels(levels)),
         n_replayed=sum(e.replayed for e in led.history),
+        n_spot_checks=n_spot,
     )
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """SIGINTs that arrive inside the block are held and dropped (main thread only; a no-op elsewhere).
+
+    The run is already ending as interrupted (or finished): the block closes the journal and
+    builds the result, which a second Ctrl-C of a burst must not turn into a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    except (ValueError, OSError):  # no signals here (embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _check_seed(seed: Any) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+
+def spot_check_tolerance(problem: Problem) -> float:
+    """Relative tolerance of a resume's spot-checks for ``problem``.
+
+    The problem's ``replay_tolerance`` when it declares one; else ``1e-12`` for a problem
+    without fidelity (a deterministic oracle gives the same value again) and ``1e-2`` for one
+    with fidelity (same data sample, but GPU reductions need not be bitwise reproducible).
+
+    Raises:
+        ValueError: ``replay_tolerance`` is not a number in [0, 1].
+    """
+    tol = getattr(problem, "replay_tolerance", None)
+    if tol is None:
+        return 1e-2 if problem.uses_fidelity else 1e-12
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.integer, np.floating)) or not 0 <= tol <= 1:
+        raise ValueError(f"{type(problem).__name__}.replay_tolerance must be a number in [0, 1], got {tol!r}")
+    return float(tol)
+
+
+def _spot_check(
+    jr: Journal, problem: Problem, evaluator: Evaluator, records: list[JournalRecord], seed: int, k: int
+) -> int:
+    """Measure ``k`` journaled successes again (the first, the best, the last, then seed-chosen ones).
+
+    Returns:
+        How many evaluations it ran.
+
+    Raises:
+        JournalMismatch: one of them gives another value (or fails) now.
+    """
+    ok = [r for r in records if r.ok]
+    if not ok:
+        return 0
+    chosen: dict[int, JournalRecord] = {}
+    for r in (ok[0], min(ok, key=lambda r: r.value), ok[-1]):
+        chosen.setdefault(r.index, r)
+    rest = [r for r in ok if r.index not in chosen]
+    if len(chosen) < k and rest:
+        rng = np.random.default_rng(seed)
+        for j in rng.choice(len(rest), size=min(k - len(chosen), len(rest)), replace=False):
+            chosen.setdefault(rest[int(j)].index, rest[int(j)])
+    picks = list(chosen.values())[:k]
+    outs = evaluator.evaluate([Request(private_levels(r.levels), r.fidelity, r.sample) for r in picks])
+    tol = spot_check_tolerance(problem)
+    for rec, out in zip(picks, outs):
+        same = out.ok and (out.value == rec.value or math.isclose(out.value, rec.value, rel_tol=tol, abs_tol=0.0))
+        if not same:
+            shown = np.array2string(rec.levels, threshold=16, separator=",").replace("\n", "")
+            now = f"fails now ({out.error})" if not out.ok else f"gives {out.value!r} now"
+            raise JournalMismatch(
+                f"journal {jr.path} was written by another oracle: its evaluation {rec.index} (levels {shown}"
+                + ("" if rec.fidelity is None else f", fidelity {rec.fidelity}")
+                + f") has value {rec.value!r} but {now} (relative tolerance {tol:g}); "
+                "use a new journal, or the oracle that wrote it"
+            )
+    return len(picks)
 
 
 class _Ledger:

@@ -8,8 +8,10 @@ a distributed one (Ray) is a drop-in replacement.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import numbers
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -29,6 +31,9 @@ __all__ = [
     "WorkersLostError",
     "FitnessTypeError",
     "fitness_value",
+    "EvaluationTimeout",
+    "call_with_timeout",
+    "private_levels",
 ]
 
 
@@ -93,11 +98,53 @@ class Outcome:
         return self.error is None
 
 
-def evaluate_one(problem: Problem, req: Request, retries: int = 0, worker: str = "local") -> Outcome:
+class EvaluationTimeout(Exception):
+    """An evaluation ran past its timeout (recorded as a failed evaluation, not retried)."""
+
+
+def private_levels(levels: np.ndarray) -> np.ndarray:
+    """A fresh, writable int64 copy of ``levels``: what the oracle gets, so nothing it does reaches the caller."""
+    return np.array(levels, dtype=np.int64, copy=True, order="C")
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> Any:
+    """``fn()``, or :class:`EvaluationTimeout` once ``timeout`` seconds pass without an answer.
+
+    The call runs in a daemon worker thread that is *abandoned* on timeout: Python cannot
+    stop a thread, so it keeps running (and holding what it holds: CPU, GPU memory) until
+    the oracle returns by itself, and whatever it returns then is ignored. This works from
+    any thread and on every platform, unlike ``SIGALRM`` (main thread, POSIX only, and an
+    exception thrown into arbitrary oracle code). Thread-local state of the caller, such as
+    ``torch.no_grad()``, does not carry over into the worker thread.
+    """
+    if timeout is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="levelsearch-evaluation", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise EvaluationTimeout(f"the fitness did not return within {timeout:g} s (eval_timeout); it was abandoned")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def evaluate_one(
+    problem: Problem, req: Request, retries: int = 0, worker: str = "local", *, timeout: float | None = None
+) -> Outcome:
     """Call the oracle once (plus ``retries`` more times on an exception); never raises for oracle errors.
 
-    NaN and infinite values are failures but are not retried: a deterministic
-    oracle would return them again.
+    Every attempt gets its own writable copy of the levels. NaN and infinite values
+    are failures but are not retried: a deterministic oracle would return them again;
+    nor is a call that ran past ``timeout`` seconds (see :func:`call_with_timeout`).
 
     Raises:
         FitnessTypeError: the oracle returned something that is not a real number.
@@ -107,10 +154,14 @@ def evaluate_one(problem: Problem, req: Request, retries: int = 0, worker: str =
     attempts = 0
     for _ in range(retries + 1):
         attempts += 1
+        levels = private_levels(req.levels)
         try:
-            value = fitness_value(problem.evaluate(req.levels, req.fidelity, req.sample))
+            raw = call_with_timeout(functools.partial(problem.evaluate, levels, req.fidelity, req.sample), timeout)
+            value = fitness_value(raw)
         except (KeyboardInterrupt, FitnessTypeError):
             raise
+        except EvaluationTimeout as exc:
+            return Outcome(math.inf, str(exc), time.perf_counter() - t0, worker, attempts)
         except Exception as exc:  # the oracle is user code: any exception is a failed evaluation
             tb = traceback.extract_tb(exc.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -149,15 +200,23 @@ class SerialEvaluator(Evaluator):
     whole batch at once (e.g. to share work between candidates, such as the
     activations of an unchanged prefix of layers); if that raises, the batch is
     evaluated one request at a time so that only the failing ones fail.
+
+    Args:
+        problem: the problem whose oracle is called.
+        retries: extra attempts for an evaluation that raised an exception.
+        timeout: seconds an evaluation may take (``None``: no limit); a call past it is
+            a failed evaluation and its thread is abandoned (see :func:`call_with_timeout`).
+            A problem's ``evaluate_many`` is not used when a timeout is set.
     """
 
-    def __init__(self, problem: Problem, *, retries: int = 0) -> None:
+    def __init__(self, problem: Problem, *, retries: int = 0, timeout: float | None = None) -> None:
         self.problem = problem
         self.retries = int(retries)
+        self.timeout = timeout
 
     def evaluate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Outcome]:
         many = getattr(self.problem, "evaluate_many", None)
-        if many is not None and len(requests) > 1:
+        if many is not None and len(requests) > 1 and self.timeout is None:
             batch = self._try_many(many, requests)
             if batch is not None:
                 for k, o in enumerate(batch):
@@ -166,7 +225,7 @@ class SerialEvaluator(Evaluator):
                 return batch
         out = []
         for k, r in enumerate(requests):
-            o = evaluate_one(self.problem, r, self.retries)
+            o = evaluate_one(self.problem, r, self.retries, timeout=self.timeout)
             if on_result is not None:
                 on_result(k, o)
             out.append(o)
@@ -175,7 +234,7 @@ class SerialEvaluator(Evaluator):
     def _try_many(self, many: Callable[..., Sequence[float]], requests: Sequence[Request]) -> list[Outcome] | None:
         t0 = time.perf_counter()
         try:
-            raw = list(many(list(requests)))
+            raw = list(many([Request(private_levels(r.levels), r.fidelity, r.sample) for r in requests]))
         except KeyboardInterrupt:
             raise
         except Exception:

@@ -111,7 +111,7 @@ def test_readonly_journal_that_does_not_exist_is_a_file_not_found(tmp_path):
         Journal(tmp_path / "missing.db", readonly=True)
 
 
-def test_rerunning_a_finished_journal_calls_the_oracle_zero_times(tmp_path):
+def test_rerunning_a_finished_journal_calls_the_oracle_only_for_its_spot_checks(tmp_path):
     problem = make_problem(LINEAR)
     calls = []
 
@@ -123,8 +123,10 @@ def test_rerunning_a_finished_journal_calls_the_oracle_zero_times(tmp_path):
     first = minimize(fn, space, max_evaluations=120, seed=3, journal=tmp_path / "j.db")
     n_first = len(calls)
     again = minimize(fn, space, max_evaluations=120, seed=3, journal=tmp_path / "j.db")
-    assert n_first == 120 and len(calls) == n_first
-    assert again.n_replayed == 120
+    assert n_first == 120 and len(calls) == n_first + 3
+    assert again.n_replayed == 120 and again.n_spot_checks == 3 and again.n_evaluations == first.n_evaluations
+    none = minimize(fn, space, max_evaluations=120, seed=3, journal=tmp_path / "j.db", spot_checks=0)
+    assert len(calls) == n_first + 3 and none.n_spot_checks == 0
     assert again.best_levels.tolist() == first.best_levels.tolist() and again.best_value == first.best_value
     assert [e.value for e in again.history] == [e.value for e in first.history]
 

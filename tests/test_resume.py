@@ -192,7 +192,7 @@ def test_interrupted_in_the_middle_of_a_batch_then_resumed_equals_uninterrupted(
     calls.clear()
     interrupt_at[0] = -1
     resumed = minimize(fn, problem.space, options=opts, seed=5, max_evaluations=200, journal=tmp_path / "j.db")
-    assert resumed.n_replayed == 76 and len(calls) == 200 - 76
+    assert resumed.n_replayed == 76 and resumed.n_spot_checks == 3 and len(calls) == 200 - 76 + 3
     assert resumed.best_levels.tolist() == straight.best_levels.tolist()
     assert resumed.best_value == straight.best_value
     assert [e.value for e in resumed.history] == [e.value for e in straight.history]
@@ -241,7 +241,8 @@ def test_resume_is_exact_for_registered_optimizers(tmp_path, name):
     assert first.stopped_by == "interrupted" and first.n_evaluations == 36
     interrupt_at[0] = -1
     resumed = minimize(oracle, optimizer=name, seed=1, max_evaluations=80, journal=tmp_path / "j.db")
-    assert calls[0] == 37 + 80 - 36  # the interrupted call is run again, nothing journaled is
+    # the interrupted call is run again, nothing journaled is (but the spot-checks)
+    assert calls[0] == 37 + 80 - 36 + resumed.n_spot_checks and resumed.n_spot_checks == 3
     assert [(e.levels.tolist(), e.fidelity, e.sample, e.value) for e in resumed.history] == [
         (e.levels.tolist(), e.fidelity, e.sample, e.value) for e in straight.history
     ]
