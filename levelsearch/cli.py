@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -134,21 +135,31 @@ def _missing_extra(name: str, module: str) -> Any:
     return run
 
 
-def _stop_on_sigterm() -> Any:
-    """Treat SIGTERM (a scheduler preempting the job) like Ctrl-C: stop cleanly, keep the journal.
+def _stop_on_signals() -> dict[int, Any]:
+    """Ctrl-C and SIGTERM (a scheduler preempting the job) stop the run cleanly, whatever their number.
 
-    Returns the previous handler (``None`` when none was installed).
+    The first raises ``KeyboardInterrupt``: the driver stops, keeps the journal and writes the summary.
+    A second arriving meanwhile is ignored, so a burst of Ctrl-C cannot break that clean stop into a
+    traceback; a third ends the process at once with status 130 (the journal keeps every evaluation
+    that finished; ``resume`` continues). Returns the previous handlers (none off the main thread).
     """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
+    received = [0]
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        received[0] += 1
+        if received[0] == 1:
+            raise KeyboardInterrupt
+        if received[0] >= 3:
+            sys.stderr.write("levelsearch: interrupted again; stopped at once (resume continues from the journal)\n")
+            sys.stderr.flush()
+            os._exit(130)
 
-    return signal.signal(signal.SIGTERM, handler)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    previous = _stop_on_sigterm()
+    previous = _stop_on_signals()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
@@ -186,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"levelsearch: interrupted{hint}", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            import signal
+        import signal
 
-            signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _json(obj: Any) -> str:  # pragma: no cover - debugging helper

@@ -219,3 +219,161 @@ def test_exponent_numbers_without_a_sign_are_read_as_numbers(tmp_path, capsys):
     cfg.write_text(_yaml(budget="{max_evaluations: 100, max_cost: 2.0e3}"))
     assert main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+# ------------------------------------------------------------------ inputs the schema refuses, in one line
+SCHEMA_CASES: list[tuple[str, str, str]] = [
+    ("duplicate-key", _yaml() + "seed: 3\n", "duplicate key 'seed' at line 5"),
+    ("huge-offspring", _yaml(optimizer="{name: evopress, offspring: 1e9}"), "optimizer.offspring: must be an integer"),
+    ("huge-int-offspring", _yaml(optimizer="{name: evopress, offspring: 1000000000}"), "in 1..100000"),
+    ("nan-max-cost", _yaml(budget="{max_cost: .nan}"), "budget.max_cost: must be a finite number"),
+    ("inf-problem-param", _yaml(problem="{kind: noisy, sigma: .inf}"), "problem.sigma: must be a finite number"),
+    ("optimizer-name-not-a-string", _yaml(optimizer="{name: 3}"), "optimizer.name: must be a string"),
+    ("empty-budget", _yaml(budget="{}"), "budget: needs max_evaluations and/or max_cost"),
+    (
+        "alias-bomb",
+        _yaml()
+        + "x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        + "".join(f"x{i + 1}: &a{i + 1} [{', '.join([f'*a{i}'] * 10)}]\n" for i in range(8)),
+        "aliases",
+    ),
+    ("recursive-alias", _yaml() + "x: &a [*a]\n", "recursive alias"),
+]
+
+
+@pytest.mark.parametrize(("text", "words"), [c[1:] for c in SCHEMA_CASES], ids=[c[0] for c in SCHEMA_CASES])
+def test_a_config_the_schema_refuses_exits_2_with_one_line_before_anything_is_written(tmp_path, capsys, text, words):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    line = _one_error_line(capsys)
+    assert words in line and str(cfg) in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_over_the_size_limit_is_not_read(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(_yaml() + "# " + "x" * (1 << 20) + "\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    assert "larger than 1048576 bytes" in _one_error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ where a run may write
+def test_an_empty_out_is_refused_and_nothing_is_written_in_the_current_directory(tmp_path, capsys, monkeypatch):
+    (tmp_path / "run.yaml").write_text(_yaml())
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "run.yaml", "--out", "", "--quiet"]) == 2
+    assert "--out is empty" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]
+
+
+def test_the_current_directory_with_other_files_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "run.yaml").write_text(_yaml())
+    (tmp_path / "summary.json").write_text('{"mine": true}\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "run.yaml", "--out", ".", "--quiet"]) == 2
+    assert "the current directory holds other files" in _one_error_line(capsys)
+    assert _snapshot(tmp_path) == {"run.yaml": _yaml().encode(), "summary.json": b'{"mine": true}\n'}
+
+
+def test_a_directory_of_other_files_without_a_run_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text(_yaml())
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "summary.json").write_text("{}\n")
+    (out / "convergence.png").write_bytes(b"\x89PNG mine")
+    before = _snapshot(out)
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(out), "--quiet"]) == 2
+    assert "holds other files (convergence.png, ...) and no run (config.yaml)" in _one_error_line(capsys)
+    assert _snapshot(out) == before
+
+
+def test_an_empty_existing_directory_is_a_fine_out(tmp_path):
+    (tmp_path / "run.yaml").write_text(_yaml())
+    (tmp_path / "run").mkdir()
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_a_lower_budget_than_the_journal_spent_is_refused_and_the_summary_kept(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text(_yaml(budget="{max_evaluations: 100}"))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    before = _snapshot(run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("100", "20"))
+    edited = _snapshot(run)
+    assert main(["resume", str(run), "--quiet"]) == 2
+    line = _one_error_line(capsys)
+    assert "budget.max_evaluations=20 is below the 100 evaluations" in line
+    assert _snapshot(run) == edited
+    assert edited["summary.json"] == before["summary.json"]
+    # the same through `run` with the lower budget
+    (tmp_path / "low.yaml").write_text(_yaml(budget="{max_evaluations: 20}"))
+    assert main(["run", str(tmp_path / "low.yaml"), "--out", str(run), "--quiet"]) == 2
+    assert "below the 100 evaluations" in _one_error_line(capsys)
+    assert _snapshot(run) == edited
+
+
+def test_a_lower_cost_budget_than_the_journal_spent_is_refused(tmp_path, capsys):
+    noisy = "{kind: noisy, base: {kind: linear, n_units: 8, total: 2}, max_fidelity: 64}"
+    (tmp_path / "run.yaml").write_text(_yaml(problem=noisy, optimizer="random", budget="{max_cost: 640}"))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    (tmp_path / "low.yaml").write_text(_yaml(problem=noisy, optimizer="random", budget="{max_cost: 64}"))
+    before = _snapshot(run)
+    assert main(["run", str(tmp_path / "low.yaml"), "--out", str(run), "--quiet"]) == 2
+    assert "budget.max_cost=64 is below the cost 640" in _one_error_line(capsys)
+    assert _snapshot(run) == before
+
+
+def test_a_higher_budget_continues_the_run(tmp_path, capsys):
+    (tmp_path / "run.yaml").write_text(_yaml(budget="{max_evaluations: 40}"))
+    run = tmp_path / "run"
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"]) == 0
+    (tmp_path / "more.yaml").write_text(_yaml(budget="{max_evaluations: 80}"))
+    assert main(["run", str(tmp_path / "more.yaml"), "--out", str(run), "--quiet"]) == 0
+    assert '"n_evaluations": 80' in (run / "summary.json").read_text()
+
+
+# ------------------------------------------------------------------ signals
+def _interrupt_a_run(tmp_path: Path, n_signals: int) -> tuple[subprocess.Popen[str], str]:
+    """Start a long synthetic run, wait until it evaluates, send ``n_signals`` SIGINTs 50 ms apart."""
+    import signal
+    import time
+
+    (tmp_path / "run.yaml").write_text(
+        _yaml(problem="{kind: linear, n_units: 200, total: 50}", budget="{max_evaluations: 100000000}")
+    )
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "levelsearch.cli", "run", str(tmp_path / "run.yaml"), "--out", str(run), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "journal.db").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        for _ in range(n_signals):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, err
+
+
+def test_a_second_ctrl_c_does_not_break_the_clean_stop(tmp_path):
+    proc, err = _interrupt_a_run(tmp_path, 2)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [f"interrupted; resume with: levelsearch resume {tmp_path / 'run'}"]
+    assert '"stopped_by": "interrupted"' in (tmp_path / "run" / "summary.json").read_text()
+
+
+def test_a_burst_of_ctrl_c_ends_the_run_with_130_and_one_line(tmp_path):
+    proc, err = _interrupt_a_run(tmp_path, 4)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "resume" in err
