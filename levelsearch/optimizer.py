@@ -67,6 +67,8 @@ class Optimizer(abc.ABC):
     def __init__(self, space: LevelSpace, *, seed: int = 0) -> None:
         if not isinstance(space, LevelSpace):
             raise ValueError(f"space must be a LevelSpace, got {type(space).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.space = space
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)

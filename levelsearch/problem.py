@@ -43,6 +43,10 @@ class Problem:
         max_fidelity: the highest fidelity the oracle accepts (``None`` when it
             has no fidelity); a request with ``fidelity=None`` uses it.
         uses_fidelity: whether values depend on fidelity and sample at all.
+        replay_tolerance: relative difference allowed when a resume measures journaled
+            evaluations again (``None``: exact without fidelity, ``1e-2`` with it; see
+            :func:`~levelsearch.driver.spot_check_tolerance`). A problem whose values are not
+            bitwise reproducible at a fixed fidelity and sample declares its own.
     """
 
     name: str = "problem"
@@ -50,6 +54,7 @@ class Problem:
     optimum_levels: np.ndarray | None = None
     max_fidelity: int | None = None
     uses_fidelity: bool = False
+    replay_tolerance: float | None = None
 
     def __init__(self, space: LevelSpace) -> None:
         self.space = space

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from levelsearch import Journal, LevelSpace, make_problem, minimize
+from levelsearch import FunctionProblem, Journal, JournalMismatch, LevelSpace, make_problem, minimize
 from levelsearch.report import load_report
 
 LINEAR = {"kind": "linear", "n_units": 16, "n_levels": 2, "total": 4, "seed": 0}
@@ -135,3 +135,200 @@ def test_resume_refuses_an_edited_identity(tmp_path):
     )
     with pytest.raises(ValueError, match="altered at meta value 'identity'"):
         minimize(problem, max_evaluations=20, seed=4, journal=tmp_path / "journal.db")
+
+
+# ------------------------------------------------------------------ resume re-measures
+SPACE = LevelSpace(3, n_units=8, total=8)
+
+
+class _Weighted:
+    def __init__(self, weights: list[float]) -> None:
+        self.weights = np.array(weights)
+
+    def __call__(self, levels: np.ndarray) -> float:
+        return float(self.weights @ levels)
+
+    def fitness(self, levels: np.ndarray) -> float:
+        return float(self.weights @ levels)
+
+
+def _oracles(tmp_path: Path):
+    """Pairs of fitness functions that fingerprint alike but give other values: the second after a change."""
+    weights = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]
+
+    def over_list():
+        data = list(weights)
+        return lambda lv: float(np.dot(data, lv)), lambda: data.__setitem__(0, 7.0)
+
+    def over_dict():
+        data = {"w": list(weights)}
+        return lambda lv: float(np.dot(data["w"], lv)), lambda: data["w"].__setitem__(2, 0.5)
+
+    def callable_object():
+        obj = _Weighted(weights)
+        return obj, lambda: obj.weights.__setitem__(1, 8.0)
+
+    def bound_method():
+        obj = _Weighted(weights)
+        return obj.fitness, lambda: obj.weights.__setitem__(5, 0.0)
+
+    def data_file():
+        path = tmp_path / "weights.npy"
+        np.save(path, np.array(weights))
+        return lambda lv: float(np.load(path) @ lv), lambda: np.save(path, np.array(weights[::-1]))
+
+    return {f.__name__: f for f in (over_list, over_dict, callable_object, bound_method, data_file)}
+
+
+@pytest.mark.parametrize("kind", ["over_list", "over_dict", "callable_object", "bound_method", "data_file"])
+def test_a_journal_of_an_oracle_whose_data_changed_is_refused(tmp_path, kind):
+    fn, change = _oracles(tmp_path)[kind]()
+    first = minimize(fn, SPACE, max_evaluations=40, seed=2, journal=tmp_path / "j.db")
+    again = minimize(fn, SPACE, max_evaluations=60, seed=2, journal=tmp_path / "j.db")  # unchanged: replays
+    assert again.n_replayed == 40 and again.n_spot_checks == 3 and again.history[39].value == first.history[39].value
+    change()
+    with pytest.raises(JournalMismatch, match=r"^journal .* was written by another oracle: its evaluation \d+ "):
+        minimize(fn, SPACE, max_evaluations=80, seed=2, journal=tmp_path / "j.db")
+    with pytest.raises(JournalMismatch, match="has value .* but gives .* now"):
+        minimize(fn, SPACE, max_evaluations=80, seed=2, journal=tmp_path / "j.db", resume=True)
+
+
+def test_a_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path):
+    problem = make_problem(LINEAR)
+    straight = minimize(problem, max_evaluations=90, seed=1)
+    minimize(problem, max_evaluations=50, seed=1, journal=tmp_path / "j.db")
+    resumed = minimize(problem, max_evaluations=90, seed=1, journal=tmp_path / "j.db")
+    assert (resumed.n_evaluations, resumed.cost, resumed.best_value) == (90, straight.cost, straight.best_value)
+    assert resumed.trace == straight.trace and resumed.n_spot_checks == 3 and straight.n_spot_checks == 0
+
+
+def test_a_noisy_oracle_is_spot_checked_within_its_declared_tolerance(tmp_path):
+    noisy = make_problem({"kind": "noisy", "base": LINEAR, "sigma": 2.0, "max_fidelity": 4096})
+    opts = {"offspring": 8, "steps": [[256, 2], [None, 1]]}
+    minimize(noisy, options=opts, seed=4, max_evaluations=60, journal=tmp_path / "j.db")
+    drift = {"scale": 1.004}
+
+    def shifted(levels, fidelity, sample):
+        return drift["scale"] * noisy.evaluate(levels, fidelity, sample)
+
+    oracle = FunctionProblem(shifted, noisy.space, max_fidelity=4096, name="noisy")
+    oracle.describe = noisy.describe  # type: ignore[method-assign]  # the same problem, another oracle object
+    ok = minimize(oracle, options=opts, seed=4, max_evaluations=80, journal=tmp_path / "j.db", resume=True)
+    assert ok.n_spot_checks == 3  # 0.4 % is inside the default 1e-2 for an oracle with fidelity
+    drift["scale"] = 1.05
+    with pytest.raises(JournalMismatch, match=r"relative tolerance 0\.01"):
+        minimize(oracle, options=opts, seed=4, max_evaluations=80, journal=tmp_path / "j.db", resume=True)
+    oracle.replay_tolerance = 0.1
+    assert minimize(oracle, options=opts, seed=4, max_evaluations=80, journal=tmp_path / "j.db", resume=True)
+
+
+# ------------------------------------------------------------------ the optimizer owns its levels
+def _vandal(how: str):
+    weights = np.arange(1.0, 9.0)
+
+    def fn(levels: np.ndarray) -> float:
+        value = float(weights @ levels)
+        if how == "setflags":
+            levels.setflags(write=True)
+            levels[:] = 0
+        elif how == "torch":
+            torch = pytest.importorskip("torch")
+            torch.from_numpy(levels).fill_(2)
+        else:  # a view through the buffer
+            np.frombuffer(levels, dtype=np.int64)[:] = 1 if levels.flags.writeable else 0
+        return value
+
+    return fn, weights
+
+
+@pytest.mark.parametrize("how", ["setflags", "torch", "frombuffer"])
+def test_a_fitness_that_writes_into_its_levels_reaches_nothing(tmp_path, how):
+    fn, weights = _vandal(how)
+    res = minimize(fn, SPACE, max_evaluations=60, seed=0, journal=tmp_path / "j.db")
+    clean = minimize(lambda lv: float(weights @ lv), SPACE, max_evaluations=60, seed=0)
+    assert SPACE.is_feasible(res.best_levels) and res.best_value == float(weights @ res.best_levels)
+    assert [e.levels.tolist() for e in res.history] == [e.levels.tolist() for e in clean.history]
+    assert all(SPACE.is_feasible(e.levels) and e.value == float(weights @ e.levels) for e in res.history)
+    with Journal(tmp_path / "j.db", readonly=True) as jr:
+        assert [r.levels.tolist() for r in jr.records()] == [e.levels.tolist() for e in res.history]
+
+
+# ------------------------------------------------------------------ Ctrl-C and hangs
+def test_ctrl_c_twice_from_the_fitness_ends_interrupted_with_an_intact_journal(tmp_path):
+    problem = make_problem(LINEAR)
+    straight = minimize(problem, max_evaluations=80, seed=6)
+    calls = [0]
+
+    def fn(levels):
+        calls[0] += 1
+        if calls[0] in (25, 26):  # the second Ctrl-C comes in the resume's first fresh evaluation
+            raise KeyboardInterrupt
+        return problem.evaluate(levels)
+
+    first = minimize(fn, problem.space, max_evaluations=80, seed=6, journal=tmp_path / "j.db")
+    assert first.stopped_by == "interrupted" and first.n_evaluations == 24
+    second = minimize(fn, problem.space, max_evaluations=80, seed=6, journal=tmp_path / "j.db", spot_checks=0)
+    assert second.stopped_by == "interrupted" and second.n_evaluations == 24
+    resumed = minimize(fn, problem.space, max_evaluations=80, seed=6, journal=tmp_path / "j.db")
+    assert resumed.stopped_by == "max_evaluations" and resumed.best_value == straight.best_value
+    assert [(t.n_evaluations, t.value) for t in resumed.trace] == [(t.n_evaluations, t.value) for t in straight.trace]
+
+
+def test_ctrl_c_inside_the_journal_write_and_again_while_closing_is_no_traceback(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    problem = make_problem(LINEAR)
+    straight = minimize(problem, max_evaluations=60, seed=2)
+    real_append, real_close, n = Journal.append, Journal.close, [0]
+
+    def append(self, *args, **kwargs):
+        n[0] += 1
+        if n[0] == 30:
+            raise KeyboardInterrupt  # before the row is written
+        real_append(self, *args, **kwargs)
+
+    def close(self):
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C of the burst, while the journal closes
+        real_close(self)
+
+    monkeypatch.setattr(Journal, "append", append)
+    monkeypatch.setattr(Journal, "close", close)
+    stopped = minimize(problem, max_evaluations=60, seed=2, journal=tmp_path / "j.db")
+    monkeypatch.undo()
+    assert stopped.stopped_by == "interrupted" and stopped.n_evaluations == 29
+    resumed = minimize(problem, max_evaluations=60, seed=2, journal=tmp_path / "j.db")
+    assert resumed.n_replayed == 29 and resumed.trace == straight.trace
+
+
+def test_a_fitness_that_never_returns_fails_after_eval_timeout():
+    import threading
+
+    release = threading.Event()
+
+    def fn(levels):
+        if levels[0] == 2:
+            release.wait(30)  # hangs (until the test ends)
+        return float(levels @ np.arange(8.0))
+
+    try:
+        res = minimize(fn, SPACE, max_evaluations=40, seed=0, eval_timeout=0.05)
+    finally:
+        release.set()
+    hung = [e for e in res.history if e.levels[0] == 2]
+    assert res.n_evaluations == 40 and hung
+    assert all(e.error and "did not return within 0.05 s (eval_timeout)" in e.error for e in hung)
+    assert res.best_levels[0] != 2 and np.isfinite(res.best_value)
+
+
+# ------------------------------------------------------------------ inputs refused in one line
+@pytest.mark.parametrize("seed", [1.5, True, -1, "3", None])
+def test_a_seed_that_is_not_a_non_negative_integer_is_refused(seed):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        minimize(lambda lv: 0.0, SPACE, max_evaluations=5, seed=seed)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), True, "5"])
+def test_a_bad_eval_timeout_is_refused(timeout):
+    with pytest.raises(ValueError, match="eval_timeout must be a positive number of seconds"):
+        minimize(lambda lv: 0.0, SPACE, max_evaluations=5, eval_timeout=timeout)
