@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from levelsearch import LevelSpace
 
@@ -159,12 +158,13 @@ class DropProblem(LayerwiseProblem):
         return np.asarray(levels, dtype=np.float64)
 
     def export_state(self, levels: np.ndarray) -> dict[str, torch.Tensor]:
-        """The state dict to export at ``levels``: every linear inside a dropped sub-block zeroed (weight and
-        bias), so the sub-block adds exactly zero and the stock architecture loads it; the live model is left
-        uncompressed."""
+        """The state dict to export at ``levels``: every parameter of a dropped sub-block zeroed (linear,
+        ``Conv1D`` and fused-expert weights, biases, norms inside it; buffers kept), so the stock module
+        computes exactly zero and the stock architecture loads the searched model (see
+        :mod:`~levelsearch.adapters.formats.drop`); the live model is left uncompressed."""
         attn, mlp = self.dropped_modules(levels)
         subs = [self.map.attn[i] for i in attn] + [self.map.mlp[i] for i in mlp]
-        zeroed = {id(p) for sub in subs for m in sub.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+        zeroed = {id(p) for sub in subs for p in sub.parameters()}
         self.apply(None)
         by_id = {id(p) for p in self.model.parameters()}
         state = self.model.state_dict(keep_vars=True)

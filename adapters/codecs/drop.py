@@ -4,7 +4,7 @@ Units are the attention and MLP sub-blocks of every decoder layer (``whole_block
 per layer); level 0 keeps a unit, level 1 drops it: its residual branch adds nothing. Each drop
 costs 1 in the budget. The variant needs no calibration statistic and no storage: the layer
 runner switches a sub-module's ``forward`` to zeros (:meth:`~levelsearch.adapters.fitness.LayerRunner.drop_module`),
-and an export zeroes the dropped sub-blocks' linear weights (the problem's export state; the shared
+and an export zeroes the dropped sub-blocks' parameters (the problem's export state; the shared
 :func:`~levelsearch.adapters.export.export_model` writes it).
 """
 
@@ -26,7 +26,7 @@ class DropCodec(Codec):
     profile_label = "dropped"
     start_label = "heuristic"
     example_target = 0.5
-    export_how = "linear weights of dropped sub-blocks are zero"
+    export_how = "parameters of dropped sub-blocks are zero"
 
     def check_settings(self, settings: Settings) -> None:
         target_in(settings, 0.0, 1.0, "a fraction strictly between 0 and 1", open_ends=True)

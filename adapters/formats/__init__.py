@@ -5,26 +5,29 @@ Formats, by compression method (the first is the default of ``levelsearch compre
 ========  ==================  ==================================================================
 method    format              what is written, and what loads it
 ========  ==================  ==================================================================
-drop      ``drop``            dropped weights left out: whole layers removed and renumbered (the
-                              stock architecture loads it), sub-blocks dropped alone left out and
-                              run as no-ops by :func:`load_compressed`
-drop      ``zeroed``          the dense file with dropped sub-blocks' weights zeroed (stock loader,
-                              dense size and speed; ``nn.Linear`` sub-blocks only)
+drop      ``drop``            whole dropped layers removed and renumbered, sub-blocks dropped alone
+                              written as zeros that compute exactly zero (stock loader;
+                              :func:`load_compressed` skips them)
+drop      ``zeroed``          the dense file with dropped sub-blocks' parameters zeroed (stock
+                              loader, dense size and speed)
 quant     ``pack-quantized``  compressed-tensors, one config group per bit-width, int32-packed
                               codes, group scales and packed zero points (transformers + the
                               ``compressed-tensors`` package; vLLM)
 quant     ``gptq``            GPTQ (``qweight``/``qzeros``/``scales``/``g_idx``) with a per-module
                               ``dynamic`` map: 2/3/4/8 bits for vLLM's ``--quantization gptq``
-                              (:mod:`.gptq`; :func:`load_compressed`)
+                              (:mod:`.gptq`; :func:`load_compressed`; stock transformers needs
+                              optimum and gptqmodel, and refuses it without them)
 joint     ``pack-quantized``  as quant, the pruned weights' codes at their zero points
 joint     ``gptq``            as quant, the pruned weights' codes at their zero points
 sparsity  ``sparse-bitmask``  compressed-tensors' bitmask layout: a bit per weight plus the nonzero
-                              values (:func:`load_compressed`)
+                              values (:func:`load_compressed`; stock transformers refuses it)
 any       ``dense``           the weights each level stands for, dense (stock loader)
 ========  ==================  ==================================================================
 
 Each writer is :func:`export` (``format=`` one of :func:`formats_for`); :func:`check_export` reloads
-the result and compares its logits with the search's, and fails loudly (see :mod:`.verify`).
+the result with :func:`load_compressed` and with the stock ``AutoModelForCausalLM.from_pretrained`` and
+compares their logits with the search's: the stock loader must reproduce them or refuse the directory
+(a tensor it would initialise at random fails the check); the check fails loudly (see :mod:`.verify`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,13 @@ compressed-tensors needs the group size to divide a layer's input width; where t
 ``out × in`` whatever its module stores (GPT-2's ``Conv1D`` keeps ``in × out``); the loader puts it back
 in the module's layout (:func:`~levelsearch.adapters.units.module_layout`).
 :func:`load_pack_quantized` reloads it with compressed-tensors' own decompressor, module by module with
-each module's config group. (transformers 5.24 with compressed-tensors 0.20 gets a profile of several
+each module's config group. Stock ``from_pretrained`` refuses such a directory (the packed zero points
+do not fit the shape it builds for them: an error, not a silent re-initialisation, as of transformers
+5.25), except where a unit is not an ``nn.Linear``: transformers' compressed-tensors integration leaves
+GPT-2's ``Conv1D`` dense and would initialise its weights at random, so such a profile is written to
+``model.pack-quantized.safetensors`` (:data:`PACK_QUANTIZED_FILE`), which the stock loader does not read
+(the export check loads every directory with the stock loader too and fails on a random weight).
+(transformers 5.24 with compressed-tensors 0.20 gets a profile of several
 bit-widths wrong both ways: ``from_pretrained`` re-initialises the packed zero points, which it expects
 unpacked, and ``CompressedTensorsConfig(dequantize=True)`` decodes every module with the first group's
 scheme; a single bit-width loads right with the latter.) vLLM's kernels for such weights
@@ -28,6 +34,10 @@ tensor as the module stores it (``in × out`` for a ``Conv1D``); the nonzeros in
 when that loses nothing (a database keeps them in fp16), else in the model's dtype. config.json
 names it under ``quantization_config.sparsity_config``. Current transformers and compressed-tensors
 releases (0.15 on) no longer decompress it, so :func:`load_sparse_bitmask` does (``load_compressed``).
+They do not refuse it either: ``from_pretrained`` would ignore the sparsity config, leave the bitmask
+tensors unused and initialise every pruned weight at random. So the tensors are written to
+``model.sparse-bitmask.safetensors`` (:data:`SPARSE_BITMASK_FILE`), a name the stock loader does not read:
+``from_pretrained`` stops with an error (no ``model.safetensors``) instead of returning another model.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ import numpy as np
 import torch
 
 __all__ = [
+    "PACK_QUANTIZED_FILE",
+    "SPARSE_BITMASK_FILE",
     "VLLM_BITS",
     "load_pack_quantized",
     "load_sparse_bitmask",
@@ -49,6 +61,10 @@ __all__ = [
     "write_sparse_bitmask",
 ]
 
+#: the weights file of a sparse-bitmask directory (not ``model.safetensors``: the stock loader must refuse it)
+SPARSE_BITMASK_FILE = "model.sparse-bitmask.safetensors"
+#: the weights file of a pack-quantized directory with units that are not ``nn.Linear`` (GPT-2's ``Conv1D``)
+PACK_QUANTIZED_FILE = "model.pack-quantized.safetensors"
 #: bit-widths vLLM's compressed-tensors weight-only kernels run (WNA16_SUPPORTED_BITS)
 VLLM_BITS = (4, 8)
 #: module-name endings vLLM fuses into one layer, whose shards must share a scheme
@@ -151,6 +167,9 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     qcfg["version"] = getattr(ct, "__version__", None)
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
     _write_config(path, qcfg)
+    not_linear = [n for n in problem.unit_names if not isinstance(problem.model.get_submodule(n), torch.nn.Linear)]
+    if not_linear:  # transformers would leave these modules dense and initialise their weights at random
+        (path / "model.safetensors").rename(path / PACK_QUANTIZED_FILE)
     warnings = vllm_warnings(per_unit)
     vllm = warnings or ["loads with vLLM's compressed-tensors WNA16 kernels"]
     return _write_meta(path, "pack-quantized", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
@@ -216,6 +235,7 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
         zeros_total += w.numel() - nz
         numel_total += w.numel()
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
+    (path / "model.safetensors").rename(path / SPARSE_BITMASK_FILE)  # so that stock loaders refuse it
     sparsity = {
         "format": "sparse-bitmask",
         "global_sparsity": zeros_total / max(1, numel_total),

@@ -5,12 +5,18 @@
   (:func:`~levelsearch.adapters.formats.layout.cut_config`). When every drop is a whole layer the
   directory is a plain Hugging Face model of the stock architecture, only shallower:
   ``AutoModelForCausalLM.from_pretrained`` (and any engine that loads the architecture) runs it.
-- An attention or an MLP dropped alone leaves no tensor in the file (its norm, a few hundred
-  numbers, stays). ``levelsearch_compression.json`` lists those branches under ``noop_branches``,
-  and :func:`~levelsearch.adapters.formats.loader.load_compressed` builds the stock architecture
-  with a no-op module in their place (zeros of the branch's output shape, so the residual adds
-  nothing). No ``trust_remote_code``, and the same code path for every architecture the adapters map
-  (``nn.Linear``, GPT-2's ``Conv1D``, fused MoE experts alike: a branch is left out as a whole).
+- An attention or an MLP dropped alone is written with every parameter of its module zero (weights and
+  biases; buffers such as causal masks kept): the stock module then computes exactly zero for every
+  architecture the adapters map (a zero value and output projection make attention 0 whatever its softmax;
+  a zero down projection makes an MLP 0; a zero router and zero experts make a fused MoE 0; a post-branch
+  norm such as Gemma's maps the zero vector to zero, its epsilon keeping it finite), so the residual adds
+  nothing and ``AutoModelForCausalLM.from_pretrained`` runs the searched model with nothing initialised at
+  random. The branch's tensors cost their dense bytes (the shapes are fixed by the config; safetensors has
+  no sparse or broadcast tensor). ``levelsearch_compression.json`` lists those branches under
+  ``noop_branches``, and :func:`~levelsearch.adapters.formats.loader.load_compressed` builds the stock
+  architecture with a no-op module in their place (checking that their tensors are zero), which skips
+  their work. No ``trust_remote_code``, and the same code path for every architecture (``nn.Linear``,
+  GPT-2's ``Conv1D``, fused MoE experts alike: a branch is written as a whole).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .layout import cut_config, model_layout, renumber
@@ -54,10 +61,11 @@ def write_drop(
         raise ValueError("every layer is dropped: there is no model left to write")
     new_index = {old: new for new, old in enumerate(keep)}
     branches = [lay.attn[i] for i in attn if i not in removed] + [lay.mlp[i] for i in mlp if i not in removed]
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
     state: dict[str, Any] = {}
     for name, t in model.state_dict().items():
-        if any(name.startswith(b + ".") for b in branches):
-            continue
+        if name in params and any(name.startswith(b + ".") for b in branches):
+            t = torch.zeros_like(t)  # the stock module computes exactly zero (see the module docstring)
         new = renumber(name, lay.prefix, new_index)
         if new is not None:
             state[new] = t
@@ -70,7 +78,7 @@ def write_drop(
         (path / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     info = {
         "format": "drop",
-        "loader": "levelsearch.adapters.load_compressed" if noop else "transformers",
+        "loader": "transformers",
         "removed_layers": removed,
         "kept_layers": keep,
         "noop_branches": noop,

@@ -3,9 +3,10 @@
 - No ``levelsearch_compression.json``, or one whose ``loader`` is ``transformers``: the stock
   ``AutoModelForCausalLM.from_pretrained`` (a ``compressed-tensors`` checkpoint needs that package).
 - ``noop_branches`` (attention or MLP sub-blocks dropped alone): the stock architecture is built from
-  ``config.json`` (no ``trust_remote_code``), each listed branch is replaced by a :class:`NoOpBranch`,
-  and the weights are loaded strictly from the safetensors files: a tensor the model lacks, or a
-  model tensor the file lacks (tied weights aside), is an error, never a random initialisation.
+  ``config.json`` (no ``trust_remote_code``), each listed branch is replaced by a :class:`NoOpBranch`
+  (its tensors, written as zeros for the stock loader, must be zero and are skipped), and the weights
+  are loaded strictly from the safetensors files: a tensor the model lacks, or a model tensor the file
+  lacks (tied weights aside), is an error, never a random initialisation.
 - ``format: pack-quantized``: the stock architecture, every module decompressed by compressed-tensors
   with its own config group (:mod:`.ctensors` says why not through transformers' quantizer).
 - ``format: gptq``: the stock architecture, every GPTQ-packed linear unpacked and dequantized here
@@ -123,6 +124,10 @@ def _load_with_noop(path: Path, meta: dict[str, Any], dtype: torch.dtype | None)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, NoOpBranch(outputs[name]))
     state = read_state_dict(path)
+    for key in [k for k in state if any(k.startswith(n + ".") for n in names)]:
+        # a dropped branch is written as zeros, so that the stock loader runs it exactly; here it is skipped
+        if bool(state.pop(key).any()):
+            raise ValueError(f"{path}: {key} of a dropped branch is not zero; the file was changed, export again")
     want = model.state_dict()
     unexpected = sorted(set(state) - set(want))
     if unexpected:

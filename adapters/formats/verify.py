@@ -1,11 +1,20 @@
 """The export check, which can fail, and what an export is worth: size on disk and speed.
 
-:func:`check_export` reloads an exported directory the way a user would (:func:`load_compressed`:
-transformers, or our loader for sub-block drops) and compares its logits with the searched model's
-on a few held-out sequences. Beyond :func:`tolerance` the directory is renamed ``NAME.FAILED`` with a
-``FAILED`` file saying why, and :class:`ExportCheckFailed` (a ``ValueError``: one line, exit 2 on
-the command line) is raised: a file that is not the searched model is never left where it looks
-good.
+:func:`check_export` reloads an exported directory twice and compares each reload's logits with the
+searched model's on a few held-out sequences:
+
+- the way our loader does (:func:`load_compressed`: transformers, or our decompression for the packed
+  formats and the fast path of sub-block drops);
+- the way a user would, with the stock ``transformers.AutoModelForCausalLM.from_pretrained`` (and the
+  quantization packages it calls for the format, where installed): it must reproduce the searched logits
+  within :func:`tolerance` with no tensor missing, unexpected or of another shape (a tensor the stock
+  loader initialises at random is a failure, even if the logits happen to agree), or refuse the
+  directory with an error (recorded under ``stock``).
+
+Beyond :func:`tolerance`, or with a tensor initialised at random, the directory is renamed
+``NAME.FAILED`` with a ``FAILED`` file saying why, and :class:`ExportCheckFailed` (a ``ValueError``:
+one line, exit 2 on the command line) is raised: a file that is not the searched model is never left
+where it looks good.
 
 :func:`sizes` compares the export's safetensors bytes with the dense model's, written by the same
 writer in the same dtype; :func:`throughput` times the reloaded and the dense model side by side
@@ -25,7 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ExportCheckFailed", "check_export", "mark_failed", "sizes", "throughput", "tolerance", "weights_bytes"]
+__all__ = [
+    "ExportCheckFailed",
+    "check_export",
+    "check_stock",
+    "mark_failed",
+    "sizes",
+    "throughput",
+    "tolerance",
+    "weights_bytes",
+]
 
 
 class ExportCheckFailed(ValueError):
@@ -86,20 +104,95 @@ def check_export(problem: Any, levels: np.ndarray, path: str | Path, *, n_seq: i
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         bad = mark_failed(path, f"does not reload: {first}")
         raise ExportCheckFailed(f"export check failed: {bad} does not reload ({first})") from None
+    del model
     tol = tolerance(dtype, float(ref.abs().max()))
-    diff = float((ref - got).abs().max()) if ref.shape == got.shape else float("inf")
+    diff = _diff(ref, got)
     if not diff <= tol:
         bad = mark_failed(path, f"max |logit diff| {diff:.3g} > tolerance {tol:.3g}")
         raise ExportCheckFailed(
             f"export check failed: {bad} reloads to logits {diff:.3g} away from the searched model's "
             f"(tolerance {tol:.3g}); it is not the searched model"
         )
+    stock = check_stock(path, ids, ref, tol, dtype=dtype, device=device)
     return {
         "max_abs_logit_diff": diff,
         "tolerance": tol,
         "sequences": int(ids.shape[0]),
         "loader": read_meta(path).get("loader", "transformers"),
+        "stock": stock,
     }
+
+
+def _diff(ref: torch.Tensor, got: torch.Tensor) -> float:
+    return float((ref - got.float()).abs().max()) if ref.shape == got.shape else float("inf")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@torch.inference_mode()
+def check_stock(
+    path: str | Path,
+    ids: torch.Tensor,
+    ref: torch.Tensor,
+    tol: float,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Load ``path`` with the stock ``AutoModelForCausalLM.from_pretrained`` and compare its logits on ``ids``
+    with ``ref``: ``{"loads": True, "max_abs_logit_diff": d}`` when they agree within ``tol``, or
+    ``{"loads": False, "error": first line}`` when the stock loader refuses the directory.
+
+    Raises:
+        ExportCheckFailed: the stock loader loads the directory with a tensor missing (initialised at
+            random), unexpected or of another shape, or to logits beyond ``tol``; the directory is renamed
+            ``NAME.FAILED`` first.
+    """
+    import logging
+
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # its load report is read here, not printed
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    except Exception as exc:  # a refusal is a correct answer: the user gets an error, not another model
+        return {"loads": False, "error": _first_line(exc)}
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    wrong = [(what, list(info.get(key) or [])) for key, what in _REPORT]
+    wrong = [(what, names) for what, names in wrong if names]
+    if wrong:
+        what, names = wrong[0]
+        first = names[0] if isinstance(names[0], str) else names[0][0]
+        bad = mark_failed(path, f"stock from_pretrained: {len(names)} tensors {what} (first: {first})")
+        raise ExportCheckFailed(
+            f"export check failed: stock AutoModelForCausalLM.from_pretrained loads {bad} with {len(names)} "
+            f"tensors {what} (first: {first}); it would not be the searched model"
+        )
+    model.to(ref.device if device is None else device).eval()
+    diff = _diff(ref, model(input_ids=ids, use_cache=False).logits)
+    if not diff <= tol:
+        bad = mark_failed(path, f"stock from_pretrained: max |logit diff| {diff:.3g} > tolerance {tol:.3g}")
+        raise ExportCheckFailed(
+            f"export check failed: stock AutoModelForCausalLM.from_pretrained loads {bad} to logits {diff:.3g} "
+            f"away from the searched model's (tolerance {tol:.3g}); it is not the searched model"
+        )
+    return {"loads": True, "max_abs_logit_diff": diff}
+
+
+#: the stock load report's lists, each a failure when not empty, and what it means
+_REPORT = (
+    ("missing_keys", "initialised at random (missing from the file)"),
+    ("mismatched_keys", "of another shape, initialised at random"),
+    ("unexpected_keys", "in the file that the stock model ignores"),
+)
 
 
 def weights_bytes(path: str | Path) -> int:
