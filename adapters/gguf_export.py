@@ -255,8 +255,12 @@ def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) ->
         tok = Path(tmp) / "tokens.npy"
         np.save(tok, seqs)
         code = "import sys; from levelsearch.adapters import gguf_export as g; g._llama_cpp_child(sys.argv[1:])"
-        args = [sys.executable, "-c", code, str(path), str(tok), "-" if threads is None else str(int(threads))]
-        done = subprocess.run(args, capture_output=True, text=True)
+        # the child must import the installed package, not a checkout's levelsearch/ in the caller's directory:
+        # it runs in the temporary directory, and with -P (no script or current directory on sys.path)
+        safe = ["-P"] if sys.version_info >= (3, 11) else []
+        model = str(Path(path).absolute())
+        args = [sys.executable, *safe, "-c", code, model, str(tok), "-" if threads is None else str(int(threads))]
+        done = subprocess.run(args, capture_output=True, text=True, cwd=tmp)
     if done.returncode != 0:
         if done.returncode < 0:
             import signal

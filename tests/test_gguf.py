@@ -288,6 +288,31 @@ def test_a_llama_cpp_that_crashes_is_one_error_not_the_end_of_the_run(crash, say
     assert ("make llama-cpp" in str(err.value)) == ("SIGILL" in says)
 
 
+def test_the_llama_cpp_check_imports_the_installed_package_not_a_checkout_in_the_current_directory(
+    tmp_path, monkeypatch
+):
+    # a levelsearch/ folder in the caller's directory (a checkout beside a non-editable install) must not shadow
+    # the package the child process imports; llama.cpp itself is a fake that predicts uniformly over 4 tokens
+    fake = tmp_path / "fake" / "llama_cpp"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import numpy as np\n"
+        "class Llama:\n"
+        "    def __init__(self, **kw):\n"
+        "        self.scores = np.zeros((kw['n_ctx'], 4))\n"
+        "    def reset(self):\n        pass\n"
+        "    def eval(self, tokens):\n        pass\n"
+    )
+    checkout = tmp_path / "checkout"
+    (checkout / "levelsearch").mkdir(parents=True)
+    (checkout / "levelsearch" / "__init__.py").write_text("raise ImportError('the checkout shadows the package')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.chdir(checkout)
+    from levelsearch.adapters.gguf_export import llama_cpp_perplexity
+
+    assert llama_cpp_perplexity(Path("model.gguf"), np.zeros((2, 5), dtype=np.int64)) == pytest.approx(4.0)
+
+
 # ---------------------------------------------------------------------- the command line
 @pytest.mark.parametrize(
     "args, says",
