@@ -89,8 +89,9 @@ def test_mixed_drop_export_is_smaller_and_reloads_to_the_searched_logits(arch, t
     prob = tiny_problem(arch)
     lv = levels_of([0, 1], [0, 2])  # layer 0 removed; attention of 1 and MLP of 2 dropped alone
     path = export_drop(prob, lv, tmp_path / "model")
-    res = check_export(prob, lv, path)
-    assert res["max_abs_logit_diff"] < 1e-4 and res["loader"] == "levelsearch.adapters.load_compressed"
+    res = check_export(prob, lv, path)  # load_compressed (branches skipped) and stock from_pretrained (zeros)
+    assert res["max_abs_logit_diff"] < 1e-4 and res["loader"] == "transformers"
+    assert res["stock"]["loads"] and res["stock"]["max_abs_logit_diff"] < 1e-4
     meta = json.loads((path / "levelsearch_compression.json").read_text())
     assert meta["removed_layers"] == [0] and len(meta["noop_branches"]) == 2
     cfg = json.loads((path / "config.json").read_text())
@@ -146,12 +147,17 @@ def test_a_checkpoint_missing_a_kept_tensor_is_refused_not_random(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "mixtral"])
-def test_zeroing_only_linear_layers_is_caught_on_conv1d_and_fused_experts(arch, tmp_path):
+def test_the_zeroed_format_zeroes_conv1d_and_fused_experts_too(arch, tmp_path):
     from levelsearch.adapters.formats import export
 
     prob = tiny_problem(arch)
     lv = levels_of([0, 1], [0, 2])
     path = export(prob, lv, tmp_path / "model", method="drop", format="zeroed")
-    with pytest.raises(ExportCheckFailed, match="not the searched model"):
-        check_export(prob, lv, path)
-    assert (tmp_path / "model.FAILED").is_dir()
+    res = check_export(prob, lv, path)
+    assert res["max_abs_logit_diff"] < 1e-4 and res["stock"]["loads"]
+    from levelsearch.adapters.formats.layout import model_layout
+
+    lay = model_layout(prob.model)
+    stock = transformers.AutoModelForCausalLM.from_pretrained(str(path))
+    for name in (lay.attn[1], lay.mlp[2]):  # Conv1D projections and fused expert parameters included
+        assert all(not bool(p.any()) for p in stock.get_submodule(name).parameters())
