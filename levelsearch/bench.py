@@ -54,84 +54,95 @@ from typing import Any
 
 import numpy as np
 
-from .config import safe_load
+from .config import BENCH_SCHEMA, MAX_BENCH_RUNS, check_name, load_yaml, validate
 from .driver import minimize
 from .optimizer import Optimizer, Request, get_optimizer, make_optimizer
 from .problem import Problem, make_problem
 
-__all__ = ["load_bench_config", "run_bench", "add_parser"]
-
-_CHECKPOINTS = [0.1, 0.25, 0.5, 1.0]
+__all__ = ["load_bench_config", "parse_bench_config", "run_bench", "add_parser"]
 
 
 # ----------------------------------------------------------------- config
 def load_bench_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a bench config; returns it with defaults filled in.
+    """Read and check a bench config against :data:`levelsearch.config.BENCH_SCHEMA`; returns it with
+    defaults filled in. Labels become parts of file names, so they must be plain names.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if a field is missing or malformed.
+        ValueError: one line naming the key that is missing or malformed.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"bench config {p} not found; pass the path of a YAML file")
-    from yaml import YAMLError
+    return parse_bench_config(load_yaml(p, "bench config"), source=str(p))
 
-    from .config import read_text
 
-    try:
-        cfg = safe_load(read_text(p, "bench config")) or {}
-    except YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ValueError(f"{p}: not valid YAML{'' if mark is None else f' at line {mark.line + 1}'}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{p}: a bench config is a mapping with optimizers, problems, seeds and budget")
-    for key in ("optimizers", "problems"):
-        if not cfg.get(key):
-            raise ValueError(f"{p}: '{key}' must list at least one entry")
+def parse_bench_config(data: Any, source: str = "bench config") -> dict[str, Any]:
+    """:func:`load_bench_config` for a mapping (``source`` heads the error messages)."""
+    cfg = validate({} if data is None else data, BENCH_SCHEMA, where=source)
     opts = []
-    for o in cfg["optimizers"]:
-        o = {"name": o} if isinstance(o, str) else dict(o)
-        if "name" not in o:
-            raise ValueError(f"{p}: every optimizer needs a name, got {o}")
-        get_optimizer(o["name"])  # unknown names fail now, not in a worker
+    for i, o in enumerate(cfg["optimizers"]):
+        try:
+            get_optimizer(o["name"])  # unknown names fail now, not in a worker
+            label = check_name(o.get("label", o["name"]), "label")
+        except ValueError as exc:
+            raise ValueError(f"{source}: optimizers[{i}]: {exc}") from None
         opts.append(
             {
                 "name": o["name"],
-                "label": str(o.get("label", o["name"])),
+                "label": label,
                 "options": o.get("options") or {},
                 "max_seconds": o.get("max_seconds", cfg.get("max_seconds")),
             }
         )
+    labels = [o["label"] for o in opts]
     probs = []
-    for q in cfg["problems"]:
-        q = dict(q)
-        if "kind" not in q:
-            raise ValueError(f"{p}: every problem needs a kind, got {q}")
-        label = str(q.pop("label", q["kind"]))
+    for i, q in enumerate(cfg["problems"]):
+        where = f"{source}: problems[{i}]"
+        try:
+            label = check_name(q.pop("label", q["kind"]), "label")
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         budget = q.pop("budget", None) or cfg.get("budget")
+        if not budget:
+            raise ValueError(f"{where}: no budget; give budget: {{max_evaluations: N}} here or at the top")
         rel = q.pop("target_relative", cfg.get("target_relative", 0.01))
         overrides = q.pop("options", None) or {}
-        if not isinstance(overrides, dict):
-            raise ValueError(f"{p}: problem {label}: options maps optimizer labels to their options")
-        if not budget or not ({"max_evaluations", "max_cost"} & set(budget)):
-            raise ValueError(f"{p}: problem {label} has no budget; give budget: {{max_evaluations: N}}")
+        for key in overrides:
+            if key not in labels:
+                raise ValueError(f"{where}.options.{key}: no optimizer has that label (labels: {', '.join(labels)})")
+        _check_problem_params(q, where)
         probs.append(
             {"label": label, "config": q, "budget": dict(budget), "target_relative": float(rel), "options": overrides}
         )
     for key, items in (("optimizer", opts), ("problem", probs)):
-        labels = [x["label"] for x in items]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"{p}: {key} labels must be unique, got {labels}")
-    seeds = [int(s) for s in cfg.get("seeds", [0, 1, 2])]
+        seen = [x["label"] for x in items]
+        if len(set(seen)) != len(seen):
+            dup = next(x for x in seen if seen.count(x) > 1)
+            raise ValueError(f"{source}: {key} labels must be unique, {dup!r} is used twice")
+    n_runs = len(cfg["seeds"]) * len(opts) * len(probs)
+    if n_runs > MAX_BENCH_RUNS:
+        raise ValueError(f"{source}: {n_runs} runs (seeds x optimizers x problems) is over the limit {MAX_BENCH_RUNS}")
     return {
-        "name": str(cfg.get("name", p.stem)),
-        "seeds": seeds,
+        "name": str(cfg.get("name", Path(source).stem)),
+        "seeds": cfg["seeds"],
         "max_seconds": cfg.get("max_seconds"),
-        "checkpoints": [float(c) for c in cfg.get("checkpoints", _CHECKPOINTS)],
+        "checkpoints": sorted(float(c) for c in cfg["checkpoints"]),
         "optimizers": opts,
         "problems": probs,
     }
+
+
+def _check_problem_params(config: dict[str, Any], where: str) -> None:
+    """An unknown problem kind or parameter is refused before anything runs (the problem is built later,
+    in a worker)."""
+    from .problem import _check_params, get_problem_factory
+
+    kind = str(config["kind"])
+    try:
+        _check_params(get_problem_factory(kind), {k: v for k, v in config.items() if k != "kind"}, kind)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 # ----------------------------------------------------------------- one run
@@ -182,7 +193,10 @@ class _WallCap(Optimizer):
 
 
 def _problem_facts(config: dict[str, Any]) -> dict[str, Any]:
-    problem = make_problem(config)
+    try:
+        problem = make_problem(config)
+    except TypeError as exc:  # a parameter of the wrong type deep in the factory
+        raise ValueError(f"problem {config.get('kind')!r}: bad parameter ({exc})") from None
     return {"optimum": problem.optimum, "n_units": problem.space.n_units, "uses_fidelity": problem.uses_fidelity}
 
 
@@ -277,13 +291,21 @@ def run_bench(
     from . import bench_report  # the tables and plots
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    for key in ("optimizers", "problems"):  # labels are parts of file names: plain names only
+        for item in config[key]:
+            check_name(item["label"], f"{key[:-1]} label")
     workers = workers or min(2, os.cpu_count() or 1)
     t0 = time.perf_counter()
     with _one_blas_thread_in_workers():
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        # known optima (enumeration, MILP) are computed once per problem, in the workers
-        facts = list(pool.map(_problem_facts, [pr["config"] for pr in config["problems"]]))
+        # known optima (enumeration, MILP) are computed once per problem, in the workers; a problem
+        # that cannot be built is refused here, before anything is written into ``out``
+        try:
+            facts = list(pool.map(_problem_facts, [pr["config"] for pr in config["problems"]]))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+        out.mkdir(parents=True, exist_ok=True)
         problems = [{**pr, **f} for pr, f in zip(config["problems"], facts)]
         tasks = [
             {
@@ -392,8 +414,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    if args.workers is not None and args.workers < 1:
-        raise ValueError("--workers must be >= 1")
+    if args.workers is not None and not 1 <= args.workers <= 1024:
+        raise ValueError(f"--workers must be an integer in 1..1024, got {args.workers}")
+    if not str(args.out).strip():
+        raise ValueError("--out is empty; name the bench's output directory, e.g. --out bench-results")
     report = run_bench(
         load_bench_config(args.config),
         args.out,

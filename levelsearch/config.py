@@ -54,6 +54,7 @@ __all__ = [
     "validate",
     "check_name",
     "RUN_SCHEMA",
+    "BENCH_SCHEMA",
     "BUDGET_SCHEMA",
     "OPTIMIZER_OPTIONS",
 ]
@@ -257,6 +258,77 @@ RUN_SCHEMA = Schema(
         "evaluator": Field("mapping", schema=EVALUATOR_SCHEMA, shorthand="kind", default={"kind": "serial"}),
         "max_consecutive_failures": Field("int", min=1, max=MAX_EVALUATIONS, default=100),
         "name": Field("str", nullable=True, max=200),
+    }
+)
+
+
+_SECONDS = Field("number", min=0, exclusive_min=True, max=1e7, nullable=True)
+_TARGET_RELATIVE = Field("number", min=0, max=1e6)
+
+_BENCH_OPTIMIZER = Schema(
+    {
+        "name": Field("str", required=True, min=1),
+        "label": Field("name"),
+        "options": Field("mapping", schema=OPTIMIZER_OPTIONS, nullable=True),
+        "max_seconds": _SECONDS,
+    }
+)
+
+_BENCH_PROBLEM = Schema(
+    {
+        "kind": Field("str", required=True, min=1, example="{kind: linear, n_units: 64}"),
+        "label": Field("name"),
+        "budget": Field("mapping", schema=BUDGET_SCHEMA),
+        "target_relative": _TARGET_RELATIVE,
+        "options": Field(
+            "mapping", nullable=True, schema=Schema(extra=Field("mapping", schema=OPTIMIZER_OPTIONS, nullable=True))
+        ),
+    },
+    extra=Field("any"),
+)
+
+#: the most (optimizer, problem, seed) runs one bench may hold
+MAX_BENCH_RUNS = 100_000
+
+BENCH_SCHEMA = Schema(
+    {
+        "name": Field("str", max=200),
+        "seeds": Field(
+            "list",
+            items=Field("int", min=0, max=2**32 - 1),
+            min_items=1,
+            max_items=1000,
+            unique=True,
+            default=[0, 1, 2],
+        ),
+        "budget": Field("mapping", schema=BUDGET_SCHEMA, example="budget: {max_evaluations: 1000}"),
+        "max_seconds": _SECONDS,
+        "target_relative": _TARGET_RELATIVE,
+        "checkpoints": Field(
+            "list",
+            items=Field("number", min=0, exclusive_min=True, max=1),
+            min_items=1,
+            max_items=100,
+            unique=True,
+            default=[0.1, 0.25, 0.5, 1.0],
+            example="checkpoints: [0.1, 0.5, 1.0]",
+        ),
+        "optimizers": Field(
+            "list",
+            required=True,
+            min_items=1,
+            max_items=1000,
+            items=Field("mapping", schema=_BENCH_OPTIMIZER, shorthand="name"),
+            example="optimizers: [evopress, random]",
+        ),
+        "problems": Field(
+            "list",
+            required=True,
+            min_items=1,
+            max_items=1000,
+            items=Field("mapping", schema=_BENCH_PROBLEM, shorthand="kind"),
+            example="problems: [{kind: linear, n_units: 64}]",
+        ),
     }
 )
 

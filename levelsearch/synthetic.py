@@ -25,6 +25,35 @@ from .space import LevelSpace
 __all__ = ["LinearProblem", "InteractingProblem", "NoisyProblem", "ResidualNetProblem"]
 
 
+#: size limits of the synthetic problems: beyond them a typo (``width: 1000000``) would fill the memory
+MAX_UNITS = 1_000_000
+MAX_LEVELS = 100_000
+MAX_CELLS = 10_000_000  # n_units x n_levels error table
+MAX_NET_FLOATS = 50_000_000  # residual-net weights (all variants) and input pool: 400 MB of float64
+
+
+def _int_in(value: Any, name: str, lo: int, hi: int, kind: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise ValueError(f"{kind}: {name} must be an integer in {lo}..{hi}, got {value!r}")
+    return int(value)
+
+
+def _number_in(value: Any, name: str, lo: float, hi: float, kind: str) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not lo <= value <= hi:
+        raise ValueError(f"{kind}: {name} must be a finite number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
+
+
+def _check_table(n_units: Any, n_levels: Any, kind: str) -> None:
+    n = _int_in(n_units, "n_units", 1, MAX_UNITS, kind)
+    k = _int_in(n_levels, "n_levels", 1, MAX_LEVELS, kind)
+    if n * k > MAX_CELLS:
+        raise ValueError(
+            f"{kind}: n_units x n_levels = {n * k} is over the limit {MAX_CELLS}; use fewer units or levels"
+        )
+
+
 def _default_total(n_units: int, n_levels: int) -> int:
     return (n_units * (n_levels - 1)) // 4
 
@@ -98,6 +127,7 @@ class LinearProblem(_Synthetic):
     name = "linear"
 
     def __init__(self, *, n_units: int = 64, n_levels: int = 2, total: int | None = None, seed: int = 0) -> None:
+        _check_table(n_units, n_levels, "linear")
         total = _default_total(n_units, n_levels) if total is None else total
         space = LevelSpace(n_levels, n_units=n_units, total=total)
         super().__init__(space, {"n_units": n_units, "n_levels": n_levels, "total": total, "seed": seed})
@@ -137,6 +167,10 @@ class InteractingProblem(_Synthetic):
         coupling: float = 1.0,
         random_pairs: int | None = None,
     ) -> None:
+        _check_table(n_units, n_levels, "interacting")
+        _number_in(coupling, "coupling", -1e6, 1e6, "interacting")
+        if random_pairs is not None:
+            _int_in(random_pairs, "random_pairs", 0, 10 * MAX_UNITS, "interacting")
         total = _default_total(n_units, n_levels) if total is None else total
         space = LevelSpace(n_levels, n_units=n_units, total=total)
         random_pairs = n_units // 2 if random_pairs is None else random_pairs
@@ -242,8 +276,8 @@ class NoisyProblem(Problem):
         base = dict(base or {"kind": "linear"})
         self.base = make_problem(base)
         super().__init__(self.base.space)
-        if sigma < 0 or max_fidelity < 1:
-            raise ValueError("noisy: sigma must be >= 0 and max_fidelity >= 1")
+        _number_in(sigma, "sigma", 0.0, 1e12, "noisy")
+        _int_in(max_fidelity, "max_fidelity", 1, 10**15, "noisy")
         self.sigma = float(sigma)
         self.max_fidelity = self._pool = int(max_fidelity)
         self.params = {"base": base, "sigma": sigma, "max_fidelity": max_fidelity}
@@ -313,7 +347,9 @@ class ResidualNetProblem(_Synthetic):
     ) -> None:
         if mode not in ("drop", "prune"):
             raise ValueError(f"residual-net: mode must be 'drop' or 'prune', got {mode!r}")
-        k = 2 if mode == "drop" else int(n_levels)
+        k = 2 if mode == "drop" else _int_in(n_levels, "n_levels", 1, 64, "residual-net")
+        _check_net(n_blocks, width, k, max_fidelity)
+        _number_in(max_sparsity, "max_sparsity", 0.0, 1.0, "residual-net")
         total = _default_total(n_blocks, k) if total is None else total
         space = LevelSpace(k, n_units=n_blocks, total=total)
         super().__init__(
@@ -369,6 +405,20 @@ class ResidualNetProblem(_Synthetic):
 
     def _solve(self) -> tuple[np.ndarray, float] | None:
         return self._enumerate(limit=70_000)
+
+
+def _check_net(n_blocks: Any, width: Any, n_levels: int, max_fidelity: Any) -> None:
+    kind = "residual-net"
+    b = _int_in(n_blocks, "n_blocks", 1, 4096, kind)
+    d = _int_in(width, "width", 1, 4096, kind)
+    pool = _int_in(max_fidelity, "max_fidelity", 1, 1_000_000, kind)
+    # two block matrices of d x 2d, kept once and per pruning level, plus the input pool and its outputs
+    floats = b * 4 * d * d * (n_levels + 1) + 2 * pool * d
+    if floats > MAX_NET_FLOATS:
+        raise ValueError(
+            f"{kind}: n_blocks={b}, width={d}, {n_levels} levels and max_fidelity={pool} need {floats:.3g} floats, "
+            f"over the limit {MAX_NET_FLOATS:.0e} (400 MB); make width, n_blocks or max_fidelity smaller"
+        )
 
 
 def _prune(w: np.ndarray, sparsity: float) -> np.ndarray:

@@ -149,3 +149,106 @@ def test_running_the_same_grid_again_reuses_every_finished_run(tmp_path: Path) -
     changed = {**cfg, "optimizers": [{"name": "random", "options": {"batch": 4}}]}
     run_bench(load_bench_config(_write(tmp_path, changed)), out, workers=1, progress=False)
     assert kept.stat().st_mtime_ns != stamp
+
+
+# ------------------------------------------------------------------ configs the schema refuses
+def _cli_bench(cfg_path: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    from levelsearch.cli import main
+
+    assert main(["bench", str(cfg_path), "--out", str(out), "--no-progress", "--workers", "1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("levelsearch: error: "), lines
+    return lines[0]
+
+
+SMALL = {
+    "seeds": [0],
+    "budget": {"max_evaluations": 20},
+    "optimizers": ["random"],
+    "problems": [{"label": "lin", "kind": "linear", "n_units": 8}],
+}
+
+BAD_BENCH: list[tuple[str, dict, str]] = [
+    ("unknown-top-key", {**SMALL, "seed": [1]}, "seed: unknown key"),
+    ("unknown-optimizer-key", {**SMALL, "optimizers": [{"name": "random", "opts": {}}]}, "optimizers[0].opts"),
+    ("unknown-budget-key", {**SMALL, "budget": {"evaluations": 3}}, "budget.evaluations: unknown key"),
+    ("no-seeds", {**SMALL, "seeds": []}, "seeds: must list at least 1"),
+    ("repeated-seeds", {**SMALL, "seeds": [1, 1]}, "seeds[1]: repeats 1"),
+    ("negative-max-seconds", {**SMALL, "max_seconds": -1}, "max_seconds: must be a finite number > 0"),
+    ("nan-max-seconds", {**SMALL, "max_seconds": float("nan")}, "max_seconds: must be a finite number > 0"),
+    ("nan-max-cost", {**SMALL, "budget": {"max_cost": float("nan")}}, "budget.max_cost: must be a finite number"),
+    ("checkpoint-above-one", {**SMALL, "checkpoints": [0.5, 2.0]}, "checkpoints[1]: must be a finite number > 0"),
+    ("checkpoint-zero", {**SMALL, "checkpoints": [0]}, "checkpoints[0]"),
+    ("checkpoints-empty", {**SMALL, "checkpoints": []}, "checkpoints: must list at least 1"),
+    ("checkpoint-string", {**SMALL, "checkpoints": ["half"]}, "checkpoints[0]"),
+    ("optimizer-name-not-a-string", {**SMALL, "optimizers": [{"name": 7}]}, "optimizers[0].name: must be a string"),
+    ("optimizer-entry-a-number", {**SMALL, "optimizers": [7]}, "optimizers[0]: must be a mapping"),
+    (
+        "huge-offspring",
+        {**SMALL, "optimizers": ["random", {"name": "evopress", "options": {"offspring": 1e9}}]},
+        "optimizers[1].options.offspring: must be an integer in 1..100000, got 1e+09",
+    ),
+    (
+        "huge-offspring-per-problem",
+        {**SMALL, "problems": [{"kind": "linear", "options": {"random": {"batch": 10**9}}}]},
+        "problems[0].options.random.batch: must be an integer in 1..100000",
+    ),
+    ("options-of-no-optimizer", {**SMALL, "problems": [{"kind": "linear", "options": {"evopres": {}}}]}, "evopres"),
+    ("unknown-problem-param", {**SMALL, "problems": [{"kind": "linear", "n_unit": 3}]}, "no parameter 'n_unit'"),
+    ("unknown-problem-kind", {**SMALL, "problems": [{"kind": "lineer"}]}, "unknown problem kind 'lineer'"),
+    ("traversing-optimizer-label", {**SMALL, "optimizers": [{"name": "random", "label": "../../../x"}]}, "plain name"),
+    ("absolute-problem-label", {**SMALL, "problems": [{"kind": "linear", "label": "/tmp/x"}]}, "plain name"),
+    ("dot-dot-label", {**SMALL, "problems": [{"kind": "linear", "label": ".."}]}, "plain name"),
+    ("huge-residual-net", {**SMALL, "problems": [{"kind": "residual-net", "width": 10**6}]}, "width"),
+]
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize(("cfg", "words"), [c[1:] for c in BAD_BENCH], ids=[c[0] for c in BAD_BENCH])
+def test_a_bad_bench_config_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, cfg, words):
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    path = _write(work, cfg)
+    before = _tree(tmp_path)
+    line = _cli_bench(path, work / "out", capsys)
+    assert words in line and str(path) in line
+    assert _tree(tmp_path) == before  # nothing in --out, nothing beside or above it
+    assert not Path("/tmp/x").exists() or Path("/tmp/x").stat().st_mtime < os.path.getmtime(path)
+
+
+def test_labels_cannot_leave_out_even_through_the_python_api(tmp_path):
+    cfg = load_bench_config(_write(tmp_path, SMALL))
+    cfg["optimizers"][0]["label"] = "../../escaped"
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError, match="optimizer label must be a plain name"):
+        run_bench(cfg, tmp_path / "a" / "out", workers=1, progress=False)
+    assert _tree(tmp_path) == before
+
+
+def test_plain_labels_are_kept_and_used_as_folder_names(tmp_path):
+    cfg = {**SMALL, "optimizers": [{"name": "random", "label": "rand.v2_b-8"}]}
+    out = tmp_path / "out"
+    run_bench(load_bench_config(_write(tmp_path, cfg)), out, workers=1, progress=False)
+    assert (out / "raw" / "lin" / "rand.v2_b-8" / "seed0.csv").is_file()
+    outside = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
+    assert outside == {tmp_path / "bench.yaml"}
+
+
+def test_workers_out_of_range_is_one_line(tmp_path, capsys):
+    from levelsearch.cli import main
+
+    path = _write(tmp_path, SMALL)
+    assert main(["bench", str(path), "--out", str(tmp_path / "out"), "--workers", "0"]) == 2
+    assert "--workers must be an integer in 1..1024" in capsys.readouterr().err
+    assert main(["bench", str(path), "--out", "", "--workers", "1"]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoints_are_sorted_and_defaults_filled(tmp_path):
+    cfg = load_bench_config(_write(tmp_path, {**SMALL, "checkpoints": [1.0, 0.5]}))
+    assert cfg["checkpoints"] == [0.5, 1.0]
+    assert load_bench_config(_write(tmp_path, {k: v for k, v in SMALL.items() if k != "seeds"}))["seeds"] == [0, 1, 2]

@@ -88,3 +88,35 @@ def test_unknown_problem_kind_and_parameter_are_clear_errors():
 
 def test_all_builtin_problems_are_registered():
     assert {"linear", "interacting", "noisy", "residual-net"} <= set(ls.available_problems())
+
+
+# ------------------------------------------------------------------ sizes are bounded, in one line
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"kind": "residual-net", "width": 10**6}, "width must be an integer in 1..4096"),
+        ({"kind": "residual-net", "width": 4096, "n_blocks": 64}, "over the limit"),
+        ({"kind": "residual-net", "n_blocks": 10**9}, "n_blocks must be an integer"),
+        ({"kind": "residual-net", "max_fidelity": 10**9}, "max_fidelity must be an integer"),
+        ({"kind": "residual-net", "mode": "prune", "n_levels": 10**6}, "n_levels must be an integer in 1..64"),
+        ({"kind": "residual-net", "max_sparsity": 1.5}, "max_sparsity"),
+        ({"kind": "linear", "n_units": 10**9}, "n_units must be an integer in 1..1000000"),
+        ({"kind": "linear", "n_units": 1000, "n_levels": 100_000}, "n_units x n_levels = 100000000 is over the limit"),
+        ({"kind": "linear", "n_units": 2.5}, "n_units must be an integer"),
+        ({"kind": "interacting", "n_levels": 10**9}, "n_levels must be an integer"),
+        ({"kind": "interacting", "random_pairs": 10**12}, "random_pairs"),
+        ({"kind": "interacting", "coupling": float("nan")}, "coupling"),
+        ({"kind": "noisy", "sigma": float("inf")}, "sigma must be a finite number"),
+        ({"kind": "noisy", "max_fidelity": 0}, "max_fidelity must be an integer"),
+    ],
+)
+def test_a_problem_too_large_or_malformed_is_one_value_error_naming_the_parameter(config, words):
+    with pytest.raises(ValueError, match="^[^\n]*$") as info:
+        make_problem(config)
+    assert words in str(info.value)
+    assert str(info.value).startswith(config["kind"])
+
+
+def test_the_largest_allowed_table_builds(tmp_path):
+    p = make_problem({"kind": "linear", "n_units": 4, "n_levels": 100_000, "total": 10})
+    assert p.errors.shape == (4, 100_000)
