@@ -300,8 +300,14 @@ def run_bench(
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
         # known optima (enumeration, MILP) are computed once per problem, in the workers; a problem
         # that cannot be built is refused here, before anything is written into ``out``
+        pending = [pool.submit(_problem_facts, pr["config"]) for pr in config["problems"]]
+        facts = []
         try:
-            facts = list(pool.map(_problem_facts, [pr["config"] for pr in config["problems"]]))
+            for pr, fut in zip(config["problems"], pending):
+                try:
+                    facts.append(fut.result())
+                except ValueError as exc:
+                    raise ValueError(f"problem {pr['label']}: {exc}") from None
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
