@@ -219,8 +219,12 @@ class ReferenceEvoPress(Optimizer):
         if self._step == 0:
             self._candidates = self._make_offspring()
             if not self._candidates:
-                self._exhausted = True
-                return []
+                if np.isfinite(self.parent_value) or self.generation > 0:
+                    self._exhausted = True
+                    return []
+                # no mutation leads anywhere (a space of one feasible assignment): still measure the
+                # start once, in a final step of its own, so the recommendation carries its value
+                self._step = len(self.steps) - 1
         step = self.steps[self._step]
         batch = list(self._candidates)
         self._parent_in_batch = self._step == len(self.steps) - 1

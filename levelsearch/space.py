@@ -36,6 +36,7 @@ class _Group:
     hi: float | None  # highest allowed total
     uniform_steps: bool  # every level step of every unit costs the same amount
     step: float  # that amount when uniform_steps
+    band_moves: bool = False  # uniform steps and a band wider than a step: single moves change the total
 
 
 class LevelSpace:
@@ -120,6 +121,8 @@ class LevelSpace:
             tl = _number(tol, "tol")
         if tl < 0:
             raise ValueError(f"tol must be >= 0, got {tl}")
+        if t is not None and not math.isfinite(t - tl):
+            raise ValueError(f"total - tol overflows a float ({t:g} - {tl:g}); give smaller numbers")
         if isinstance(total, Mapping):
             extra = set(total) - set(self.group_labels)
             if extra:
@@ -135,6 +138,9 @@ class LevelSpace:
         if deltas and any(d < -_EPS for d in deltas):
             # monotone costs keep repair simple; decreasing costs are rare but legal
             uniform = False
+        # with equal steps a switch keeps the total: only single moves reach the band's other totals
+        pos = [d for d in deltas if d > _EPS]
+        band_moves = t is not None and bool(pos) and tl >= min(pos) * (1 - 1e-9)
         return _Group(
             label=label,
             units=units,
@@ -142,6 +148,7 @@ class LevelSpace:
             hi=t,
             uniform_steps=uniform,
             step=step,
+            band_moves=bool(band_moves),
         )
 
     def _check_reachable(self, grp: _Group) -> None:
@@ -205,36 +212,60 @@ class LevelSpace:
         """True when every level switch within a group leaves its total unchanged."""
         return self._keeps_budget
 
-    def cost(self, levels: np.ndarray) -> float:
-        """Total cost of an assignment over all units."""
-        lv = np.asarray(levels, dtype=np.int64)
+    def cost(self, levels: Any) -> float:
+        """Total cost of an assignment over all units.
+
+        Raises:
+            ValueError: ``levels`` is not one integer level in range per unit (see :meth:`validate`).
+        """
+        lv = self.validate(levels)
         return float(self._costs[np.arange(self.n_units), lv].sum())
 
-    def group_totals(self, levels: np.ndarray) -> np.ndarray:
-        """Total cost of each group, in the order of :attr:`group_labels`."""
-        lv = np.asarray(levels, dtype=np.int64)
+    def group_totals(self, levels: Any) -> np.ndarray:
+        """Total cost of each group, in the order of :attr:`group_labels`.
+
+        Raises:
+            ValueError: ``levels`` is not one integer level in range per unit (see :meth:`validate`).
+        """
+        return self._totals(self.validate(levels))
+
+    def _totals(self, lv: np.ndarray) -> np.ndarray:
         per_unit = self._costs[np.arange(self.n_units), lv]
         return np.bincount(self.group_of, weights=per_unit, minlength=self.n_groups)
 
     def validate(self, levels: Any) -> np.ndarray:
-        """Return ``levels`` as an int64 array, or raise ``ValueError`` saying what is wrong."""
-        lv = np.asarray(levels)
+        """Return ``levels`` as a new int64 array, or raise a one-line ``ValueError`` saying what is wrong.
+
+        Accepted: a 1-D sequence of ``n_units`` integers (or integral floats) with
+        ``0 <= levels[i] <= max_level[i]``. Refused: another shape (2-D, scalar, ragged),
+        booleans, fractions, NaN, negative or too-high levels (never wrapped or clipped).
+        """
+        try:
+            lv = np.asarray(levels)
+        except (ValueError, TypeError, OverflowError):
+            raise ValueError(
+                f"an assignment needs a list of {self.n_units} integer levels, got {levels!r:.60}"
+            ) from None
         if lv.shape != (self.n_units,):
             raise ValueError(f"an assignment needs {self.n_units} levels, got shape {lv.shape}")
         if lv.dtype.kind == "f":
             if not np.all(np.isfinite(lv)) or np.any(lv != np.round(lv)):
-                raise ValueError("levels must be integers")
-        elif lv.dtype.kind not in "iub":
+                raise ValueError("levels must be integers, got fractional or non-finite values")
+        elif lv.dtype.kind not in "iu":
             raise ValueError(f"levels must be integers, got dtype {lv.dtype}")
-        lv = lv.astype(np.int64)
+        # range first, on the values as given: a cast to int64 must never wrap a huge value into range
         bad = np.flatnonzero((lv < 0) | (lv > self.max_level))
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"unit {i} has level {lv[i]}, outside 0..{self.max_level[i]}")
-        return lv
+            shown = lv[i].item()
+            raise ValueError(f"unit {i} has level {shown}, outside 0..{self.max_level[i]}")
+        return lv.astype(np.int64)
 
     def is_feasible(self, levels: Any) -> bool:
-        """True when the levels are in range and every group meets its budget."""
+        """True when the levels are valid (see :meth:`validate`) and every group meets its budget.
+
+        An invalid assignment (wrong shape, fractions, out of range) is not feasible: ``False``.
+        """
         try:
             lv = self.validate(levels)
         except ValueError:
@@ -242,7 +273,7 @@ class LevelSpace:
         return self._within_budget(lv)
 
     def _within_budget(self, lv: np.ndarray) -> bool:
-        totals = self.group_totals(lv)
+        totals = self._totals(lv)
         for g, grp in enumerate(self._groups):
             if grp.hi is None:
                 continue
@@ -379,24 +410,30 @@ class LevelSpace:
         """Level-switch mutation: ``n_switches`` times raise one unit and lower another of its group.
 
         When every step in the group costs the same the budget is kept exactly;
-        otherwise the group is repaired back into its band afterwards. Returns a
-        new array; ``levels`` is not modified. Units that cannot move are skipped,
-        so a space with no possible switch returns an unchanged copy.
+        otherwise the group is repaired back into its band afterwards. In a band that
+        holds several totals of equal steps, half the moves raise or lower one unit alone
+        (then repair), so the search reaches every total in the band; so does a move from
+        an assignment where no pair can switch (all levels lowest or highest in a band).
+        Returns a new array; ``levels`` is not modified. Units that cannot move are
+        skipped, so a space with no possible move returns an unchanged copy.
         """
         lv = levels.copy()
         n = self.n_units
         group_of = self._groups_index()
+        single = False
         for _ in range(n_switches):
             pair = self._pick_pair(lv, rng, n, group_of)
             if pair is None:
                 break
             i, j = pair
-            lv[i] += 1
+            if i >= 0:
+                lv[i] += 1
             if j >= 0:
                 lv[j] -= 1
-        if not self.switch_keeps_budget:
+            single = single or i < 0 or j < 0
+        if single or not self.switch_keeps_budget:
             for grp in self._groups:
-                if grp.hi is not None and not grp.uniform_steps and not self._group_ok(lv, grp):
+                if grp.hi is not None and (single or not grp.uniform_steps) and not self._group_ok(lv, grp):
                     self._repair_group(lv, grp, rng)
         return lv
 
@@ -416,6 +453,14 @@ class LevelSpace:
             grp = self._groups[gof[i]]
             if grp.hi is None:
                 return i, -1 if rng.random() < 0.5 else self._lower_any(lv, rng, grp.units, i)
+            if grp.band_moves and rng.random() < 0.5:
+                # a single move: raise i, or lower one unit of its group
+                if rng.random() < 0.5:
+                    return i, -1
+                j = self._lower_any(lv, rng, grp.units, -1)
+                if j >= 0:
+                    return -1, j
+                continue
             us = grp.units
             j = int(us[rng.integers(us.size)])
             if j != i and lv[j] > 0:
@@ -429,8 +474,12 @@ class LevelSpace:
             lowerable = us[(lv[us] > 0) & (us != i)]
             if lowerable.size:
                 return int(i), int(lowerable[rng.integers(lowerable.size)])
-            if grp.hi is None:
-                return int(i), -1
+            if grp.hi is None or grp.lo != grp.hi:
+                return int(i), -1  # nothing to lower (all lowest): in a band, a raise alone (repaired after)
+        # nothing to raise in a band (all highest): a lowering alone
+        lowerable = np.flatnonzero((lv > 0) & np.array([g.lo != g.hi for g in self._groups])[self.group_of])
+        if lowerable.size:
+            return -1, int(lowerable[rng.integers(lowerable.size)])
         return None
 
     def _lower_any(self, lv: np.ndarray, rng: np.random.Generator, us: np.ndarray, i: int) -> int:
@@ -530,6 +579,11 @@ def _parse_costs(costs: Any, n_levels: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(r)):
             raise ValueError(f"costs[{i}] must be finite numbers")
         out[i, : n_levels[i]] = r
+    # every total and every difference of totals must be a finite float: bound 2 * Σ max |cost|
+    with np.errstate(over="ignore"):
+        bound = 2.0 * float(np.sum(np.nanmax(np.abs(out), axis=1)))
+    if not math.isfinite(bound):
+        raise ValueError("costs are too large: their total overflows a float (inf); rescale them (e.g. MB, not bytes)")
     return out
 
 

@@ -332,3 +332,59 @@ def test_a_seed_that_is_not_a_non_negative_integer_is_refused(seed):
 def test_a_bad_eval_timeout_is_refused(timeout):
     with pytest.raises(ValueError, match="eval_timeout must be a positive number of seconds"):
         minimize(lambda lv: 0.0, SPACE, max_evaluations=5, eval_timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "levels, words",
+    [
+        ([0, 1, 1.5, 0], "fractional"),
+        ([[0, 1, 1, 0]], r"shape \(1, 4\)"),
+        ([0, -1, 1, 0], "level -1, outside 0..1"),
+        ([0, 2, 0, 0], "level 2, outside 0..1"),
+        ([2**70, 0, 0, 0], "levels must be integers|outside"),
+        ([1e300, 0, 0, 0], "outside 0..2"),
+        ([True, False, True, False], "dtype bool"),
+        ([0, 1, [1], 0], "a list of 4 integer levels"),
+    ],
+)
+def test_cost_refuses_levels_that_are_not_one_integer_in_range_per_unit(levels, words):
+    space = LevelSpace([3, 2, 4, 2], costs=[[0, 1, 2], [0, 5], [0, 1, 2, 3], [0, 4]], total=6, tol=2)
+    for method in (space.cost, space.group_totals, space.validate):
+        with pytest.raises(ValueError, match=words) as info:
+            method(levels)
+        assert "\n" not in str(info.value)
+    assert not space.is_feasible(levels)
+    assert space.cost([2, 1, 0, 0]) == 7.0 and space.cost(np.array([2.0, 0, 3, 1])) == 9.0
+
+
+def test_costs_whose_total_overflows_are_refused_at_construction():
+    with pytest.raises(ValueError, match="costs are too large: their total overflows"):
+        LevelSpace(2, n_units=3, costs=[[0, 1e308]] * 3, total=1e308)
+    with pytest.raises(ValueError, match="total - tol overflows"):
+        LevelSpace(2, n_units=2, total=-1e308, tol=1e308)
+
+
+# ------------------------------------------------------------------ bands at the lowest assignment
+BAND_COSTS = [[0, 1, 3], [0, 2, 3], [0, 1, 4], [0, 3, 5]]
+
+
+@pytest.mark.parametrize("optimizer", ["evopress", "evopress-ref"])
+@pytest.mark.parametrize("costs", [BAND_COSTS, None], ids=["unequal-steps", "equal-steps"])
+def test_a_band_that_holds_the_all_lowest_assignment_is_searched(optimizer, costs):
+    space = LevelSpace(3, n_units=4, total=6, tol=6, costs=costs)  # every total in [0, 6] is allowed
+    weights = np.array([3.0, 1.0, 2.0, 0.5])
+
+    def fn(lv):
+        return float(-(weights @ lv))
+
+    best = min(space.enumerate_feasible(), key=fn)
+    res = minimize(fn, space, optimizer, max_evaluations=300, seed=0)
+    assert res.n_evaluations > 5 and space.is_feasible(res.best_levels)
+    assert res.best_value == fn(best)
+
+
+@pytest.mark.parametrize("optimizer", ["evopress", "evopress-ref"])
+def test_a_band_with_one_feasible_assignment_measures_it(optimizer):
+    space = LevelSpace([3, 3], costs=[[0, 5, 9], [0, 5, 9]], total=1, tol=1)  # only [0, 0] fits
+    res = minimize(lambda lv: 2.5, space, optimizer, max_evaluations=50)
+    assert res.best_levels.tolist() == [0, 0] and res.best_value == 2.5 and res.n_evaluations == 1
