@@ -87,15 +87,29 @@ def load_report(target: str | Path) -> RunReport:
             summary = json.loads(summary_path.read_text())
         except ValueError:
             summary = None
-    # a summary describes this journal only when the run finished at its end
+    # a summary describes this journal only when the run finished at its end, and its best is a
+    # journaled evaluation: summary.json is a report, the journal is what a report is made from
     if (
         not isinstance(summary, dict)
         or summary.get("stopped_by") == "interrupted"
         or summary.get("n_evaluations") != len(records)
+        or not _best_is_journaled(summary, records)
     ):
         summary = None
     fids = sorted({r.fidelity for r in records}, key=lambda f: (f is None, f or 0))
     return RunReport(path, records, costs, meta, summary, [_label(f) for f in fids])
+
+
+def _best_is_journaled(summary: dict[str, Any], records: list[JournalRecord]) -> bool:
+    """Whether the summary's best (levels, value) is an evaluation the journal holds (a hand edit is not)."""
+    value, levels = summary.get("best_value"), summary.get("best_levels")
+    if value is None:  # no evaluation succeeded
+        return not any(r.ok for r in records)
+    try:
+        key = (np.asarray(levels, dtype=np.int64).tobytes(), float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return any(r.ok and (r.levels.tobytes(), r.value) == key for r in records)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -388,3 +388,17 @@ def test_a_band_with_one_feasible_assignment_measures_it(optimizer):
     space = LevelSpace([3, 3], costs=[[0, 5, 9], [0, 5, 9]], total=1, tol=1)  # only [0, 0] fits
     res = minimize(lambda lv: 2.5, space, optimizer, max_evaluations=50)
     assert res.best_levels.tolist() == [0, 0] and res.best_value == 2.5 and res.n_evaluations == 1
+
+
+def test_a_report_ignores_a_summary_whose_best_the_journal_does_not_hold(tmp_path):
+    from levelsearch.config import parse_config
+    from levelsearch.runner import run_config
+
+    config = {"problem": LINEAR, "optimizer": {"name": "evopress", "offspring": 6}, "budget": {"max_evaluations": 40}}
+    run_config(parse_config(config), tmp_path / "run", progress=False, plot=False)
+    assert load_report(tmp_path / "run").summary is not None
+    path = tmp_path / "run" / "summary.json"
+    summary = json.loads(path.read_text())
+    path.write_text(json.dumps({**summary, "best_value": summary["best_value"] / 2}))
+    rep = load_report(tmp_path / "run")
+    assert rep.summary is None and rep.status.startswith("in progress")
