@@ -34,7 +34,11 @@ import numpy as np
 from levelsearch import LevelSpace, Request
 from levelsearch.additive import single_unit_probes
 
-__all__ = ["ErrorProber"]
+__all__ = ["ErrorProber", "MAX_PROBE_COLUMNS"]
+
+#: the most (unit, level) pairs dp and greedy probe: one evaluation each, and the fit's Gram matrix is
+#: their square (4,096 pairs: 128 MiB and about a minute of eigendecomposition on two cores)
+MAX_PROBE_COLUMNS = 4096
 
 
 class ErrorProber:
@@ -50,6 +54,12 @@ class ErrorProber:
     def __init__(
         self, space: LevelSpace, rng: np.random.Generator, fidelity: int | None = None, max_extra: int | None = None
     ) -> None:
+        pairs = int(space.n_levels.sum()) - space.n_units
+        if pairs > MAX_PROBE_COLUMNS:
+            raise ValueError(
+                f"dp and greedy probe every (unit, level) pair but one level per unit: this space has {pairs}, "
+                f"over the limit {MAX_PROBE_COLUMNS}; use evopress or random, or a space with fewer levels"
+            )
         self.space = space
         self.rng = rng
         self.fidelity = fidelity

@@ -134,3 +134,24 @@ def test_nevergrad_is_told_the_repaired_point() -> None:
         opt.tell(batch, [float(r.levels @ np.arange(10)) for r in batch])
     rec = np.asarray(opt._opt.recommend().value)
     assert space.is_feasible(rec)
+
+
+@pytest.mark.parametrize("name", ["dp", "greedy"])
+@pytest.mark.parametrize(("n_units", "n_levels"), [(4, 100_000), (5000, 2)])
+def test_dp_and_greedy_refuse_a_space_with_too_many_unit_levels_at_once(name: str, n_units: int, n_levels: int):
+    space = LevelSpace(n_levels, n_units=n_units, total=1000)
+    with pytest.raises(ValueError, match=r"^dp and greedy probe every \(unit, level\) pair.*over the limit 4096"):
+        levelsearch.make_optimizer(name, space, seed=0)
+
+
+def test_dp_on_a_space_of_a_hundred_thousand_levels_is_one_cli_line(tmp_path, capsys) -> None:
+    from levelsearch.cli import main
+
+    (tmp_path / "run.yaml").write_text(
+        "problem: {kind: linear, n_units: 4, n_levels: 100000, total: 1000}\n"
+        "optimizer: dp\nbudget: {max_evaluations: 100}\n"
+    )
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "over the limit 4096" in err[0]
+    assert not (tmp_path / "run").exists()
