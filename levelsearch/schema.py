@@ -175,9 +175,7 @@ def _range(f: Field, what: str) -> str:
 
 
 def _num(x: float) -> str:
-    if isinstance(x, int):
-        return str(x)
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _in_range(x: float, f: Field) -> bool:
