@@ -6,6 +6,8 @@ Optimizers (``levelsearch.optimizers``), problem kinds (``levelsearch.problems``
 registering costs nothing and ``import levelsearch`` stays light. A name is taken once: registering
 it again with another target, or an installed entry point that collides with a registered name, is a
 ``ValueError`` (a third-party package never silently shadows a name), unless ``replace=True``.
+Names are plain names (``A-Z a-z 0-9 . _ -``, see :func:`levelsearch.schema.check_name`): they become
+parts of file names (bench folders, default labels), so a name that could leave a directory is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Generic, TypeVar
+
+from .schema import check_name
 
 __all__ = ["Registry"]
 
@@ -53,8 +57,9 @@ class Registry(Generic[T]):
         """Register ``target`` (or ``"module:attr"``, imported on first use) under ``name``.
 
         Raises:
-            ValueError: ``name`` is taken by another target and ``replace`` is false.
+            ValueError: ``name`` is not a plain name, or is taken by another target and ``replace`` is false.
         """
+        check_name(name, f"a {self.what} name")
         if not replace and name in self._entries and self._entries[name] != target:
             raise ValueError(f"a {self.what} named {name!r} is already registered; pick another name or replace=True")
         self._entries[name] = target
@@ -70,6 +75,7 @@ class Registry(Generic[T]):
         if self._preload is not None:
             self._preload()
         for ep in metadata.entry_points(group=self.group):
+            check_name(ep.name, f"entry point {ep.value!r} ({self.group}): a {self.what} name")
             if ep.name in self._entries and self._entries[ep.name] != ep.value:
                 raise ValueError(
                     f"entry point {ep.name!r} = {ep.value!r} ({self.group}) collides with the registered "

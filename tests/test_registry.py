@@ -82,3 +82,23 @@ def test_optimizers_problems_commands_and_codecs_share_the_one_registry_class():
     from levelsearch.adapters.codecs.base import CODECS
 
     assert isinstance(CODECS, Registry) and {"drop", "sparsity", "quant", "joint"} <= set(CODECS.names())
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/path", "a/b", "..", "", "two words"])
+def test_a_name_that_could_leave_a_directory_is_refused(name):
+    reg: Registry[object] = Registry("widget", "levelsearch.no-such-group")
+    with pytest.raises(ValueError, match="a widget name must be a plain name"):
+        reg.register(name, "json:dumps")
+    assert reg.names() == []
+
+
+def test_an_entry_point_with_a_name_that_is_not_plain_is_an_error(monkeypatch):
+    bad = metadata.EntryPoint(name="../../x", value="json:dumps", group="levelsearch.test-group")
+
+    def entry_points(group: str) -> list[metadata.EntryPoint]:
+        return [bad] if group == "levelsearch.test-group" else []
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
+    reg: Registry[object] = Registry("widget", "levelsearch.test-group")
+    with pytest.raises(ValueError, match=r"entry point 'json:dumps' \(levelsearch.test-group\): a widget name must be"):
+        reg.names()
