@@ -174,7 +174,11 @@ def build_database(
     codec = codec or get_weight_codec(spec.get("kind"))
     codec.check_spec(spec)
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot create the database directory {path} ({why}); give another --database") from None
     units = codec.units(model)
     identity = {
         "format": FORMAT,

@@ -1,17 +1,19 @@
 """``levelsearch export RUN_DIR --format FORMAT``: write a finished ``compress`` run's model in another format,
 without searching again.
 
-The run's problem is rebuilt from what the run recorded (``results.json``: model, method, target,
-the EvoPress levels, a weight codec's database; the journal: data, sequence length, token counts,
-seed, and what a codec takes besides, through its ``settings_of_run``: gguf's types, band width,
-budget in bytes and extra tensors) and checked against the journal's identity (other weights or
-data: one line, exit 2). Rebuilding it loads the model, the token sets and a weight codec's variant
-database (built only if it is missing), never the dense teacher: that is computed on first use, and
-the export, its check and its measurements do not use it. The export goes to ``--out`` (default
-``RUN_DIR/model-FORMAT``, which must not hold anything yet; a gguf run's is ``model.gguf`` in
+The run's problem is rebuilt from what the run's journal recorded (model, method, target, the EvoPress
+levels, a weight codec's database, data, sequence length, token counts, seed, and what a codec takes
+besides, through its ``settings_of_run``: gguf's types, band width, budget in bytes and extra tensors)
+and checked against the journal's identity (other weights or data: one line, exit 2). The journal is the
+record: an altered journal is refused (its integrity chain), and ``results.json`` is only a report,
+never read for the levels (one whose EvoPress levels differ from the journal's, e.g. edited by hand, is
+refused rather than silently overruled). Rebuilding the problem loads the model, the token sets and a
+weight codec's variant database (built only if it is missing), never the dense teacher: that is computed
+on first use, and the export, its check and its measurements do not use it. The export goes to ``--out``
+(default ``RUN_DIR/model-FORMAT``, which must not hold anything yet; a gguf run's is ``model.gguf`` in
 ``RUN_DIR/model-gguf``, with its ``gguf_export.json``), is reloaded and compared with the searched
-logits (a mismatch renames it ``NAME.FAILED``, exit 2) and measured (size on disk and tokens/s
-beside the dense model; ``--no-measure`` skips it); the entry is added to ``results.json`` under ``exports``.
+logits (a mismatch renames it ``NAME.FAILED``, exit 2) and measured (size on disk and tokens/s beside
+the dense model; ``--no-measure`` skips it); the entry is added to ``results.json`` under ``exports``.
 """
 
 from __future__ import annotations
@@ -27,29 +29,36 @@ __all__ = ["add_parser", "export_run", "run_settings"]
 _FROM_PROBLEM = ("data", "seq_len", "calibration_tokens", "heldout_tokens", "top_k", "seed", "whole_blocks", "budget")
 
 
-def _read_results(run: Path) -> dict[str, Any]:
+def _check_report(run: Path, res: dict[str, Any]) -> dict[str, Any] | None:
+    """``results.json`` of ``run`` (a report, ``None`` when missing or unreadable), refused when its EvoPress
+    levels differ from the journal's ``res``: the export would not be the model the report names."""
     f = run / "results.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{run} holds no results.json; give the directory of a finished levelsearch compress")
     try:
-        res = json.loads(f.read_text())
-        res["methods"]["evopress"]["levels"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{f} is not a finished compress run's results (no EvoPress levels)") from None
-    return dict(res)
+        report = json.loads(f.read_text())
+        levels = report["methods"]["evopress"]["levels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if levels != res["methods"]["evopress"]["levels"]:
+        raise ValueError(
+            f"{f} names other EvoPress levels than the run's journal (edited by hand?); the journal is the record: "
+            f"restore {f.name} or delete it, and the export writes the journal's levels"
+        )
+    return dict(report)
 
 
 def run_settings(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(results, compress settings)`` of a finished run, the settings rebuilt from its records."""
+    """``(results, compress settings)`` of a finished run, both from its journal (the results shaped as
+    ``results.json``: see :func:`~levelsearch.adapters.pipeline.journal_results`)."""
     from levelsearch import Journal
 
     from .codecs import available_codecs, get_codec
+    from .pipeline import journal_results
     from .settings import CompressSettings
 
     run = Path(run)
-    res = _read_results(run)
-    if not (run / "journal.db").is_file():
-        raise FileNotFoundError(f"{run} holds no journal.db; give the directory of a finished levelsearch compress")
+    res = journal_results(run)
+    if "evopress" not in res["methods"]:
+        raise ValueError(f"the journal of {run} records no EvoPress levels; run the same compress command again")
     with Journal(run / "journal.db", readonly=True) as jr:
         stored = (jr.meta("identity") or {}).get("problem") or {}
     settings = CompressSettings(model=res["model"], method=res["method"], target=res["target"]).to_dict()
@@ -81,8 +90,11 @@ def export_run(
     from .formats.run import check_new_dir, export_and_check
     from .pipeline import check_journal_problem, jsonable
 
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"--threads must be a positive integer (torch CPU threads), got {threads!r}")
     run = Path(run)
     res, settings = run_settings(run)
+    report = _check_report(run, res)
     method = str(res["method"])
     codec = get_codec(method)
     # a codec with a file format of its own (gguf: one .gguf file) writes, checks and measures it itself
@@ -94,15 +106,16 @@ def export_run(
     settings["threads"] = threads
     problem = codec.make_problem(settings)
     check_journal_problem(run, problem)  # the same weights, data and settings as the search
-    levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)
+    levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)  # the journal's
     info: dict[str, Any] = {"run": str(run)}
     if own:  # checked against the search's held-out perplexity where the codec can (llama.cpp's, for gguf)
         info["heldout_ppl"] = res["methods"]["evopress"].get("heldout_ppl")
     where = dest / "model" if own else dest  # gguf: DEST/model.gguf and its gguf_export.json
     entry = export_and_check(codec, problem, levels, where, format=None if own else fmt, info=info, measure=measure)
-    res.setdefault("exports", {})[fmt] = entry
+    report = report if report is not None else res  # a missing report is written again from the journal
+    report.setdefault("exports", {})[fmt] = entry
     tmp = run / "results.json.tmp"
-    tmp.write_text(json.dumps(jsonable(res), indent=1))
+    tmp.write_text(json.dumps(jsonable(report), indent=1))
     os.replace(tmp, run / "results.json")
     return entry
 

@@ -109,12 +109,20 @@ class LayerwiseProblem(Problem, abc.ABC):
                 ``(layers + 1) · search tokens · hidden · 4`` bytes).
         """
         if threads is not None:
-            torch.set_num_threads(int(threads))
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads must be a positive integer (torch CPU threads), got {threads!r}")
+            torch.set_num_threads(threads)
         self.model_name = str(model)
         self.model: Any
         self.tokenizer: Any
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
         self.map: LayerMap = map_layers(self.model)
+        vocab = int(self.map.head.weight.shape[0])
+        if int(top_k) > vocab:
+            raise ValueError(
+                f"top_k {int(top_k)} is larger than the model's vocabulary ({vocab} tokens); give --top-k {vocab} "
+                "or less"
+            )
         self.settings: dict[str, Any] = {
             "data": data,
             "seq_len": int(seq_len),

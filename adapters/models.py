@@ -39,6 +39,7 @@ __all__ = [
     "decoder_layers",
     "load_model",
     "map_layers",
+    "resolve_device",
     "save_model",
     "smollm2_gguf",
 ]
@@ -80,6 +81,32 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device ``device`` names (``None``: :func:`default_device`), checked to exist on this machine.
+
+    Raises:
+        ValueError: not a device name, or a CUDA (or MPS) device this machine does not have (one line).
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {device}: not a device; use cpu or cuda (cuda:N for the N-th GPU)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise ValueError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {device}: levelsearch runs on cpu, cuda or mps")
+    return dev
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -114,10 +141,11 @@ def load_model(
 
     Raises:
         FileNotFoundError: a local path that does not exist, or a hub id that cannot be fetched.
+        ValueError: a device this machine does not have, an unknown dtype, a damaged weights file.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     text = str(spec)
     if text == DEFAULT_MODEL:

@@ -7,6 +7,11 @@ for weight codecs) → search (EvoPress from the best baseline, journaled in ``O
 the same command again resumes) → held-out perplexity and KL of dense and every method → export
 through the codec, checked against the searched logits → ``OUT/results.json`` and
 ``OUT/profile.png``. Nothing heavy is imported at import time.
+
+The journal is the record of a run: every method's final levels and values are stored in it
+(:func:`record_results`, under the journal's integrity chain), and ``levelsearch export`` and the
+gguf export read them from there (:func:`journal_results`, :func:`journal_levels`).
+``results.json`` is a report for people, never read back as an input.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "read_cache",
     "write_cache",
     "check_numbers",
+    "check_device",
     "check_out",
     "lock_out",
     "check_journal_problem",
@@ -33,6 +39,9 @@ __all__ = [
     "search",
     "evopress_entry",
     "export_and_write",
+    "record_results",
+    "journal_results",
+    "journal_levels",
 ]
 
 
@@ -45,8 +54,20 @@ def check_numbers(cfg: dict[str, Any]) -> None:
     m = cfg.get("search_minutes")
     if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1e6):
         raise ValueError(f"search_minutes must be a positive number of minutes (finite, at most 1e6), got {m!r}")
+    limits = {"threads": 10**9, "search_tokens": 10**9, "random_n": 10**6, "offspring": 10**4}
+    for key, most in limits.items():  # optional, or positive and below a limit (each offspring is a forward pass)
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most):
+            raise ValueError(f"{key} must be a positive integer (at most {most:,}), got {v!r}")
     if cfg["calibration_tokens"] < cfg["seq_len"]:
         raise ValueError("calibration_tokens must hold at least one sequence of seq_len tokens")
+
+
+def check_device(cfg: dict[str, Any]) -> None:
+    """``--device`` names a device this machine has and ``--dtype`` a known dtype (before the model loads)."""
+    from .models import _resolve_dtype, resolve_device
+
+    _resolve_dtype(cfg.get("dtype"), resolve_device(cfg.get("device")))
 
 
 def check_out(out: Any) -> None:
@@ -241,6 +262,12 @@ def check_settings(cfg: dict[str, Any]) -> None:
         raise ValueError(f"--optimizer must be evopress (default) or evopress-ref, got {cfg['optimizer']!r}")
     check_out(cfg["out"])
     check_numbers(cfg)
+    check_device(cfg)
+    from .compress import schedule_options
+
+    # an unknown schedule, or one asking for more tokens than the pool can hold: before anything is computed
+    opt = str(cfg.get("optimizer", "evopress"))
+    schedule_options(cfg["schedule"], cfg["calibration_tokens"], cfg["offspring"], cfg["seq_len"], opt)
     check_format(str(cfg["method"]), cfg.get("format"))  # a format that does not fit: before anything is written
 
 
@@ -398,5 +425,71 @@ def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "methods": methods,
         "best_baseline": min(names, key=lambda n: methods[n]["heldout_ppl"]) if names else None,
     }
+    record_results(out, results)
     codec.plot(problem, {n: np.asarray(m["levels"]) for n, m in methods.items()}, out / "profile.png", methods)
     return export_and_write(codec, problem, best, results, timings, t_all, cfg)
+
+
+#: The journal meta key of a run's description (model, method, target, the codec's fields ...) and the
+#: prefix of each method's result.
+RUN_KEY = "compress"
+RESULT_PREFIX = "result:"
+
+
+def record_results(out: Path, results: dict[str, Any]) -> None:
+    """Store ``results`` in ``out/journal.db``: each method's entry (levels, calibration and held-out values)
+    under ``result:<method>``, the rest (model, method, target, the codec's fields) under ``compress``.
+
+    The journal's integrity chain covers them: an edited value is refused when the journal is opened.
+    """
+    from levelsearch import Journal
+
+    body = jsonable(results)
+    with Journal(out / "journal.db") as jr:
+        for name, entry in body["methods"].items():
+            jr.set_meta(f"{RESULT_PREFIX}{name}", entry)
+        run = {k: v for k, v in body.items() if k not in ("methods", "timings", "export", "exports")}
+        jr.set_meta(RUN_KEY, {**run, "method_names": list(body["methods"])})
+
+
+def journal_results(run: str | Path) -> dict[str, Any]:
+    """What the journal of the finished compress run ``run`` records of it, shaped as ``results.json``
+    (model, method, target, the codec's fields and ``methods`` with every method's levels and values).
+
+    Raises:
+        FileNotFoundError: ``run`` holds no journal.
+        ValueError: the journal was altered (its integrity chain breaks), or records no finished run
+            (a search that did not reach its held-out report, or a run of an older levelsearch).
+    """
+    from levelsearch import Journal
+
+    path = Path(run) / "journal.db"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} holds no journal.db; give the directory of a finished levelsearch compress")
+    with Journal(path, readonly=True) as jr:
+        desc = jr.meta(RUN_KEY)
+        if not isinstance(desc, dict) or not isinstance(desc.get("method_names"), list):
+            raise ValueError(
+                f"the journal {path} records no finished compress run (stopped before its results, or written "
+                "by an older levelsearch); run the same compress command again to finish it"
+            )
+        methods = {str(n): jr.meta(f"{RESULT_PREFIX}{n}") for n in desc["method_names"]}
+    if any(not isinstance(m, dict) or "levels" not in m for m in methods.values()):
+        raise ValueError(f"the journal {path} lacks a method's levels; run the same compress command again")
+    out = {k: v for k, v in desc.items() if k != "method_names"}
+    out["methods"] = methods
+    return out
+
+
+def journal_levels(run: str | Path, method: str = "evopress") -> Any:
+    """The levels ``method`` ended with in the finished run ``run``, from its journal (an int64 array).
+
+    Raises:
+        ValueError: as :func:`journal_results`, or the run has no method of that name.
+    """
+    import numpy as np
+
+    methods = journal_results(run)["methods"]
+    if method not in methods:
+        raise ValueError(f"the run {run} has no method {method!r}; it has {', '.join(sorted(methods))}")
+    return np.asarray(methods[method]["levels"], dtype=np.int64)
