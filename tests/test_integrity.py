@@ -33,7 +33,7 @@ import pytest
 
 from levelsearch import Journal, JournalMismatch, LevelSpace, minimize
 from levelsearch.cli import main
-from levelsearch.driver import AllFailedError, oracle_fingerprint
+from levelsearch.driver import oracle_fingerprint
 from levelsearch.evaluators import FitnessTypeError
 from levelsearch.problem import FunctionProblem
 
@@ -47,19 +47,18 @@ def _value(lv: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ mutating fitness
 @pytest.mark.parametrize("name", ["evopress", "random", "dp", "greedy"])
-def test_a_fitness_that_writes_into_its_levels_fails_loudly_and_corrupts_nothing(tmp_path, name):
+def test_a_fitness_that_writes_into_its_levels_corrupts_nothing(tmp_path, name):
     def mutating(lv):
         v = float(ERRS[np.arange(32), lv].sum())
         lv[:] = 0  # the probe: best_levels summed to 0 (infeasible) with another assignment's value
         return v
 
-    with pytest.raises(AllFailedError, match="read-only"):
-        minimize(mutating, SPACE, name, max_evaluations=200, journal=tmp_path / "j.db", max_consecutive_failures=9)
+    res = minimize(mutating, SPACE, name, max_evaluations=200, seed=0, journal=tmp_path / "j.db")
+    clean = minimize(_value, SPACE, name, max_evaluations=200, seed=0)
     with Journal(tmp_path / "j.db", readonly=True) as jr:
         recs = list(jr.records())
-    assert recs and all(int(r.levels.sum()) == 8 and "read-only" in str(r.error) for r in recs)
-    res = minimize(mutating, SPACE, name, max_evaluations=200, seed=0, max_consecutive_failures=1000)
-    assert res.best_value == math.inf and res.n_failures == res.n_evaluations  # no value of another assignment
+    assert recs and all(int(r.levels.sum()) == 8 and r.value == _value(r.levels) for r in recs)
+    assert res.best_value == clean.best_value and res.best_levels.tolist() == clean.best_levels.tolist()
     assert SPACE.is_feasible(res.best_levels) and all(int(e.levels.sum()) == 8 for e in res.history)
 
 
