@@ -30,7 +30,9 @@ edited, deleted, inserted or reordered evaluation, an edited meta value, a meta
 value copied from another journal. Deleting the *last* rows is not detectable
 (it looks like a run killed earlier, whose resume evaluates them again) unless
 a meta value was written after them. A journal of the older format (schema 1,
-no chain) is refused: it has no integrity record and its run must be done again.
+no chain) has no integrity record: it is refused for writing and resuming (its
+run must be done again) and read-only opening (reports, analyses) reads it
+unchecked with a warning.
 
 Threat model: accidents and stale state (a hand edit, a script that rewrote a
 value, a file copied between runs, a damaged disk), not a hostile local user
@@ -46,6 +48,7 @@ import os
 import secrets
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +122,7 @@ class Journal:
         self._n_rows, self._last_id, self._head = 0, 0, b""
         self._heads: dict[int, bytes] = {}
         self._wanted: set[int] = set()
+        self._legacy = False  # an older journal without integrity record, opened read-only
         try:
             self._open(identity)
         except sqlite3.DatabaseError as exc:
@@ -245,15 +249,26 @@ class Journal:
             raise ValueError(f"{self.path} is not a levelsearch journal; give a journal.db written by levelsearch")
         if not isinstance(fmt[1], int) or fmt[1] > _SCHEMA_VERSION:
             raise ValueError(f"{self.path} was written by a newer levelsearch; upgrade to read it")
-        if fmt[1] < _SCHEMA_VERSION:
-            raise ValueError(
-                f"journal {self.path} was written by an older levelsearch and has no integrity record, so its "
-                "values cannot be trusted; run it again in a new output directory"
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(meta)").fetchall()}
+        if fmt[1] < _SCHEMA_VERSION and "checksum" not in columns:
+            if not self.readonly:
+                raise ValueError(
+                    f"journal {self.path} was written by an older levelsearch and has no integrity record, so its "
+                    "values cannot be trusted; run it again in a new output directory"
+                )
+            warnings.warn(
+                f"journal {self.path} was written by an older levelsearch and has no integrity record: "
+                "its values are read unchecked",
+                stacklevel=4,
             )
+            self._legacy = True
+        elif fmt[1] != _SCHEMA_VERSION or "checksum" not in columns:
+            raise self._altered("meta value 'format'")
         check = self.conn.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
             raise ValueError(f"{self.path} is damaged ({check[0] if check else 'no answer'}); start a new run")
-        self._verify_all()
+        if not self._legacy:
+            self._verify_all()
 
     def _check_identity(self, identity: dict[str, Any] | None) -> None:
         if identity is None or self.readonly:
@@ -333,6 +348,9 @@ class Journal:
         Raises:
             ValueError: a row was edited, deleted, inserted or reordered; or the file is damaged.
         """
+        if self._legacy:
+            yield from self._legacy_rows()
+            return
         if from_start:
             n, last_id, head = 0, 0, self._genesis_head
         else:
@@ -365,6 +383,18 @@ class Journal:
         self._n_rows, self._last_id, self._head = n, last_id, head
         yield from checked
 
+    def _legacy_rows(self) -> list[tuple[Any, ...]]:
+        try:
+            return (
+                self._db()
+                .execute(
+                    "SELECT id, levels, fidelity, sample, value, error, seconds, worker, time FROM evals ORDER BY id"
+                )
+                .fetchall()
+            )
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path} is damaged ({exc}); start a new run") from None
+
     # ---------------------------------------------------------------- meta
     def meta(self, key: str) -> Any:
         """A stored fact (``identity``, ``config``, ``levelsearch_version``...), ``None`` when absent.
@@ -373,12 +403,16 @@ class Journal:
             ValueError: the value was altered since it was written (its checksum does not match).
         """
         try:
-            row = self._db().execute("SELECT value, at, checksum FROM meta WHERE key=?", (key,)).fetchone()
+            if self._legacy:
+                row = self._db().execute("SELECT value, 0, '' FROM meta WHERE key=?", (key,)).fetchone()
+            else:
+                row = self._db().execute("SELECT value, at, checksum FROM meta WHERE key=?", (key,)).fetchone()
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{self.path} is damaged ({exc}); start a new run") from None
         if row is None:
             return None
-        self._check_meta_row(key, row[0], row[1], row[2])
+        if not self._legacy:
+            self._check_meta_row(key, row[0], row[1], row[2])
         return json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:

@@ -108,12 +108,42 @@ def test_a_meta_value_that_cites_deleted_rows_is_refused(tmp_path):
         _read_all(tmp_path / "j.db")
 
 
-def test_a_journal_without_integrity_record_is_refused_in_one_line(tmp_path):
+def _old_journal(path: Path) -> None:
+    """A journal as levelsearch wrote it before rows had a chain (schema 1)."""
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute(
+            "CREATE TABLE evals (id INTEGER PRIMARY KEY, levels BLOB NOT NULL, fidelity INTEGER, "
+            "sample INTEGER, value REAL, error TEXT, seconds REAL, worker TEXT, time REAL)"
+        )
+        con.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("format", '["levelsearch-journal", 1]'), ("identity", '{"seed": 1}'), ("created", "1.0")],
+        )
+        con.execute(
+            "INSERT INTO evals (levels, value, seconds, worker, time) VALUES (?, 2.5, 0.1, 'local', 1.0)",
+            (np.array([0, 1, 1]).tobytes(),),
+        )
+    con.close()
+
+
+def test_a_journal_without_integrity_record_is_refused_for_resume_and_read_with_a_warning(tmp_path):
+    _old_journal(tmp_path / "j.db")
+    before = (tmp_path / "j.db").read_bytes()
+    with pytest.raises(ValueError, match=r"older levelsearch and has no integrity record.*run it again") as info:
+        Journal(tmp_path / "j.db", {"seed": 1})
+    assert "\n" not in str(info.value) and (tmp_path / "j.db").read_bytes() == before
+    warned = pytest.warns(UserWarning, match="no integrity record: its values are read unchecked")
+    with warned, Journal(tmp_path / "j.db", readonly=True) as jr:
+        assert [r.value for r in jr.records()] == [2.5] and jr.meta("identity") == {"seed": 1}
+
+
+def test_a_journal_whose_format_was_set_back_is_refused(tmp_path):
     _journal(tmp_path / "j.db")
     _sql(tmp_path / "j.db", "UPDATE meta SET value='[\"levelsearch-journal\", 1]' WHERE key='format'")
-    with pytest.raises(ValueError, match=r"older levelsearch and has no integrity record") as info:
+    with pytest.raises(ValueError, match="altered at meta value 'format'"):
         Journal(tmp_path / "j.db", readonly=True)
-    assert "\n" not in str(info.value)
 
 
 def test_resume_and_report_refuse_a_halved_value(tmp_path):
