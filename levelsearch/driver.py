@@ -621,6 +621,7 @@ def _checked(fn: Callable[..., Any]) -> Callable[..., float]:
 
 
 def _frozen(levels: np.ndarray) -> np.ndarray:
+    """The driver's own read-only copy (journal, history); the oracle never sees this array."""
     out = np.array(levels, dtype=np.int64, copy=True)
     out.flags.writeable = False
     return out
@@ -680,6 +681,10 @@ def oracle_fingerprint(problem: Problem) -> str:
     sample). Mutable containers and other objects count by their type only, so a
     closure's call counter does not change it. For a :class:`Problem` subclass: its
     class (its :meth:`~Problem.describe` is already part of the journal's identity).
+
+    This is a first filter only: data it does not see (a list, a dict, an object's
+    attributes, a data file) is caught by the spot-checks of :func:`minimize`, which
+    measure journaled evaluations again before a replay.
     """
     fn = getattr(problem, "oracle", None)
     if fn is None and isinstance(problem, FunctionProblem):
