@@ -432,3 +432,18 @@ def test_a_report_ignores_a_summary_whose_best_the_journal_does_not_hold(tmp_pat
     path.write_text(json.dumps({**summary, "best_value": summary["best_value"] / 2}))
     rep = load_report(tmp_path / "run")
     assert rep.summary is None and rep.status.startswith("in progress")
+
+
+@pytest.mark.parametrize("command", ["report", "resume"])
+def test_the_cli_refuses_an_edited_journal_with_one_line_and_exit_2(tmp_path, capsys, command):
+    from levelsearch.cli import main
+    from levelsearch.config import parse_config
+    from levelsearch.runner import run_config
+
+    config = {"problem": LINEAR, "optimizer": {"name": "evopress", "offspring": 6}, "budget": {"max_evaluations": 40}}
+    run_config(parse_config(config), tmp_path / "run", progress=False, plot=False)
+    _sql(tmp_path / "run" / "journal.db", "UPDATE evals SET value = value / 2 WHERE id = 7")
+    capsys.readouterr()
+    assert main([command, str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("levelsearch: error: journal ") and "altered at row 7" in err
