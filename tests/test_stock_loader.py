@@ -87,7 +87,8 @@ def test_every_format_loads_in_stock_transformers_to_the_searched_logits_or_is_r
         assert checked["stock"]["loads"] and checked["stock"]["max_abs_logit_diff"] <= 1e-4
         outcomes[fmt] = "exact"
     # what loads where today (transformers 5, compressed-tensors 0.20, no optimum / gptqmodel installed)
-    expected = {"drop": "exact", "zeroed": "exact", "dense": "exact", "sparse-bitmask": "refused"}
+    expected = {"drop": "exact", "zeroed": "exact", "dense": "exact"}
+    expected["drop-lean"] = expected["sparse-bitmask"] = "refused"  # under a file name the stock loader skips
     expected["pack-quantized"] = "refused"  # its packed zero points do not fit the shape transformers builds
     try:
         import gptqmodel  # noqa: F401
@@ -115,6 +116,30 @@ def test_a_sub_block_drop_with_post_branch_norms_is_exact_in_stock_transformers(
     with torch.inference_mode():
         got = model(input_ids=ids, use_cache=False).logits
     assert bool(torch.isfinite(got).all())
+    assert float((got - reference_logits(prob, lv, ids)).abs().max()) <= 1e-4
+
+
+def test_drop_lean_is_smaller_by_the_zero_branches_and_reloads_through_load_compressed(tmp_path):
+    from levelsearch.adapters import load_compressed
+    from levelsearch.adapters.formats.drop import LEAN_FILE
+    from levelsearch.adapters.formats.verify import weights_bytes
+    from test_formats_drop import levels_of, tiny_problem
+
+    prob = tiny_problem("mixtral")  # a lone MoE block left out whole
+    lv = levels_of([0, 1], [0, 2])
+    lean = export(prob, lv, tmp_path / "lean", method="drop", format="drop-lean")
+    full = export(prob, lv, tmp_path / "full", method="drop")
+    branches = (prob.map.attn[1], prob.map.mlp[2])
+    zero_bytes = sum(p.numel() * p.element_size() for b in branches for p in b.parameters())
+    assert zero_bytes <= weights_bytes(full) - weights_bytes(lean) <= zero_bytes + 4096  # + their header entries
+    assert (lean / LEAN_FILE).is_file() and not (lean / "model.safetensors").exists()
+    checked = check_export(prob, lv, lean)
+    assert checked["max_abs_logit_diff"] <= 1e-4 and checked["stock"]["loads"] is False
+    assert checked["loader"] == "levelsearch.adapters.load_compressed"
+    assert isinstance(stock_load(lean), OSError)  # no model.safetensors: refused, not loaded at random
+    ids = prob.heldout.tokens[:2]
+    with torch.inference_mode():
+        got = load_compressed(lean)(input_ids=ids, use_cache=False).logits
     assert float((got - reference_logits(prob, lv, ids)).abs().max()) <= 1e-4
 
 

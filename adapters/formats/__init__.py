@@ -10,6 +10,8 @@ drop      ``drop``            whole dropped layers removed and renumbered, sub-b
                               :func:`load_compressed` skips them)
 drop      ``zeroed``          the dense file with dropped sub-blocks' parameters zeroed (stock
                               loader, dense size and speed)
+drop      ``drop-lean``       as ``drop``, sub-blocks dropped alone left out (smaller; the stock
+                              loader refuses it, :func:`load_compressed` runs it)
 quant     ``pack-quantized``  compressed-tensors, one config group per bit-width, int32-packed
                               codes, group scales and packed zero points (transformers + the
                               ``compressed-tensors`` package; vLLM)
@@ -41,7 +43,7 @@ __all__ = ["FORMATS", "check_format", "export", "export_drop", "formats_for", "l
 
 #: formats per compression method, the default first
 FORMATS: dict[str, tuple[str, ...]] = {
-    "drop": ("drop", "zeroed"),
+    "drop": ("drop", "zeroed", "drop-lean"),
     "quant": ("pack-quantized", "dense", "gptq"),
     "joint": ("pack-quantized", "dense", "gptq"),
     "sparsity": ("sparse-bitmask", "dense"),
@@ -69,15 +71,18 @@ def check_format(method: str, format: str | None, whose: str | None = None) -> s
     return str(format)
 
 
-def export_drop(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None) -> Path:
-    """Write a :class:`~levelsearch.adapters.dropping.DropProblem`'s model at ``levels`` in the ``drop`` format."""
+def export_drop(
+    problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None, *, lean: bool = False
+) -> Path:
+    """Write a :class:`~levelsearch.adapters.dropping.DropProblem`'s model at ``levels`` in the ``drop`` format
+    (``lean``: ``drop-lean``)."""
     from .drop import write_drop
 
     lv = problem.space.validate(levels)
     attn, mlp = problem.dropped_modules(lv)
     problem.apply(None)
     meta = {"method": "drop", "levels": lv.tolist(), "units": problem.unit_names(), **(info or {})}
-    return write_drop(problem.model, problem.tokenizer, attn, mlp, out, meta)
+    return write_drop(problem.model, problem.tokenizer, attn, mlp, out, meta, lean=lean)
 
 
 def export(
@@ -96,8 +101,8 @@ def export(
     """
     fmt = check_format(method, format)
     info = {**(info or {}), "format": fmt}
-    if fmt == "drop":
-        return export_drop(problem, levels, out, info)
+    if fmt in ("drop", "drop-lean"):
+        return export_drop(problem, levels, out, info, lean=fmt == "drop-lean")
     if fmt == "pack-quantized":
         from .ctensors import write_pack_quantized
 

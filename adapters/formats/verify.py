@@ -158,14 +158,18 @@ def check_stock(
 
     path = Path(path)
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity(logging.ERROR)  # its load report is read here, not printed
+    hf_logging.disable_progress_bar()
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except Exception as exc:  # a refusal is a correct answer: the user gets an error, not another model
         return {"loads": False, "error": _first_line(exc)}
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    model, info = loaded
     wrong = [(what, list(info.get(key) or [])) for key, what in _REPORT]
     wrong = [(what, names) for what, names in wrong if names]
     if wrong:
