@@ -17,6 +17,13 @@ Config (YAML)::
       - {label: noisy, kind: noisy, base: {kind: linear}, budget: {max_cost: 3.0e7},
          options: {evopress: {steps: [[1024, 4], [16384, 1]]}}}   # per-problem options by optimizer label
 
+The config is checked against :data:`levelsearch.config.BENCH_SCHEMA` before
+anything runs or is written: an unknown key, an empty ``seeds``, a ``max_seconds``
+that is not a positive number, a checkpoint outside (0, 1], an option beyond its
+bound (``offspring``, ``batch``...) is one line naming the key. Labels (default:
+the optimizer's name, the problem's kind) become folder and file names, so they
+must be plain names (``A-Z a-z 0-9 . _ -``, not ``.`` or ``..``).
+
 Every (optimizer, problem, seed) runs :func:`levelsearch.minimize` in its own
 process (``--workers``, default ``min(2, cpus)``) and is deterministic given the
 seed. Optimizers that accept a ``budget`` option (NGOpt) get the evaluation

@@ -192,6 +192,7 @@ def _check(x: Any, f: Field, path: str) -> Any:
     if f.shorthand is not None and isinstance(x, str):
         x = {f.shorthand: x}
     kind = f.kind
+    out: Any
     if kind == "mapping":
         out = _mapping(x, f, path)
     elif kind == "list":

@@ -213,3 +213,25 @@ def test_a_changed_setting_is_accepted_or_named_in_the_error(path, value):
 def test_any_text_loads_or_is_a_yaml_or_value_error(text):
     with contextlib.suppress(yaml.YAMLError, ValueError):  # anything else (or a hang) fails the test
         safe_load(text)
+
+
+_bench_key = st.one_of(st.sampled_from(sorted(BENCH_SCHEMA.fields) + ["kind", "name", "label", "options"]), _key)
+_bench_value = st.recursive(
+    _leaf | st.sampled_from(["linear", "random", "evopress", "../x"]),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(_bench_key, kids, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_bench_key, _bench_value, max_size=8))
+def test_any_bench_mapping_validates_or_is_one_value_error_line(data):
+    from levelsearch.bench import parse_bench_config
+
+    try:
+        cfg = parse_bench_config(data, "bench.yaml")
+    except ValueError as exc:
+        assert str(exc).startswith("bench.yaml: ") and "\n" not in str(exc), str(exc)
+        return
+    for item in cfg["optimizers"] + cfg["problems"]:
+        assert check_name(item["label"]) == item["label"]
