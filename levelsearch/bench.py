@@ -140,6 +140,20 @@ def parse_bench_config(data: Any, source: str = "bench config") -> dict[str, Any
     }
 
 
+def _check_is_a_bench_directory(out: Path) -> None:
+    """Refuse a directory that holds files but no bench (no ``raw/`` nor ``results.json``): its report.md,
+    results.json or plots would be overwritten (``--out .`` in a project folder)."""
+    if not out.is_dir() or (out / "raw").is_dir() or (out / "results.json").is_file():
+        return
+    others = sorted(p.name for p in out.iterdir())
+    if others:
+        where = "the current directory" if out.resolve() == Path.cwd().resolve() else f"output directory {out}"
+        raise ValueError(
+            f"{where} holds other files ({others[0]}{', ...' if len(others) > 1 else ''}) and no bench "
+            "(raw/, results.json); choose a new or empty --out directory"
+        )
+
+
 def _check_problem_params(config: dict[str, Any], where: str) -> None:
     """An unknown problem kind or parameter is refused before anything runs (the problem is built later,
     in a worker)."""
@@ -318,6 +332,7 @@ def run_bench(
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+        _check_is_a_bench_directory(out)
         out.mkdir(parents=True, exist_ok=True)
         problems = [{**pr, **f} for pr, f in zip(config["problems"], facts)]
         tasks = [

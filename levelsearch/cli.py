@@ -8,7 +8,8 @@ an exit status.
 
 Errors a user can cause print one line (``levelsearch: error: ...``) and exit
 with status 2; Ctrl-C (or SIGTERM) stops cleanly and exits with 130 after
-saying how to resume; an oracle that keeps failing exits with 1.
+saying how to resume; an oracle that keeps failing, or running out of memory, exits
+with 1 (one line too).
 """
 
 from __future__ import annotations
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"levelsearch: error: {msg}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("levelsearch: error: out of memory; make the problem or the budget smaller", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `levelsearch optimizers | head`
         return 0
     except OSError as exc:

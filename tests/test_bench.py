@@ -253,3 +253,13 @@ def test_checkpoints_are_sorted_and_defaults_filled(tmp_path):
     cfg = load_bench_config(_write(tmp_path, {**SMALL, "checkpoints": [1.0, 0.5]}))
     assert cfg["checkpoints"] == [0.5, 1.0]
     assert load_bench_config(_write(tmp_path, {k: v for k, v in SMALL.items() if k != "seeds"}))["seeds"] == [0, 1, 2]
+
+
+def test_a_directory_of_other_files_is_not_a_bench_out(tmp_path, capsys, monkeypatch):
+    path = _write(tmp_path, SMALL)
+    (tmp_path / "report.md").write_text("my own notes\n")
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    line = _cli_bench(path, Path("."), capsys)
+    assert "the current directory holds other files (bench.yaml, ...) and no bench" in line
+    assert _tree(tmp_path) == before

@@ -377,3 +377,16 @@ def test_a_burst_of_ctrl_c_ends_the_run_with_130_and_one_line(tmp_path):
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert "resume" in err
+
+
+def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    import levelsearch.runner
+
+    def no_memory(config):
+        raise MemoryError
+
+    monkeypatch.setattr(levelsearch.runner, "_build_problem", no_memory)
+    (tmp_path / "run.yaml").write_text(_yaml())
+    assert main(["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["levelsearch: error: out of memory; make the problem or the budget smaller"]
