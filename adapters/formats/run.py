@@ -33,11 +33,14 @@ def export_and_check(
     batch_seqs: int = 4,
 ) -> dict[str, Any]:
     """Write ``problem``'s model at ``levels`` into ``out`` (``format``: default the codec's first, see
-    :data:`~levelsearch.adapters.formats.FORMATS`), reload it and compare logits (an
-    :class:`~levelsearch.adapters.formats.verify.ExportCheckFailed` stops here), then measure it.
+    :data:`~levelsearch.adapters.formats.FORMATS`), reload it with our loader and with the stock
+    ``AutoModelForCausalLM.from_pretrained`` and compare logits (the stock loader must give the searched
+    logits or refuse the directory; an :class:`~levelsearch.adapters.formats.verify.ExportCheckFailed`
+    stops here), then measure it.
 
     Returns what ``results.json`` records under ``export``: the directory, format, loader, max |logit
-    diff| and tolerance, seconds; with ``measure``, the weight bytes on disk against the dense model's
+    diff| and tolerance, what the stock loader did (``stock``: ``loads`` and its max |logit diff|, or the
+    error it raised), seconds; with ``measure``, the weight bytes on disk against the dense model's
     (``size``) and the reloaded and dense models' tokens/s on ``batch_seqs`` held-out sequences, measured
     side by side (``speed``).
     """
