@@ -169,3 +169,125 @@ def test_running_the_same_command_again_resumes_from_the_journal(model_dir, tmp_
     assert evo["generations"] == 3 and evo["replayed_evaluations"] > 0
     assert (tmp_path / "run" / "cache" / "heuristics.json").is_file()
     assert (tmp_path / "run" / "cache" / "teacher-heldout.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------- the journal is the record
+@pytest.fixture(scope="module")
+def finished_run(model_dir, tmp_path_factory):
+    """A finished drop run (its model not exported), copied by the tests that change it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    argv = ["compress", "--model", str(model_dir), "--target", "0.5", "--out", str(out), "--no-export"]
+    assert main([*argv, "--generations", "2", "--heuristics", "random,angular", *SMALL]) == 0
+    return out
+
+
+def _copy(run, dest):
+    import shutil
+
+    shutil.copytree(run, dest)
+    return dest
+
+
+def test_the_journal_records_every_methods_final_levels_and_values(finished_run):
+    from levelsearch.adapters.pipeline import journal_levels, journal_results
+
+    res = json.loads((finished_run / "results.json").read_text())
+    rec = journal_results(finished_run)
+    assert set(rec["methods"]) == set(res["methods"]) == {"evopress", "random", "angular"}
+    for name, m in res["methods"].items():
+        assert rec["methods"][name]["levels"] == m["levels"]
+        assert rec["methods"][name]["heldout_ppl"] == m["heldout_ppl"]
+    assert journal_levels(finished_run).tolist() == res["methods"]["evopress"]["levels"]
+    assert (rec["model"], rec["method"], rec["target"]) == (res["model"], "drop", 0.5)
+
+
+def test_export_refuses_a_results_json_whose_levels_were_edited_and_writes_the_journals(finished_run, tmp_path, capsys):
+    from levelsearch.adapters.pipeline import journal_levels
+
+    run = _copy(finished_run, tmp_path / "run")
+    res = json.loads((run / "results.json").read_text())
+    levels = res["methods"]["evopress"]["levels"]
+    res["methods"]["evopress"]["levels"] = levels[::-1] if levels[::-1] != levels else [1 - v for v in levels]
+    (run / "results.json").write_text(json.dumps(res))
+    err = one_line_error(["export", str(run), "--format", "zeroed", "--no-measure"], capsys)
+    assert "results.json names other EvoPress levels than the run's journal" in err
+    assert not (run / "model-zeroed").exists()
+    (run / "results.json").unlink()  # the report gone: the export is the journal's, and the report comes back
+    assert main(["export", str(run), "--format", "zeroed", "--no-measure"]) == 0
+    back = json.loads((run / "results.json").read_text())
+    assert back["methods"]["evopress"]["levels"] == levels == journal_levels(run).tolist()
+    assert back["exports"]["zeroed"]["max_abs_logit_diff"] < 1e-4
+
+
+def test_export_refuses_a_journal_whose_result_was_edited(finished_run, tmp_path, capsys):
+    import sqlite3
+
+    run = _copy(finished_run, tmp_path / "run")
+    with sqlite3.connect(run / "journal.db") as conn:
+        (text,) = conn.execute("SELECT value FROM meta WHERE key='result:evopress'").fetchone()
+        entry = json.loads(text)
+        entry["levels"] = entry["levels"][::-1]
+        conn.execute("UPDATE meta SET value=? WHERE key='result:evopress'", (json.dumps(entry, sort_keys=True),))
+    err = one_line_error(["export", str(run), "--format", "zeroed", "--no-measure"], capsys)
+    assert "altered" in err and "result:evopress" in err
+    assert not (run / "model-zeroed").exists()
+
+
+def test_export_of_a_run_whose_journal_records_no_results_is_one_line(model_dir, tmp_path, capsys):
+    from levelsearch import Journal
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with Journal(run / "journal.db", {"problem": {}}):
+        pass
+    (run / "results.json").write_text(json.dumps({"methods": {"evopress": {"levels": [0, 1]}}}))
+    err = one_line_error(["export", str(run), "--no-measure"], capsys)
+    assert "records no finished compress run" in err
+
+
+def test_export_with_zero_threads_is_one_line(finished_run, capsys):
+    err = one_line_error(["export", str(finished_run), "--threads", "0", "--no-measure"], capsys)
+    assert "--threads must be a positive integer" in err
+
+
+# ---------------------------------------------------------------------- bad settings: one line, nothing written
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--threads", "0"], "threads must be a positive integer"),
+        (["--threads", "-2"], "threads must be a positive integer"),
+        (["--top-k", "1000"], "top_k 1000 is larger than the model's vocabulary (257 tokens)"),
+        (["--device", "gpu"], "--device gpu: not a device"),
+        (["--offspring", "0"], "offspring must be a positive integer"),
+        (["--offspring", "1000000000"], "offspring must be a positive integer (at most 10,000)"),
+        (["--schedule", "fastest"], "unknown schedule 'fastest'"),
+        (["--method", "quant", "--target", "3", "--search-tokens", "0"], "search_tokens must be a positive integer"),
+        (["--method", "quant", "--target", "3", "--random-n", "-1"], "random_n must be a positive integer"),
+    ],
+)
+def test_bad_compress_settings_are_one_line_and_write_nothing(model_dir, tmp_path, capsys, extra, words):
+    out = tmp_path / "o"
+    argv = ["compress", "--model", str(model_dir), "--out", str(out), *SMALL, *extra]
+    if "--target" not in extra:
+        argv += ["--target", "0.5"]
+    err = one_line_error(argv, capsys)
+    assert words in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_on_a_machine_without_it_is_one_line(model_dir, tmp_path, capsys, device):
+    out = tmp_path / "o"
+    argv = ["compress", "--model", str(model_dir), "--target", "0.5", "--out", str(out), "--device", device, *SMALL]
+    err = one_line_error(argv, capsys)
+    assert f"--device {device}: CUDA is not available on this machine; use --device cpu" in err
+    assert not out.exists()
+
+
+def test_a_database_directory_that_cannot_be_created_is_one_line(model_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--out", str(tmp_path / "o")]
+    err = one_line_error([*argv, "--database", str(blocker / "db"), "--estimates", "layer", *SMALL], capsys)
+    assert f"cannot create the database directory {blocker / 'db'}" in err
