@@ -295,13 +295,19 @@ def choose_start(setting: Any, baselines: dict[str, dict[str, Any]], label: str 
     raise ValueError(f"start must be {best_word}, random or one of {', '.join(names)}; got {setting!r}")
 
 
+#: Part of every run cache's key: raised when what the cached baselines compute changes, so older caches
+#: are rebuilt rather than reused.
+CACHE_VERSION = 2
+
+
 def write_cache(path: Path, key: dict[str, Any], name: str, payload: dict[str, Any]) -> None:
-    """Write ``payload`` under ``name`` with its ``key`` and a checksum, atomically."""
+    """Write ``payload`` under ``name`` with its ``key`` (and :data:`CACHE_VERSION`) and a checksum of all of
+    it, atomically."""
     import os
 
     from .integrity import json_checksum
 
-    body = {"key": jsonable(key), name: jsonable(payload)}
+    body = {"key": jsonable({**key, "code": CACHE_VERSION}), name: jsonable(payload)}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({**body, "sha256": json_checksum(body)}))
     os.replace(tmp, path)
@@ -310,8 +316,9 @@ def write_cache(path: Path, key: dict[str, Any], name: str, payload: dict[str, A
 def read_cache(path: Path, key: dict[str, Any], name: str) -> dict[str, Any] | None:
     """What :func:`write_cache` wrote under ``name``, when its checksum and its ``key`` match; else ``None``.
 
-    The key holds the problem's identity hash (weights' and data's fingerprint) and the settings
-    the payload depends on; a file that fails either is rebuilt, said in one line.
+    The key holds the problem's identity hash (every byte of the weights and of the token sets), the
+    settings the payload depends on and :data:`CACHE_VERSION`; a file that fails its checksum or its
+    key is rebuilt, said in one line.
     """
     from .integrity import json_checksum, say_rebuild
 
@@ -327,7 +334,7 @@ def read_cache(path: Path, key: dict[str, Any], name: str) -> dict[str, Any] | N
     if not ok:
         say_rebuild(path, "fails its checksum (edited or corrupted)")
         return None
-    if data["key"] != jsonable(key):
+    if data["key"] != jsonable({**key, "code": CACHE_VERSION}):
         say_rebuild(path, "was made for another model, data or settings")
         return None
     return dict(data[name])
