@@ -68,7 +68,7 @@ def tensor_digest(t: torch.Tensor) -> bytes:
     flat = flat.contiguous()
     if flat.numel() == 0:
         return hashlib.sha256(b"").digest()
-    return hashlib.sha256(flat.view(torch.uint8).numpy()).digest()
+    return hashlib.sha256(flat.view(torch.uint8).numpy().data).digest()
 
 
 def _named_digests(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, str, bytes]]:
@@ -251,7 +251,7 @@ def say_rebuild(path: str | os.PathLike[str], reason: str) -> None:
 
 
 def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dict[str, Any]:
-    """Seconds each integrity check takes on ``model`` with a ``make demo``-sized run (median of 3).
+    """Seconds each integrity check takes on ``model`` with a ``make demo``-sized run (fastest of 3).
 
     ``python -m levelsearch.adapters.integrity`` prints them and ``bench/hash_cost.py`` commits them.
     Measured: the full weights fingerprint (every byte of every tensor, threaded), the same on one
@@ -273,7 +273,7 @@ def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dic
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-        return sorted(times)[1]
+        return min(times)
 
     m, _ = load_model(model, device="cpu")
     sd = m.state_dict()

@@ -40,6 +40,7 @@ from levelsearch import Problem, Request
 from .data import TokenSet, calibration_and_heldout
 from .fitness import ActivationStore, LayerRunner, Teacher, kl_topk, nll_next
 from .models import LayerMap, load_model, map_layers
+from .units import unit_weight
 
 __all__ = ["LayerwiseProblem"]
 
@@ -117,7 +118,7 @@ class LayerwiseProblem(Problem, abc.ABC):
         self.tokenizer: Any
         self.model, self.tokenizer = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)
         self.map: LayerMap = map_layers(self.model)
-        vocab = int(self.map.head.weight.shape[0])
+        vocab = int(unit_weight(self.map.head).shape[0])
         if int(top_k) > vocab:
             raise ValueError(
                 f"top_k {int(top_k)} is larger than the model's vocabulary ({vocab} tokens); give --top-k {vocab} "
