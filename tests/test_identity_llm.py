@@ -264,3 +264,33 @@ def test_file_hashes_are_remembered_only_in_the_cache(tmp_path, monkeypatch):
     digest = file_sha256(f)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "x.bin"]
     assert json.loads(integrity.memo_path().read_text())["files"][str(f.absolute())]["sha256"] == digest
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_cache_is_hashed_once_and_a_zeroed_mib_in_it_is_caught(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    real = models_mod._cached_smollm2()  # the user's cache: built, or checked against its record
+    monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(integrity, "_RACY_NS", 0)
+    copy = shutil.copytree(real, tmp_path / real.name)  # a copy: the user's cache is never written to
+    assert models_mod._cached_smollm2() == copy  # another inode: hashed in full, and whole
+    hashed = []
+
+    class CountingHashlib:
+        def sha256(self, *data):
+            hashed.extend([] if data else [1])
+            return hashlib.sha256(*data)
+
+        def __getattr__(self, name):
+            return getattr(hashlib, name)
+
+    monkeypatch.setattr(integrity, "hashlib", CountingHashlib())
+    assert models_mod._cached_smollm2() == copy and hashed == []
+    f = copy / "model.safetensors"
+    with open(f, "r+b") as fh:
+        fh.seek(f.stat().st_size // 2)
+        fh.write(bytes(1 << 20))
+    with pytest.raises(_no_rebuild(monkeypatch)):
+        models_mod._cached_smollm2()
+    assert "fails its sha256" in capsys.readouterr().err and hashed == [1]
