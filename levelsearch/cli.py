@@ -136,31 +136,45 @@ def _missing_extra(name: str, module: str) -> Any:
     return run
 
 
-def _stop_on_signals() -> dict[int, Any]:
-    """Ctrl-C and SIGTERM (a scheduler preempting the job) stop the run cleanly, whatever their number.
+class _StopSignals:
+    """Ctrl-C and SIGTERM (a scheduler preempting the job) stop the run cleanly, however many arrive.
 
     The first raises ``KeyboardInterrupt``: the driver stops, keeps the journal and writes the summary.
-    A second arriving meanwhile is ignored, so a burst of Ctrl-C cannot break that clean stop into a
-    traceback; a third ends the process at once with status 130 (the journal keeps every evaluation
-    that finished; ``resume`` continues). Returns the previous handlers (none off the main thread).
+    More arriving within ``grace`` seconds of it are ignored, so a burst of Ctrl-C cannot break that
+    clean stop into a traceback. One arriving later (the clean stop is taking long: an evaluation that
+    does not return) ends the process at once with status 130 and one line; the journal keeps every
+    evaluation that finished, so ``resume`` continues.
     """
-    import signal
-    import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    received = [0]
+    def __init__(self, hint: str, grace: float = 2.0) -> None:
+        self.hint, self.grace = hint, grace
+        self.first: float | None = None
 
-    def handler(signum: int, frame: Any) -> None:
-        received[0] += 1
-        if received[0] == 1:
+    def __call__(self, signum: int, frame: Any) -> None:
+        import time
+
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
             raise KeyboardInterrupt
-        if received[0] >= 3:
-            sys.stderr.write("levelsearch: interrupted again; stopped at once (resume continues from the journal)\n")
+        if now - self.first >= self.grace:
+            sys.stderr.write(f"levelsearch: interrupted again; stopped at once{self.hint}\n")
             sys.stderr.flush()
             os._exit(130)
 
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def install(self) -> dict[int, Any]:
+        """Handle SIGINT and SIGTERM; returns the previous handlers (none off the main thread)."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    where = getattr(args, "out", None) or getattr(args, "dir", None)
+    return f"; resume with: levelsearch resume {where}" if args.command in ("run", "resume") and where else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    previous = _stop_on_signals()
+    previous = _StopSignals(_resume_hint(args)).install()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
@@ -196,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"levelsearch: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        where = getattr(args, "out", None) or getattr(args, "dir", None)
-        hint = f"; resume with: levelsearch resume {where}" if args.command in ("run", "resume") and where else ""
-        print(f"levelsearch: interrupted{hint}", file=sys.stderr)
+        print(f"levelsearch: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     finally:
         import signal

@@ -371,12 +371,33 @@ def test_a_second_ctrl_c_does_not_break_the_clean_stop(tmp_path):
     assert '"stopped_by": "interrupted"' in (tmp_path / "run" / "summary.json").read_text()
 
 
-def test_a_burst_of_ctrl_c_ends_the_run_with_130_and_one_line(tmp_path):
-    proc, err = _interrupt_a_run(tmp_path, 4)
+def test_a_burst_of_ctrl_c_stops_the_run_cleanly_with_130_and_one_line(tmp_path):
+    proc, err = _interrupt_a_run(tmp_path, 5)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "resume" in err
+    assert err.strip().splitlines() == [f"interrupted; resume with: levelsearch resume {tmp_path / 'run'}"]
+    assert '"stopped_by": "interrupted"' in (tmp_path / "run" / "summary.json").read_text()
+
+
+def test_a_ctrl_c_long_after_the_first_ends_the_process_at_once(monkeypatch, capsys):
+    from levelsearch import cli
+
+    clock = iter([100.0, 100.5, 103.0])
+    monkeypatch.setattr("time.monotonic", lambda: next(clock))
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    stop = cli._StopSignals("; resume with: levelsearch resume runs/a")
+    with pytest.raises(KeyboardInterrupt):
+        stop(2, None)  # the first: a clean stop
+    stop(2, None)  # half a second later: part of the burst, ignored
+    with pytest.raises(SystemExit) as info:
+        stop(2, None)  # three seconds later: the clean stop hangs, the user insists
+    assert info.value.code == 130
+    assert capsys.readouterr().err == (
+        "levelsearch: interrupted again; stopped at once; resume with: levelsearch resume runs/a\n"
+    )
 
 
 def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
