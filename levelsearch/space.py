@@ -26,6 +26,11 @@ _EPS = 1e-9
 # Largest number of distinct (gcd-normalised) totals for which exact-budget
 # feasibility is decided by dynamic programming; above it only the range is checked.
 _DP_RANGE_LIMIT = 4_000_000
+#: Largest number of units, of levels of one unit, and of (unit, level) cells of the cost table
+#: (8 bytes each: 400 MB); more is a typo, refused before anything is allocated.
+MAX_UNITS = 1_000_000
+MAX_LEVELS = 100_000
+MAX_CELLS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -544,8 +549,10 @@ def _parse_levels(n_levels: Any, n_units: int | None) -> np.ndarray:
     if isinstance(n_levels, (int, np.integer)) and not isinstance(n_levels, bool):
         if n_units is None:
             raise ValueError("n_levels is a single number: give n_units as well")
-        if not isinstance(n_units, (int, np.integer)) or isinstance(n_units, bool) or n_units < 1:
-            raise ValueError(f"n_units must be a positive integer, got {n_units!r}")
+        if not isinstance(n_units, (int, np.integer)) or isinstance(n_units, bool) or not 1 <= n_units <= MAX_UNITS:
+            raise ValueError(f"n_units must be an integer in 1..{MAX_UNITS}, got {n_units!r}")
+        if not 1 <= n_levels <= MAX_LEVELS:
+            raise ValueError(f"n_levels must be in 1..{MAX_LEVELS} (levels per unit), got {n_levels!r}")
         arr = np.full(int(n_units), int(n_levels), dtype=np.int64)
     else:
         try:
@@ -554,11 +561,22 @@ def _parse_levels(n_levels: Any, n_units: int | None) -> np.ndarray:
             raise ValueError(f"n_levels must be an int or a list of ints: {exc}") from None
         if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
             raise ValueError(f"n_levels must be an int or a non-empty list of ints, got {n_levels!r}")
+        if n_units is not None and (not isinstance(n_units, (int, np.integer)) or isinstance(n_units, bool)):
+            raise ValueError(f"n_units must be an integer (or left out with a list of n_levels), got {n_units!r}")
+        if arr.size > MAX_UNITS:
+            raise ValueError(f"n_levels lists {arr.size} units, more than {MAX_UNITS}")
+        if np.any(arr > MAX_LEVELS):
+            raise ValueError(f"a unit has {arr.max()} levels, more than {MAX_LEVELS} (levels per unit)")
         arr = arr.astype(np.int64)
         if n_units is not None and n_units != arr.size:
-            raise ValueError(f"n_units={n_units} but n_levels lists {arr.size} units")
+            raise ValueError(f"n_units={n_units!r} but n_levels lists {arr.size} units")
     if np.any(arr < 1):
         raise ValueError("every unit needs at least one level (n_levels >= 1)")
+    if arr.size * int(arr.max()) > MAX_CELLS:
+        raise ValueError(
+            f"{arr.size} units of up to {arr.max()} levels make a cost table of more than {MAX_CELLS} cells; "
+            "use fewer units or levels"
+        )
     return arr
 
 

@@ -447,3 +447,17 @@ def test_the_cli_refuses_an_edited_journal_with_one_line_and_exit_2(tmp_path, ca
     assert main([command, str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("levelsearch: error: journal ") and "altered at row 7" in err
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"n_levels": 2**70, "n_units": 3}, r"n_levels must be in 1\.\.100000"),
+        ({"n_levels": 3, "n_units": 2**70}, r"n_units must be an integer in 1\.\.1000000"),
+        ({"n_levels": 10**5, "n_units": 10**4}, "cost table of more than 50000000 cells"),
+        ({"n_levels": [3, 3], "n_units": 2.0}, "n_units must be an integer"),
+    ],
+)
+def test_a_space_too_large_to_hold_is_refused_before_anything_is_allocated(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        LevelSpace(**kwargs)
