@@ -551,9 +551,9 @@ def _parse_levels(n_levels: Any, n_units: int | None) -> np.ndarray:
             raise ValueError("n_levels is a single number: give n_units as well")
         if not isinstance(n_units, (int, np.integer)) or isinstance(n_units, bool) or not 1 <= n_units <= MAX_UNITS:
             raise ValueError(f"n_units must be an integer in 1..{MAX_UNITS}, got {n_units!r}")
-        if not 1 <= n_levels <= MAX_LEVELS:
+        if n_levels > MAX_LEVELS:
             raise ValueError(f"n_levels must be in 1..{MAX_LEVELS} (levels per unit), got {n_levels!r}")
-        arr = np.full(int(n_units), int(n_levels), dtype=np.int64)
+        arr = np.full(int(n_units), max(int(n_levels), 0), dtype=np.int64)
     else:
         try:
             arr = np.asarray(n_levels)
