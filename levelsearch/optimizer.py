@@ -131,9 +131,13 @@ def make_optimizer(name: str, space: LevelSpace, *, seed: int = 0, **options: An
     """Instantiate a registered optimizer by name with keyword options.
 
     Raises:
-        ValueError: for an unknown name or an option the optimizer does not take.
+        ValueError: for an unknown name, an option the optimizer does not take, or a common option out of
+            its bounds (:data:`levelsearch.config.OPTIMIZER_OPTIONS`, e.g. ``offspring`` in 1..100000).
     """
+    from .config import OPTIMIZER_OPTIONS, validate  # bounds shared by every optimizer (offspring, batch...)
+
     factory = get_optimizer(name)
+    validate(options, OPTIMIZER_OPTIONS, where=f"optimizer {name!r} options")
     try:
         return factory(space=space, seed=seed, **options)
     except TypeError as exc:

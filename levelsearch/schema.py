@@ -20,6 +20,7 @@ part of a file path.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -203,12 +204,12 @@ def _check(x: Any, f: Field, path: str) -> Any:
         if not isinstance(x, bool):
             raise _Bad(path, f"must be true or false, got {_show(x)}")
         out = x
-    elif kind == "int":
-        if isinstance(x, bool) or not isinstance(x, int) or not _in_range(x, f):
+    elif kind == "int":  # numpy integers too (numbers.Integral), never bools
+        if isinstance(x, bool) or not isinstance(x, numbers.Integral) or not _in_range(x, f):
             raise _Bad(path, f"must be {_range(f, 'an integer')}, got {_show(x)}")
         out = x
     elif kind == "number":
-        ok = isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        ok = isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
         if not ok or not _in_range(x, f):
             raise _Bad(path, f"must be {_range(f, 'a finite number')}, got {_show(x)}")
         out = x

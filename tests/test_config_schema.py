@@ -235,3 +235,15 @@ def test_any_bench_mapping_validates_or_is_one_value_error_line(data):
         return
     for item in cfg["optimizers"] + cfg["problems"]:
         assert check_name(item["label"]) == item["label"]
+
+
+def test_the_python_api_bounds_the_same_common_options():
+    import numpy as np
+
+    from levelsearch import make_problem, minimize
+
+    problem = make_problem({"kind": "linear", "n_units": 8})
+    with pytest.raises(ValueError, match="optimizer 'evopress' options: offspring: must be an integer in 1..100000"):
+        minimize(problem, optimizer="evopress", options={"offspring": 10**9}, max_evaluations=10)
+    res = minimize(problem, optimizer="evopress", options={"offspring": np.int64(4)}, max_evaluations=10)
+    assert res.n_evaluations == 10
