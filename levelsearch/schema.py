@@ -179,7 +179,7 @@ def _num(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
-def _in_range(x: float, f: Field) -> bool:
+def _in_range(x: Any, f: Field) -> bool:
     if f.min is not None and (x <= f.min if f.exclusive_min else x < f.min):
         return False
     return f.max is None or x <= f.max
