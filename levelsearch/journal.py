@@ -416,7 +416,14 @@ class Journal:
         return json.loads(row[0])
 
     def set_meta(self, key: str, value: Any) -> None:
-        """Store a JSON-able fact (one transaction), with a checksum tied to the chain head."""
+        """Store a JSON-able fact (one transaction), with a checksum tied to the chain head.
+
+        Raises:
+            ValueError: the journal was opened read-only, or ``key`` is ``"genesis"`` (reserved).
+            OSError: the write failed (disk full, file removed).
+        """
+        if self.readonly:
+            raise ValueError(f"journal {self.path} was opened read-only")
         if key == "genesis":
             raise ValueError("the meta key 'genesis' is reserved")
         db = self._db()
@@ -426,11 +433,14 @@ class Journal:
         at = self._n_rows
         self._wanted.add(at)
         self._heads[at] = self._head
-        with db:
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?)",
-                (key, text, at, _meta_checksum(self._head, at, key, text)),
-            )
+        try:
+            with db:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?, ?, ?)",
+                    (key, text, at, _meta_checksum(self._head, at, key, text)),
+                )
+        except sqlite3.OperationalError as exc:  # disk full, file removed, read-only mount...
+            raise OSError(f"cannot write to journal {self.path} ({exc}); fix that, then resume the run") from None
 
     # ------------------------------------------------------------- records
     def append(
