@@ -146,8 +146,7 @@ class Journal:
         if not self.readonly:
             self._lock()
         if self.readonly:
-            uri = self.path.resolve().as_uri() + "?mode=ro"
-            self.conn = sqlite3.connect(uri, uri=True, timeout=30)
+            self.conn = self._connect_readonly()
         else:
             self.conn = sqlite3.connect(self.path, timeout=30)
         # Read and check before writing anything: a foreign file must stay untouched.
@@ -161,6 +160,28 @@ class Journal:
             return
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection, also on a read-only file system (a mount, a snapshot).
+
+        SQLite reads a WAL journal through an index file next to it, which it cannot make in a
+        read-only directory; when no WAL file holds results (the writer closed it, or it was
+        checkpointed) every row is in the main file, which is then read as immutable.
+        """
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0 and not os.access(self.path.parent, os.W_OK):
+            raise ValueError(
+                f"journal {self.path} cannot be read here: its latest results are in {wal.name}, which SQLite reads "
+                "only where it may write; copy the run directory to a writable place and read the copy"
+            )
+        return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=30)
 
     def _create_file(self, identity: dict[str, Any] | None) -> None:
         """Write a new journal under a temporary name, then link it to ``path`` (never half-made).

@@ -13,7 +13,9 @@ given per fidelity.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,27 +249,33 @@ def plot_report(rep: RunReport, path: str | Path) -> Path:
     return out
 
 
-def write_report(target: str | Path, out: str | Path | None = None, *, plot: bool = True) -> tuple[str, Path]:
+def write_report(target: str | Path, out: str | Path | None = None, *, plot: bool = True) -> tuple[str, Path | None]:
     """Make the report of a run directory; returns ``(markdown, report.md path)``.
 
     Args:
         target: a run directory or a journal file.
         out: where to write ``report.md`` and ``report.png`` (default: next to the journal).
+            Without ``out``, a run directory that cannot be written (a read-only mount) gets
+            no files: the path returned is ``None`` and the markdown is all there is.
 
     Raises:
         FileNotFoundError: no journal at ``target``.
-        ValueError: not a journal, or ``out`` is not writable.
+        ValueError: not a journal, or an ``out`` given is not writable.
     """
     rep = load_report(target)
     out_dir = Path(out) if out is not None else rep.path.parent
+    text = render(rep)
+    if out is None and not os.access(out_dir, os.W_OK):
+        return text, None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        text = render(rep)
         md = out_dir / "report.md"
         md.write_text(text + ("\n\n![report](report.png)\n" if plot and rep.records else "\n"))
         if plot and rep.records:
             plot_report(rep, out_dir / "report.png")
     except OSError as exc:
+        if out is None and exc.errno == errno.EROFS:
+            return text, None
         raise ValueError(f"cannot write the report to {out_dir} ({exc.strerror}); use --out") from None
     return text, md
 
@@ -275,7 +283,10 @@ def write_report(target: str | Path, out: str | Path | None = None, *, plot: boo
 def _cmd_report(args: argparse.Namespace) -> int:
     text, md = write_report(args.dir, args.out, plot=not args.no_plot)
     print(text)
-    print(f"wrote {md}" + ("" if args.no_plot else f" and {md.with_name('report.png')}"))
+    if md is None:
+        print("the run directory is read-only: the report is printed only (use --out DIR to write its files)")
+    else:
+        print(f"wrote {md}" + ("" if args.no_plot else f" and {md.with_name('report.png')}"))
     return 0
 
 
