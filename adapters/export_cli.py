@@ -30,18 +30,22 @@ _FROM_PROBLEM = ("data", "seq_len", "calibration_tokens", "heldout_tokens", "top
 
 
 def _check_report(run: Path, res: dict[str, Any]) -> dict[str, Any] | None:
-    """``results.json`` of ``run`` (a report, ``None`` when missing or unreadable), refused when its EvoPress
-    levels differ from the journal's ``res``: the export would not be the model the report names."""
+    """``results.json`` of ``run`` (a report, ``None`` when missing or unreadable), refused when it names another
+    model, method, target or other EvoPress levels than the journal's ``res``: the export would not be the
+    model the report describes."""
     f = run / "results.json"
     try:
         report = json.loads(f.read_text())
         levels = report["methods"]["evopress"]["levels"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    differ = [k for k in ("model", "method", "target") if report.get(k) != res.get(k)]
     if levels != res["methods"]["evopress"]["levels"]:
+        differ.append("EvoPress levels")
+    if differ:
         raise ValueError(
-            f"{f} names other EvoPress levels than the run's journal (edited by hand?); the journal is the record: "
-            f"restore {f.name} or delete it, and the export writes the journal's levels"
+            f"{f} differs from the run's journal in its {', '.join(differ)} (edited by hand?); the journal is the "
+            f"record: restore {f.name} or delete it, and the export writes the journal's model"
         )
     return dict(report)
 

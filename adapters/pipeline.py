@@ -472,7 +472,8 @@ def journal_results(run: str | Path) -> dict[str, Any]:
 
     path = Path(run) / "journal.db"
     if not path.is_file():
-        raise FileNotFoundError(f"{run} holds no journal.db; give the directory of a finished levelsearch compress")
+        what = "journal.db" if (Path(run) / "results.json").is_file() else "results.json and no journal.db"
+        raise FileNotFoundError(f"{run} holds no {what}; give the directory of a finished levelsearch compress")
     with Journal(path, readonly=True) as jr:
         desc = jr.meta(RUN_KEY)
         if not isinstance(desc, dict) or not isinstance(desc.get("method_names"), list):

@@ -210,7 +210,7 @@ def test_export_refuses_a_results_json_whose_levels_were_edited_and_writes_the_j
     res["methods"]["evopress"]["levels"] = levels[::-1] if levels[::-1] != levels else [1 - v for v in levels]
     (run / "results.json").write_text(json.dumps(res))
     err = one_line_error(["export", str(run), "--format", "zeroed", "--no-measure"], capsys)
-    assert "results.json names other EvoPress levels than the run's journal" in err
+    assert "results.json differs from the run's journal in its EvoPress levels" in err
     assert not (run / "model-zeroed").exists()
     (run / "results.json").unlink()  # the report gone: the export is the journal's, and the report comes back
     assert main(["export", str(run), "--format", "zeroed", "--no-measure"]) == 0
@@ -243,6 +243,14 @@ def test_export_of_a_run_whose_journal_records_no_results_is_one_line(model_dir,
     (run / "results.json").write_text(json.dumps({"methods": {"evopress": {"levels": [0, 1]}}}))
     err = one_line_error(["export", str(run), "--no-measure"], capsys)
     assert "records no finished compress run" in err
+
+
+def test_export_refuses_a_results_json_naming_another_target(finished_run, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path / "run")
+    res = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**res, "target": 0.25}))
+    err = one_line_error(["export", str(run), "--no-measure"], capsys)
+    assert "results.json differs from the run's journal in its target" in err
 
 
 def test_export_with_zero_threads_is_one_line(finished_run, capsys):
