@@ -534,7 +534,8 @@ def tiny_extra(tiny):
 def tiny_tied(tiny):
     _, root = tiny
     src = write_tiny_gguf(root / "tied-f16.gguf", tied=True)
-    return _problem(src, root, target=4.0, extra_tensors="output"), root  # output of a tied model: token_embd
+    # output of a tied model: token_embd; another model, so a database of its own
+    return _problem(src, root / "tied-db", target=4.0, extra_tensors="output"), root
 
 
 def _nll_full_forward(problem, levels):
