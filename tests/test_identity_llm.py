@@ -67,8 +67,8 @@ def change_middle_of_layer_5(model, layer: int = 5) -> int:
     return mid
 
 
-def _old_sample_covers(n: int, i: int, block: int = 64, blocks: int = 64) -> bool:
-    """Whether the former strided sample (64 evenly spaced runs of 64 values) saw flat index ``i``."""
+def _strided_sample_covers(n: int, i: int, block: int = 64, blocks: int = 64) -> bool:
+    """Whether a strided sample (64 evenly spaced runs of 64 values, what a cheap fingerprint reads) covers ``i``."""
     return any(s <= i < s + block for s in (k * (n - block) // (blocks - 1) for k in range(blocks)))
 
 
@@ -78,7 +78,7 @@ def test_a_value_changed_outside_any_strided_sample_changes_the_weights_identity
     fp, db_fp = weights_fingerprint(model), model_fingerprint(model)
     assert fp == weights_fingerprint(six_layer_llama()) == db_fp
     mid = change_middle_of_layer_5(model)
-    assert not _old_sample_covers(model.model.layers[5].mlp.down_proj.weight.numel(), mid)
+    assert not _strided_sample_covers(model.model.layers[5].mlp.down_proj.weight.numel(), mid)
     assert weights_fingerprint(model) != fp and model_fingerprint(model) != db_fp
 
 
@@ -132,7 +132,7 @@ def test_a_model_changed_in_place_is_never_served_its_old_database_teacher_or_jo
     assert _quant(model_dir, tmp_path / "a") == 0
     first = json.loads((tmp_path / "a" / "results.json").read_text())
     w = model.model.layers[1].mlp.down_proj.weight
-    assert not _old_sample_covers(w.numel(), change_middle_of_layer_5(model, layer=1))
+    assert not _strided_sample_covers(w.numel(), change_middle_of_layer_5(model, layer=1))
     save_model(model, byte_tokenizer(), model_dir)  # the same directory, other weights
     capsys.readouterr()
     # its journal: the run's identity holds every weight's bytes
