@@ -174,6 +174,8 @@ def build_database(
     codec = codec or get_weight_codec(spec.get("kind"))
     codec.check_spec(spec)
     path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"the database directory {path} is a file; give another --database")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -145,9 +145,11 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    text = str(spec)
+    if not text.strip():
+        raise ValueError("--model is empty; give smollm2, a model directory, a GGUF file or a hub id")
     dev = resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
-    text = str(spec)
     if text == DEFAULT_MODEL:
         path = _cached_smollm2()
         kwargs: dict[str, Any] = {}

@@ -299,3 +299,17 @@ def test_a_database_directory_that_cannot_be_created_is_one_line(model_dir, tmp_
     argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--out", str(tmp_path / "o")]
     err = one_line_error([*argv, "--database", str(blocker / "db"), "--estimates", "layer", *SMALL], capsys)
     assert f"cannot create the database directory {blocker / 'db'}" in err
+
+
+def test_a_database_path_that_is_a_file_is_one_line(model_dir, tmp_path, capsys):
+    (tmp_path / "db").write_text("x")
+    argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--out", str(tmp_path / "o")]
+    err = one_line_error([*argv, "--database", str(tmp_path / "db"), "--estimates", "layer", *SMALL], capsys)
+    assert f"the database directory {tmp_path / 'db'} is a file" in err
+    assert (tmp_path / "db").read_text() == "x"
+
+
+def test_an_empty_model_name_is_one_line_and_loads_nothing_from_the_current_directory(tmp_path, capsys):
+    err = one_line_error(["compress", "--model", "", "--target", "0.5", "--out", str(tmp_path / "o"), *SMALL], capsys)
+    assert "--model is empty" in err
+    assert not (tmp_path / "o").exists()
