@@ -94,6 +94,8 @@ def export_run(
     from .formats.run import check_new_dir, export_and_check
     from .pipeline import check_journal_problem, jsonable
 
+    if out is not None and not str(out).strip():
+        raise ValueError("--out is empty; give a new directory (default RUN_DIR/model-FORMAT)")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"--threads must be a positive integer (torch CPU threads), got {threads!r}")
     run = Path(run)

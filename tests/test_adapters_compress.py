@@ -253,9 +253,13 @@ def test_export_refuses_a_results_json_naming_another_target(finished_run, tmp_p
     assert "results.json differs from the run's journal in its target" in err
 
 
-def test_export_with_zero_threads_is_one_line(finished_run, capsys):
-    err = one_line_error(["export", str(finished_run), "--threads", "0", "--no-measure"], capsys)
-    assert "--threads must be a positive integer" in err
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [(["--threads", "0"], "--threads must be a positive integer"), (["--out", ""], "--out is empty")],
+)
+def test_bad_export_options_are_one_line(finished_run, capsys, extra, words):
+    err = one_line_error(["export", str(finished_run), *extra, "--no-measure"], capsys)
+    assert words in err
 
 
 # ---------------------------------------------------------------------- bad settings: one line, nothing written
