@@ -2,7 +2,7 @@
 
 Layout of a database directory::
 
-    manifest.json          model fingerprint, method, level spec, calibration, seed,
+    manifest.json          model fingerprint (sha256 of every weight), method, level spec, calibration, seed,
                            per-unit level values and errors, per-file sha256
     layer_000.safetensors  all variants of the linears of decoder layer 0
     ...
