@@ -488,11 +488,7 @@ class Journal:
             error = error or f"fitness returned {v}"
         else:
             v_db = v
-        # catch up first: the in-memory head is then right even after an interrupted earlier append
-        for _ in self._verified_rows(from_start=False):
-            pass
-        row = (
-            self._last_id + 1,
+        fields = (
             np.ascontiguousarray(levels, dtype=np.int64).tobytes(),
             None if fidelity is None else int(fidelity),
             None if sample is None else int(sample),
@@ -502,17 +498,28 @@ class Journal:
             str(worker),
             time.time(),
         )
-        chain = _chain_next(self._head, row).hex()
         db = self._db()
-        try:
-            with db:
-                db.execute(
-                    "INSERT INTO evals (id, levels, fidelity, sample, value, error, seconds, worker, time, chain) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*row, chain),
-                )
-        except sqlite3.OperationalError as exc:  # disk full, file removed, read-only mount...
-            raise OSError(f"cannot write to journal {self.path} ({exc}); fix that, then resume the run") from None
+        for attempt in range(2):
+            row = (self._last_id + 1, *fields)
+            head = _chain_next(self._head, row)
+            try:
+                with db:
+                    db.execute(
+                        "INSERT INTO evals (id, levels, fidelity, sample, value, error, seconds, worker, time, chain) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (*row, head.hex()),
+                    )
+                break
+            except sqlite3.IntegrityError:
+                # the row id exists: an earlier append committed but was interrupted before it moved
+                # the in-memory head; catch up with the file (checking those rows) and chain from there
+                if attempt:
+                    raise self._altered(f"row {row[0]}") from None
+                for _ in self._verified_rows(from_start=False):
+                    pass
+            except sqlite3.OperationalError as exc:  # disk full, file removed, read-only mount...
+                raise OSError(f"cannot write to journal {self.path} ({exc}); fix that, then resume the run") from None
+        self._n_rows, self._last_id, self._head = self._n_rows + 1, row[0], head
 
     def records(self) -> Iterator[JournalRecord]:
         """Every evaluation in the order it was journaled, each checked against the chain.

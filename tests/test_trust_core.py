@@ -461,3 +461,25 @@ def test_the_cli_refuses_an_edited_journal_with_one_line_and_exit_2(tmp_path, ca
 def test_a_space_too_large_to_hold_is_refused_before_anything_is_allocated(kwargs, words):
     with pytest.raises(ValueError, match=words):
         LevelSpace(**kwargs)
+
+
+def test_an_append_interrupted_after_its_commit_leaves_a_chain_the_next_append_continues(tmp_path, monkeypatch):
+    import levelsearch.journal as journal_module
+
+    real, calls = journal_module._chain_next, [0]
+    with Journal(tmp_path / "j.db", {"seed": 1}) as jr:
+        jr.append(np.array([0, 1]), None, None, 1.0, None, 0.0, "local")
+        stale = (jr._n_rows, jr._last_id, jr._head)
+        jr.append(np.array([1, 0]), None, None, 2.0, None, 0.0, "local")
+        jr._n_rows, jr._last_id, jr._head = stale  # the in-memory head lost, as by a Ctrl-C after the commit
+
+        def counting(head, row):
+            calls[0] += 1
+            return real(head, row)
+
+        monkeypatch.setattr(journal_module, "_chain_next", counting)
+        jr.append(np.array([1, 1]), None, None, 3.0, None, 0.0, "local")
+        jr.set_meta("result:dp", {"value": 3.0})
+    with Journal(tmp_path / "j.db", readonly=True) as jr:
+        assert [r.value for r in jr.records()] == [1.0, 2.0, 3.0] and jr.meta("result:dp") == {"value": 3.0}
+    assert calls[0] >= 3  # the first try, the row it caught up with, the second try
