@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_resume import CLI, CONFIG, _journal_keys
 
 pytestmark = pytest.mark.slow
