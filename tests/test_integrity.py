@@ -211,21 +211,22 @@ def _yaml(**changes: str) -> str:
 
 
 def _empty_journal(run: Path) -> None:
+    (run / "config.yaml").write_text(_yaml())  # a run directory of this config, whose journal is empty
     (run / "journal.db").write_bytes(b"")
 
 
 CLI_CASES = [
     ("max-cost-nan", _yaml(budget="{max_cost: .nan}"), None, "max_cost"),
     ("max-cost-inf", _yaml(budget="{max_cost: .inf}"), None, "max_cost"),
-    ("max-evaluations-1e23-int", _yaml(budget="{max_evaluations: 100000000000000000000000}"), None, "beyond"),
+    ("max-evaluations-1e23-int", _yaml(budget="{max_evaluations: 100000000000000000000000}"), None, "1..1000000000"),
     ("max-evaluations-1e23", _yaml(budget="{max_evaluations: 1e23}"), None, "max_evaluations"),
     (
         "sigma-nan",
         _yaml(problem="{kind: noisy, base: {kind: linear, n_units: 8, total: 2}, sigma: .nan}"),
         None,
-        "sigma must be a finite number",
+        "problem.sigma: must be a finite number",
     ),
-    ("option-inf", _yaml(optimizer="{name: evopress, offspring: 8, max_switches: .inf}"), None, "finite"),
+    ("option-inf", _yaml(optimizer="{name: evopress, offspring: 8, max_switches: .inf}"), None, "max_switches: must be an integer"),
     ("zero-byte-journal", _yaml(), _empty_journal, "empty (0 bytes)"),
 ]
 
