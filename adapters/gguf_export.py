@@ -377,14 +377,10 @@ def recipe(results: dict[str, Any], method: str = "evopress") -> list[str]:
 
 
 def _recipe_cmd(args: argparse.Namespace) -> int:
+    from .pipeline import journal_results
+
     run = Path(args.run_dir)
-    f = run / "results.json"
-    if not f.is_file():
-        raise FileNotFoundError(f"{run} holds no results.json; give the --out directory of a --method gguf run")
-    try:
-        results = json.loads(f.read_text())
-    except ValueError:
-        raise ValueError(f"{f} is not valid JSON") from None
+    results = journal_results(run)  # the journal, never results.json (a report a person may have edited)
     lines = recipe(results, args.name)
     m = results["methods"][args.name]
     print(

@@ -334,19 +334,25 @@ def test_bad_gguf_inputs_are_one_line_exit_2_and_nothing_written(args, says, tmp
     assert not out.exists()
 
 
-def test_gguf_recipe_prints_the_overrides_of_a_run(tmp_path, capsys):
+def test_gguf_recipe_prints_the_overrides_of_a_run_from_its_journal(tmp_path, capsys):
+    from levelsearch.adapters.pipeline import record_results
+
     from levelsearch.cli import main
 
     results = {
         "method": "gguf",
         "gguf_tensors": ["blk.0.attn_v.weight", "blk.1.attn_v.weight"],
-        "methods": {"evopress": {"types": ["Q6_K", "Q4_K"], "bits_per_weight": 5.0}},
+        "methods": {"evopress": {"levels": [1, 0], "types": ["Q6_K", "Q4_K"], "bits_per_weight": 5.0}},
     }
+    record_results(tmp_path, results)
+    # results.json is a report: an edited one changes nothing
+    results["methods"]["evopress"]["types"] = ["Q2_K", "Q2_K"]
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert main(["gguf-recipe", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "--tensor-type '^blk\\.(0)\\.attn_v\\.weight$=q6_k'" in out
     assert "--tensor-type '^blk\\.(1)\\.attn_v\\.weight$=q4_k'" in out
+    assert "q2_k" not in out
     assert main(["gguf-recipe", str(tmp_path / "nothing")]) == 2
 
 
