@@ -299,7 +299,7 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--format",
-        help="format of OUT/model, as levelsearch export's: drop: drop (default), zeroed; quant/joint: "
+        help="format of OUT/model, as levelsearch export's: drop: drop (default), drop-lean, zeroed; quant/joint: "
         "pack-quantized (default), dense; quant and joint also: gptq (vLLM at 2/3/4/8 bits); "
         "sparsity: sparse-bitmask (default), dense",
     )

@@ -149,7 +149,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("run_dir", help="directory of a finished levelsearch compress run")
     p.add_argument(
         "--format",
-        help="drop: drop (default), zeroed; quant/joint: pack-quantized (default), dense; "
+        help="drop: drop (default), drop-lean, zeroed; quant/joint: pack-quantized (default), dense; "
         "quant and joint also: gptq (vLLM at 2/3/4/8 bits); sparsity: sparse-bitmask (default), dense",
     )
     p.add_argument("--out", help="where to write it (default RUN_DIR/model-FORMAT; must not hold anything)")
