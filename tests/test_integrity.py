@@ -226,7 +226,7 @@ CLI_CASES = [
         None,
         "problem.sigma: must be a finite number",
     ),
-    ("option-inf", _yaml(optimizer="{name: evopress, offspring: 8, max_switches: .inf}"), None, "max_switches: must be an integer"),
+    ("option-inf", _yaml(optimizer="{name: evopress, max_switches: .inf}"), None, "max_switches: must be an integer"),
     ("zero-byte-journal", _yaml(), _empty_journal, "empty (0 bytes)"),
 ]
 
