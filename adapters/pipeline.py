@@ -46,21 +46,13 @@ __all__ = [
 
 
 def check_numbers(cfg: dict[str, Any]) -> None:
-    """Token counts, generations and minutes: finite, positive and below sane limits (before the model loads)."""
-    for key in ("calibration_tokens", "heldout_tokens", "seq_len", "generations", "top_k", "heuristic_tokens"):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**9:
-            raise ValueError(f"{key} must be a positive integer (at most 1e9), got {v!r}")
-    m = cfg.get("search_minutes")
-    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m <= 1e6):
-        raise ValueError(f"search_minutes must be a positive number of minutes (finite, at most 1e6), got {m!r}")
-    limits = {"threads": 10**9, "search_tokens": 10**9, "random_n": 10**6, "offspring": 10**4}
-    for key, most in limits.items():  # optional, or positive and below a limit (each offspring is a forward pass)
-        v = cfg.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most):
-            raise ValueError(f"{key} must be a positive integer (at most {most:,}), got {v!r}")
-    if cfg["calibration_tokens"] < cfg["seq_len"]:
-        raise ValueError("calibration_tokens must hold at least one sequence of seq_len tokens")
+    """Every setting's type and range (token counts, generations, minutes, threads ...) against the declared
+    :data:`~levelsearch.adapters.settings.COMPRESS_SCHEMA`, before the model loads (one line naming the key)."""
+    from levelsearch.schema import validate
+
+    from .settings import COMPRESS_SCHEMA
+
+    validate({k: v for k, v in cfg.items() if k in COMPRESS_SCHEMA.fields}, COMPRESS_SCHEMA, where="settings")
 
 
 def check_device(cfg: dict[str, Any]) -> None:

@@ -17,7 +17,63 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["CompressSettings"]
+from levelsearch.schema import Field, Schema, validate
+
+__all__ = ["COMPRESS_SCHEMA", "CompressSettings"]
+
+_TOKENS = Field("int", min=1, max=10**9)
+_OPT_STR = Field("str", nullable=True)
+_FREE = Field("any", nullable=True)  # a codec's own form (a list or a comma string, a size with a unit): it parses it
+
+
+def _enough_tokens(cfg: dict[str, Any]) -> str | None:
+    if cfg["calibration_tokens"] < cfg["seq_len"]:
+        return "calibration_tokens must hold at least one sequence of seq_len tokens"
+    return None
+
+
+#: The declared schema of every ``compress`` setting (the run and bench configs' schemas live in
+#: :mod:`levelsearch.config`, on the same :mod:`levelsearch.schema`): types, ranges and choices, checked
+#: before the model loads; what depends on the codec (``target``'s range, ``types``) the codec checks.
+COMPRESS_SCHEMA = Schema(
+    {
+        "model": Field("str"),  # an empty name: the model loader says so
+        "method": Field("str", min=1),
+        "target": Field("number"),
+        "out": _OPT_STR,
+        "seed": Field("int", min=0, max=2**63 - 1),
+        "schedule": Field("str"),
+        "offspring": Field("int", min=1, max=10**4, nullable=True),
+        "optimizer": Field("str", choices=("evopress", "evopress-ref")),
+        "generations": _TOKENS,
+        "search_minutes": Field("number", min=0, max=1e6, exclusive_min=True, nullable=True),
+        "start": _OPT_STR,
+        "calibration_tokens": _TOKENS,
+        "heldout_tokens": _TOKENS,
+        "seq_len": _TOKENS,
+        "top_k": _TOKENS,
+        "heuristic_tokens": _TOKENS,
+        "heuristics": Field("list", items=Field("str"), nullable=True),
+        "whole_blocks": Field("bool"),
+        "budget": Field("str"),
+        "data": _OPT_STR,
+        "threads": Field("int", min=1, max=10**9, nullable=True),
+        "device": _OPT_STR,
+        "dtype": _OPT_STR,
+        "export": Field("bool"),
+        "format": _OPT_STR,
+        "progress": Field("bool"),
+        "search_tokens": Field("int", min=1, max=10**9, nullable=True),
+        "database": _OPT_STR,
+        "random_n": Field("int", min=1, max=10**6),
+        "estimates": Field("str", choices=("fisher", "layer")),
+        "types": _FREE,
+        "tol": _FREE,
+        "target_bytes": _FREE,
+        "extra_tensors": _FREE,
+    },
+    check=_enough_tokens,
+)
 
 
 @dataclass
@@ -104,6 +160,10 @@ class CompressSettings:
         if unknown:
             raise ValueError(f"{source} has unknown key {unknown[0]!r}; keys are: {', '.join(cls.keys())}")
         return cls(**given)
+
+    def check(self, source: str = "settings") -> None:
+        """Every setting against :data:`COMPRESS_SCHEMA`: one-line ``ValueError`` naming the key."""
+        validate(self.to_dict(), COMPRESS_SCHEMA, where=source)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as the plain dict the pipeline and a codec read."""

@@ -266,15 +266,15 @@ def test_bad_export_options_are_one_line(finished_run, capsys, extra, words):
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["--threads", "0"], "threads must be a positive integer"),
-        (["--threads", "-2"], "threads must be a positive integer"),
+        (["--threads", "0"], "settings: threads: must be an integer in 1..1000000000, got 0"),
+        (["--threads", "-2"], "settings: threads: must be an integer in 1..1000000000, got -2"),
         (["--top-k", "1000"], "top_k 1000 is larger than the model's vocabulary (257 tokens)"),
         (["--device", "gpu"], "--device gpu: not a device"),
-        (["--offspring", "0"], "offspring must be a positive integer"),
-        (["--offspring", "1000000000"], "offspring must be a positive integer (at most 10,000)"),
+        (["--offspring", "0"], "settings: offspring: must be an integer in 1..10000, got 0"),
+        (["--offspring", "1000000000"], "offspring: must be an integer in 1..10000, got 1000000000"),
         (["--schedule", "fastest"], "unknown schedule 'fastest'"),
-        (["--method", "quant", "--target", "3", "--search-tokens", "0"], "search_tokens must be a positive integer"),
-        (["--method", "quant", "--target", "3", "--random-n", "-1"], "random_n must be a positive integer"),
+        (["--method", "quant", "--target", "3", "--search-tokens", "0"], "settings: search_tokens: must be an integer"),
+        (["--method", "quant", "--target", "3", "--random-n", "-1"], "random_n: must be an integer in 1..1000000"),
     ],
 )
 def test_bad_compress_settings_are_one_line_and_write_nothing(model_dir, tmp_path, capsys, extra, words):
