@@ -98,6 +98,9 @@ class Result:
         n_replayed: evaluations answered from the journal.
         n_spot_checks: journaled evaluations measured again before the journal was replayed
             (oracle calls that are not in ``n_evaluations``, ``cost`` or ``history``).
+        notes: fallbacks the optimizer or the evaluator took that changed what the run did, one
+            sentence each (e.g. EvoPress's model jumps turned off because the knapsack cannot be
+            solved); each was also issued once as a ``RuntimeWarning``. Empty when none was taken.
     """
 
     best_levels: np.ndarray
@@ -113,6 +116,7 @@ class Result:
     best_true_value: float | None = None
     n_replayed: int = 0
     n_spot_checks: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 # consecutive batches with nothing new to evaluate before the driver gives up
@@ -190,6 +194,58 @@ def minimize(
         AllFailedError: the oracle failed ``max_consecutive_failures`` times in a row.
     """
     t_start = time.perf_counter()
+    problem, opt, opt_name = _prepare(fn, space, optimizer, options, seed, target, max_evaluations, max_cost)
+    _check_run_arguments(evaluator, retries, max_consecutive_failures, eval_timeout, spot_checks)
+    spot_check_tolerance(problem)  # a bad replay_tolerance is an error before anything runs
+    evaluator = evaluator or SerialEvaluator(problem, retries=int(retries), timeout=eval_timeout)
+    jr, own_journal = _open_journal(journal, problem, opt_name, options, seed, identity, resume)
+    replay, journaled = _replay_table(jr, problem, own_journal)
+    led = _Ledger(problem, jr)
+    bar = _make_bar(progress, max_evaluations, max_cost)
+    loop = _Loop(
+        problem,
+        opt,
+        evaluator,
+        led,
+        replay,
+        max_evaluations=max_evaluations,
+        max_cost=max_cost,
+        target=target,
+        max_consecutive_failures=max_consecutive_failures,
+        bar=bar,
+    )
+    n_spot = 0
+    try:
+        if journaled and spot_checks:
+            assert jr is not None
+            n_spot = _spot_check(jr, problem, evaluator, journaled, seed, int(spot_checks))
+        stopped_by = loop.run()
+    except KeyboardInterrupt:
+        stopped_by = "interrupted"
+    finally:
+        # a burst of Ctrl-C must not break the clean-up: further SIGINTs wait until it is done
+        with _sigint_deferred():
+            if bar is not None:
+                bar.close()
+            if own_journal and jr is not None:
+                jr.close()
+    # a known optimum may take long to compute (enumeration): not while the user waits on Ctrl-C
+    optimum = None if stopped_by == "interrupted" else problem.optimum
+    with _sigint_deferred():
+        return _result(problem, opt, led, loop.trace, stopped_by, t_start, n_spot, optimum, _notes(opt, evaluator))
+
+
+def _prepare(
+    fn: Any,
+    space: LevelSpace | None,
+    optimizer: str | Optimizer,
+    options: Mapping[str, Any] | None,
+    seed: int,
+    target: float | None,
+    max_evaluations: int | None,
+    max_cost: float | None,
+) -> tuple[Problem, Optimizer, str]:
+    """Check what defines the search and build it: ``(problem, optimizer, the optimizer's name)``."""
     _check_seed(seed)
     problem = _as_problem(fn, space)
     check_finite(options, "options")
@@ -197,17 +253,27 @@ def minimize(
         isinstance(target, bool) or not isinstance(target, (int, float, np.number)) or math.isnan(target)
     ):
         raise ValueError(f"target must be a number, got {target!r}")
-    space = problem.space
     if isinstance(optimizer, Optimizer):
         opt = optimizer
         if options:
             raise ValueError("options= only applies when optimizer is given by name")
         opt_name = type(optimizer).__name__
     else:
-        opt = make_optimizer(optimizer, space, seed=seed, **dict(options or {}))
+        opt = make_optimizer(optimizer, problem.space, seed=seed, **dict(options or {}))
         opt_name = optimizer
     _check_budget(max_evaluations, max_cost, opt)
     _offer_unit_errors(problem, opt)
+    return problem, opt, opt_name
+
+
+def _check_run_arguments(
+    evaluator: Evaluator | None,
+    retries: int,
+    max_consecutive_failures: int,
+    eval_timeout: float | None,
+    spot_checks: int,
+) -> None:
+    """Check how the run is carried out (retries, failure streak, timeout, spot-checks)."""
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     if (
@@ -228,16 +294,22 @@ def minimize(
         raise ValueError("eval_timeout= configures the default evaluator; give a timeout to your evaluator instead")
     if isinstance(spot_checks, bool) or not isinstance(spot_checks, (int, np.integer)) or spot_checks < 0:
         raise ValueError(f"spot_checks must be an integer >= 0, got {spot_checks!r}")
-    spot_check_tolerance(problem)  # a bad replay_tolerance is an error before anything runs
-    evaluator = evaluator or SerialEvaluator(problem, retries=int(retries), timeout=eval_timeout)
 
-    jr: Journal | None
-    own_journal = False
+
+def _open_journal(
+    journal: str | Path | Journal | None,
+    problem: Problem,
+    opt_name: str,
+    options: Mapping[str, Any] | None,
+    seed: int,
+    identity: Mapping[str, Any] | None,
+    resume: bool,
+) -> tuple[Journal | None, bool]:
+    """The run's journal, bound to its oracle, and whether :func:`minimize` opened it (and closes it)."""
     if journal is None or isinstance(journal, Journal):
-        jr = journal
+        jr, own_journal = journal, False
     else:
-        jr = Journal(journal, identity=run_identity(problem, opt_name, options, seed, identity))
-        own_journal = True
+        jr, own_journal = Journal(journal, identity=run_identity(problem, opt_name, options, seed, identity)), True
     if jr is not None:
         try:
             _check_oracle(jr, problem, resume)
@@ -245,141 +317,189 @@ def minimize(
             if own_journal:
                 jr.close()
             raise
+    return jr, own_journal
 
-    # answers available without calling the oracle
+
+def _replay_table(
+    jr: Journal | None, problem: Problem, own_journal: bool
+) -> tuple[dict[tuple[Any, ...], list[Outcome]], list[JournalRecord]]:
+    """Answers available without calling the oracle: journaled outcomes by request key, and the records."""
     replay: dict[tuple[Any, ...], list[Outcome]] = {}
     journaled: list[JournalRecord] = []
-    if jr is not None:
-        try:
-            if not jr.readonly and jr.meta("cost_model") is None:  # lets reports price fidelity=None
-                jr.set_meta(
-                    "cost_model",
-                    {"uses_fidelity": bool(problem.uses_fidelity), "max_fidelity": problem.max_fidelity},
-                )
-            journaled = list(jr.records())
-            for rec in journaled:
-                k = _norm_key(problem, rec.levels, rec.fidelity, rec.sample)
-                replay.setdefault(k, []).append(Outcome(rec.value, rec.error, rec.seconds, rec.worker))
-        except BaseException:
-            if own_journal:
-                jr.close()
-            raise
-    cache: dict[tuple[Any, ...], float] = {}
-
-    led = _Ledger(problem, jr)
-    trace: list[TracePoint] = []
-    stopped_by = "optimizer"
-    idle_batches = 0  # batches answered entirely from the cache
-    bar = _make_bar(progress, max_evaluations, max_cost)
-    n_spot = 0
+    if jr is None:
+        return replay, journaled
     try:
-        if journaled and spot_checks:
-            assert jr is not None
-            n_spot = _spot_check(jr, problem, evaluator, journaled, seed, int(spot_checks))
-        while not opt.stop():
-            batch = opt.ask()
+        if not jr.readonly and jr.meta("cost_model") is None:  # lets reports price fidelity=None
+            jr.set_meta(
+                "cost_model",
+                {"uses_fidelity": bool(problem.uses_fidelity), "max_fidelity": problem.max_fidelity},
+            )
+        journaled = list(jr.records())
+        for rec in journaled:
+            k = _norm_key(problem, rec.levels, rec.fidelity, rec.sample)
+            replay.setdefault(k, []).append(Outcome(rec.value, rec.error, rec.seconds, rec.worker))
+    except BaseException:
+        if own_journal:
+            jr.close()
+        raise
+    return replay, journaled
+
+
+def _notes(opt: Optimizer, evaluator: Evaluator) -> list[str]:
+    """What the optimizer and the evaluator recorded about fallbacks they took, each sentence once."""
+    out: list[str] = []
+    for source in (opt, evaluator):
+        notes = getattr(source, "notes", None)
+        for note in notes() if callable(notes) else ():
+            if note not in out:
+                out.append(str(note))
+    return out
+
+
+class _Loop:
+    """The ask → answer (cache, journal, oracle) → tell loop of :func:`minimize`, one batch at a time."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        opt: Optimizer,
+        evaluator: Evaluator,
+        led: _Ledger,
+        replay: dict[tuple[Any, ...], list[Outcome]],
+        *,
+        max_evaluations: int | None,
+        max_cost: float | None,
+        target: float | None,
+        max_consecutive_failures: int,
+        bar: _Bar | None,
+    ) -> None:
+        self.problem, self.opt, self.evaluator, self.led, self.replay = problem, opt, evaluator, led, replay
+        self.max_evaluations, self.max_cost, self.target = max_evaluations, max_cost, target
+        self.max_consecutive_failures = max_consecutive_failures
+        self.bar = bar
+        self.cache: dict[tuple[Any, ...], float] = {}
+        self.trace: list[TracePoint] = []
+        self.idle_batches = 0  # batches answered entirely from the cache
+
+    def run(self) -> str:
+        """Run batches until a stopping rule holds; returns what stopped the run (``Result.stopped_by``)."""
+        while not self.opt.stop():
+            batch = self.opt.ask()
             if not batch:
-                stopped_by = "optimizer"
                 break
-            # the driver's own copies for the journal and history; the evaluator gets copies of
-            # these (and each oracle call its own), so nothing a fitness does reaches them
-            asked = [Request(_frozen(r.levels), r.fidelity, r.sample) for r in batch]
-            values: list[float] = [math.nan] * len(batch)
-            keys = [_norm_key(problem, r.levels, r.fidelity, r.sample) for r in asked]
-            todo: list[int] = []
-            first_of: dict[tuple[Any, ...], int] = {}
-            dup_of: dict[int, int] = {}
-            for idx, k in enumerate(keys):
-                if k in cache:
-                    values[idx] = cache[k]
-                elif k in first_of:
-                    dup_of[idx] = first_of[k]
-                else:
-                    first_of[k] = idx
-                    todo.append(idx)
-            # budget: evaluate only what fits; an incomplete batch is never told
-            allowed = len(todo)
-            if max_evaluations is not None:
-                allowed = min(allowed, max(0, max_evaluations - led.n_eval))
-            if max_cost is not None:
-                room, fit = max_cost - led.cost, 0
-                for idx in todo[:allowed]:
-                    c = problem.cost_of(batch[idx].fidelity)
-                    if c > room + 1e-9:
-                        break
-                    room -= c
-                    fit += 1
-                allowed = fit
-                if fit == 0 and todo and led.n_eval == 0:
-                    raise ValueError(
-                        f"max_cost={max_cost:g} does not cover a single evaluation "
-                        f"(one costs {problem.cost_of(batch[todo[0]].fidelity):g}); raise max_cost"
-                    )
-            complete = allowed == len(todo)
-            idle_batches = 0 if todo else idle_batches + 1
-            if idle_batches > _MAX_IDLE_BATCHES:
-                # every proposal was already evaluated: a small space is exhausted
-                stopped_by = "exhausted"
+            stopped_by = self._batch(batch)
+            if stopped_by is not None:
+                return stopped_by
+        return "optimizer"
+
+    def _batch(self, batch: list[Request]) -> str | None:
+        """Answer one batch and tell it; returns a stopping reason, or ``None`` to go on."""
+        led = self.led
+        # the driver's own copies for the journal and history; the evaluator gets copies of
+        # these (and each oracle call its own), so nothing a fitness does reaches them
+        asked = [Request(_frozen(r.levels), r.fidelity, r.sample) for r in batch]
+        values: list[float] = [math.nan] * len(batch)
+        keys = [_norm_key(self.problem, r.levels, r.fidelity, r.sample) for r in asked]
+        todo, dup_of = self._from_cache(keys, values)
+        # budget: evaluate only what fits; an incomplete batch is never told
+        allowed = self._affordable(batch, todo)
+        complete = allowed == len(todo)
+        self.idle_batches = 0 if todo else self.idle_batches + 1
+        if self.idle_batches > _MAX_IDLE_BATCHES:
+            # every proposal was already evaluated: a small space is exhausted
+            return "exhausted"
+        run_now = todo[:allowed]
+        fresh = self._answer(asked, keys, run_now, values)
+        # Replayed failures count towards the streak (a resumed run behaves like an
+        # uninterrupted one), but a batch answered only from the journal never aborts:
+        # resuming a run that stopped on failures (after fixing the oracle) tries again.
+        if fresh and led.consecutive_fail >= self.max_consecutive_failures:
+            raise AllFailedError(
+                f"{led.consecutive_fail} evaluations in a row failed (last: {led.history[-1].error}); "
+                "the fitness function looks broken"
+            )
+        for idx in run_now:
+            self.cache[keys[idx]] = values[idx]
+        if not complete:
+            hit_evals = self.max_evaluations is not None and led.n_eval >= self.max_evaluations
+            return "max_evaluations" if hit_evals else "max_cost"
+        for idx, src in dup_of.items():
+            values[idx] = values[src]
+        self.opt.tell(batch, values)
+        return self._after_tell()
+
+    def _from_cache(self, keys: list[tuple[Any, ...]], values: list[float]) -> tuple[list[int], dict[int, int]]:
+        """Fill ``values`` from the cache; returns the indices still to answer and the repeats within the batch."""
+        todo: list[int] = []
+        first_of: dict[tuple[Any, ...], int] = {}
+        dup_of: dict[int, int] = {}
+        for idx, k in enumerate(keys):
+            if k in self.cache:
+                values[idx] = self.cache[k]
+            elif k in first_of:
+                dup_of[idx] = first_of[k]
+            else:
+                first_of[k] = idx
+                todo.append(idx)
+        return todo, dup_of
+
+    def _affordable(self, batch: list[Request], todo: list[int]) -> int:
+        """How many of ``todo`` (in order) the remaining evaluation and cost budgets pay for."""
+        led, max_cost = self.led, self.max_cost
+        allowed = len(todo)
+        if self.max_evaluations is not None:
+            allowed = min(allowed, max(0, self.max_evaluations - led.n_eval))
+        if max_cost is None:
+            return allowed
+        room, fit = max_cost - led.cost, 0
+        for idx in todo[:allowed]:
+            c = self.problem.cost_of(batch[idx].fidelity)
+            if c > room + 1e-9:
                 break
-            run_now = todo[:allowed]
-            fresh: list[int] = []
-            for idx in run_now:
-                if replay.get(keys[idx]):
-                    out = replay[keys[idx]].pop(0)
-                    values[idx] = out.value
-                    led.record(asked[idx], out, replayed=True)
-                else:
-                    fresh.append(idx)
-            if fresh:
-                sink = _Sink(led, asked, fresh, values)
-                sent = [Request(private_levels(asked[i].levels), asked[i].fidelity, asked[i].sample) for i in fresh]
-                outs = evaluator.evaluate(sent, on_result=sink)
-                sink.finish(outs)
-            # Replayed failures count towards the streak (a resumed run behaves like an
-            # uninterrupted one), but a batch answered only from the journal never aborts:
-            # resuming a run that stopped on failures (after fixing the oracle) tries again.
-            if fresh and led.consecutive_fail >= max_consecutive_failures:
-                raise AllFailedError(
-                    f"{led.consecutive_fail} evaluations in a row failed (last: {led.history[-1].error}); "
-                    "the fitness function looks broken"
-                )
-            for idx in run_now:
-                cache[keys[idx]] = values[idx]
-            if not complete:
-                hit_evals = max_evaluations is not None and led.n_eval >= max_evaluations
-                stopped_by = "max_evaluations" if hit_evals else "max_cost"
-                break
-            for idx, src in dup_of.items():
-                values[idx] = values[src]
-            opt.tell(batch, values)
-            rec_levels, rec_value = opt.recommend()
-            tv = problem.true_value(private_levels(rec_levels)) if rec_levels is not None else None
-            shown = min(led.best_value, rec_value) if not problem.uses_fidelity else rec_value
-            trace.append(TracePoint(led.n_eval, led.cost, shown, tv))
-            if bar is not None:
-                bar(led.n_eval, led.cost, shown)
-            if target is not None and shown <= target:
-                stopped_by = "target"
-                break
-            if max_evaluations is not None and led.n_eval >= max_evaluations:
-                stopped_by = "max_evaluations"
-                break
-            if max_cost is not None and led.cost >= max_cost:
-                stopped_by = "max_cost"
-                break
-    except KeyboardInterrupt:
-        stopped_by = "interrupted"
-    finally:
-        # a burst of Ctrl-C must not break the clean-up: further SIGINTs wait until it is done
-        with _sigint_deferred():
-            if bar is not None:
-                bar.close()
-            if own_journal and jr is not None:
-                jr.close()
-    # a known optimum may take long to compute (enumeration): not while the user waits on Ctrl-C
-    optimum = None if stopped_by == "interrupted" else problem.optimum
-    with _sigint_deferred():
-        return _result(problem, opt, led, trace, stopped_by, t_start, n_spot, optimum)
+            room -= c
+            fit += 1
+        if fit == 0 and todo and led.n_eval == 0:
+            raise ValueError(
+                f"max_cost={max_cost:g} does not cover a single evaluation "
+                f"(one costs {self.problem.cost_of(batch[todo[0]].fidelity):g}); raise max_cost"
+            )
+        return fit
+
+    def _answer(
+        self, asked: list[Request], keys: list[tuple[Any, ...]], run_now: list[int], values: list[float]
+    ) -> list[int]:
+        """Answer ``run_now`` from the journal where it can, else from the evaluator; returns the fresh ones."""
+        fresh: list[int] = []
+        for idx in run_now:
+            if self.replay.get(keys[idx]):
+                out = self.replay[keys[idx]].pop(0)
+                values[idx] = out.value
+                self.led.record(asked[idx], out, replayed=True)
+            else:
+                fresh.append(idx)
+        if fresh:
+            sink = _Sink(self.led, asked, fresh, values)
+            sent = [Request(private_levels(asked[i].levels), asked[i].fidelity, asked[i].sample) for i in fresh]
+            outs = self.evaluator.evaluate(sent, on_result=sink)
+            sink.finish(outs)
+        return fresh
+
+    def _after_tell(self) -> str | None:
+        """Trace the recommendation, show progress, and check the stopping rules."""
+        led, problem = self.led, self.problem
+        rec_levels, rec_value = self.opt.recommend()
+        tv = problem.true_value(private_levels(rec_levels)) if rec_levels is not None else None
+        shown = min(led.best_value, rec_value) if not problem.uses_fidelity else rec_value
+        self.trace.append(TracePoint(led.n_eval, led.cost, shown, tv))
+        if self.bar is not None:
+            self.bar(led.n_eval, led.cost, shown)
+        if self.target is not None and shown <= self.target:
+            return "target"
+        if self.max_evaluations is not None and led.n_eval >= self.max_evaluations:
+            return "max_evaluations"
+        if self.max_cost is not None and led.cost >= self.max_cost:
+            return "max_cost"
+        return None
 
 
 def _result(
@@ -391,6 +511,7 @@ def _result(
     t_start: float,
     n_spot: int,
     optimum: float | None,
+    notes: list[str],
 ) -> Result:
     space = problem.space
     levels, value = opt.recommend()
@@ -422,6 +543,7 @@ def _result(
         best_true_value=problem.true_value(private_levels(levels)),
         n_replayed=sum(e.replayed for e in led.history),
         n_spot_checks=n_spot,
+        notes=notes,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .notes import NoteTaker
 from .optimizer import Request
 from .problem import Problem
 
@@ -178,11 +179,12 @@ def evaluate_one(
 OnResult = Callable[[int, Outcome], None]
 
 
-class Evaluator(abc.ABC):
+class Evaluator(NoteTaker, abc.ABC):
     """Interface of evaluators: run a batch, return one :class:`Outcome` per request, in order.
 
     ``on_result(index, outcome)`` is called as soon as each evaluation finishes
     (in any order), so the driver can journal it before the batch completes.
+    A fallback it takes is recorded with ``_note`` (listed by :meth:`notes`).
     """
 
     @abc.abstractmethod
@@ -198,8 +200,10 @@ class SerialEvaluator(Evaluator):
 
     A problem that defines ``evaluate_many(requests) -> list[float]`` gets the
     whole batch at once (e.g. to share work between candidates, such as the
-    activations of an unchanged prefix of layers); if that raises, the batch is
-    evaluated one request at a time so that only the failing ones fail.
+    activations of an unchanged prefix of layers); if that raises (or returns the
+    wrong number of values), the batch is evaluated one request at a time so that
+    only the failing ones fail, and the first such fallback is noted (a warning, and
+    ``Result.notes``).
 
     Args:
         problem: the problem whose oracle is called.
@@ -231,15 +235,25 @@ class SerialEvaluator(Evaluator):
             out.append(o)
         return out
 
+    def _note_one_at_a_time(self, what: str) -> None:
+        if not self.notes():  # the first failure says it; later batches fall back the same way
+            self._note(
+                f"{type(self.problem).__name__}.evaluate_many {what}; its batches are evaluated one request "
+                "at a time whenever it fails (slower; the values are the same)"
+            )
+
     def _try_many(self, many: Callable[..., Sequence[float]], requests: Sequence[Request]) -> list[Outcome] | None:
         t0 = time.perf_counter()
         try:
             raw = list(many([Request(private_levels(r.levels), r.fidelity, r.sample) for r in requests]))
         except KeyboardInterrupt:
             raise
-        except Exception:
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else "no message"
+            self._note_one_at_a_time(f"raised {type(exc).__name__} ({reason})")
             return None
         if len(raw) != len(requests):
+            self._note_one_at_a_time(f"returned {len(raw)} values for {len(requests)} requests")
             return None
         values = [fitness_value(v) for v in raw]  # a str or bool is a bug of the oracle: raised
         each = (time.perf_counter() - t0) / max(1, len(requests))

@@ -121,8 +121,8 @@ class ReferenceEvoPress(Optimizer):
         steps: multi-step selection schedule, a list of ``(fidelity, survivors)``
             (default ``[(None, 1)]``: one step at full fidelity).
         max_switches: ``m`` in ``min(U{1..m}, U{1..m})`` switches per child (default 3).
-        start: ``"uniform"`` (default; falls back to random when no uniform
-            assignment is feasible), ``"random"`` (best of ``init_candidates``
+        start: ``"uniform"`` (default; falls back to random, with a note, when no
+            uniform assignment is feasible), ``"random"`` (best of ``init_candidates``
             random feasible assignments), or an explicit feasible assignment.
         init_candidates: random assignments tried for a random start (default 16).
         init_fidelity: fidelity of those start evaluations (default: the first
@@ -193,6 +193,10 @@ class ReferenceEvoPress(Optimizer):
                     self.parent = uni
                     self._step = 0
                     return
+                self._note(
+                    "EvoPress: no uniform assignment meets the budget; the search starts from the best of "
+                    f"{self.init_candidates} random feasible ones instead (start='random')"
+                )
             self._step = -1
             return
         lv = self.space.validate(start)
@@ -329,7 +333,9 @@ class EvoPress(ReferenceEvoPress):
     - **model jumps**: each generation the surrogate's own optimum under the budget (an exact
       knapsack over its per-unit table) joins the offspring unless it was evaluated before;
       with a prior, the first jump is the dp solution of the estimates. The surrogate only
-      proposes: a jump survives only by its real value;
+      proposes: a jump survives only by its real value. When the knapsack cannot be solved
+      (costs not commensurable, too large a table) jumps stop for the rest of the run, and
+      the search says so (a ``RuntimeWarning`` and :meth:`notes`, copied into ``Result.notes``);
     - **probes** (``probe``): without a prior, and when the evaluation ``budget`` is known and
       at least twice ``1 + Σ (K_i - 1)``, the search first measures every single-unit level
       change of its start (dp's design), so the first jump is dp's solution;
@@ -353,7 +359,8 @@ class EvoPress(ReferenceEvoPress):
         space, seed, preset, offspring, steps, max_switches, start, init_candidates,
         init_fidelity, max_generations: as for :class:`ReferenceEvoPress`.
         surrogate: fit the surrogate (``"auto"``, default: when ``Σ K_i`` is at most
-            :data:`MAX_SURROGATE_PARAMS`); without it there are no jumps, probes or screening.
+            :data:`MAX_SURROGATE_PARAMS`, else with a note); without it there are no jumps,
+            probes or screening.
         screen: mutants drawn per offspring evaluated, ranked by the surrogate (default 4; 1: off).
         explore: fraction of the screened offspring chosen at random (default 0.25).
         jump: propose the surrogate's optimum each generation (default true).
@@ -403,6 +410,12 @@ class EvoPress(ReferenceEvoPress):
         n_params = int(space.n_levels.sum())
         # the normal matrix is n_params² doubles: 4,096 parameters take 128 MiB
         self.use_surrogate = surrogate is True or (surrogate == "auto" and n_params <= MAX_SURROGATE_PARAMS)
+        if surrogate == "auto" and not self.use_surrogate:
+            self._note(
+                f"EvoPress: no surrogate, so no model jumps, probes or screening: the space has {n_params} levels "
+                f"in all, more than MAX_SURROGATE_PARAMS={MAX_SURROGATE_PARAMS} (surrogate=true fits one anyway, "
+                f"with a {8 * n_params**2 / 2**20:.0f} MiB normal matrix)"
+            )
         self.screen = _positive_int(screen, "screen")
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0.0 <= float(explore) <= 1.0:
             raise ValueError(f"explore must be a fraction in [0, 1], got {explore!r}")
@@ -544,8 +557,9 @@ class EvoPress(ReferenceEvoPress):
         table = sur.unit_table()
         try:
             lv, _ = solve_additive(self.space, table)
-        except ValueError:  # costs not commensurable or too large a DP: no jumps
+        except ValueError as exc:  # costs not commensurable or too large a DP: no jumps
             self._jump_ok = False
+            self._note(f"EvoPress: model jumps are off for the rest of the run: {exc}")
             return None
         finally:
             self.surrogate_seconds += time.perf_counter() - t0

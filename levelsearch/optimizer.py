@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .notes import NoteTaker
 from .registry import Registry
 from .space import LevelSpace
 
@@ -52,13 +53,15 @@ class Request:
         return (np.ascontiguousarray(self.levels, dtype=np.int64).tobytes(), self.fidelity, self.sample)
 
 
-class Optimizer(abc.ABC):
+class Optimizer(NoteTaker, abc.ABC):
     """Base class of ask/tell optimizers.
 
     Subclasses take ``space`` and keyword-only ``seed`` plus their own keyword
     options, implement :meth:`ask` and :meth:`tell`, and may override
     :meth:`recommend` (the default tracks the lowest value told). Failed
-    evaluations are told as ``inf``.
+    evaluations are told as ``inf``. A fallback that changes what the search does
+    (a component turned off, another start taken) is recorded with ``_note``: it is
+    warned about once and listed by :meth:`notes` (and so in ``Result.notes``).
     """
 
     #: whether the optimizer can use a fidelity schedule (multi-fidelity methods)

@@ -166,3 +166,26 @@ def test_a_problem_with_only_a_batch_oracle_evaluates_one_assignment_as_a_batch_
 def test_a_problem_without_an_oracle_says_what_to_define():
     with pytest.raises(TypeError, match="must define evaluate"):
         Problem(LevelSpace(2, n_units=4, total=2)).evaluate(np.array([1, 1, 0, 0]))
+
+
+class _BrokenBatchOracle(Problem):
+    """A batch oracle that fails every time, beside a working one-at-a-time oracle."""
+
+    def evaluate(self, levels, fidelity=None, sample=None):
+        return float(np.sum(levels * np.arange(levels.size)))
+
+    def evaluate_many(self, requests):
+        raise RuntimeError("batch too large\nsecond line")
+
+
+def test_a_batch_oracle_that_fails_is_replaced_by_single_calls_with_one_warning_and_a_note():
+    problem = _BrokenBatchOracle(LevelSpace(3, n_units=12, total=12))
+    with pytest.warns(RuntimeWarning) as caught:
+        res = minimize(problem, optimizer="evopress-ref", max_evaluations=64)
+    assert res.n_evaluations == 64 and res.n_failures == 0  # every request answered one at a time
+    said = [str(w.message) for w in caught if "evaluate_many" in str(w.message)]
+    assert said == [
+        "_BrokenBatchOracle.evaluate_many raised RuntimeError (batch too large); its batches are evaluated "
+        "one request at a time whenever it fails (slower; the values are the same)"
+    ]
+    assert res.notes == said

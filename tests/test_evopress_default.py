@@ -189,3 +189,49 @@ def test_surrogate_learns_an_additive_function_from_same_sample_differences():
     test = np.stack([space.sample(rng) for _ in range(50)])
     pred, want = sur.predict(test), true[np.arange(8), test].sum(axis=1)
     assert np.corrcoef(pred, want)[0, 1] > 0.999
+
+
+def _incommensurable_space():
+    """Two levels per unit whose costs share no common step (sqrt(2), sqrt(3), ...): no exact knapsack."""
+    costs = [[0.0, float(np.sqrt(k + 2))] for k in range(8)]
+    return LevelSpace(2, n_units=8, total=sum(c[1] for c in costs) / 2, costs=costs, tol=2.0)
+
+
+_NO_JUMPS = "model jumps are off for the rest of the run: costs of group 'all' are not commensurable"
+
+
+def test_a_knapsack_that_cannot_be_solved_turns_jumps_off_with_one_warning_and_a_note():
+    space = _incommensurable_space()
+    with pytest.warns(RuntimeWarning) as caught:
+        opt = EvoPress(space, prior=np.zeros((8, 2)))  # a prior: the first generation already tries a jump
+        res = minimize(lambda lv: float(lv @ np.arange(8)), space, optimizer=opt, max_evaluations=80)
+    said = [str(w.message) for w in caught if _NO_JUMPS in str(w.message)]
+    assert len(said) == 1  # once, not once per generation
+    assert any(_NO_JUMPS in note for note in res.notes)
+    assert opt.generation > 1  # the search goes on without jumps
+
+
+def test_the_no_jumps_note_comes_back_on_resume(tmp_path):
+    space = _incommensurable_space()
+    fn = lambda lv: float(lv @ np.arange(8))  # noqa: E731
+    kw = {"optimizer": "evopress", "seed": 1, "options": {"prior": np.zeros((8, 2))}, "journal": tmp_path / "j.db"}
+    with pytest.warns(RuntimeWarning):
+        first = minimize(fn, space, max_evaluations=30, **kw)
+        resumed = minimize(fn, space, max_evaluations=60, **kw)
+    assert resumed.n_replayed == 30
+    assert resumed.notes == first.notes and any(_NO_JUMPS in n for n in resumed.notes)
+
+
+def test_a_space_too_large_for_the_automatic_surrogate_says_it_searches_without_one():
+    space = LevelSpace(2, n_units=2100, total=1000, tol=1000)  # 4,200 levels in all: over MAX_SURROGATE_PARAMS
+    with pytest.warns(RuntimeWarning, match="no surrogate, so no model jumps, probes or screening"):
+        opt = EvoPress(space)
+    assert opt.surrogate is None
+    assert any("4200 levels" in n for n in opt.notes())
+    assert EvoPress(space, surrogate=False).notes() == []  # asked for: nothing to say
+
+
+def test_a_search_without_fallbacks_has_no_notes():
+    space = LevelSpace(3, n_units=12, total=12)  # uniform level 1 meets the budget
+    res = minimize(lambda lv: float(lv @ np.arange(12)), space, optimizer="evopress", max_evaluations=60)
+    assert res.notes == []
