@@ -212,6 +212,9 @@ class _WallCap(Optimizer):
     def recommend(self) -> tuple[np.ndarray | None, float]:
         return self.inner.recommend()
 
+    def notes(self) -> list[str]:
+        return self.inner.notes()
+
 
 def _problem_facts(config: dict[str, Any]) -> dict[str, Any]:
     try:
@@ -266,6 +269,7 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
         "final": res.best_true_value if res.best_true_value is not None else res.best_value,
         "stopped_by": "wall-time cap" if opt.capped else res.stopped_by,
         "wall_seconds": res.wall_seconds,
+        "notes": res.notes,  # fallbacks the optimizer took (e.g. EvoPress's model jumps turned off)
     }
     # the finished run, keyed by its task: a rerun of the same grid into the same directory reuses it
     _atomic_write(path.with_suffix(".json"), json.dumps({"task": _task_key(task), "result": done}, default=_json))
@@ -307,8 +311,6 @@ def run_bench(
 
     With ``report_only`` nothing is run: the report covers the runs of the grid that finished before
     (an interrupted grid's report, headed by how many of its runs it holds)."""
-    from tqdm import tqdm
-
     from . import bench_report  # the tables and plots
 
     out = Path(out)
@@ -319,71 +321,12 @@ def run_bench(
     t0 = time.perf_counter()
     with _one_blas_thread_in_workers():
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        # known optima (enumeration, MILP) are computed once per problem, in the workers; a problem
-        # that cannot be built is refused here, before anything is written into ``out``
-        pending = [pool.submit(_problem_facts, pr["config"]) for pr in config["problems"]]
-        facts = []
-        try:
-            for pr, fut in zip(config["problems"], pending):
-                try:
-                    facts.append(fut.result())
-                except ValueError as exc:
-                    raise ValueError(f"problem {pr['label']}: {exc}") from None
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+        facts = _all_problem_facts(pool, config["problems"])
         _check_is_a_bench_directory(out)
         out.mkdir(parents=True, exist_ok=True)
         problems = [{**pr, **f} for pr, f in zip(config["problems"], facts)]
-        tasks = [
-            {
-                "optimizer": o["name"],
-                "label": o["label"],
-                "problem": pr["config"],
-                "options": {**o["options"], **(pr["options"].get(o["label"]) or {})},
-                "problem_label": pr["label"],
-                "optimum": pr["optimum"],
-                "budget": pr["budget"],
-                "seed": s,
-                "max_seconds": o.get("max_seconds", config.get("max_seconds")),
-                "csv": str(out / "raw" / pr["label"] / o["label"] / f"seed{s}.csv"),
-            }
-            # seed-major: an interrupted grid holds every (problem, optimizer) cell for its first seeds
-            for s in config["seeds"]
-            for pr in problems
-            for o in config["optimizers"]
-        ]
-        results: list[dict[str, Any]] = []
-        bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
-        todo = []
-        for t in tasks:
-            prev = _finished(t)
-            if prev is not None:
-                results.append(prev)
-                bar.update(1)
-            else:
-                todo.append(t)
-        missing = len(todo) if report_only else 0
-        if report_only:
-            todo = []
         with pool:
-            futures = {pool.submit(_run_one, t): t for t in todo}
-            for fut in as_completed(futures):
-                t = futures[fut]
-                try:
-                    results.append(fut.result())
-                except Exception as exc:  # one broken run must not lose the grid
-                    results.append(
-                        {
-                            "optimizer": t["label"],
-                            "problem": t["problem_label"],
-                            "seed": t["seed"],
-                            "error": f"{type(exc).__name__}: {exc}",
-                        }
-                    )
-                bar.update(1)
-                bar.set_postfix_str(f"{t['label']} on {t['problem_label']}")
-        bar.close()
+            results, missing = _run_grid(pool, _grid_tasks(config, problems, out), progress, report_only)
     meta = {
         "config": config,
         "workers": workers,
@@ -396,6 +339,87 @@ def run_bench(
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "runs": results}, default=_json) + "\n")
     return bench_report.write_report(out, meta, results)
+
+
+def _all_problem_facts(pool: ProcessPoolExecutor, problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each problem's known optimum, size and fidelity use, computed in the workers (enumeration, MILP).
+
+    A problem that cannot be built is refused here, before anything is written into the output directory.
+    """
+    pending = [pool.submit(_problem_facts, pr["config"]) for pr in problems]
+    facts = []
+    try:
+        for pr, fut in zip(problems, pending):
+            try:
+                facts.append(fut.result())
+            except ValueError as exc:
+                raise ValueError(f"problem {pr['label']}: {exc}") from None
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
+    return facts
+
+
+def _grid_tasks(config: dict[str, Any], problems: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """One task per (seed, problem, optimizer), seed-major: an interrupted grid holds every
+    (problem, optimizer) cell for its first seeds."""
+    return [
+        {
+            "optimizer": o["name"],
+            "label": o["label"],
+            "problem": pr["config"],
+            "options": {**o["options"], **(pr["options"].get(o["label"]) or {})},
+            "problem_label": pr["label"],
+            "optimum": pr["optimum"],
+            "budget": pr["budget"],
+            "seed": s,
+            "max_seconds": o.get("max_seconds", config.get("max_seconds")),
+            "csv": str(out / "raw" / pr["label"] / o["label"] / f"seed{s}.csv"),
+        }
+        for s in config["seeds"]
+        for pr in problems
+        for o in config["optimizers"]
+    ]
+
+
+def _run_grid(
+    pool: ProcessPoolExecutor, tasks: list[dict[str, Any]], progress: bool, report_only: bool
+) -> tuple[list[dict[str, Any]], int]:
+    """Run the tasks that have not finished before (none with ``report_only``); returns every finished
+    run (a failed one as its error) and how many were left unrun."""
+    from tqdm import tqdm
+
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(tasks), desc="bench", unit="run", disable=not progress)
+    todo = []
+    for t in tasks:
+        prev = _finished(t)
+        if prev is not None:
+            results.append(prev)
+            bar.update(1)
+        else:
+            todo.append(t)
+    missing = len(todo) if report_only else 0
+    if report_only:
+        todo = []
+    futures = {pool.submit(_run_one, t): t for t in todo}
+    for fut in as_completed(futures):
+        t = futures[fut]
+        try:
+            results.append(fut.result())
+        except Exception as exc:  # one broken run must not lose the grid
+            results.append(
+                {
+                    "optimizer": t["label"],
+                    "problem": t["problem_label"],
+                    "seed": t["seed"],
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
+        bar.update(1)
+        bar.set_postfix_str(f"{t['label']} on {t['problem_label']}")
+    bar.close()
+    return results, missing
 
 
 @contextmanager

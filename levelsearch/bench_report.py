@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -227,11 +228,44 @@ def _wall_table(labels: list[str], problems: list[str], walls: dict[tuple[str, s
     return md
 
 
+@dataclass
+class _Tally:
+    """What the per-problem sections gather for the tables that follow them, keyed by (problem, optimizer)."""
+
+    walls: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # wall seconds per run
+    ends: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # final regret per run
+    ref_erts: list[tuple[str, float, float]] = field(default_factory=list)  # problem, evopress's ERT, ref's
+    summary: list[tuple[str, float, str | None, float]] = field(default_factory=list)  # ..., best baseline, its ERT
+    finals: list[tuple[str, list[float], list[float], bool]] = field(default_factory=list)  # dp beside evopress
+
+
 def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> Path:
     """Write plots, IOHprofiler files and ``report.md``; returns the report's path."""
     _write_ioh(out, meta, runs)
+    labels = [o["label"] for o in meta["config"]["optimizers"]]
+    names = [pr["label"] for pr in meta["problems"]]
+    md = _header(meta)
+    tally = _Tally()
+    for pr in meta["problems"]:
+        md += _problem_section(out, pr, runs, labels, meta["config"]["checkpoints"], tally)
+    md += _baseline_table(tally.summary)
+    md += _dp_table(tally.finals)
+    md += _ref_and_finals(labels, names, tally.ref_erts, tally.ends)
+    md += _wall_table(labels, names, tally.walls)
+    md += _notes_list(runs)
+    errors = [r for r in runs if "error" in r]
+    if errors:
+        md += ["", "## Failed runs", ""] + [
+            f"- {r['optimizer']} on {r['problem']} seed {r['seed']}: {r['error']}" for r in errors
+        ]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def _header(meta: dict[str, Any]) -> list[str]:
+    """Title, machine, partial-grid warning and how to read the cells."""
     cfg = meta["config"]
-    labels = [o["label"] for o in cfg["optimizers"]]
     md = [f"# Benchmark: {cfg['name']}", ""]
     md += [
         f"Machine: {meta['machine']}; {meta['workers']} worker processes; {meta['date']}; "
@@ -250,79 +284,102 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
         "(noise-free value minus the optimum; the value itself where no optimum is known).",
         "",
     ]
-    errors = [r for r in runs if "error" in r]
-    walls: dict[tuple[str, str], list[float]] = {}
-    ends: dict[tuple[str, str], list[float]] = {}
-    ref_erts: list[tuple[str, float, float]] = []
-    summary = []
-    finals: list[tuple[str, list[float], list[float], bool]] = []
-    for pr in meta["problems"]:
-        name, opt = pr["label"], pr["optimum"]
-        mine = [r for r in runs if r["problem"] == name and "error" not in r]
-        _measure(mine, opt)
-        by_opt = {lb: [r for r in mine if r["optimizer"] == lb] for lb in labels}
-        budget = pr["budget"]
-        unit = "fidelity units" if pr["uses_fidelity"] and "max_cost" in budget else "evaluations"
-        total = float(budget["max_cost"] if unit == "fidelity units" else budget["max_evaluations"])
-        best_found = min((float(r["ys"].min()) for r in mine if r["ys"].size), default=math.nan)
-        rel = pr["target_relative"]
-        if opt is not None:
-            target = rel * max(abs(opt), 1e-12)
-            tdesc = f"regret <= {_fmt(target)} ({rel:g} x |optimum|)"
-        else:
-            target = best_found + rel * max(abs(best_found), 1e-12)
-            tdesc = f"value <= {_fmt(target)} (best value found by any run + {rel:g} x its magnitude)"
-        md += [
-            f"## {name}",
-            "",
-            f"Problem: `{pr['config']}`; budget {_fmt(total)} {unit}; optimum "
-            f"{_fmt(opt) if opt is not None else 'unknown'}; target: {tdesc}.",
-            "",
-        ]
-        cps = [c * total for c in cfg["checkpoints"]]
-        md += [
-            "### Fixed budget",
-            "",
-            "| optimizer | " + " | ".join(f"@{_fmt(c)}" for c in cps) + " | stopped by |",
-            "|---" * (len(cps) + 2) + "|",
-        ]
-        for lb in labels:
-            rs = [r for r in by_opt[lb] if r["xs"].size]
-            cells = [_stats([regret_at(r["xs"], r["ys"], c) for r in rs]) for c in cps]
-            walls[(name, lb)] = [float(r["wall_seconds"]) for r in by_opt[lb]]
-            stops = ", ".join(sorted({r["stopped_by"] for r in by_opt[lb]})) or "failed"
-            md.append(f"| {lb} | " + " | ".join(cells) + f" | {stops} |")
-            if rs:
-                ends[(name, lb)] = [float(r["ys"][-1]) for r in rs]
-        md += [
-            "",
-            "### Fixed target",
-            "",
-            f"ERT in {unit} to reach the target (total spent by all runs until "
-            "they hit it or ended, divided by the hits), and the success rate.",
-            "",
-            "| optimizer | ERT | success | ERT / evopress's | ERT / evopress-ref's |",
-            "|---|---|---|---|---|",
-        ]
-        erts = {lb: ert(by_opt[lb], target) for lb in labels if by_opt[lb]}
-        ev = erts.get(_EVOPRESS, (math.inf, 0.0))[0]
-        rf = erts.get(_REF, (math.inf, 0.0))[0]
-        for lb, (e, s) in erts.items():
-            ratio = e / ev if math.isfinite(ev) and ev > 0 else math.nan
-            ratio_ref = e / rf if math.isfinite(rf) and rf > 0 else math.nan
-            md.append(f"| {lb} | {_fmt(e)} | {s:.0%} | {_fmt(ratio)} | {_fmt(ratio_ref)} |")
-        ref_erts.append((name, ev, rf))
-        base = {lb: v for lb, v in erts.items() if lb != _EVOPRESS and not lb.startswith(_EVOPRESS)}
-        best_lb = min(base, key=lambda k: base[k][0]) if base else None
-        summary.append((name, ev, best_lb, base[best_lb][0] if best_lb else math.inf))
-        if "dp" in by_opt and _EVOPRESS in by_opt:
-            last = {lb: [float(r["ys"][-1]) for r in by_opt[lb] if r["ys"].size] for lb in ("dp", _EVOPRESS)}
-            finals.append((name, last["dp"], last[_EVOPRESS], opt is not None))
-        log = opt is not None
-        _plot_convergence(out / f"convergence_{name}.png", by_opt, total, f"{name}: median, IQR band", log)
-        _plot_ecdf(out / f"ecdf_{name}.png", by_opt, total, _targets(opt, mine), f"{name}: ECDF over targets")
-        md += ["", f"![convergence](convergence_{name}.png) ![ecdf](ecdf_{name}.png)", ""]
-    md += [
+    return md
+
+
+def _problem_section(
+    out: Path,
+    pr: dict[str, Any],
+    runs: list[dict[str, Any]],
+    labels: list[str],
+    checkpoints: list[float],
+    tally: _Tally,
+) -> list[str]:
+    """One problem: its fixed-budget and fixed-target tables and its plots (written beside the report)."""
+    name, opt = pr["label"], pr["optimum"]
+    mine = [r for r in runs if r["problem"] == name and "error" not in r]
+    _measure(mine, opt)
+    by_opt = {lb: [r for r in mine if r["optimizer"] == lb] for lb in labels}
+    budget = pr["budget"]
+    unit = "fidelity units" if pr["uses_fidelity"] and "max_cost" in budget else "evaluations"
+    total = float(budget["max_cost"] if unit == "fidelity units" else budget["max_evaluations"])
+    best_found = min((float(r["ys"].min()) for r in mine if r["ys"].size), default=math.nan)
+    rel = pr["target_relative"]
+    if opt is not None:
+        target = rel * max(abs(opt), 1e-12)
+        tdesc = f"regret <= {_fmt(target)} ({rel:g} x |optimum|)"
+    else:
+        target = best_found + rel * max(abs(best_found), 1e-12)
+        tdesc = f"value <= {_fmt(target)} (best value found by any run + {rel:g} x its magnitude)"
+    md = [
+        f"## {name}",
+        "",
+        f"Problem: `{pr['config']}`; budget {_fmt(total)} {unit}; optimum "
+        f"{_fmt(opt) if opt is not None else 'unknown'}; target: {tdesc}.",
+        "",
+    ]
+    md += _fixed_budget(name, by_opt, [c * total for c in checkpoints], tally)
+    md += _fixed_target(name, by_opt, target, unit, tally)
+    if "dp" in by_opt and _EVOPRESS in by_opt:
+        last = {lb: [float(r["ys"][-1]) for r in by_opt[lb] if r["ys"].size] for lb in ("dp", _EVOPRESS)}
+        tally.finals.append((name, last["dp"], last[_EVOPRESS], opt is not None))
+    log = opt is not None
+    _plot_convergence(out / f"convergence_{name}.png", by_opt, total, f"{name}: median, IQR band", log)
+    _plot_ecdf(out / f"ecdf_{name}.png", by_opt, total, _targets(opt, mine), f"{name}: ECDF over targets")
+    md += ["", f"![convergence](convergence_{name}.png) ![ecdf](ecdf_{name}.png)", ""]
+    return md
+
+
+def _fixed_budget(name: str, by_opt: dict[str, list[dict[str, Any]]], cps: list[float], tally: _Tally) -> list[str]:
+    """The regret of each optimizer's recommendation at each checkpoint of the budget, and what stopped it."""
+    md = [
+        "### Fixed budget",
+        "",
+        "| optimizer | " + " | ".join(f"@{_fmt(c)}" for c in cps) + " | stopped by |",
+        "|---" * (len(cps) + 2) + "|",
+    ]
+    for lb, mine in by_opt.items():
+        rs = [r for r in mine if r["xs"].size]
+        cells = [_stats([regret_at(r["xs"], r["ys"], c) for r in rs]) for c in cps]
+        tally.walls[(name, lb)] = [float(r["wall_seconds"]) for r in mine]
+        stops = ", ".join(sorted({r["stopped_by"] for r in mine})) or "failed"
+        md.append(f"| {lb} | " + " | ".join(cells) + f" | {stops} |")
+        if rs:
+            tally.ends[(name, lb)] = [float(r["ys"][-1]) for r in rs]
+    return md
+
+
+def _fixed_target(
+    name: str, by_opt: dict[str, list[dict[str, Any]]], target: float, unit: str, tally: _Tally
+) -> list[str]:
+    """Each optimizer's expected cost to the target (ERT), its success rate, and both ERT ratios."""
+    md = [
+        "",
+        "### Fixed target",
+        "",
+        f"ERT in {unit} to reach the target (total spent by all runs until "
+        "they hit it or ended, divided by the hits), and the success rate.",
+        "",
+        "| optimizer | ERT | success | ERT / evopress's | ERT / evopress-ref's |",
+        "|---|---|---|---|---|",
+    ]
+    erts = {lb: ert(mine, target) for lb, mine in by_opt.items() if mine}
+    ev = erts.get(_EVOPRESS, (math.inf, 0.0))[0]
+    rf = erts.get(_REF, (math.inf, 0.0))[0]
+    for lb, (e, s) in erts.items():
+        ratio = e / ev if math.isfinite(ev) and ev > 0 else math.nan
+        ratio_ref = e / rf if math.isfinite(rf) and rf > 0 else math.nan
+        md.append(f"| {lb} | {_fmt(e)} | {s:.0%} | {_fmt(ratio)} | {_fmt(ratio_ref)} |")
+    tally.ref_erts.append((name, ev, rf))
+    base = {lb: v for lb, v in erts.items() if lb != _EVOPRESS and not lb.startswith(_EVOPRESS)}
+    best_lb = min(base, key=lambda k: base[k][0]) if base else None
+    tally.summary.append((name, ev, best_lb, base[best_lb][0] if best_lb else math.inf))
+    return md
+
+
+def _baseline_table(summary: list[tuple[str, float, str | None, float]]) -> list[str]:
+    """EvoPress's ERT over the best baseline's, per problem."""
+    md = [
         "## EvoPress's cost to target divided by the best baseline's",
         "",
         "| problem | EvoPress ERT | best baseline | its ERT | ratio (< 1: EvoPress cheaper) |",
@@ -337,26 +394,35 @@ def write_report(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) ->
             ratio = ev / be
             note = f"{_fmt(ratio)}" + ("" if ratio < 1 else f": {best_lb} is cheaper")
         md.append(f"| {name} | {_fmt(ev)} | {best_lb} | {_fmt(be)} | {note} |")
-    if finals:
-        md += [
-            "",
-            "## dp beside EvoPress at the end of the budget",
-            "",
-            "Median final regret (value where no optimum is known) over seeds.",
-            "",
-            "| problem | dp | EvoPress | dp exact (all seeds) | EvoPress better than dp |",
-            "|---|---|---|---|---|",
-        ]
-        for name, dp_f, ev_f, has_opt in finals:
-            exact = ("yes" if max(dp_f) <= 1e-6 else "no") if has_opt and dp_f else "–"
-            better = "yes" if dp_f and ev_f and np.median(ev_f) < np.median(dp_f) else "no"
-            md.append(f"| {name} | {_stats(dp_f)} | {_stats(ev_f)} | {exact} | {better} |")
-    md += _ref_and_finals(labels, [pr["label"] for pr in meta["problems"]], ref_erts, ends)
-    md += _wall_table(labels, [pr["label"] for pr in meta["problems"]], walls)
-    if errors:
-        md += ["", "## Failed runs", ""] + [
-            f"- {r['optimizer']} on {r['problem']} seed {r['seed']}: {r['error']}" for r in errors
-        ]
-    path = out / "report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    return md
+
+
+def _dp_table(finals: list[tuple[str, list[float], list[float], bool]]) -> list[str]:
+    """dp's and EvoPress's median final regret, where both ran."""
+    if not finals:
+        return []
+    md = [
+        "",
+        "## dp beside EvoPress at the end of the budget",
+        "",
+        "Median final regret (value where no optimum is known) over seeds.",
+        "",
+        "| problem | dp | EvoPress | dp exact (all seeds) | EvoPress better than dp |",
+        "|---|---|---|---|---|",
+    ]
+    for name, dp_f, ev_f, has_opt in finals:
+        exact = ("yes" if max(dp_f) <= 1e-6 else "no") if has_opt and dp_f else "–"
+        better = "yes" if dp_f and ev_f and np.median(ev_f) < np.median(dp_f) else "no"
+        md.append(f"| {name} | {_stats(dp_f)} | {_stats(ev_f)} | {exact} | {better} |")
+    return md
+
+
+def _notes_list(runs: list[dict[str, Any]]) -> list[str]:
+    """Fallbacks the runs took (``Result.notes``), each once with the runs that took it."""
+    seen: dict[str, list[str]] = {}
+    for r in runs:
+        for note in r.get("notes") or ():
+            seen.setdefault(note, []).append(f"{r['optimizer']} on {r['problem']} seed {r['seed']}")
+    if not seen:
+        return []
+    return ["", "## Notes", ""] + [f"- {note} ({'; '.join(where)})" for note, where in seen.items()]

@@ -9,7 +9,8 @@ an exit status.
 Errors a user can cause print one line (``levelsearch: error: ...``) and exit
 with status 2; Ctrl-C (or SIGTERM) stops cleanly and exits with 130 after
 saying how to resume; an oracle that keeps failing, or running out of memory, exits
-with 1 (one line too).
+with 1 (one line too). A fallback a run takes that changes what it does (see
+``Result.notes``) prints one line, ``levelsearch: note: ...``, and goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import argparse
 import json
 import os
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 from .registry import Registry
@@ -186,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     previous = _StopSignals(_resume_hint(args)).install()
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_notes(warnings.showwarning)
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"levelsearch: error: {msg}", file=sys.stderr)
@@ -217,6 +222,22 @@ def main(argv: list[str] | None = None) -> int:
 
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _one_line_notes(show: Any) -> Any:
+    """``warnings.showwarning`` that prints the core's notes (fallbacks a run took) as one line each.
+
+    Other warnings (from libraries, or a warning of another kind) keep their usual form.
+    """
+    here = Path(__file__).resolve().parent
+
+    def showwarning(message: Any, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+        if issubclass(category, RuntimeWarning) and Path(filename).resolve().is_relative_to(here):
+            print(f"levelsearch: note: {str(message).splitlines()[0]}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, *rest)
+
+    return showwarning
 
 
 def _json(obj: Any) -> str:  # pragma: no cover - debugging helper

@@ -121,8 +121,9 @@ class ReferenceEvoPress(Optimizer):
         steps: multi-step selection schedule, a list of ``(fidelity, survivors)``
             (default ``[(None, 1)]``: one step at full fidelity).
         max_switches: ``m`` in ``min(U{1..m}, U{1..m})`` switches per child (default 3).
-        start: ``"uniform"`` (default; falls back to random, with a note, when no
-            uniform assignment is feasible), ``"random"`` (best of ``init_candidates``
+        start: ``"uniform"`` (default; falls back to random when no uniform assignment
+            is feasible, with a note when ``"uniform"`` was asked for by keyword or
+            preset), ``"random"`` (best of ``init_candidates``
             random feasible assignments), or an explicit feasible assignment.
         init_candidates: random assignments tried for a random start (default 16).
         init_fidelity: fidelity of those start evaluations (default: the first
@@ -169,6 +170,9 @@ class ReferenceEvoPress(Optimizer):
         self.init_fidelity = cfg.get("init_fidelity", self.steps[0].fidelity)
         self.max_generations = None if max_generations is None else _positive_int(max_generations, "max_generations")
         self.start = cfg.get("start", "uniform")
+        # the default start goes to random quietly when no uniform assignment is feasible (as documented);
+        # a uniform start asked for (by keyword or preset) says so when it cannot be had
+        self._start_asked = "start" in cfg
 
         # set keys of assignments: one byte per unit where levels fit (8x less to hash and to keep)
         self._key_dtype = np.uint8 if int(space.max_level.max()) < 256 else np.int64
@@ -193,10 +197,11 @@ class ReferenceEvoPress(Optimizer):
                     self.parent = uni
                     self._step = 0
                     return
-                self._note(
-                    "EvoPress: no uniform assignment meets the budget; the search starts from the best of "
-                    f"{self.init_candidates} random feasible ones instead (start='random')"
-                )
+                if self._start_asked:
+                    self._note(
+                        "EvoPress: no uniform assignment meets the budget; the search starts from the best of "
+                        f"{self.init_candidates} random feasible ones instead (start='random')"
+                    )
             self._step = -1
             return
         lv = self.space.validate(start)

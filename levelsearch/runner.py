@@ -138,6 +138,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def summary_of(config: RunConfig, problem: Problem, result: Result, wall: float) -> dict[str, Any]:
+    """What ``summary.json`` holds: the run's settings, its result and its ``notes`` (see ``Result.notes``)."""
     return {
         "problem": problem.name,
         "optimizer": config.optimizer,
@@ -152,6 +153,8 @@ def summary_of(config: RunConfig, problem: Problem, result: Result, wall: float)
         "n_failures": int(result.n_failures),
         "stopped_by": result.stopped_by,
         "wall_seconds": round(wall, 3),
+        # fallbacks the optimizer or evaluator took (e.g. EvoPress's model jumps turned off); [] when none
+        "notes": list(result.notes),
     }
 
 

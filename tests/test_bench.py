@@ -263,3 +263,19 @@ def test_a_directory_of_other_files_is_not_a_bench_out(tmp_path, capsys, monkeyp
     line = _cli_bench(path, Path("."), capsys)
     assert "the current directory holds other files (bench.yaml, ...) and no bench" in line
     assert _tree(tmp_path) == before
+
+
+def test_a_fallback_a_run_took_is_kept_in_results_json_and_listed_in_the_report(tmp_path: Path) -> None:
+    # a uniform start asked for, on two levels per unit whose budget no uniform assignment meets
+    cfg = {
+        **TINY,
+        "seeds": [0],
+        "optimizers": [{"name": "evopress", "options": {"start": "uniform"}}],
+        "problems": TINY["problems"][:1],
+    }
+    out = tmp_path / "out"
+    run_bench(load_bench_config(_write(tmp_path, cfg)), out, workers=1, progress=False)
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert len(run["notes"]) == 1 and "no uniform assignment meets the budget" in run["notes"][0]
+    report = (out / "report.md").read_text()
+    assert f"## Notes\n\n- {run['notes'][0]} (evopress on lin seed 0)" in report

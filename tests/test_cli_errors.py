@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -219,6 +220,27 @@ def test_exponent_numbers_without_a_sign_are_read_as_numbers(tmp_path, capsys):
     cfg.write_text(_yaml(budget="{max_evaluations: 100, max_cost: 2.0e3}"))
     assert main(["run", str(cfg), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_fallback_the_run_took_is_one_note_line_and_is_kept_in_summary_json(tmp_path):
+    cfg = tmp_path / "run.yaml"  # a uniform start asked for, but 6 of 24 two-level units has no uniform assignment
+    cfg.write_text(_yaml(optimizer="{name: evopress, offspring: 8, start: uniform}"))
+    cmd = [sys.executable, "-m", "levelsearch.cli", "run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    note = (
+        "EvoPress: no uniform assignment meets the budget; the search starts from the best of 16 random "
+        "feasible ones instead (start='random')"
+    )
+    assert proc.stderr == f"levelsearch: note: {note}\n"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["notes"] == [note]
+
+
+def test_a_run_without_fallbacks_has_empty_notes_in_summary_json(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(_yaml())
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["notes"] == []
 
 
 # ------------------------------------------------------------------ inputs the schema refuses, in one line

@@ -30,16 +30,19 @@ def test_starts_from_the_uniform_assignment_when_it_is_feasible():
     assert opt.parent.tolist() == [1] * 6
 
 
-def test_a_uniform_start_that_misses_the_budget_starts_at_random_and_says_so():
+def test_a_uniform_start_asked_for_that_misses_the_budget_starts_at_random_and_says_so():
     space = LevelSpace(3, n_units=4, total=5)  # uniform totals are 0, 4 and 8
     with pytest.warns(RuntimeWarning, match="no uniform assignment meets the budget"):
-        opt = EvoPress(space, seed=0, init_candidates=8)
+        opt = EvoPress(space, seed=0, init_candidates=8, start="uniform")
     assert opt.parent is None and len(opt.ask()) == 8  # the random start's candidates
     assert opt.notes() == [
         "EvoPress: no uniform assignment meets the budget; the search starts from the best of 8 random "
         "feasible ones instead (start='random')"
     ]
-    assert EvoPress(space, seed=0, start="random").notes() == []  # asked for: nothing to say
+    with pytest.warns(RuntimeWarning, match="no uniform assignment"):
+        assert len(EvoPress(space, preset="quant").notes()) == 1  # the preset asks for a uniform start
+    assert EvoPress(space, seed=0, start="random").notes() == []  # random asked for: nothing to say
+    assert EvoPress(space, seed=0).notes() == []  # the default start: documented to go random quietly
 
 
 def test_random_start_evaluates_init_candidates_and_keeps_the_best():
