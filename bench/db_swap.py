@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from levelsearch.adapters.database import VariantDatabase
+from levelsearch.adapters.weights.database import VariantDatabase
 
 from levelsearch import Request
 
@@ -36,11 +36,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.kind == "quant":
-        from levelsearch.adapters.quantization import QuantProblem
+        from levelsearch.adapters.codecs.quant.problem import QuantProblem
 
         prob = QuantProblem("smollm2", target=3.0, calibration_tokens=8192, heldout_tokens=256)
     else:
-        from levelsearch.adapters.sparsity import SparsityProblem
+        from levelsearch.adapters.codecs.sparsity.problem import SparsityProblem
 
         prob = SparsityProblem("smollm2", target=0.5, calibration_tokens=8192, heldout_tokens=256)
     space = prob.space

@@ -39,14 +39,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.task == "quant":
-        from levelsearch.adapters.quantization import QuantProblem
+        from levelsearch.adapters.codecs.quant.problem import QuantProblem
 
         p = QuantProblem("smollm2", target=3.0, **DATA)
     else:
-        from levelsearch.adapters.sparsity import SparsityProblem
+        from levelsearch.adapters.codecs.sparsity.problem import SparsityProblem
 
         p = SparsityProblem("smollm2", target=0.7, **DATA)
-    from levelsearch.adapters.fisher import fisher_estimates
+    from levelsearch.adapters.scoring.fisher import fisher_estimates
 
     priors = {}
     for kind in args.kinds:

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from levelsearch.adapters.data import calibration_and_heldout
-from levelsearch.adapters.gguf_export import LLAMA_CPP_PPL_TOL, llama_cpp_perplexity
-from levelsearch.adapters.models import load_model
+from levelsearch.adapters.codecs.gguf.export import LLAMA_CPP_PPL_TOL, llama_cpp_perplexity
+from levelsearch.adapters.model.data import calibration_and_heldout
+from levelsearch.adapters.model.models import load_model
 
 
 def main() -> int:

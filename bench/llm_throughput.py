@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import torch
-from levelsearch.adapters.dropping import DropProblem
+from levelsearch.adapters.codecs.drop.problem import DropProblem
 
 
 def main() -> None:

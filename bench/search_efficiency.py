@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from levelsearch.adapters.compress import schedule_options
-from levelsearch.adapters.dropping import DropProblem
-from levelsearch.adapters.heuristics import run_heuristics
+from levelsearch.adapters.cli.compress import schedule_options
+from levelsearch.adapters.codecs.drop.heuristics import run_heuristics
+from levelsearch.adapters.codecs.drop.problem import DropProblem
 
 from levelsearch import Request, make_optimizer, minimize
 
@@ -53,11 +53,11 @@ def _problem(args: argparse.Namespace) -> Any:
     if args.task == "drop":
         return DropProblem("smollm2", target=0.25, **DATA)
     if args.task == "sparsity":
-        from levelsearch.adapters.sparsity import SparsityProblem
+        from levelsearch.adapters.codecs.sparsity.problem import SparsityProblem
 
         return SparsityProblem("smollm2", target=0.7, **DATA)
     if args.task == "quant":
-        from levelsearch.adapters.quantization import QuantProblem
+        from levelsearch.adapters.codecs.quant.problem import QuantProblem
 
         return QuantProblem("smollm2", target=3.0, **DATA)
     raise SystemExit(f"task {args.task!r}: choose drop, sparsity or quant")

@@ -11,11 +11,11 @@ import argparse
 import time
 
 import torch
-from levelsearch.adapters.data import calibration_and_heldout
-from levelsearch.adapters.database import build_database, default_database_dir
-from levelsearch.adapters.models import load_model
-from levelsearch.adapters.quantization import quant_spec
-from levelsearch.adapters.sparsity import sparsity_spec
+from levelsearch.adapters.codecs.quant.problem import quant_spec
+from levelsearch.adapters.codecs.sparsity.problem import sparsity_spec
+from levelsearch.adapters.model.data import calibration_and_heldout
+from levelsearch.adapters.model.models import load_model
+from levelsearch.adapters.weights.database import build_database, default_database_dir
 
 
 def main() -> None:

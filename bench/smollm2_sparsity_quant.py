@@ -17,7 +17,7 @@ import argparse
 import time
 
 import torch
-from levelsearch.adapters.compress import DEFAULTS
+from levelsearch.adapters.cli.compress import DEFAULTS
 from levelsearch.adapters.levelcompress import run_quant, run_sparsity
 
 

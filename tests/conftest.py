@@ -13,7 +13,7 @@ def tiny_llama_dir(tmp_path_factory):
     """
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from levelsearch.adapters.models import save_model
+    from levelsearch.adapters.model.models import save_model
     from test_adapters_drop import byte_tokenizer, tiny_llama
 
     path = tmp_path_factory.mktemp("tiny") / "llama"

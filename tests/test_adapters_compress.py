@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.models import save_model  # noqa: E402
+from levelsearch.adapters.model.models import save_model  # noqa: E402
 from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 
 from levelsearch.cli import main  # noqa: E402
@@ -189,7 +189,7 @@ def _copy(run, dest):
 
 
 def test_the_journal_records_every_methods_final_levels_and_values(finished_run):
-    from levelsearch.adapters.pipeline import journal_levels, journal_results
+    from levelsearch.adapters.run.pipeline import journal_levels, journal_results
 
     res = json.loads((finished_run / "results.json").read_text())
     rec = journal_results(finished_run)
@@ -202,7 +202,7 @@ def test_the_journal_records_every_methods_final_levels_and_values(finished_run)
 
 
 def test_export_refuses_a_results_json_whose_levels_were_edited_and_writes_the_journals(finished_run, tmp_path, capsys):
-    from levelsearch.adapters.pipeline import journal_levels
+    from levelsearch.adapters.run.pipeline import journal_levels
 
     run = _copy(finished_run, tmp_path / "run")
     res = json.loads((run / "results.json").read_text())

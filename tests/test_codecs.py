@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from levelsearch.adapters.cli.compress import DEFAULTS  # noqa: E402
 from levelsearch.adapters.codecs import (  # noqa: E402
     Codec,
     WeightCodec,
@@ -18,7 +19,6 @@ from levelsearch.adapters.codecs import (  # noqa: E402
     get_weight_codec,
     register_codec,
 )
-from levelsearch.adapters.compress import DEFAULTS  # noqa: E402
 
 pytestmark = pytest.mark.llm
 
@@ -158,8 +158,8 @@ def test_every_codecs_problem_remembers_sequences_full_pool_values_and_layer_sta
 
 
 def test_a_bad_budget_option_is_one_line_before_the_model_loads(tmp_path):
-    from levelsearch.adapters.quantization import QuantProblem
-    from levelsearch.adapters.weightsearch import WeightLevelProblem
+    from levelsearch.adapters.codecs.quant.problem import QuantProblem
+    from levelsearch.adapters.weights.problem import WeightLevelProblem
 
     missing = str(tmp_path / "no-model")  # never read: the budget is checked first
     with pytest.raises(ValueError, match="budget must be 'exact' or 'band', got 'wide'"):

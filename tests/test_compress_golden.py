@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.compress import run_compress  # noqa: E402
+from levelsearch.adapters.cli.compress import run_compress  # noqa: E402
 
 pytestmark = pytest.mark.llm
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from levelsearch.adapters.compress import DEFAULTS, add_parser, run_compress
-from levelsearch.adapters.settings import CompressSettings
+from levelsearch.adapters.cli.compress import DEFAULTS, add_parser, run_compress
+from levelsearch.adapters.cli.settings import CompressSettings
 
 
 def test_the_defaults_are_the_dataclass_defaults():

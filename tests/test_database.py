@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.calibration import linear_units  # noqa: E402
-from levelsearch.adapters.database import VariantDatabase, build_database, unit_level_values  # noqa: E402
+from levelsearch.adapters.model.calibration import linear_units  # noqa: E402
+from levelsearch.adapters.weights.database import VariantDatabase, build_database, unit_level_values  # noqa: E402
 
 pytestmark = pytest.mark.llm
 

@@ -9,9 +9,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from levelsearch.adapters.codecs import get_codec  # noqa: E402
-from levelsearch.adapters.fisher import fisher_stats  # noqa: E402
-from levelsearch.adapters.quantization import QuantProblem  # noqa: E402
-from levelsearch.adapters.units import set_unit_weight, unit_weight  # noqa: E402
+from levelsearch.adapters.codecs.quant.problem import QuantProblem  # noqa: E402
+from levelsearch.adapters.model.units import set_unit_weight, unit_weight  # noqa: E402
+from levelsearch.adapters.scoring.fisher import fisher_stats  # noqa: E402
 from test_sparsity_quant import common, tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.llm
@@ -83,7 +83,7 @@ def test_an_unknown_estimate_kind_is_one_line(data_file, tmp_path):
 
 
 def test_a_quant_run_with_the_fisher_prior_resumes_to_the_uninterrupted_result(tiny_llama_dir, tmp_path, monkeypatch):
-    from levelsearch.adapters.compress import run_compress
+    from levelsearch.adapters.cli.compress import run_compress
 
     monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
     settings = dict(

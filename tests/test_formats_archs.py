@@ -17,11 +17,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
 
-from levelsearch.adapters.dropping import DropProblem  # noqa: E402
+from levelsearch.adapters.codecs.drop.problem import DropProblem  # noqa: E402
+from levelsearch.adapters.codecs.quant.problem import QuantProblem  # noqa: E402
+from levelsearch.adapters.codecs.sparsity.problem import SparsityProblem  # noqa: E402
 from levelsearch.adapters.formats import export  # noqa: E402
 from levelsearch.adapters.formats.verify import check_export, reference_logits, sizes  # noqa: E402
-from levelsearch.adapters.quantization import QuantProblem  # noqa: E402
-from levelsearch.adapters.sparsity import SparsityProblem  # noqa: E402
 from test_adapters_drop import byte_tokenizer  # noqa: E402
 from test_formats_drop import ARCHS, _config  # noqa: E402
 

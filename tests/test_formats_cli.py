@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.models import save_model  # noqa: E402
+from levelsearch.adapters.model.models import save_model  # noqa: E402
 from test_adapters_compress import SMALL  # noqa: E402
 from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 
@@ -128,7 +128,7 @@ def quant_run(tmp_path_factory):
 
 def count_teacher_passes(monkeypatch) -> list[int]:
     """Record the token count of every dense-teacher pass (``Teacher.from_logits_fn``) from now on."""
-    from levelsearch.adapters.fitness import Teacher
+    from levelsearch.adapters.scoring.fitness import Teacher
 
     calls: list[int] = []
     build = Teacher.from_logits_fn
@@ -154,8 +154,8 @@ def test_export_rebuilds_a_weight_codec_run_and_writes_its_dense_form(quant_run,
 def test_export_of_a_weight_codec_run_computes_no_teacher_and_reloads_to_the_searched_logits(
     quant_run, tmp_path, monkeypatch
 ):
+    from levelsearch.adapters.cli.export import run_settings
     from levelsearch.adapters.codecs import get_codec
-    from levelsearch.adapters.export_cli import run_settings
     from levelsearch.adapters.formats.loader import load_compressed
 
     teacher_passes = count_teacher_passes(monkeypatch)

@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("compressed_tensors")
 
+from levelsearch.adapters.codecs.quant.problem import QuantProblem  # noqa: E402
+from levelsearch.adapters.codecs.sparsity.problem import SparsityProblem  # noqa: E402
 from levelsearch.adapters.formats import export  # noqa: E402
 from levelsearch.adapters.formats.ctensors import vllm_warnings  # noqa: E402
 from levelsearch.adapters.formats.verify import check_export, weights_bytes  # noqa: E402
-from levelsearch.adapters.quantization import QuantProblem  # noqa: E402
-from levelsearch.adapters.sparsity import SparsityProblem  # noqa: E402
 from test_sparsity_quant import common  # noqa: E402
 
 pytestmark = pytest.mark.llm
@@ -88,7 +88,7 @@ def test_vllm_warnings_name_unsupported_bits_and_mixed_fused_shards():
 
 def test_joint_profile_is_pack_quantized_with_its_pruned_zeros_kept(data_file, tmp_path):
     from levelsearch.adapters import load_compressed
-    from levelsearch.adapters.joint import JointProblem
+    from levelsearch.adapters.codecs.joint.problem import JointProblem
 
     prob = JointProblem(
         target=3.0, sparsities=(0.0, 0.5), bits=(2, 4, 8), group_size=32, tol=0.1, **common(data_file, tmp_path / "db")

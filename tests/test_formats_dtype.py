@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from levelsearch.adapters.formats import export_drop  # noqa: E402
 from levelsearch.adapters.formats.verify import check_export, reference_logits  # noqa: E402
-from levelsearch.adapters.models import save_model  # noqa: E402
+from levelsearch.adapters.model.models import save_model  # noqa: E402
 from test_adapters_compress import SMALL  # noqa: E402
 from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 from test_formats_drop import levels_of, tiny_problem  # noqa: E402

@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from levelsearch.adapters.codecs.quant.problem import QuantProblem  # noqa: E402
 from levelsearch.adapters.formats import export  # noqa: E402
 from levelsearch.adapters.formats.gptq import (  # noqa: E402
     gptq_vllm_warnings,
@@ -21,7 +22,6 @@ from levelsearch.adapters.formats.gptq import (  # noqa: E402
     write_gptq,
 )
 from levelsearch.adapters.formats.verify import ExportCheckFailed, check_export, weights_bytes  # noqa: E402
-from levelsearch.adapters.quantization import QuantProblem  # noqa: E402
 from test_adapters_compress import SMALL  # noqa: E402
 from test_sparsity_quant import common  # noqa: E402
 
@@ -279,7 +279,7 @@ def test_gptq_for_a_method_without_bit_widths_is_one_line_and_exit_2(method, tar
 
 
 def test_compress_writes_gptq_and_records_its_check(tmp_path, monkeypatch):
-    from levelsearch.adapters.models import save_model
+    from levelsearch.adapters.model.models import save_model
     from test_adapters_drop import byte_tokenizer
 
     monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
@@ -305,7 +305,7 @@ def test_compress_writes_gptq_and_records_its_check(tmp_path, monkeypatch):
 
 def test_a_joint_profile_is_written_as_gptq_with_its_pruned_zeros_kept(data_file, tmp_path):
     from levelsearch.adapters import load_compressed
-    from levelsearch.adapters.joint import JointProblem
+    from levelsearch.adapters.codecs.joint.problem import JointProblem
 
     prob = JointProblem(
         target=3.0, sparsities=(0.0, 0.5), bits=(2, 4, 8), group_size=32, tol=0.1, **common(data_file, tmp_path / "db")

@@ -14,8 +14,8 @@ libgguf = pytest.importorskip("libgguf")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from levelsearch.adapters import gguf_types as gt  # noqa: E402
-from levelsearch.adapters.gguf_source import llama_cpp_mix, resolve_source  # noqa: E402
+from levelsearch.adapters.codecs.gguf import types as gt  # noqa: E402
+from levelsearch.adapters.codecs.gguf.source import llama_cpp_mix, resolve_source  # noqa: E402
 
 pytestmark = pytest.mark.llm
 
@@ -96,7 +96,7 @@ def test_llama_cpps_k_m_mixes_give_their_layers_more_bits():
 
 
 def test_the_recipe_is_one_anchored_override_per_kind_and_type():
-    from levelsearch.adapters.gguf_export import recipe
+    from levelsearch.adapters.codecs.gguf.export import recipe
 
     results = {
         "method": "gguf",
@@ -183,7 +183,7 @@ def write_tiny_gguf(
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from levelsearch.adapters.gguf_problem import GGUFProblem
+    from levelsearch.adapters.codecs.gguf.problem import GGUFProblem
 
     root = tmp_path_factory.mktemp("gguf")
     src = write_tiny_gguf(root / "tiny-f16.gguf")
@@ -206,7 +206,7 @@ def test_a_levels_cost_is_the_tensors_exact_bytes_in_its_type(tiny):
 
 
 def test_the_baselines_are_computed_and_the_interpolation_and_dp_meet_the_band(tiny):
-    from levelsearch.adapters.gguf_heuristics import gguf_baselines
+    from levelsearch.adapters.codecs.gguf.heuristics import gguf_baselines
 
     problem, _ = tiny
     base = gguf_baselines(problem)
@@ -219,7 +219,7 @@ def test_the_baselines_are_computed_and_the_interpolation_and_dp_meet_the_band(t
 
 
 def test_the_exported_file_is_the_searched_model_and_the_source_elsewhere(tiny):
-    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+    from levelsearch.adapters.codecs.gguf.export import verify_gguf, write_gguf
 
     problem, root = tiny
     lv = problem.space.sample(np.random.default_rng(1))
@@ -236,7 +236,7 @@ def test_the_exported_file_is_the_searched_model_and_the_source_elsewhere(tiny):
 
 
 def test_an_exported_tensor_that_differs_from_the_search_stops_the_check(tiny):
-    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+    from levelsearch.adapters.codecs.gguf.export import verify_gguf, write_gguf
 
     problem, root = tiny
     lv = problem.space.sample(np.random.default_rng(2))
@@ -250,8 +250,8 @@ def test_an_exported_tensor_that_differs_from_the_search_stops_the_check(tiny):
 
 
 def test_a_target_the_types_cannot_reach_names_the_reachable_range(tiny):
-    from levelsearch.adapters.calibration import linear_units
-    from levelsearch.adapters.gguf_problem import check_target_range
+    from levelsearch.adapters.codecs.gguf.problem import check_target_range
+    from levelsearch.adapters.model.calibration import linear_units
 
     problem, _ = tiny
     with pytest.raises(ValueError, match=r"outside what the types Q2_K,Q6_K reach on this model \(2\.625\.\.6\.562"):
@@ -260,7 +260,7 @@ def test_a_target_the_types_cannot_reach_names_the_reachable_range(tiny):
 
 def test_llama_cpp_perplexity_of_the_export_is_ours(tiny):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'levelsearch[llama-cpp]')")
-    from levelsearch.adapters.gguf_export import llama_cpp_perplexity, write_gguf
+    from levelsearch.adapters.codecs.gguf.export import llama_cpp_perplexity, write_gguf
 
     problem, root = tiny
     lv = problem.space.sample(np.random.default_rng(3))
@@ -280,7 +280,7 @@ def test_a_llama_cpp_that_crashes_is_one_error_not_the_end_of_the_run(crash, say
     body = f"import os, signal\nclass Llama:\n    def __init__(self, **kw):\n        {crash}\n"
     (fake / "__init__.py").write_text(body)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
-    from levelsearch.adapters.gguf_export import llama_cpp_perplexity
+    from levelsearch.adapters.codecs.gguf.export import llama_cpp_perplexity
 
     with pytest.raises(RuntimeError, match=says) as err:
         llama_cpp_perplexity(tmp_path / "model.gguf", np.zeros((1, 4), dtype=np.int64))
@@ -308,7 +308,7 @@ def test_the_llama_cpp_check_imports_the_installed_package_not_a_checkout_in_the
     (checkout / "levelsearch" / "__init__.py").write_text("raise ImportError('the checkout shadows the package')\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.chdir(checkout)
-    from levelsearch.adapters.gguf_export import llama_cpp_perplexity
+    from levelsearch.adapters.codecs.gguf.export import llama_cpp_perplexity
 
     assert llama_cpp_perplexity(Path("model.gguf"), np.zeros((2, 5), dtype=np.int64)) == pytest.approx(4.0)
 
@@ -335,7 +335,7 @@ def test_bad_gguf_inputs_are_one_line_exit_2_and_nothing_written(args, says, tmp
 
 
 def test_gguf_recipe_prints_the_overrides_of_a_run_from_its_journal(tmp_path, capsys):
-    from levelsearch.adapters.pipeline import record_results
+    from levelsearch.adapters.run.pipeline import record_results
 
     from levelsearch.cli import main
 
@@ -423,8 +423,8 @@ def test_methods_without_a_tol_or_a_byte_budget_refuse_them(method, args, says, 
 
 
 def test_the_tol_and_byte_settings_reach_the_codec_as_numbers():
-    from levelsearch.adapters.codecs.gguf import GGUFCodec, parse_bytes, parse_tol
-    from levelsearch.adapters.settings import CompressSettings
+    from levelsearch.adapters.cli.settings import CompressSettings
+    from levelsearch.adapters.codecs.gguf.codec import GGUFCodec, parse_bytes, parse_tol
 
     assert parse_tol("0.02") == 0.02 and parse_tol(0.1) == 0.1
     assert parse_bytes("93.5MB") == 93_500_000 and parse_bytes("80MiB") == 80 * 2**20 and parse_bytes("2 kib") == 2048
@@ -438,8 +438,8 @@ def test_the_tol_and_byte_settings_reach_the_codec_as_numbers():
 
 
 def test_a_target_and_a_byte_budget_together_are_refused(tmp_path, capsys):
-    from levelsearch.adapters.compress import run_compress
-    from levelsearch.adapters.settings import CompressSettings
+    from levelsearch.adapters.cli.compress import run_compress
+    from levelsearch.adapters.cli.settings import CompressSettings
 
     out = tmp_path / "run"
     argv = ["compress", "--method", "gguf", "--target", "4.6", "--target-bytes", "1MB", "--out", str(out), "--quiet"]
@@ -467,8 +467,8 @@ def test_a_byte_budget_the_types_cannot_reach_names_the_range_exit_2_nothing_wri
 
 
 def test_a_byte_budget_is_the_band_on_the_searched_tensors_bytes(tiny):
-    from levelsearch.adapters.calibration import linear_units
-    from levelsearch.adapters.gguf_problem import GGUFProblem, check_target_range
+    from levelsearch.adapters.codecs.gguf.problem import GGUFProblem, check_target_range
+    from levelsearch.adapters.model.calibration import linear_units
 
     problem, root = tiny
     units = linear_units(problem.model)
@@ -524,7 +524,7 @@ N_LINEAR_WEIGHTS = 1_179_648  # the tiny model's decoder linears; token_embd and
 
 
 def _problem(src, root, **kw):
-    from levelsearch.adapters.gguf_problem import GGUFProblem
+    from levelsearch.adapters.codecs.gguf.problem import GGUFProblem
 
     opts = dict(types=TYPES4, tol=0.02, seq_len=32, calibration_tokens=256, heldout_tokens=128, top_k=16)
     return GGUFProblem(str(src), **{**opts, **kw}, progress=False, database=str(root / "db"))
@@ -546,7 +546,7 @@ def tiny_tied(tiny):
 
 def _nll_full_forward(problem, levels):
     """Held-out NLL of the whole model's forward (not the layer runner) at ``levels``."""
-    from levelsearch.adapters.fitness import nll_next
+    from levelsearch.adapters.scoring.fitness import nll_next
 
     ids = problem.heldout.tokens
     problem.apply(levels)
@@ -559,7 +559,7 @@ def _nll_full_forward(problem, levels):
 
 
 def test_extra_tensor_names_are_checked_in_one_line():
-    from levelsearch.adapters.gguf_source import check_extra_tensors
+    from levelsearch.adapters.codecs.gguf.source import check_extra_tensors
 
     assert check_extra_tensors("output, token_embd.weight") == ["token_embd", "output"]
     assert check_extra_tensors(None) == [] and check_extra_tensors(["OUTPUT"]) == ["output"]
@@ -628,7 +628,7 @@ def test_the_search_evaluates_the_quantized_embedding_and_head(tiny_extra):
 
 
 def test_a_searched_embedding_and_head_export_and_reload_to_the_searched_logits(tiny_extra):
-    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+    from levelsearch.adapters.codecs.gguf.export import verify_gguf, write_gguf
 
     problem, root = tiny_extra
     rng = np.random.default_rng(2)
@@ -653,7 +653,7 @@ def test_a_searched_embedding_and_head_export_and_reload_to_the_searched_logits(
 
 def test_llama_cpp_runs_a_searched_embedding_and_head_as_we_do(tiny_extra):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'levelsearch[llama-cpp]')")
-    from levelsearch.adapters.gguf_export import llama_cpp_perplexity, write_gguf
+    from levelsearch.adapters.codecs.gguf.export import llama_cpp_perplexity, write_gguf
 
     problem, root = tiny_extra
     lv = problem.space.sample(np.random.default_rng(3))
@@ -664,7 +664,7 @@ def test_llama_cpp_runs_a_searched_embedding_and_head_as_we_do(tiny_extra):
 
 
 def test_a_tied_models_one_embedding_is_its_head_searched_and_exported_as_token_embd(tiny_tied):
-    from levelsearch.adapters.gguf_export import verify_gguf, write_gguf
+    from levelsearch.adapters.codecs.gguf.export import verify_gguf, write_gguf
 
     problem, root = tiny_tied
     assert problem.tied and problem.extra_tensors == ["token_embd"] and problem.unit_names[-1] == "model.embed_tokens"
@@ -687,7 +687,7 @@ def test_a_tied_models_one_embedding_is_its_head_searched_and_exported_as_token_
 
 
 def test_the_baselines_cover_the_embedding_and_output(tiny_extra):
-    from levelsearch.adapters.gguf_heuristics import gguf_baselines
+    from levelsearch.adapters.codecs.gguf.heuristics import gguf_baselines
 
     problem, _ = tiny_extra
     base = gguf_baselines(problem)
@@ -700,7 +700,7 @@ def test_the_baselines_cover_the_embedding_and_output(tiny_extra):
 
 
 def test_the_recipe_names_the_embedding_and_output_tensors():
-    from levelsearch.adapters.gguf_export import recipe
+    from levelsearch.adapters.codecs.gguf.export import recipe
 
     results = {
         "method": "gguf",
@@ -797,7 +797,7 @@ def read_legacy_imatrix(path):
 
 
 def test_the_imatrix_the_search_quantized_with_is_written_in_llama_cpps_legacy_format(tiny_extra, monkeypatch):
-    from levelsearch.adapters.gguf_export import write_imatrix
+    from levelsearch.adapters.codecs.gguf.export import write_imatrix
 
     problem, root = tiny_extra
     (root / "im").mkdir()

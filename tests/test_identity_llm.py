@@ -13,12 +13,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters import integrity  # noqa: E402
-from levelsearch.adapters import models as models_mod  # noqa: E402
-from levelsearch.adapters.database import build_database, default_database_dir, model_fingerprint  # noqa: E402
-from levelsearch.adapters.fitness import Teacher  # noqa: E402
-from levelsearch.adapters.integrity import file_sha256, weights_fingerprint  # noqa: E402
-from levelsearch.adapters.models import save_model  # noqa: E402
+from levelsearch.adapters.model import integrity  # noqa: E402
+from levelsearch.adapters.model import models as models_mod  # noqa: E402
+from levelsearch.adapters.model.integrity import file_sha256, weights_fingerprint  # noqa: E402
+from levelsearch.adapters.model.models import save_model  # noqa: E402
+from levelsearch.adapters.scoring.fitness import Teacher  # noqa: E402
+from levelsearch.adapters.weights.database import build_database, default_database_dir, model_fingerprint  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from test_adapters_drop import byte_tokenizer  # noqa: E402

@@ -25,11 +25,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.database import VariantDatabase, build_database  # noqa: E402
-from levelsearch.adapters.dropping import DropProblem  # noqa: E402
-from levelsearch.adapters.fitness import Teacher  # noqa: E402
-from levelsearch.adapters.integrity import check_safetensors, weights_fingerprint  # noqa: E402
-from levelsearch.adapters.models import load_model, save_model  # noqa: E402
+from levelsearch.adapters.codecs.drop.problem import DropProblem  # noqa: E402
+from levelsearch.adapters.model.integrity import check_safetensors, weights_fingerprint  # noqa: E402
+from levelsearch.adapters.model.models import load_model, save_model  # noqa: E402
+from levelsearch.adapters.scoring.fitness import Teacher  # noqa: E402
+from levelsearch.adapters.weights.database import VariantDatabase, build_database  # noqa: E402
 from test_adapters_compress import SMALL  # noqa: E402
 from test_adapters_drop import byte_tokenizer, tiny_llama  # noqa: E402
 from test_database import SPARSE  # noqa: E402
@@ -251,7 +251,7 @@ def test_a_truncated_model_safetensors_is_one_line_exit_2(model_dir, tmp_path, c
 
 
 def test_an_existing_file_as_out_is_reported_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    import levelsearch.adapters.models as models
+    import levelsearch.adapters.model.models as models
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before --out was checked")
@@ -320,7 +320,7 @@ def test_a_compress_directory_in_use_is_refused_before_anything_is_written(model
 def test_non_finite_or_absurd_compress_settings_are_one_line_before_the_model_loads(
     tmp_path, capsys, monkeypatch, method, option, value, words
 ):
-    import levelsearch.adapters.models as models
+    import levelsearch.adapters.model.models as models
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the settings were checked")

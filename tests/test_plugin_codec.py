@@ -52,7 +52,7 @@ def test_a_registered_third_party_codec_runs_compress_end_to_end(lowrank, model_
 
 
 def test_a_codec_plugs_into_the_generic_problem_with_no_subclass(lowrank, model_dir, tmp_path):
-    from levelsearch.adapters.weightsearch import WeightLevelProblem
+    from levelsearch.adapters.weights.problem import WeightLevelProblem
 
     small = dict(seq_len=32, calibration_tokens=128, heldout_tokens=64, top_k=16, progress=False)
     problem = WeightLevelProblem(str(model_dir), codec="lowrank", target=0.6, database=str(tmp_path / "db"), **small)

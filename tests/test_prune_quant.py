@@ -7,11 +7,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.calibration import (  # noqa: E402
-    capture_layer_inputs,
-    layer_hessians,
-    linear_units,
-)
 from levelsearch.adapters.kernels.gptq import gptq_quantize  # noqa: E402
 from levelsearch.adapters.kernels.grid import pack_codes, unpack_codes  # noqa: E402
 from levelsearch.adapters.kernels.hessian import relative_output_error  # noqa: E402
@@ -19,7 +14,12 @@ from levelsearch.adapters.kernels.magnitude import magnitude_prune  # noqa: E402
 from levelsearch.adapters.kernels.rtn import rtn_quantize  # noqa: E402
 from levelsearch.adapters.kernels.sparsegpt import sparsegpt_prune  # noqa: E402
 from levelsearch.adapters.kernels.wanda import wanda_prune  # noqa: E402
-from levelsearch.adapters.models import decoder_layers  # noqa: E402
+from levelsearch.adapters.model.calibration import (  # noqa: E402
+    capture_layer_inputs,
+    layer_hessians,
+    linear_units,
+)
+from levelsearch.adapters.model.models import decoder_layers  # noqa: E402
 
 pytestmark = pytest.mark.llm
 

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.quantization import QuantProblem  # noqa: E402
-from levelsearch.adapters.sparsity import (  # noqa: E402
+from levelsearch.adapters.codecs.quant.problem import QuantProblem  # noqa: E402
+from levelsearch.adapters.codecs.sparsity.problem import (  # noqa: E402
     SparsityProblem,
     dp_levels,
     owl_levels,
@@ -189,7 +189,7 @@ def test_lower_bit_profiles_cost_more_kl(quant):
 
 @pytest.mark.parametrize("which", ["sparse", "quant"])
 def test_export_reloads_to_the_same_logits(which, sparse, quant, tmp_path):
-    from levelsearch.adapters.weightsearch import export_levels, verify_levels_export
+    from levelsearch.adapters.weights.problem import export_levels, verify_levels_export
 
     problem = sparse if which == "sparse" else quant
     lv = problem.space.switch(problem.space.sample(np.random.default_rng(0)), np.random.default_rng(1), 2)
@@ -201,7 +201,7 @@ def test_export_reloads_to_the_same_logits(which, sparse, quant, tmp_path):
 
 @pytest.mark.parametrize(("method", "target"), [("sparsity", "0.6"), ("quant", "2.5")])
 def test_compress_method_writes_results_profile_and_a_model_that_reloads(method, target, tmp_path, monkeypatch):
-    from levelsearch.adapters.models import save_model
+    from levelsearch.adapters.model.models import save_model
     from test_adapters_drop import byte_tokenizer
     from test_adapters_drop import tiny_llama as drop_llama
 
@@ -247,7 +247,7 @@ def test_compress_method_writes_results_profile_and_a_model_that_reloads(method,
 
 @pytest.fixture(scope="module")
 def joint(data_file, tmp_path_factory):
-    from levelsearch.adapters.joint import JointProblem
+    from levelsearch.adapters.codecs.joint.problem import JointProblem
 
     return JointProblem(
         target=3.0,
@@ -269,7 +269,7 @@ def test_joint_levels_keep_their_pruned_zeros_after_quantization(joint):
 
 
 def test_every_joint_profile_stays_within_the_memory_band(joint):
-    from levelsearch.adapters.joint import joint_dp_levels
+    from levelsearch.adapters.codecs.joint.problem import joint_dp_levels
 
     found = minimize(
         joint,
@@ -283,7 +283,7 @@ def test_every_joint_profile_stays_within_the_memory_band(joint):
 
 
 def test_joint_dp_prefers_the_lower_error_mix_to_the_worst_feasible_one(joint):
-    from levelsearch.adapters.joint import joint_dp_levels
+    from levelsearch.adapters.codecs.joint.problem import joint_dp_levels
 
     err = np.nan_to_num(joint.unit_errors(), nan=0.0)
     dp = joint_dp_levels(joint)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.llm
 
 
 def joint_problem_and_levels(arch: str, db) -> tuple[object, np.ndarray]:
-    from levelsearch.adapters.joint import JointProblem
+    from levelsearch.adapters.codecs.joint.problem import JointProblem
     from test_adapters_drop import byte_tokenizer
 
     prob = JointProblem(

@@ -10,8 +10,8 @@ A **codec** is one compression kind. It says
   engines load; a codec with a packed format overrides it).
 
 A :class:`WeightCodec` is a codec whose variants of a unit are made once and stored in a
-:class:`~levelsearch.adapters.database.VariantDatabase`; any weight codec plugs into the one
-:class:`~levelsearch.adapters.weightsearch.WeightLevelProblem` with no subclass. It says
+:class:`~levelsearch.adapters.weights.database.VariantDatabase`; any weight codec plugs into the one
+:class:`~levelsearch.adapters.weights.problem.WeightLevelProblem` with no subclass. It says
 
 - **units**: which modules of a model are its units (:meth:`WeightCodec.units`; default every linear
   of every decoder layer);
@@ -83,7 +83,7 @@ class Codec(ABC):
     #: how an export writes the units (``levelsearch_compression.json``'s ``how``)
     export_how: ClassVar[str] = "dense weights"
     #: the ``compress`` settings only some methods take (``tol``, ``target_bytes``:
-    #: :data:`~levelsearch.adapters.compress.METHOD_SETTINGS`) that this codec reads; a run refuses the others
+    #: :data:`~levelsearch.adapters.cli.compress.METHOD_SETTINGS`) that this codec reads; a run refuses the others
     method_settings: ClassVar[frozenset[str]] = frozenset()
 
     def check_settings(self, settings: Settings) -> None:  # noqa: B027 (most codecs check nothing more)
@@ -108,7 +108,7 @@ class Codec(ABC):
 
     def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
         """Draw every method's per-unit profile into ``path`` (``methods``: their results, for the legend)."""
-        from ..plots import plot_profile
+        from ..run.plots import plot_profile
 
         ppl = {n: m["heldout_ppl"] for n, m in methods.items()}
         return plot_profile(problem, assignments, path, ppl, label=self.profile_label)
@@ -120,7 +120,7 @@ class Codec(ABC):
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
         """Write ``problem``'s model at ``levels`` as a Hugging Face directory the stock engines load (the
         problem's export state, plus ``levelsearch_compression.json``); returns its path."""
-        from ..export import export_model
+        from ..run.export import export_model
 
         return export_model(problem, levels, out, {"how": self.export_how, **(info or {})})
 
@@ -144,8 +144,8 @@ class WeightCodec(Codec):
     def units(self, model: Any) -> list[tuple[str, int, Any]]:
         """``(module path, decoder layer, module)`` of every unit of ``model``, in layer order (default:
         every ``nn.Linear`` and GPT-2 ``Conv1D`` of every decoder layer). A unit is a module with a 2-D
-        ``weight``, read and written as ``out × in`` through :mod:`levelsearch.adapters.units`."""
-        from ..calibration import linear_units
+        ``weight``, read and written as ``out × in`` through :mod:`levelsearch.adapters.model.units`."""
+        from ..model.calibration import linear_units
 
         return list(linear_units(model))
 
@@ -227,7 +227,7 @@ class WeightCodec(Codec):
     def dp_levels(self, problem: Any, *, seed: int, errors: np.ndarray | None = None) -> np.ndarray:
         """The DP baseline: knapsack on per-unit errors (assumed additive): ``errors``, by default the
         database's normalised output errors."""
-        from ..weightsearch import dp_levels
+        from ..weights.problem import dp_levels
 
         return dp_levels(problem, errors)
 
@@ -272,9 +272,9 @@ class WeightCodec(Codec):
     def apply_variant(self, module: Any, weight: Any) -> None:
         """Make the live ``module`` compute with ``weight``: what :meth:`decode` returned, or the dense fp32
         weight when the dense model is restored (default: copy the ``out × in`` tensor into ``module.weight``,
-        in the module's layout: :func:`~levelsearch.adapters.units.set_unit_weight`). A codec that changes
+        in the module's layout: :func:`~levelsearch.adapters.model.units.set_unit_weight`). A codec that changes
         how the module computes (factors, a hook) must restore it on the dense weight."""
-        from ..units import set_unit_weight
+        from ..model.units import set_unit_weight
 
         set_unit_weight(module, weight)
 
@@ -288,8 +288,8 @@ class WeightCodec(Codec):
 
     # ------------------------------------------------------------------ a compress run
     def make_problem(self, settings: Settings) -> Any:
-        """The generic :class:`~levelsearch.adapters.weightsearch.WeightLevelProblem` of this codec."""
-        from ..weightsearch import WeightLevelProblem
+        """The generic :class:`~levelsearch.adapters.weights.problem.WeightLevelProblem` of this codec."""
+        from ..weights.problem import WeightLevelProblem
 
         return WeightLevelProblem(
             settings["model"], codec=self, target=self.check_target(settings), **problem_settings(settings)
@@ -309,7 +309,7 @@ class WeightCodec(Codec):
         whole search pool."""
         import time
 
-        from ..weightsearch import random_levels
+        from ..weights.problem import random_levels
 
         seed = int(settings["seed"])
         fid = min(int(settings["heuristic_tokens"]), problem.max_fidelity)
@@ -404,10 +404,10 @@ CODECS: Registry[type[Codec]] = Registry(
     check=_check_codec,
 )
 for _name, _target in {
-    "drop": "levelsearch.adapters.codecs.drop:DropCodec",
-    "sparsity": "levelsearch.adapters.codecs.sparsity:SparsityCodec",
-    "quant": "levelsearch.adapters.codecs.quant:QuantCodec",
-    "joint": "levelsearch.adapters.codecs.joint:JointCodec",
+    "drop": "levelsearch.adapters.codecs.drop.codec:DropCodec",
+    "sparsity": "levelsearch.adapters.codecs.sparsity.codec:SparsityCodec",
+    "quant": "levelsearch.adapters.codecs.quant.codec:QuantCodec",
+    "joint": "levelsearch.adapters.codecs.joint.codec:JointCodec",
 }.items():
     CODECS.register(_name, _target)
 

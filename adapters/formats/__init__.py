@@ -74,7 +74,7 @@ def check_format(method: str, format: str | None, whose: str | None = None) -> s
 def export_drop(
     problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None, *, lean: bool = False
 ) -> Path:
-    """Write a :class:`~levelsearch.adapters.dropping.DropProblem`'s model at ``levels`` in the ``drop`` format
+    """Write a :class:`~..codecs.drop.problem.DropProblem`'s model at ``levels`` in the ``drop`` format
     (``lean``: ``drop-lean``)."""
     from .drop import write_drop
 

@@ -12,7 +12,7 @@ compressed-tensors needs the group size to divide a layer's input width; where t
 (SmolLM2's 576 = 4·128 + 64), the layer is written with the largest group size that divides both
 (64) and each scale and zero point repeated: the same weights, 1/128 bit more per weight. A unit is packed
 ``out × in`` whatever its module stores (GPT-2's ``Conv1D`` keeps ``in × out``); the loader puts it back
-in the module's layout (:func:`~levelsearch.adapters.units.module_layout`).
+in the module's layout (:func:`~levelsearch.adapters.model.units.module_layout`).
 :func:`load_pack_quantized` reloads it with compressed-tensors' own decompressor, module by module with
 each module's config group. Stock ``from_pretrained`` refuses such a directory (the packed zero points
 do not fit the shape it builds for them: an error, not a silent re-initialisation, as of transformers
@@ -119,7 +119,7 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     from compressed_tensors.quantization import QuantizationConfig
 
     from ..kernels.grid import unpack_codes
-    from ..models import save_model
+    from ..model.models import save_model
 
     if "bits" not in problem.spec:
         raise ValueError("the pack-quantized format holds bit-widths; this run's levels have none")
@@ -208,7 +208,7 @@ def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
 def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None) -> Path:
     """Write a weight problem's model at ``levels`` in compressed-tensors' sparse-bitmask layout (meant for
     sparsity; any unit's weights are written exactly, the file shrinks with their zeros)."""
-    from ..models import save_model
+    from ..model.models import save_model
 
     lv = problem.space.validate(levels)
     problem.apply(lv)
@@ -308,7 +308,7 @@ def _load_strict(
     ``out × in`` weight) as its module's weight in the module's layout; tensors missing or extra are errors."""
     from transformers import AutoModelForCausalLM
 
-    from ..units import module_layout
+    from ..model.units import module_layout
 
     model: Any = (
         AutoModelForCausalLM.from_config(config, dtype=dtype) if dtype else AutoModelForCausalLM.from_config(config)

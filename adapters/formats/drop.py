@@ -58,7 +58,7 @@ def write_drop(
     config are used). Returns the directory; ``meta`` is added to ``levelsearch_compression.json``.
     ``lean``: leave the branches dropped alone out of the file (``drop-lean``; see the module docstring).
     """
-    from ..models import save_model
+    from ..model.models import save_model
 
     lay = model_layout(model)
     n = lay.n_layers

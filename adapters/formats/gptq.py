@@ -128,7 +128,7 @@ def _module_regex(name: str) -> str:
 
 def _decoder_linears(model: Any) -> list[str]:
     """Names of the ``nn.Linear`` / ``Conv1D`` modules inside the decoder layers."""
-    from ..units import is_unit
+    from ..model.units import is_unit
     from .layout import model_layout
 
     prefix = model_layout(model).prefix + "."
@@ -155,7 +155,7 @@ def write_gptq(
             words of its bit-width, or v1 is asked for with an 8-bit unit's zero point of 0.
     """
     from ..kernels.grid import unpack_codes
-    from ..models import save_model
+    from ..model.models import save_model
     from .ctensors import _bits_of, _parts, _write_config, _write_meta
 
     if "bits" not in problem.spec:

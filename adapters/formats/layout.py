@@ -1,7 +1,7 @@
 """Where a model's decoder layers and their attention / MLP branches live in its state dict, and how a
 config is cut when whole layers are removed.
 
-The one layer finder is :func:`~levelsearch.adapters.models.map_layers`; this module only turns what it
+The one layer finder is :func:`~levelsearch.adapters.model.models.map_layers`; this module only turns what it
 finds into state-dict names (``model.layers.3.self_attn``, ``transformer.h.3.mlp`` ...), so that a writer
 can leave a branch's tensors out and renumber the layers that stay.
 """
@@ -43,7 +43,7 @@ class Layout:
 
 def model_layout(model: nn.Module) -> Layout:
     """The :class:`Layout` of ``model`` (``ValueError`` from :func:`map_layers` when it cannot be mapped)."""
-    from ..models import decoder_layers, map_layers
+    from ..model.models import decoder_layers, map_layers
 
     amap = map_layers(model)
     names = {id(m): n for n, m in model.named_modules()}

@@ -42,7 +42,7 @@ class NoOpBranch(nn.Module):
         self.n_outputs = int(n_outputs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        from ..capture import hidden_arg
+        from ..model.capture import hidden_arg
 
         zeros = torch.zeros_like(hidden_arg(args, kwargs))
         if self.n_outputs:
@@ -71,7 +71,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Every tensor of the directory's safetensors files (checked first: a truncated file is one line)."""
     from safetensors.torch import load_file
 
-    from ..integrity import check_safetensors
+    from ..model.integrity import check_safetensors
 
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
@@ -159,7 +159,7 @@ def load_compressed(
         ValueError: the directory was marked failed by its export check, or its tensors do not match
             its architecture.
     """
-    from ..models import _resolve_dtype
+    from ..model.models import _resolve_dtype
 
     p = Path(path)
     if not p.is_dir():

@@ -207,7 +207,7 @@ def weights_bytes(path: str | Path) -> int:
 def sizes(problem: Any, path: str | Path) -> dict[str, Any]:
     """Export's and dense model's weight bytes on disk (the dense written by the same writer, same dtype,
     into a temporary directory beside ``path``) and their ratio."""
-    from ..models import save_model
+    from ..model.models import save_model
 
     path = Path(path)
     problem.apply(None)

@@ -1,0 +1,1 @@
+"""The ``compress`` and ``export`` commands: argument parsing and the checked settings."""

@@ -1,0 +1,1 @@
+"""``drop``: remove whole attention or MLP sub-blocks (the codec, its problem ``llm-drop``, its baselines)."""

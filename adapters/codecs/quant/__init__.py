@@ -1,0 +1,1 @@
+"""``quant``: per-layer bit widths, GPTQ or RTN (the codec and its problem ``llm-quant``)."""

@@ -1,0 +1,1 @@
+"""``sparsity``: unstructured pruning per linear layer (the codec, its problem ``llm-sparsity``, OWL)."""

@@ -1,0 +1,1 @@
+"""The one ``levelsearch compress`` flow for every codec: pipeline, selection schedules, export, plots."""
