@@ -337,8 +337,9 @@ class LevelSpace:
         the feasible assignment that changes the fewest units.
 
         Raises:
-            RuntimeError: if no feasible assignment could be constructed (only
-                possible for exact budgets too large to solve by dynamic programming).
+            RuntimeError: if no feasible assignment could be constructed (only possible
+                when the local moves get stuck and the group is too large to solve exactly:
+                too many totals, or costs without a common step and over 65,536 assignments).
         """
         lv = np.array(levels, dtype=np.int64, copy=True)
         np.clip(lv, 0, self.max_level, out=lv)
@@ -393,8 +394,8 @@ class LevelSpace:
         fixed = _min_change_assignment([costs[i, : self.n_levels[i]] for i in units], lv[units], grp.lo, grp.hi)
         if fixed is None:
             raise RuntimeError(
-                f"could not repair group {grp.label!r} into its budget [{grp.lo:g}, {grp.hi:g}]; "
-                "the exact budget is too large to solve; use tol= to allow a band"
+                f"could not repair group {grp.label!r} into its budget [{grp.lo:g}, {grp.hi:g}]: its costs are "
+                "too many or have no common step to solve it exactly; allow a wider band with tol="
             )
         lv[units] = fixed
 
@@ -681,14 +682,18 @@ def _hits(reach: tuple[np.ndarray, float, float], lo: float, hi: float) -> bool:
 
 
 def _min_change_assignment(rows: list[np.ndarray], current: np.ndarray, lo: float, hi: float) -> np.ndarray | None:
-    """Levels meeting ``lo <= total <= hi`` that differ from ``current`` in the fewest units."""
+    """Levels meeting ``lo <= total <= hi`` that differ from ``current`` in the fewest units.
+
+    A dynamic program over the integer-scaled totals; for costs without a common step (or too
+    many totals), every assignment of a small group is tried instead. ``None`` when neither applies.
+    """
     scaled = _integer_scale(rows)
     if scaled is None:
-        return None
+        return _min_change_by_enumeration(rows, current, lo, hi)
     ints, unit = scaled
     span = int(sum(int(r.max()) for r in ints))
     if span * len(rows) > 50_000_000:
-        return None
+        return _min_change_by_enumeration(rows, current, lo, hi)
     base = float(sum(r.min() for r in rows))
     big = np.iinfo(np.int32).max // 2
     changes = np.full(span + 1, big, dtype=np.int64)
@@ -716,3 +721,21 @@ def _min_change_assignment(rows: list[np.ndarray], current: np.ndarray, lo: floa
         out[u] = level
         t -= int(ints[u][level])
     return out
+
+
+_ENUMERATION_LIMIT = 1 << 16  # assignments of one group tried by _min_change_by_enumeration
+
+
+def _min_change_by_enumeration(rows: list[np.ndarray], current: np.ndarray, lo: float, hi: float) -> np.ndarray | None:
+    """Every assignment of a small group, the one meeting the band with the fewest changed units (first on ties)."""
+    if math.prod(len(r) for r in rows) > _ENUMERATION_LIMIT:
+        return None
+    grids = np.meshgrid(*[np.arange(len(r)) for r in rows], indexing="ij")
+    levels = np.stack([g.reshape(-1) for g in grids], axis=1)
+    totals = sum(np.asarray(r, dtype=float)[levels[:, u]] for u, r in enumerate(rows))
+    tol = 1e-6 * max(1.0, abs(hi))
+    ok = np.flatnonzero((totals >= lo - tol) & (totals <= hi + tol))
+    if ok.size == 0:
+        return None
+    changes = (levels[ok] != np.asarray(current)[None, :]).sum(axis=1)
+    return levels[ok[int(np.argmin(changes))]].astype(np.int64)

@@ -92,6 +92,14 @@ def test_validate_rejects_out_of_range_levels_with_the_unit_named():
         space.validate([0, 1])
 
 
+def test_repair_with_costs_without_a_common_step_reaches_the_band_where_local_moves_get_stuck():
+    # from [0, 0, 1] (total pi, over the band) the only lowering move lands under it: two units must change
+    space = LevelSpace(2, n_units=3, total=2.5, costs=[[0, 1], [0, np.sqrt(2)], [0, np.pi]], tol=1.2)
+    rng = np.random.default_rng(0)
+    assert space.repair(np.array([0, 0, 1]), rng).tolist() == [0, 1, 0]  # the fewest changed units
+    assert all(space.is_feasible(space.sample(rng)) for _ in range(50))
+
+
 def test_repair_with_unequal_costs_finds_an_exact_total():
     costs = [[0, 3, 7], [0, 2, 5], [0, 4, 9], [0, 1, 6]]
     space = LevelSpace([3, 3, 3, 3], costs=costs, total=12)
