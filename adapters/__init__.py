@@ -48,7 +48,7 @@ _PUBLIC = {
     "load_model": "model.models",
     "TokenSet": "model.data",
     "calibration_and_heldout": "model.data",
-    "schedule_options": "cli.compress",
+    "schedule_options": "run.schedules",
     "plot_profile": "run.plots",
 }
 

@@ -2,7 +2,7 @@
 
 Usage: python bench/hash_cost.py [--out bench/results/integrity/hash_cost.json]
 
-Writes :func:`levelsearch.adapters.model.integrity.measure`'s seconds (fastest of 3) with the machine's CPU
+Writes :func:`levelsearch.adapters.model.hash_cost.measure`'s seconds (fastest of 3) with the machine's CPU
 count: the in-memory weights fingerprint (threaded and on one thread), the model file's full sha256
 (cold and answered from the memo), the data fingerprint, teacher and heuristics checksums, and the
 sha256 / blake2b throughput that chose sha256. The 8B figures scale the measured seconds per byte to
@@ -16,7 +16,7 @@ import json
 import platform
 from pathlib import Path
 
-from levelsearch.adapters.model.integrity import measure
+from levelsearch.adapters.model.hash_cost import measure
 
 
 def main() -> None:

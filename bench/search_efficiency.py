@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from levelsearch.adapters.cli.compress import schedule_options
 from levelsearch.adapters.codecs.drop.heuristics import run_heuristics
 from levelsearch.adapters.codecs.drop.problem import DropProblem
+from levelsearch.adapters.run.schedules import schedule_options
 
 from levelsearch import Request, make_optimizer, minimize
 

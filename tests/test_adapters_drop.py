@@ -11,12 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.cli.compress import schedule_options  # noqa: E402
 from levelsearch.adapters.codecs.drop.heuristics import run_heuristics  # noqa: E402
 from levelsearch.adapters.codecs.drop.problem import DropProblem, drop_space  # noqa: E402
 from levelsearch.adapters.model.data import TokenSet, split_documents  # noqa: E402
 from levelsearch.adapters.model.models import map_layers  # noqa: E402
 from levelsearch.adapters.run.export import export_dropped, verify_export  # noqa: E402
+from levelsearch.adapters.run.schedules import schedule_options  # noqa: E402
 
 from levelsearch import Request  # noqa: E402
 

@@ -174,12 +174,12 @@ def test_the_loader_reads_each_modules_bits_from_the_dynamic_map(problem, export
 
 
 def test_gptq_v2_holds_zero_points_of_zero_which_v1_refuses(problem, tmp_path, monkeypatch):
-    from levelsearch.adapters.formats import ctensors
+    from levelsearch.adapters.formats import gptq as gptq_format
 
     lv = planned_levels(problem)
     v2 = write_gptq(problem, lv, tmp_path / "v2", None, checkpoint_format="gptq_v2")
     assert check_export(problem, lv, v2)["max_abs_logit_diff"] < 1e-4  # the zeros stored as they are
-    parts = ctensors._parts
+    parts = gptq_format.stored_parts
 
     def with_a_zero_point_of_zero(db, unit, level, names):
         out = parts(db, unit, level, names)
@@ -187,7 +187,7 @@ def test_gptq_v2_holds_zero_points_of_zero_which_v1_refuses(problem, tmp_path, m
         out["zeros"][0, 0] = 0
         return out
 
-    monkeypatch.setattr(ctensors, "_parts", with_a_zero_point_of_zero)
+    monkeypatch.setattr(gptq_format, "stored_parts", with_a_zero_point_of_zero)
     with pytest.raises(ValueError, match="8-bit codes and a zero point of 0, which the v1 gptq checkpoint_format"):
         write_gptq(problem, lv, tmp_path / "v1", None, checkpoint_format="gptq")
     auto = write_gptq(problem, lv, tmp_path / "auto", None)
@@ -198,11 +198,11 @@ def test_gptq_v2_holds_zero_points_of_zero_which_v1_refuses(problem, tmp_path, m
 
 def test_v1_holds_a_zero_point_of_zero_as_codes_plus_one_in_a_wider_field(problem, tmp_path, monkeypatch):
     from levelsearch.adapters import load_compressed
-    from levelsearch.adapters.formats import ctensors
+    from levelsearch.adapters.formats import gptq as gptq_format
     from levelsearch.adapters.kernels.grid import Quantized, unpack_codes
 
     lv = planned_levels(problem)
-    parts = ctensors._parts
+    parts = gptq_format.stored_parts
     flat = ("model.layers.1.mlp.down_proj", "model.layers.0.self_attn.k_proj")  # 3 bits; k: a q/k/v shard
 
     def patched(db, unit, level, names):
@@ -212,7 +212,7 @@ def test_v1_holds_a_zero_point_of_zero_as_codes_plus_one_in_a_wider_field(proble
             out["zeros"][1, 0] = 0
         return out
 
-    monkeypatch.setattr(ctensors, "_parts", patched)
+    monkeypatch.setattr(gptq_format, "stored_parts", patched)
     path = write_gptq(problem, lv, tmp_path / "v1", None)
     qcfg = json.loads((path / "config.json").read_text())["quantization_config"]
     assert qcfg["checkpoint_format"] == "gptq"

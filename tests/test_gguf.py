@@ -250,7 +250,7 @@ def test_an_exported_tensor_that_differs_from_the_search_stops_the_check(tiny):
 
 
 def test_a_target_the_types_cannot_reach_names_the_reachable_range(tiny):
-    from levelsearch.adapters.codecs.gguf.problem import check_target_range
+    from levelsearch.adapters.codecs.gguf.budget import check_target_range
     from levelsearch.adapters.model.calibration import linear_units
 
     problem, _ = tiny
@@ -467,7 +467,8 @@ def test_a_byte_budget_the_types_cannot_reach_names_the_range_exit_2_nothing_wri
 
 
 def test_a_byte_budget_is_the_band_on_the_searched_tensors_bytes(tiny):
-    from levelsearch.adapters.codecs.gguf.problem import GGUFProblem, check_target_range
+    from levelsearch.adapters.codecs.gguf.budget import check_target_range
+    from levelsearch.adapters.codecs.gguf.problem import GGUFProblem
     from levelsearch.adapters.model.calibration import linear_units
 
     problem, root = tiny

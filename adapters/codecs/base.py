@@ -45,7 +45,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from levelsearch.registry import Registry
+from .registry import (
+    CODECS,
+    ENTRY_POINT_GROUP,
+    available_codecs,
+    get_codec,
+    get_weight_codec,
+    register_codec,
+)
 
 __all__ = [
     "CODECS",
@@ -62,7 +69,6 @@ __all__ = [
     "target_in",
 ]
 
-ENTRY_POINT_GROUP = "levelsearch.codecs"
 #: what :attr:`WeightCodec.statistics` may name: what :meth:`WeightCodec.make_variants` receives per linear
 STATISTICS = ("hessian", "hessian_diag", "activations", "none")
 
@@ -388,63 +394,3 @@ def problem_settings(settings: Settings) -> dict[str, Any]:
         estimates=settings.get("estimates") or "fisher",
         progress=bool(settings["progress"]),
     )
-
-
-def _check_codec(name: str, target: Any) -> None:
-    if not (isinstance(target, type) and issubclass(target, Codec)):
-        raise ValueError(f"codec {name!r} is {target!r}, not a subclass of levelsearch.adapters.codecs.Codec")
-
-
-#: the codecs: the built-in ones, then the entry-point group ``levelsearch.codecs``
-CODECS: Registry[type[Codec]] = Registry(
-    "codec",
-    ENTRY_POINT_GROUP,
-    unknown="unknown compression method {name!r}; available: {known}",
-    extra="llm",
-    check=_check_codec,
-)
-for _name, _target in {
-    "drop": "levelsearch.adapters.codecs.drop.codec:DropCodec",
-    "sparsity": "levelsearch.adapters.codecs.sparsity.codec:SparsityCodec",
-    "quant": "levelsearch.adapters.codecs.quant.codec:QuantCodec",
-    "joint": "levelsearch.adapters.codecs.joint.codec:JointCodec",
-}.items():
-    CODECS.register(_name, _target)
-
-
-def register_codec(name: str, codec: type[Codec] | str, *, replace: bool = False) -> None:
-    """Register a codec class (or ``"module:Class"``, imported on first use) under ``name``.
-
-    Raises:
-        ValueError: ``name`` is taken by another codec and ``replace`` is false.
-    """
-    CODECS.register(name, codec, replace=replace)
-
-
-def available_codecs() -> list[str]:
-    """Names of every registered codec (built in and from entry points), sorted."""
-    return CODECS.names()
-
-
-def get_codec(name: str) -> Codec:
-    """A fresh instance of the codec registered under ``name``.
-
-    Raises:
-        ValueError: an unknown name (the known ones are listed) or an entry point that is not a codec.
-    """
-    target = CODECS.get(name)
-    _check_codec(name, target)
-    return target()
-
-
-def get_weight_codec(kind: Any) -> WeightCodec:
-    """The codec of a variant database's ``kind``.
-
-    Raises:
-        ValueError: ``kind`` names no registered codec with a variant database (those are listed).
-    """
-    codec = get_codec(str(kind)) if str(kind) in CODECS else None
-    if not isinstance(codec, WeightCodec):
-        names = [n for n in available_codecs() if isinstance(get_codec(n), WeightCodec)]
-        raise ValueError(f"database kind must be one of {', '.join(names)}, got {kind!r}")
-    return codec

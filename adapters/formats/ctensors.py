@@ -50,6 +50,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .common import (
+    config_without_quantization,
+    load_strict,
+    read_state_dict,
+    stored_parts,
+    value_bits,
+    write_meta,
+    write_quantization_config,
+)
+
 __all__ = [
     "PACK_QUANTIZED_FILE",
     "SPARSE_BITMASK_FILE",
@@ -81,19 +91,6 @@ def _need_compressed_tensors() -> Any:
     return compressed_tensors
 
 
-def _parts(db: Any, unit: str, level: int, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """The stored tensors of ``unit`` at ``level`` in a variant database (read with safetensors)."""
-    from safetensors import safe_open
-
-    layer = str(db.manifest["units"][unit]["layer"])
-    with safe_open(str(Path(db.root) / db.manifest["layers"][layer]["file"]), framework="pt") as f:
-        return {n: f.get_tensor(f"{unit}/{level}/{n}") for n in names}
-
-
-def _bits_of(value: Any) -> int:
-    return int(value[1]) if isinstance(value, (list, tuple)) else int(value)
-
-
 def _scheme(bits: int, group: int | None) -> dict[str, Any]:
     weights = {
         "num_bits": bits,
@@ -104,12 +101,6 @@ def _scheme(bits: int, group: int | None) -> dict[str, Any]:
         "dynamic": False,
     }
     return {"weights": weights, "input_activations": None, "output_activations": None, "format": "pack-quantized"}
-
-
-def _write_config(path: Path, qcfg: dict[str, Any]) -> None:
-    cfg = json.loads((path / "config.json").read_text())
-    cfg["quantization_config"] = qcfg
-    (path / "config.json").write_text(json.dumps(cfg, indent=2))
 
 
 def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None) -> Path:
@@ -132,9 +123,9 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     per_unit: dict[str, Any] = {}
     for u, name in enumerate(problem.unit_names):
         level = int(lv[u])
-        bits = _bits_of(problem.db.values(name)[level])
+        bits = value_bits(problem.db.values(name)[level])
         rows, cols = problem.db.shape(name)
-        p = _parts(problem.db, name, level, ("codes", "scales", "zeros"))
+        p = stored_parts(problem.db, name, level, ("codes", "scales", "zeros"))
         codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))
         scales, zeros = p["scales"], p["zeros"]
         group = None if gs is None else (gs if cols % gs == 0 else math.gcd(int(gs), cols))
@@ -166,13 +157,13 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     ).model_dump()
     qcfg["version"] = getattr(ct, "__version__", None)
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
-    _write_config(path, qcfg)
+    write_quantization_config(path, qcfg)
     not_linear = [n for n in problem.unit_names if not isinstance(problem.model.get_submodule(n), torch.nn.Linear)]
     if not_linear:  # transformers would leave these modules dense and initialise their weights at random
         (path / "model.safetensors").rename(path / PACK_QUANTIZED_FILE)
     warnings = vllm_warnings(per_unit)
     vllm = warnings or ["loads with vLLM's compressed-tensors WNA16 kernels"]
-    return _write_meta(path, "pack-quantized", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
+    return write_meta(path, "pack-quantized", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
 
 
 def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
@@ -243,33 +234,12 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
         "targets": list(problem.unit_names),
         "ignore": [],
     }
-    _write_config(path, {"quant_method": "compressed-tensors", "sparsity_config": sparsity})
-    return _write_meta(path, "sparse-bitmask", problem, lv, per_unit, info)
-
-
-def _write_meta(
-    path: Path, fmt: str, problem: Any, lv: np.ndarray, per_unit: dict[str, Any], info: dict[str, Any] | None
-) -> Path:
-    """Write the export's ``levelsearch_compression.json`` (format, loader, spec, levels, per-unit facts)."""
-    from .drop import META_FILE
-
-    meta = {
-        "format": fmt,
-        "loader": "levelsearch.adapters.load_compressed",
-        "kind": problem.spec["kind"],
-        "spec": problem.spec,
-        "levels": lv.tolist(),
-        "units": per_unit,
-        **(info or {}),
-    }
-    (path / META_FILE).write_text(json.dumps(meta, indent=1))
-    return path
+    write_quantization_config(path, {"quant_method": "compressed-tensors", "sparsity_config": sparsity})
+    return write_meta(path, "sparse-bitmask", problem, lv, per_unit, info)
 
 
 def load_sparse_bitmask(path: Path, dtype: torch.dtype | None) -> Any:
     """The model of a sparse-bitmask directory: the stock architecture, each pruned weight decompressed."""
-    from .loader import read_state_dict
-
     cfg = json.loads((path / "config.json").read_text())
     sparsity = (cfg.get("quantization_config") or {}).get("sparsity_config") or {}
     if sparsity.get("format") != "sparse-bitmask":
@@ -285,51 +255,7 @@ def load_sparse_bitmask(path: Path, dtype: torch.dtype | None) -> Any:
         w = torch.zeros(shape, dtype=values.dtype)
         w[mask.reshape(shape)] = values
         state[base] = w
-    return _load_strict(path, _without_quantization_config(path), state, dtype)
-
-
-def _without_quantization_config(path: Path) -> Any:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(path))
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the tensors are decompressed here, not by transformers' quantizer
-    return config
-
-
-def _load_strict(
-    path: Path,
-    config: Any,
-    state: dict[str, torch.Tensor],
-    dtype: torch.dtype | None,
-    units: dict[str, torch.Tensor] | None = None,
-) -> Any:
-    """The stock architecture of ``config`` with ``state`` loaded, and each of ``units`` (module name →
-    ``out × in`` weight) as its module's weight in the module's layout; tensors missing or extra are errors."""
-    from transformers import AutoModelForCausalLM
-
-    from ..model.units import module_layout
-
-    model: Any = (
-        AutoModelForCausalLM.from_config(config, dtype=dtype) if dtype else AutoModelForCausalLM.from_config(config)
-    )
-    for name, w in (units or {}).items():
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"{path}: no module {name} in the {type(model).__name__} its config builds") from None
-        state[f"{name}.weight"] = module_layout(module, w)
-    target = next(model.parameters()).dtype
-    missing, unexpected = model.load_state_dict({k: v.to(target) for k, v in state.items()}, strict=False)
-    if unexpected:
-        raise ValueError(f"{path}: tensor {unexpected[0]} has no place in the model")
-    model.tie_weights()
-    want = model.state_dict()
-    loaded = {want[k].data_ptr() for k in state if k in want}
-    lacking = [k for k in missing if want[k].data_ptr() not in loaded]
-    if lacking:
-        raise ValueError(f"{path}: the checkpoint lacks {lacking[0]}; export again")
-    return model
+    return load_strict(path, config_without_quantization(path), state, dtype)
 
 
 def load_pack_quantized(path: Path, dtype: torch.dtype | None) -> Any:
@@ -337,8 +263,6 @@ def load_pack_quantized(path: Path, dtype: torch.dtype | None) -> Any:
     _need_compressed_tensors()
     from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
     from compressed_tensors.quantization import QuantizationScheme
-
-    from .loader import read_state_dict
 
     qcfg = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
     if qcfg.get("format") != "pack-quantized":
@@ -351,4 +275,4 @@ def load_pack_quantized(path: Path, dtype: torch.dtype | None) -> Any:
             parts = {p: state.pop(f"{name}.{p}") for p in ("weight_packed", "weight_scale", "weight_zero_point")}
             parts["weight_shape"] = state.pop(f"{name}.weight_shape")
             units[name] = PackedQuantizationCompressor.decompress(parts, scheme)["weight"]  # out × in
-    return _load_strict(path, _without_quantization_config(path), state, dtype, units)
+    return load_strict(path, config_without_quantization(path), state, dtype, units)

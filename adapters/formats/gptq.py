@@ -58,6 +58,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from .common import (
+    config_without_quantization,
+    load_strict,
+    read_state_dict,
+    stored_parts,
+    value_bits,
+    write_meta,
+    write_quantization_config,
+)
+
 __all__ = [
     "VLLM_GPTQ_BITS",
     "VLLM_COMMAND",
@@ -156,7 +166,6 @@ def write_gptq(
     """
     from ..kernels.grid import unpack_codes
     from ..model.models import save_model
-    from .ctensors import _bits_of, _parts, _write_config, _write_meta
 
     if "bits" not in problem.spec:
         raise ValueError("the gptq format holds bit-widths; this run's levels have none")
@@ -171,9 +180,9 @@ def write_gptq(
     grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
     bits_of: dict[str, int] = {}
     for u, name in enumerate(problem.unit_names):  # the search's grids, in groups that divide the width
-        bits = bits_of[name] = _bits_of(problem.db.values(name)[int(lv[u])])
+        bits = bits_of[name] = value_bits(problem.db.values(name)[int(lv[u])])
         rows, cols = problem.db.shape(name)
-        p = _parts(problem.db, name, int(lv[u]), ("codes", "scales", "zeros"))
+        p = stored_parts(problem.db, name, int(lv[u]), ("codes", "scales", "zeros"))
         codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))  # uint8 until written
         scales, zeros = p["scales"], p["zeros"].to(torch.int64)
         group = cols if gs is None else (int(gs) if cols % int(gs) == 0 else math.gcd(int(gs), cols))
@@ -254,10 +263,10 @@ def write_gptq(
         "dynamic": dynamic,
     }
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
-    _write_config(path, qcfg)
+    write_quantization_config(path, qcfg)
     notes = gptq_vllm_warnings(per_unit, fmt)
     vllm = [f"serve: {VLLM_COMMAND} (GPTQLinearMethod: gptq_gemm kernel)", *notes]
-    return _write_meta(path, "gptq", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
+    return write_meta(path, "gptq", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
 
 
 def _widen_fused(width: dict[str, int]) -> dict[str, int]:
@@ -349,8 +358,6 @@ def load_gptq(path: str | Path, dtype: torch.dtype | None = None) -> Any:
     Every module with a ``qweight`` is read at the bits and group size its ``dynamic`` entry (else the base
     config) gives; the tensor shapes must agree with them (``ValueError`` otherwise).
     """
-    from .ctensors import _load_strict, _without_quantization_config
-    from .loader import read_state_dict
 
     path = Path(path)
     qcfg = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
@@ -382,4 +389,4 @@ def load_gptq(path: str | Path, dtype: torch.dtype | None = None) -> Any:
             zeros = zeros + 1
         w = scales.to(torch.float32)[g_idx] * (codes - zeros[g_idx]).to(torch.float32)  # (in, out)
         units[name] = w.T.contiguous()  # out × in
-    return _load_strict(path, _without_quantization_config(path), state, dtype, units)
+    return load_strict(path, config_without_quantization(path), state, dtype, units)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .common import read_state_dict
 from .drop import META_FILE
 
 __all__ = ["NoOpBranch", "load_compressed", "read_meta", "read_state_dict"]
@@ -65,22 +66,6 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ValueError(f"{f} must hold a JSON object; export the run again")
     return meta
-
-
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Every tensor of the directory's safetensors files (checked first: a truncated file is one line)."""
-    from safetensors.torch import load_file
-
-    from ..model.integrity import check_safetensors
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path} holds no .safetensors file; is it an exported model directory?")
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        check_safetensors(f)
-        out.update(load_file(str(f)))
-    return out
 
 
 def _branch_outputs(model: nn.Module, names: list[str]) -> dict[str, int]:
@@ -159,7 +144,7 @@ def load_compressed(
         ValueError: the directory was marked failed by its export check, or its tensors do not match
             its architecture.
     """
-    from ..model.models import _resolve_dtype
+    from ..model.models import resolve_dtype
 
     p = Path(path)
     if not p.is_dir():
@@ -167,7 +152,7 @@ def load_compressed(
     if (p / "FAILED").exists():
         raise ValueError(f"{p} failed its export check ({(p / 'FAILED').read_text().strip()}); do not use it")
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    dt = _resolve_dtype(dtype, dev) if dtype is not None else None
+    dt = resolve_dtype(dtype, dev) if dtype is not None else None
     meta = read_meta(p)
     if meta.get("format") == "sparse-bitmask":
         from .ctensors import load_sparse_bitmask

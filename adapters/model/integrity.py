@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cache import cache_root
+
 __all__ = [
     "HASH",
     "check_safetensors",
@@ -61,7 +63,7 @@ __all__ = [
 #: blake2b here: 0.69 vs 1.37 s/GiB single-threaded, see ``bench/results/integrity/hash_cost.json``).
 HASH = "sha256"
 #: Threads hashing tensors at once (each hashes a whole tensor; hashlib releases the GIL).
-_THREADS = max(1, min(8, os.cpu_count() or 1))
+HASH_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 def tensor_digest(t: torch.Tensor) -> bytes:
@@ -76,7 +78,9 @@ def tensor_digest(t: torch.Tensor) -> bytes:
     return hashlib.sha256(flat.view(torch.uint8).numpy().data).digest()
 
 
-def _named_digests(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, str, bytes]]:
+def _named_digests(
+    named: Iterable[tuple[str, torch.Tensor]], threads: int = HASH_THREADS
+) -> list[tuple[str, str, bytes]]:
     """``(name, "dtype:shape" or "alias:NAME", digest)`` of every tensor, hashed in parallel; a tensor
     that is a view of the same memory as an earlier one (tied weights) is hashed once and named as an alias."""
     items = list(named)
@@ -93,21 +97,21 @@ def _named_digests(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str,
         heads.append(f"{t.dtype}:{tuple(t.shape)}")
         todo.append(i)
     digests: dict[int, bytes] = {}
-    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for i, d in zip(todo, pool.map(lambda j: tensor_digest(items[j][1]), todo), strict=True):
             digests[i] = d
     return [(name, heads[i], digests.get(i, b"")) for i, (name, _) in enumerate(items)]
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
+def weights_fingerprint(model: torch.nn.Module, *, threads: int = HASH_THREADS) -> str:
     """sha256 over every parameter and buffer of ``model``: its name, dtype, shape and all its bytes.
 
     A value changed anywhere gives another fingerprint. Cost: one pass over the weights' bytes at the
     hash's speed, spread over up to 8 threads (a model on an accelerator is copied to the CPU tensor by
-    tensor first); measured in ``bench/results/integrity/hash_cost.json``.
+    tensor first; ``threads``: how many hash at once); measured in ``bench/results/integrity/hash_cost.json``.
     """
     h = hashlib.sha256(b"weights-v2;")
-    for name, head, digest in _named_digests(model.state_dict(keep_vars=False).items()):
+    for name, head, digest in _named_digests(model.state_dict(keep_vars=False).items(), threads):
         h.update(f"{name}:{head}:".encode() + digest + b";")
     return h.hexdigest()
 
@@ -152,8 +156,6 @@ def metadata_checksum(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
 # ---------------------------------------------------------------------- file hashes, memoised
 def memo_path() -> Path:
     """The side file in the cache that remembers files' sha256 by path, size, mtime, ctime and inode."""
-    from .models import cache_root
-
     return cache_root() / "file-sha256.json"
 
 
@@ -253,81 +255,3 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
 def say_rebuild(path: str | os.PathLike[str], reason: str) -> None:
     """Print the one line saying a cache file is not used and is being rebuilt."""
     print(f"levelsearch: {path} {reason}; rebuilding it", file=sys.stderr, flush=True)
-
-
-def measure(model: str = "smollm2", tokens: int = 4096, top_k: int = 256) -> dict[str, Any]:
-    """Seconds each integrity check takes on ``model`` with a ``make demo``-sized run (fastest of 3).
-
-    ``python -m levelsearch.adapters.model.integrity`` prints them and ``bench/hash_cost.py`` commits them.
-    Measured: the full weights fingerprint (every byte of every tensor, threaded), the same on one
-    thread, the data fingerprint (calibration + held-out tokens), the safetensors header check and the
-    full file hash of the model file (cold: read and hashed; memoised: answered from the side file),
-    the teacher checksum (on save and again on load, for the two teachers of a run) and the heuristics
-    cache checksum; plus sha256 and blake2b throughput on 256 MiB, from which the cost of an 8B-parameter
-    bf16 model (16 GB) is extrapolated.
-    """
-    import time
-
-    global _THREADS
-
-    from .models import _cached_smollm2, load_model
-
-    def best(fn: Any) -> float:
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    m, _ = load_model(model, device="cpu")
-    sd = m.state_dict()
-    n_bytes = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in sd.values()}.values())
-    out: dict[str, Any] = {"model": model, "threads": _THREADS, "cpu_count": os.cpu_count()}
-    out["n_tensors"] = len(sd)
-    out["weight_bytes"] = n_bytes
-    out["weights_fingerprint"] = best(lambda: weights_fingerprint(m))
-    threads, _THREADS = _THREADS, 1
-    try:
-        out["weights_fingerprint_one_thread"] = best(lambda: weights_fingerprint(m))
-    finally:
-        _THREADS = threads
-    if model == "smollm2":
-        f = _cached_smollm2() / "model.safetensors"
-        out["file_bytes"] = f.stat().st_size
-        out["safetensors_header_check"] = best(lambda: check_safetensors(f))
-        out["file_sha256_cold"] = best(lambda: file_sha256(f, memo=False))
-        file_sha256(f)
-        out["file_sha256_memoised"] = best(lambda: file_sha256(f))
-    n_seq = tokens // 256
-    toks = [torch.randint(0, 49152, (n_seq, 256)) for _ in range(2)]
-    out["data_fingerprint"] = best(lambda: tokens_fingerprint(*toks))
-    teacher = {
-        "logp": torch.randn(n_seq, 256, top_k).half(),
-        "index": torch.randint(0, 49152, (n_seq, 256, top_k), dtype=torch.int32),
-        "tail": torch.randn(n_seq, 256),
-    }
-    # two teachers (calibration, held-out), each hashed on save and again on load
-    out["teacher_checksums"] = 4 * best(lambda: metadata_checksum(teacher, {"nll": "2.5"}))
-    heur = {f"h{i}": {"levels": list(range(60)), "calibration_kl": 0.1, "seconds": 1.0} for i in range(6)}
-    out["heuristics_checksum"] = 2 * best(lambda: json_checksum({"key": {"a": 1}, "heuristics": heur}))
-    blob = os.urandom(1 << 28)
-    gb = 1e9 / (1 << 28)
-    out["sha256_seconds_per_GB"] = best(lambda: hashlib.sha256(blob).digest()) * gb
-    out["blake2b_seconds_per_GB"] = best(lambda: hashlib.blake2b(blob).digest()) * gb
-    rate = out["weights_fingerprint"] / n_bytes * 1e9
-    out["weights_fingerprint_seconds_per_GB"] = rate
-    out["extrapolated_8B_bf16_weights_fingerprint"] = 16e9 * rate / 1e9
-    out["extrapolated_8B_bf16_one_thread"] = 16e9 * out["weights_fingerprint_one_thread"] / n_bytes
-    out["total_demo"] = sum(
-        out[k]
-        for k in ("weights_fingerprint", "safetensors_header_check", "file_sha256_memoised", "data_fingerprint")
-        + ("teacher_checksums", "heuristics_checksum")
-        if k in out
-    )
-    return out
-
-
-if __name__ == "__main__":  # pragma: no cover - a measurement, see measure()
-    for key, value in measure().items():
-        print(f"{key:40s} {value}")

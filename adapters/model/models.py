@@ -32,6 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cache import cache_root, smollm2_cache_dir
+from .integrity import check_safetensors, file_sha256, json_checksum, say_rebuild
+
 __all__ = [
     "DEFAULT_MODEL",
     "LayerMap",
@@ -40,6 +43,7 @@ __all__ = [
     "load_model",
     "map_layers",
     "resolve_device",
+    "resolve_dtype",
     "save_model",
     "smollm2_gguf",
 ]
@@ -49,12 +53,6 @@ _SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _ATTN_NAMES = ("self_attn", "attention", "attn", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
 _NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
-
-
-def cache_root() -> Path:
-    """Where dequantized models are cached: ``$LEVELSEARCH_CACHE`` or ``~/.cache/levelsearch``."""
-    env = os.environ.get("LEVELSEARCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "levelsearch"
 
 
 def smollm2_gguf() -> Path:
@@ -107,7 +105,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The torch dtype of ``dtype`` (a dtype, its name, or ``None``/``"auto"``: bfloat16 on CUDA, else float32)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
@@ -149,7 +148,7 @@ def load_model(
     if not text.strip():
         raise ValueError("--model is empty; give smollm2, a model directory, a GGUF file or a hub id")
     dev = resolve_device(device)
-    dt = _resolve_dtype(dtype, dev)
+    dt = resolve_dtype(dtype, dev)
     if text == DEFAULT_MODEL:
         path = _cached_smollm2()
         kwargs: dict[str, Any] = {}
@@ -168,8 +167,6 @@ def load_model(
                 raise FileNotFoundError(f"model {text} not found; give a model directory, a GGUF file or a hub id")
             path = Path(text)  # a hub id such as org/name
     if path.is_dir():  # a truncated or damaged weights file is one line, before transformers reads it
-        from .integrity import check_safetensors
-
         for f in sorted(path.glob("*.safetensors")):
             check_safetensors(f)
     from transformers.utils import logging as hf_logging
@@ -227,9 +224,7 @@ def _cached_smollm2() -> Path:
     (:func:`~levelsearch.adapters.model.integrity.file_sha256`), so it is read again only after it changed.
     A damaged, edited or unrecorded cache is rebuilt, said in one line.
     """
-    from .integrity import check_safetensors, file_sha256, json_checksum, say_rebuild
-
-    out = cache_root() / "smollm2-135m-instruct"
+    out = smollm2_cache_dir()
     weights, record = out / "model.safetensors", out / _WEIGHTS_RECORD
     if weights.is_file() and (out / "config.json").is_file():
         try:

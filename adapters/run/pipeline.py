@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .schedules import schedule_options
+
 __all__ = [
     "run",
     "check_settings",
@@ -57,9 +59,9 @@ def check_numbers(cfg: dict[str, Any]) -> None:
 
 def check_device(cfg: dict[str, Any]) -> None:
     """``--device`` names a device this machine has and ``--dtype`` a known dtype (before the model loads)."""
-    from ..model.models import _resolve_dtype, resolve_device
+    from ..model.models import resolve_device, resolve_dtype
 
-    _resolve_dtype(cfg.get("dtype"), resolve_device(cfg.get("device")))
+    resolve_dtype(cfg.get("dtype"), resolve_device(cfg.get("device")))
 
 
 def check_out(out: Any) -> None:
@@ -255,8 +257,6 @@ def check_settings(cfg: dict[str, Any]) -> None:
     check_out(cfg["out"])
     check_numbers(cfg)
     check_device(cfg)
-    from ..cli.compress import schedule_options
-
     # an unknown schedule, or one asking for more tokens than the pool can hold: before anything is computed
     opt = str(cfg.get("optimizer", "evopress"))
     schedule_options(cfg["schedule"], cfg["calibration_tokens"], cfg["offspring"], cfg["seq_len"], opt)
@@ -368,8 +368,6 @@ def _methods(codec: Any, problem: Any, cands: list[Any], report: list[Any], name
 def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Run ``codec`` with the merged ``levelsearch compress`` settings ``cfg`` (see the module docstring)."""
     import numpy as np
-
-    from ..cli.compress import schedule_options
 
     check_settings(cfg)
     codec.check_settings(cfg)

@@ -38,7 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,11 +46,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..codecs.base import WeightCodec, get_weight_codec
+from ..codecs.registry import get_weight_codec
 from ..kernels.hessian import relative_output_error
 from ..model.calibration import layer_calibration
 from ..model.models import decoder_layers
 from ..model.units import unit_weight
+
+if TYPE_CHECKING:  # the contract imports this module (a weight codec builds its problem here)
+    from ..codecs.base import WeightCodec
 
 __all__ = [
     "FORMAT",
@@ -81,7 +84,7 @@ def default_database_dir(
     ``weights`` (the model's :func:`model_fingerprint`) is part of the name: a model changed in place gets
     a database of its own, built afresh, instead of the old model's being refused or reused.
     """
-    from ..model.models import cache_root
+    from ..model.cache import cache_root
 
     key = json.dumps({"spec": spec, "calibration": calibration or {}, "weights": weights}, sort_keys=True)
     tag = hashlib.sha256(key.encode()).hexdigest()[:10]

@@ -19,19 +19,22 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from levelsearch import solve_additive
 
-from ..codecs.base import WeightCodec, get_weight_codec
+from ..codecs.registry import get_weight_codec
 from ..model.data import TokenSet
 from ..model.models import DEFAULT_MODEL
 from ..model.units import unit_weight
 from ..scoring.layerwise import LayerwiseProblem
 from .database import VariantDatabase, build_database, default_database_dir
+
+if TYPE_CHECKING:  # the contract imports this module (a weight codec builds its problem here)
+    from ..codecs.base import WeightCodec
 
 __all__ = [
     "ESTIMATES",
@@ -111,7 +114,7 @@ class WeightLevelProblem(LayerwiseProblem):
         codec = codec or self.codec_name
         if not codec:
             raise ValueError("WeightLevelProblem needs a codec: codec='name' of a registered weight codec, or one")
-        chosen = codec if isinstance(codec, WeightCodec) else get_weight_codec(codec)
+        chosen = get_weight_codec(codec) if isinstance(codec, str) else codec
         target = self.default_target if target is None else target
         if target is None:
             raise ValueError(f"give a target for the {chosen.name} codec (target=...)")
@@ -133,7 +136,7 @@ class WeightLevelProblem(LayerwiseProblem):
     ) -> None:
         """Everything, from the codec: :meth:`_setup` with the codec's spec at ``target``, then the level
         space of the codec's costs and budget (``budget_options`` over its ``budget_defaults``)."""
-        self.codec: WeightCodec = codec if isinstance(codec, WeightCodec) else get_weight_codec(codec)
+        self.codec: WeightCodec = get_weight_codec(codec) if isinstance(codec, str) else codec
         self.name = f"llm-{self.codec.name}"
         self.target = float(target)
         self.budget_options = {**self.codec.budget_defaults, **budget_options}

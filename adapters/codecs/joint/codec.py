@@ -19,6 +19,7 @@ import numpy as np
 
 from ..base import Settings, WeightCodec, problem_settings, target_in
 from ..quant.codec import decode_quantized, encode_quantized
+from .dp import joint_dp_levels
 
 __all__ = ["JointCodec", "joint_dp_levels"]
 
@@ -116,28 +117,3 @@ class JointCodec(WeightCodec):
         pairs = [problem.db.values(n)[int(lv)] for n, lv in zip(problem.unit_names, levels)]
         sb = [(float(z / problem.numel[u]), int(b)) for u, (z, b) in enumerate(pairs)]
         return {**super().summary(problem, levels), "sparsity_bits": sb}
-
-
-def joint_dp_levels(
-    problem: Any, resolution: float = 0.01, seed: int = 0, errors: np.ndarray | None = None
-) -> np.ndarray:
-    """DP on per-unit errors (default: the database's normalised output errors) with costs rounded to
-    ``resolution`` bits per weight of the model.
-
-    The rounded problem is solved exactly (knapsack), then the result is repaired into the
-    true band (a few level moves at most).
-    """
-    from levelsearch import LevelSpace, solve_additive
-
-    total_w = float(problem.numel.sum())
-    step = resolution * total_w
-    tol = float(problem.budget_options["tol"])
-    costs = [np.round(np.asarray(c) / step) for c in problem.costs]
-    hi = np.floor(problem.target * total_w / step)
-    lo = np.ceil((problem.target - tol) * total_w / step)
-    shadow = LevelSpace([len(c) for c in costs], costs=[c.tolist() for c in costs], total=hi, tol=max(0.0, hi - lo))
-    errors = problem.layer_errors() if errors is None else errors
-    lv, _ = solve_additive(shadow, np.nan_to_num(errors, nan=np.inf))
-    if problem.space.is_feasible(lv):
-        return lv
-    return problem.space.repair(lv, np.random.default_rng(seed))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...weights.problem import WeightLevelProblem
 from .. import get_weight_codec
-from .codec import joint_dp_levels
+from .dp import joint_dp_levels
 
 __all__ = ["JointProblem", "joint_spec", "joint_dp_levels"]
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from ...weights.problem import WeightLevelProblem, dp_levels, random_levels
 from .. import get_weight_codec
-from .codec import levels_for_sparsities, owl_levels, owl_search
+from .owl import levels_for_sparsities, owl_levels, owl_search
 
 __all__ = ["SparsityProblem", "sparsity_spec", "owl_levels", "owl_search", "dp_levels", "random_levels"]
 
