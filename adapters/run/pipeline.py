@@ -210,6 +210,7 @@ def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> di
         "start": start_name,
         "stopped_by": result.stopped_by,
         "replayed_evaluations": int(result.n_replayed),
+        "notes": list(result.notes),  # fallbacks that changed the search, said once when they happened
     }
 
 
