@@ -25,6 +25,8 @@ def test_notebook_executes_and_shows_a_plot(path, tmp_path, monkeypatch, request
     if path.name.startswith("04_"):
         # the plug-in notebook runs `levelsearch compress` end to end: on the tiny Llama here (SmolLM2 by hand)
         monkeypatch.setenv("LEVELSEARCH_NOTEBOOK_MODEL", str(request.getfixturevalue("tiny_llama_dir")))
+    if path.name.startswith("03_"):
+        monkeypatch.setenv("LEVELSEARCH_NOTEBOOK_GENERATIONS", "3")  # the search shown in 12; 3 prove it runs
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
