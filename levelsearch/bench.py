@@ -65,6 +65,7 @@ from .config import BENCH_SCHEMA, MAX_BENCH_RUNS, check_name, load_yaml, validat
 from .driver import minimize
 from .optimizer import Optimizer, Request, get_optimizer, make_optimizer
 from .problem import Problem, make_problem
+from .runner import refuse_other_files
 
 __all__ = ["load_bench_config", "parse_bench_config", "run_bench", "add_parser"]
 
@@ -143,15 +144,8 @@ def parse_bench_config(data: Any, source: str = "bench config") -> dict[str, Any
 def _check_is_a_bench_directory(out: Path) -> None:
     """Refuse a directory that holds files but no bench (no ``raw/`` nor ``results.json``): its report.md,
     results.json or plots would be overwritten (``--out .`` in a project folder)."""
-    if not out.is_dir() or (out / "raw").is_dir() or (out / "results.json").is_file():
-        return
-    others = sorted(p.name for p in out.iterdir())
-    if others:
-        where = "the current directory" if out.resolve() == Path.cwd().resolve() else f"output directory {out}"
-        raise ValueError(
-            f"{where} holds other files ({others[0]}{', ...' if len(others) > 1 else ''}) and no bench "
-            "(raw/, results.json); choose a new or empty --out directory"
-        )
+    if out.is_dir() and not (out / "raw").is_dir() and not (out / "results.json").is_file():
+        refuse_other_files(out, "bench (raw/, results.json)")
 
 
 def _check_problem_params(config: dict[str, Any], where: str) -> None:

@@ -187,14 +187,19 @@ def run_config(config: RunConfig, out: str | Path, *, progress: bool = True, plo
 def _check_is_a_run_directory(out: Path) -> None:
     """Refuse a directory that holds files but no run: its summary.json or plots would be overwritten
     (``--out .`` in a project folder, a typo naming another tool's output)."""
-    if (out / CONFIG).exists():
-        return
+    if not (out / CONFIG).exists():
+        refuse_other_files(out, f"run ({CONFIG})")
+
+
+def refuse_other_files(out: Path, what: str) -> None:
+    """A one-line ``ValueError`` when ``out`` holds any file: it holds no ``what`` (the caller checked), so
+    writing there would overwrite someone else's files."""
     others = sorted(p.name for p in out.iterdir())
     if others:
         where = "the current directory" if out.resolve() == Path.cwd().resolve() else f"output directory {out}"
         raise ValueError(
-            f"{where} holds other files ({others[0]}{', ...' if len(others) > 1 else ''}) and no run "
-            f"({CONFIG}); choose a new or empty --out directory"
+            f"{where} holds other files ({others[0]}{', ...' if len(others) > 1 else ''}) and no {what}; "
+            "choose a new or empty --out directory"
         )
 
 
