@@ -1,5 +1,5 @@
 """Same numbers: ``levelsearch compress`` for every built-in codec gives the results it gave before the
-codec refactor (issue 11).
+codec refactor.
 
 ``golden/compress_tiny.json`` was written by the code of b673fc1 (before the codecs) with the settings
 below: the reference optimizer (``evopress-ref``, stable by design), 2 generations, a 2-layer tiny

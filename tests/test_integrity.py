@@ -1,4 +1,4 @@
-"""Trust nothing on disk that was not checked (issue 14): the test table.
+"""Trust nothing on disk that was not checked: the test table.
 
 Every case ends in a rebuild or a one-line error, and none in a changed result:
 
