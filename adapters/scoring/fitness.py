@@ -18,6 +18,9 @@ Public API (reused by every LLM adapter):
   full fp32 logits).
 - :func:`kl_topk` — KL(dense ‖ compressed) per token over the top-``k`` bins plus one tail
   bin (a lower bound of the full-vocabulary KL, tight for k ≥ a few hundred).
+- :func:`same_top` and :func:`kl_statistics` — the figures compressed models are compared by
+  (llama.cpp's ``perplexity --kl-divergence``): mean, median, 99th and 99.9th percentile of the
+  per-token KL and the share of tokens whose likeliest next token is the dense model's.
 
 Everything runs under ``torch.inference_mode`` without gradients.
 """
@@ -36,7 +39,17 @@ from torch import nn
 from ..model.capture import call_layer, capture_inputs, hidden_arg
 from ..model.models import LayerMap
 
-__all__ = ["ActivationStore", "LayerRunner", "Teacher", "kl_topk", "nll_next", "zero_output_like"]
+__all__ = [
+    "ActivationStore",
+    "KL_QUANTILES",
+    "LayerRunner",
+    "Teacher",
+    "kl_statistics",
+    "kl_topk",
+    "nll_next",
+    "same_top",
+    "zero_output_like",
+]
 
 
 def zero_output_like(template: Any, hidden: torch.Tensor) -> Any:
@@ -323,6 +336,13 @@ class Teacher:
 def kl_topk(logits: torch.Tensor, t_logp: torch.Tensor, t_index: torch.Tensor, t_tail: torch.Tensor) -> torch.Tensor:
     """Per-token KL(teacher ‖ student) over the teacher's top-``k`` tokens plus one tail bin (nats).
 
+    Exactly, per position: ``Σ_{i ∈ top-k} p_i (log p_i − log q_i) + p_t (log p_t − log q_t)``, where
+    ``p_i`` are the teacher's top-``k`` probabilities (stored as fp16 log-probabilities), ``p_t`` its stored
+    tail mass ``1 − Σ p_i``, ``q`` the student's full softmax (fp32) and ``q_t = 1 − Σ_{i ∈ top-k} q_i``
+    (floored at 1e-12); negative values from rounding are set to 0. Merging the tail tokens into one bin
+    can only lower a KL, so this is a lower bound of the full-vocabulary KL, equal to it (up to the fp16
+    rounding of the teacher) when ``k`` is the vocabulary size.
+
     Args:
         logits: student logits ``[..., V]``.
         t_logp, t_index, t_tail: the teacher's rows for the same positions (``[..., k]``, ``[..., k]``, ``[...]``).
@@ -337,6 +357,47 @@ def kl_topk(logits: torch.Tensor, t_logp: torch.Tensor, t_index: torch.Tensor, t
     p_tail = t_tail.to(dev).exp()
     kl = kl + p_tail * (t_tail.to(dev) - q_tail.log())
     return kl.clamp(min=0.0)
+
+
+def same_top(logits: torch.Tensor, t_index: torch.Tensor) -> torch.Tensor:
+    """Per token, whether the student's likeliest next token is the teacher's (``t_index[..., 0]``, its top-1).
+
+    Args:
+        logits: student logits ``[..., V]``.
+        t_index: the teacher's top-``k`` token ids for the same positions, likeliest first (``[..., k]``).
+    """
+    return logits.argmax(-1) == t_index[..., 0].to(logits.device).long()
+
+
+#: The per-token KL quantiles :func:`kl_statistics` reports: name → fraction.
+KL_QUANTILES: dict[str, float] = {"median": 0.5, "p99": 0.99, "p99_9": 0.999}
+
+
+def kl_statistics(kl: Any, top: Any) -> dict[str, float]:
+    """The KL statistics of one model against the reference over a set of token positions.
+
+    Args:
+        kl: the per-token KL values (nats; any shape, e.g. :func:`kl_topk`'s), one per position.
+        top: per position, whether the model's likeliest next token is the reference's (:func:`same_top`).
+
+    Returns:
+        ``kl`` (the mean), ``kl_median``, ``kl_p99``, ``kl_p99_9`` (the 50th, 99th and 99.9th percentiles,
+        linear interpolation between order statistics, as llama.cpp's ``perplexity --kl-divergence`` and
+        ``numpy.quantile``) and ``top1`` (the fraction of positions with the same top token, 0..1).
+        ``nan`` everywhere for no positions.
+    """
+    import numpy as np
+
+    v = np.asarray(kl, dtype=np.float64).ravel()
+    t = np.asarray(top, dtype=bool).ravel()
+    if v.size != t.size:
+        raise ValueError(f"kl has {v.size} positions but top has {t.size}; give one of each per position")
+    if v.size == 0:
+        return {"kl": math.nan, "top1": math.nan, **{f"kl_{n}": math.nan for n in KL_QUANTILES}}
+    qs = np.quantile(v, list(KL_QUANTILES.values()))
+    out = {"kl": float(v.mean()), **{f"kl_{n}": float(q) for n, q in zip(KL_QUANTILES, qs)}}
+    out["top1"] = float(t.mean())
+    return out
 
 
 def nll_next(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

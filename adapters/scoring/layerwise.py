@@ -17,7 +17,8 @@ are (:meth:`LayerwiseProblem.candidate_keys`) and which keys are the dense model
   evaluated candidates are kept (``store``, ``anchor_variants`` of them) so the next ones start from
   their longest common prefix. ``n_forward_tokens`` counts the tokens that went through at least one
   layer, per distinct candidate (for benchmarks; float64 sums throughout);
-- the held-out report (perplexity and KL of each candidate in one shared pass; the dense model's
+- the held-out report (perplexity and the KL statistics of each candidate in one shared pass: mean,
+  median, 99th and 99.9th percentile of the per-token KL and top-1 agreement; the dense model's
   perplexity comes from its teacher's pass), the per-unit error estimates for dp and the optimizer
   (:meth:`~LayerwiseProblem.unit_errors`, measured once), the export's check and the identity hash.
 """
@@ -40,7 +41,7 @@ from levelsearch import Problem, Request
 from ..model.data import TokenSet, calibration_and_heldout
 from ..model.models import LayerMap, load_model, map_layers
 from ..model.units import unit_weight
-from .fitness import ActivationStore, LayerRunner, Teacher, kl_topk, nll_next
+from .fitness import ActivationStore, LayerRunner, Teacher, kl_statistics, kl_topk, nll_next, same_top
 
 __all__ = ["LayerwiseProblem"]
 
@@ -227,13 +228,26 @@ class LayerwiseProblem(Problem, abc.ABC):
         ``seqs`` selects sequences of the set (default: all); ``record`` keeps the candidates' full-pool
         layer states as anchors (when they are few). Returns ``(kl[c], nll[c])`` (nll is NaN unless asked).
         """
+        return self._score_sums(candidates, which, seqs, with_nll=with_nll, record=record).means(with_nll)
+
+    def _score_sums(
+        self,
+        candidates: Sequence[Any],
+        which: str,
+        seqs: np.ndarray | None,
+        *,
+        with_nll: bool = False,
+        record: bool = False,
+        per_token: bool = False,
+    ) -> _Sums:
+        """:meth:`score`'s sums; with ``per_token`` (no memo then) also each position's KL and same-top flag."""
         ts = self.token_set(which)
         seqs = np.arange(ts.n_seq) if seqs is None else np.asarray(seqs)
         keys = [self.candidate_keys(c) for c in candidates]
-        sums = _Sums(len(candidates), ts.seq_len)
+        sums = _Sums(len(candidates), ts.seq_len, per_token=per_token)
         # per-sequence KL sums of calibration candidates are remembered: a candidate evaluated
         # again on overlapping sequences (a survivor of a selection step) runs only the new ones
-        memo = self._seq_kl if which == "calibration" and not with_nll else None
+        memo = self._seq_kl if which == "calibration" and not with_nll and not per_token else None
         # keep full-pool states only for a few candidates (memory: see ``anchor_variants``)
         use_store = record and seqs.size == ts.n_seq and len(set(keys)) <= self.store.max_variants
         if memo is not None and not use_store:
@@ -241,7 +255,7 @@ class LayerwiseProblem(Problem, abc.ABC):
         per = max(1, self.runner.chunk_tokens // ts.seq_len)
         for s in range(0, seqs.size, per):
             self._score_chunk(which, seqs[s : s + per], keys, sums, memo, use_store, with_nll)
-        return sums.means(with_nll)
+        return sums
 
     def _score_chunk(
         self,
@@ -271,12 +285,17 @@ class LayerwiseProblem(Problem, abc.ABC):
 
         def on_output(h: torch.Tensor, cands: list[int]) -> None:
             z = self.runner.logits(h)
-            kl_rows = kl_topk(z, *t_rows).sum(-1).double().cpu().numpy()
+            kl_tok = kl_topk(z, *t_rows)
+            kl_rows = kl_tok.sum(-1).double().cpu().numpy()
             kl = float(kl_rows.sum())
             nll = float(nll_next(z, ids).sum()) if with_nll else 0.0
+            if sums.tokens is not None:
+                tok = (kl_tok.double().cpu().numpy(), same_top(z, t_rows[1]).cpu().numpy())
             for c in cands:
                 sums.kl[run[c]] += kl
                 sums.nll[run[c]] += nll
+                if sums.tokens is not None:
+                    sums.tokens[run[c]].append(tok)
                 if memo is not None:
                     for r, v in zip(row_list, kl_rows):
                         memo[(sub[c], r)] = float(v)
@@ -345,22 +364,38 @@ class LayerwiseProblem(Problem, abc.ABC):
 
     # ------------------------------------------------------------------ reports
     def heldout_report(self, candidates: Sequence[Any]) -> list[dict[str, float]]:
-        """Held-out perplexity and KL to the dense model of each candidate (one shared pass).
+        """Held-out perplexity and KL statistics against the dense model of each candidate (one shared pass).
 
+        Each entry has ``heldout_ppl`` (``exp`` of the mean next-token NLL), ``heldout_kl`` (the mean per-token
+        KL, the search's measure), ``heldout_kl_median``, ``heldout_kl_p99``, ``heldout_kl_p99_9`` (percentiles of
+        the per-token KL) and ``heldout_top1`` (the fraction of positions whose likeliest next token is the dense
+        model's), over every position of the held-out set; the per-token KL is
+        :func:`~levelsearch.adapters.scoring.fitness.kl_topk`'s (the teacher's top-``k`` tokens plus one tail bin).
         A candidate that is the dense model is not run again: its perplexity comes from the held-out
-        teacher's pass and its KL to itself is 0.
+        teacher's pass, its KL statistics are 0 and its top-1 agreement 1.
         """
         teacher = self.teacher("heldout")  # its dense pass also gives the dense perplexity
         dense = tuple(self.dense_keys())
         known = not math.isnan(teacher.nll)
         todo = [i for i, c in enumerate(candidates) if not (known and self.candidate_keys(c) == dense)]
-        kl, nll = (np.zeros(0), np.zeros(0))
+        stats = kl_statistics([0.0], [True])
+        out = [{"heldout_ppl": float(math.exp(teacher.nll)), **_prefixed(stats)} for _ in candidates]
         if todo:
-            kl, nll = self.score([candidates[i] for i in todo], "heldout", with_nll=True)
-        out = [{"heldout_ppl": float(math.exp(teacher.nll)), "heldout_kl": 0.0} for _ in candidates]
-        for i, k, n in zip(todo, kl, nll):
-            out[i] = {"heldout_ppl": float(math.exp(n)), "heldout_kl": float(k)}
+            sums = self._score_sums([candidates[i] for i in todo], "heldout", None, with_nll=True, per_token=True)
+            kl, nll = sums.means(True)
+            for j, i in enumerate(todo):
+                stats = {**sums.statistics(j), "kl": float(kl[j])}  # the mean as the search sums it
+                out[i] = {"heldout_ppl": float(math.exp(nll[j])), **_prefixed(stats)}
         return out
+
+    def heldout_tokens(self, candidates: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per candidate, the per-token KL to the dense model (``[n_seq, seq_len]``, nats, as
+        :func:`~levelsearch.adapters.scoring.fitness.kl_topk`) and whether each position's likeliest token is
+        the dense model's (``[n_seq, seq_len]`` bool), over the held-out set in its order: what
+        :meth:`heldout_report` summarises with :func:`~levelsearch.adapters.scoring.fitness.kl_statistics`,
+        for comparisons with other tools' figures."""
+        sums = self._score_sums(list(candidates), "heldout", None, per_token=True)
+        return [sums.token_arrays(c) for c in range(len(candidates))]
 
     def unit_errors(self) -> np.ndarray:
         """Per-unit, per-level error estimates (:meth:`levelsearch.Problem.unit_errors`), measured once:
@@ -401,14 +436,31 @@ class LayerwiseProblem(Problem, abc.ABC):
         return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-class _Sums:
-    """Per-candidate KL and NLL sums (float64) and the token counts they are divided by."""
+def _prefixed(stats: dict[str, float]) -> dict[str, float]:
+    return {f"heldout_{k}": v for k, v in stats.items()}
 
-    def __init__(self, n: int, seq_len: int) -> None:
+
+class _Sums:
+    """Per-candidate KL and NLL sums (float64) and the token counts they are divided by; with ``per_token``,
+    also each chunk's per-position KL and same-top flags, per candidate, in the order the chunks ran."""
+
+    def __init__(self, n: int, seq_len: int, *, per_token: bool = False) -> None:
         self.kl = np.zeros(n)
         self.nll = np.zeros(n)
         self.seq_len = seq_len
         self.n_kl = self.n_nll = 0
+        self.tokens: list[list[tuple[np.ndarray, np.ndarray]]] | None = [[] for _ in range(n)] if per_token else None
+
+    def token_arrays(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidate ``c``'s per-position KL and same-top flags, ``[rows, seq_len]`` each."""
+        assert self.tokens is not None
+        parts = self.tokens[c]
+        if not parts:
+            return np.zeros((0, self.seq_len)), np.zeros((0, self.seq_len), dtype=bool)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def statistics(self, c: int) -> dict[str, float]:
+        return kl_statistics(*self.token_arrays(c))
 
     def add_rows(self, n_rows: int) -> None:
         self.n_kl += n_rows * self.seq_len
