@@ -14,6 +14,7 @@ The public API is re-exported here; the modules behind it may move.
 from __future__ import annotations
 
 from .additive import solve_additive
+from .curve import CurvePoint, CurveResult, minimize_curve
 from .driver import AllFailedError, Evaluation, Result, TracePoint, minimize
 from .evaluators import Evaluator, Outcome, SerialEvaluator
 from .evopress import PRESETS, EvoPress, ReferenceEvoPress, SelectionStep
@@ -43,6 +44,8 @@ register_optimizer("evopress-ref", ReferenceEvoPress)
 
 __all__ = [
     "AllFailedError",
+    "CurvePoint",
+    "CurveResult",
     "Evaluation",
     "Evaluator",
     "EvoPress",
@@ -67,6 +70,7 @@ __all__ = [
     "make_optimizer",
     "make_problem",
     "minimize",
+    "minimize_curve",
     "register_optimizer",
     "register_problem",
     "solve_additive",
