@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from ..kernels.hessian import accumulate_xtx
 from .capture import call_layer, capture_inputs
+from .experts import ExpertUnit, capture_expert_inputs
 from .models import decoder_layers
-from .units import is_unit
+from .units import layer_units
 
 __all__ = [
     "linear_units",
@@ -36,20 +37,18 @@ __all__ = [
 
 
 def linear_units(model: nn.Module) -> list[tuple[str, int, nn.Module]]:
-    """Every unit (``nn.Linear`` or GPT-2's ``Conv1D``, :func:`~.units.is_unit`) of every decoder layer as
-    ``(name, layer index, module)``, in layer order.
+    """Every unit (``nn.Linear``, GPT-2's ``Conv1D`` or an expert of a fused parameter, :func:`~.units.layer_units`)
+    of every decoder layer as ``(name, layer index, module)``, in layer order.
 
-    ``name`` is the module path relative to the model (e.g. ``model.layers.3.mlp.up_proj``).
+    ``name`` is the path relative to the model (e.g. ``model.layers.3.mlp.up_proj``,
+    ``model.layers.3.mlp.experts.5.down_proj`` for expert 5 of a fused ``down_proj``).
     """
     layers = decoder_layers(model)
-    prefix = {id(layer): i for i, layer in enumerate(layers)}
     names = {id(m): n for n, m in model.named_modules()}
     out: list[tuple[str, int, nn.Module]] = []
     for i, layer in enumerate(layers):
-        assert id(layer) in prefix
-        for _, mod in layer.named_modules():
-            if is_unit(mod):
-                out.append((names[id(mod)], i, mod))
+        for local, mod in layer_units(layer):
+            out.append((f"{names[id(layer)]}.{local}", i, mod))
     return out
 
 
@@ -98,32 +97,74 @@ def _accumulate(
     layer: nn.Module, inputs: LayerInputs, *, keep_inputs: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """``2 Xᵀ X / N`` (fp32) of every unit in ``layer`` over all tokens of ``inputs``, and with
-    ``keep_inputs`` the inputs ``X`` themselves (``tokens × in``, fp32)."""
+    ``keep_inputs`` the inputs ``X`` themselves (``tokens × in``, fp32). An expert's ``X`` are the tokens
+    routed to it; an expert no token reaches gets its fused parameter's pooled statistics (every expert's
+    tokens), see :func:`_pool_unreached`."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     kept: dict[str, list[torch.Tensor]] = {}
     handles = []
 
+    def add(name: str, x: torch.Tensor) -> None:
+        sums[name], rows = accumulate_xtx(sums.get(name), x)
+        counts[name] = counts.get(name, 0) + rows
+        if keep_inputs:
+            kept.setdefault(name, []).append(x.detach().reshape(-1, x.shape[-1]).float().cpu())
+
     def make_hook(name: str) -> Callable[..., None]:
         def hook(_mod: nn.Module, args: tuple[torch.Tensor, ...], _out: Any) -> None:
-            sums[name], rows = accumulate_xtx(sums.get(name), args[0])
-            counts[name] = counts.get(name, 0) + rows
-            if keep_inputs:
-                kept.setdefault(name, []).append(args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu())
+            add(name, args[0])
 
         return hook
 
-    for name, mod in layer.named_modules():
-        if is_unit(mod):
+    units = layer_units(layer)
+    experts = [(n, u) for n, u in units if isinstance(u, ExpertUnit)]
+    expert_name = {id(u): n for n, u in experts}
+    for name, mod in units:
+        if not isinstance(mod, ExpertUnit):
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:
-        for h, kw in zip(inputs.hidden, inputs.kwargs):
-            call_layer(layer, h, kw)
+        with capture_expert_inputs([layer], [u for _, u in experts], lambda u, x: add(expert_name[id(u)], x)):
+            for h, kw in zip(inputs.hidden, inputs.kwargs):
+                call_layer(layer, h, kw)
     finally:
         for hd in handles:
             hd.remove()
+    _pool_unreached(experts, sums, counts, kept)
     hessians = {name: s.mul_(2.0 / max(counts[name], 1)) for name, s in sums.items()}
     return hessians, ({name: torch.cat(xs) for name, xs in kept.items()} if keep_inputs else None)
+
+
+def _pool_unreached(
+    experts: list[tuple[str, ExpertUnit]],
+    sums: dict[str, torch.Tensor],
+    counts: dict[str, int],
+    kept: dict[str, list[torch.Tensor]],
+) -> None:
+    """Give every expert no token reached the pooled ``Xᵀ X`` (and inputs) of its fused parameter's experts.
+
+    Raises:
+        ValueError: no expert of a fused parameter saw a token (the experts were not run one by one on their
+            slices, so their statistics cannot be taken): one line naming the parameter.
+    """
+    by_param: dict[str, list[str]] = {}
+    for name, u in experts:
+        by_param.setdefault(u.param_name, []).append(name)
+    for param, names in by_param.items():
+        reached = [n for n in names if counts.get(n, 0) > 0]
+        if not reached:
+            raise ValueError(
+                f"no calibration token reached any expert of {param}: the experts finder cannot follow how this "
+                "mixture-of-experts architecture uses its fused parameters"
+            )
+        total = torch.stack([sums[n] for n in reached]).sum(0)
+        rows = sum(counts[n] for n in reached)
+        pooled = [x for n in reached for x in kept.get(n, [])]
+        for n in names:
+            if counts.get(n, 0) == 0:
+                sums[n], counts[n] = total.clone(), rows
+                if pooled:
+                    kept[n] = list(pooled)
 
 
 def layer_calibration(

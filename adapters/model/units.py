@@ -6,8 +6,10 @@ A unit is a projection of a decoder layer: an ``nn.Linear`` (weight ``out × in`
 statistics (Hessian ``2XᵀX/N``, inputs) are the same. Everything that reads or writes a unit's weight
 goes through :func:`unit_weight`, :func:`set_unit_weight` and :func:`module_layout`, so the codecs,
 the variant database and the exporters see one ``out × in`` weight and never branch on the module type.
-Fused parameters that are not such modules (Mixtral's experts in transformers 5) are not units: the
-weight codecs leave them dense.
+Fused expert parameters (Mixtral's, Qwen3-MoE's, gpt-oss's experts in transformers 5) are not modules: each
+expert's slice is a unit of its own (:class:`~.experts.ExpertUnit`, found by :mod:`.experts`), read and written
+through the same three functions; :func:`layer_units` and :func:`named_units` list modules and experts alike,
+the routers left out (they stay dense).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["is_unit", "module_layout", "set_unit_weight", "unit_weight"]
+from .experts import ExpertUnit, expert_units, router_modules
+from .models import decoder_layers
+
+__all__ = ["is_unit", "layer_units", "module_layout", "named_units", "set_unit_weight", "unit_weight"]
 
 
 @lru_cache(maxsize=1)
@@ -32,12 +37,39 @@ def _transposed_types() -> tuple[type, ...]:
 
 
 def _transposed(module: Any) -> bool:
+    if isinstance(module, ExpertUnit):
+        return module.transposed
     return isinstance(module, _transposed_types())
 
 
 def is_unit(module: Any) -> bool:
-    """Whether ``module`` is a projection the weight codecs compress (``nn.Linear`` or ``Conv1D``)."""
-    return isinstance(module, nn.Linear) or _transposed(module)
+    """Whether ``module`` is a projection the weight codecs compress (``nn.Linear``, ``Conv1D`` or an expert)."""
+    return isinstance(module, (nn.Linear, ExpertUnit)) or _transposed(module)
+
+
+def layer_units(layer: nn.Module) -> list[tuple[str, Any]]:
+    """``(name within the layer, unit)`` of every unit of a decoder layer: its projection modules in module
+    order (routers left out), then its experts (``mlp.experts.3.down_proj``: expert 3 of ``down_proj``).
+
+    Raises:
+        ValueError: fused parameters the experts finder cannot map (one line naming them).
+    """
+    experts = expert_units(layer)
+    routers = router_modules(layer)
+    mods = [(n, m) for n, m in layer.named_modules() if is_unit(m) and n not in routers]
+    return [*mods, *experts]
+
+
+def named_units(model: nn.Module) -> dict[str, Any]:
+    """Every module of ``model`` by path (as ``named_modules``) and every expert unit of its decoder layers by
+    its unit name (``model.layers.0.mlp.experts.3.down_proj``): what a unit name looks up."""
+    out: dict[str, Any] = dict(model.named_modules())
+    names = {id(m): n for n, m in out.items()}
+    for layer in decoder_layers(model):
+        prefix = names[id(layer)]
+        for name, unit in expert_units(layer):
+            out[f"{prefix}.{name}"] = unit
+    return out
 
 
 def unit_weight(module: Any) -> torch.Tensor:

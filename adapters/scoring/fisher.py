@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..model.experts import ExpertUnit, capture_expert_inputs
 from ..model.units import unit_weight
 
 __all__ = ["FISHER_KINDS", "FisherStats", "fisher_stats", "fisher_estimates"]
@@ -81,12 +82,23 @@ def fisher_stats(
     if kind == "kfac" and any(isinstance(m, torch.nn.Embedding) for m in modules):
         raise ValueError("the kfac Fisher approximation takes linear units only, not an embedding")
     gen = torch.Generator().manual_seed(int(seed))  # labels drawn on the CPU: the same on every device
-    params = [m.weight for m in modules]
-    dev = params[0].device
+    experts = [m for m in modules if isinstance(m, ExpertUnit)]
+    if kind == "kfac" and experts:
+        raise ValueError("the kfac Fisher approximation takes module units only, not experts; use hybrid or diag")
+    # an expert's weight is a slice of a fused parameter: the gradient is taken for the parameter, then sliced
+    leaf_index: dict[int, int] = {}
+    leaves: list[torch.Tensor] = []
+    for m in modules:
+        p = m.param if isinstance(m, ExpertUnit) else m.weight
+        if id(p) not in leaf_index:
+            leaf_index[id(p)] = len(leaves)
+            leaves.append(p)
+    leaf_of = [leaf_index[id(m.param if isinstance(m, ExpertUnit) else m.weight)] for m in modules]
+    dev = leaves[0].device
     was = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in params:
+    for p in leaves:
         p.requires_grad_(True)
     shapes = [tuple(unit_weight(m).shape) for m in modules]  # out × in
     need_a, need_diag = kind in ("kfac", "hybrid"), kind in ("diag", "hybrid")
@@ -117,15 +129,22 @@ def fisher_stats(
 
         return fn
 
-    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)] if kind != "diag" else []
+    watched = [i for i, m in enumerate(modules) if not isinstance(m, ExpertUnit)] if kind != "diag" else []
+    handles = [modules[i].register_forward_hook(hook(i)) for i in watched]
+    expert_hook = {id(m): hook(i) for i, m in enumerate(modules) if isinstance(m, ExpertUnit)}
+    capture = [model] if kind != "diag" else []
     try:
         for s_i in range(tokens.shape[0]):
             seen.clear()
-            logp = torch.log_softmax(model(input_ids=tokens[s_i : s_i + 1].to(dev)).logits[0].float(), dim=-1)
-            wrt = outs if kind == "kfac" else params
+            with capture_expert_inputs(capture, experts, lambda u, x: expert_hook[id(u)](None, (x,), None)):
+                logits = model(input_ids=tokens[s_i : s_i + 1].to(dev)).logits
+            logp = torch.log_softmax(logits[0].float(), dim=-1)
+            wrt = outs if kind == "kfac" else leaves
             for s in range(samples):
                 y = torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen).to(dev)
                 grads = torch.autograd.grad(logp.gather(1, y).sum(), wrt, retain_graph=s < samples - 1)
+                if kind != "kfac":
+                    grads = tuple(_unit_grad(grads[leaf_of[i]], m) for i, m in enumerate(modules))
                 for i, g in enumerate(grads):
                     g = g.float()
                     if kind == "kfac":
@@ -153,6 +172,11 @@ def fisher_stats(
         [a[j] if j >= 0 else None for j in a_of] if need_a else [],
         [(d / (n * samples)).cpu() for d in diag],
     )
+
+
+def _unit_grad(g: torch.Tensor, module: Any) -> torch.Tensor:
+    """A unit's part of its leaf parameter's gradient: an expert's slice of the fused parameter's, else all."""
+    return g[module.index] if isinstance(module, ExpertUnit) else g
 
 
 def fisher_estimates(

@@ -50,7 +50,7 @@ from ..codecs.registry import get_weight_codec
 from ..kernels.hessian import relative_output_error
 from ..model.calibration import layer_calibration
 from ..model.models import decoder_layers
-from ..model.units import unit_weight
+from ..model.units import layer_units, named_units, unit_weight
 
 if TYPE_CHECKING:  # the contract imports this module (a weight codec builds its problem here)
     from ..codecs.base import WeightCodec
@@ -176,6 +176,7 @@ def build_database(
     """
     codec = codec or get_weight_codec(spec.get("kind"))
     codec.check_spec(spec)
+    units = codec.units(model)  # an architecture the unit finder cannot map fails here, before anything is written
     path = Path(root)
     if path.exists() and not path.is_dir():
         raise ValueError(f"the database directory {path} is a file; give another --database")
@@ -184,7 +185,6 @@ def build_database(
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
         raise ValueError(f"cannot create the database directory {path} ({why}); give another --database") from None
-    units = codec.units(model)
     identity = {
         "format": FORMAT,
         "fingerprint": fingerprint or model_fingerprint(model),
@@ -216,7 +216,7 @@ def build_database(
         if i in done:
             continue
         t0 = time.perf_counter()
-        local = {id(m): n for n, m in decoder_layers(model)[i].named_modules()}
+        local = {id(m): n for n, m in layer_units(decoder_layers(model)[i])}
         stats = [
             (name, mod, hessians[local[id(mod)]], None if inputs is None else inputs[local[id(mod)]])
             for name, mod in by_layer.get(i, [])
@@ -469,7 +469,7 @@ class VariantDatabase:
         lv = [int(x) for x in levels]
         if len(lv) != len(self.unit_names):
             raise ValueError(f"an assignment needs {len(self.unit_names)} levels, got {len(lv)}")
-        modules = dict(model.named_modules())
+        modules = named_units(model)
         return sum(self.put(modules[unit], unit, level) for unit, level in zip(self.unit_names, lv))
 
     def forget(self, unit: str | None = None) -> None:

@@ -29,7 +29,7 @@ from levelsearch import solve_additive
 from ..codecs.registry import get_weight_codec
 from ..model.data import TokenSet
 from ..model.models import DEFAULT_MODEL
-from ..model.units import unit_weight
+from ..model.units import named_units, unit_weight
 from ..scoring.layerwise import LayerwiseProblem
 from .database import VariantDatabase, build_database, default_database_dir
 
@@ -191,7 +191,7 @@ class WeightLevelProblem(LayerwiseProblem):
         self.max_fidelity = self.search_pool.n_tokens
         self.db: VariantDatabase = self._open_database(database, progress)
         self.unit_names = self.db.unit_names
-        named = dict(self.model.named_modules())
+        named = named_units(self.model)
         self.modules = [named[u] for u in self.unit_names]
         self.unit_layer = np.array([self.db.manifest["units"][u]["layer"] for u in self.unit_names])
         self.layer_units = [np.flatnonzero(self.unit_layer == i) for i in range(self.map.n_layers)]
