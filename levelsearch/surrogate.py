@@ -12,10 +12,14 @@ fidelity noise. Rows are weighted by fidelity (a value on ``f`` tokens has varia
 ``1/f``) and by age (older batches fade by ``decay`` per generation, so that on a
 non-additive objective the fit tracks the neighbourhood of the current parent).
 
-The fit is ridge regression through accumulated normal equations, solved by a fixed
-number of conjugate-gradient iterations warm-started from the last solution: the cost
-per batch is ``O(m · p²)`` for ``m`` rows and ``p = Σ_i K_i`` parameters, per fit
-``O(iterations · p²)``; everything is deterministic given the rows told.
+The fit is ridge regression on the normal equations ``A w = b``, solved by a fixed number
+of conjugate-gradient iterations warm-started from the last solution. ``A`` is never formed:
+a batch's centred rows are kept as sparse differences from its first row (``D``) plus one
+rank-one correction (``X_c^T X_c = D^T D - m d̄ d̄^T``), so a batch of offspring a few level
+switches from their parent adds a few nonzeros per row, and a product ``A v`` costs the
+rows' nonzeros, not ``p²`` for ``p = Σ_i K_i`` parameters. Ageing is one scalar (past
+rows' weights are divided by the decay so far); rows whose weight has faded below
+``1e-12`` of the newest are dropped. Everything is deterministic given the rows told.
 
 The surrogate only *ranks* candidates so that an optimizer spends its evaluations on the
 promising ones; it never decides who survives (that takes a real evaluation).
@@ -23,11 +27,19 @@ promising ones; it never decides who survives (that takes a real evaluation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+from scipy import sparse
 
 from .space import LevelSpace
 
 __all__ = ["AdditiveSurrogate"]
+
+#: rows whose weight fell below this fraction of the newest row's are dropped
+_FADED = 1e-12
+#: an exact fit forms the dense normal matrix up to this many parameters (``8 p²`` bytes), else runs CG long
+_DENSE_EXACT = 4096
 
 
 class AdditiveSurrogate:
@@ -49,7 +61,7 @@ class AdditiveSurrogate:
         prior: np.ndarray | None = None,
         ridge: float = 1e-5,
         decay: float = 0.97,
-        iterations: int = 30,
+        iterations: int = 10,
     ) -> None:
         self.space = space
         n_levels = space.n_levels.astype(np.int64)
@@ -65,10 +77,15 @@ class AdditiveSurrogate:
             p = np.where(np.isfinite(p), p, 0.0)[:, :width]
             scale = float(np.abs(p).max()) or 1.0
             self.prior = p / scale  # unit scale: α carries the size
-        size = self.n_params + (1 if self.prior is not None else 0)
-        self._a = np.zeros((size, size))
-        self._b = np.zeros(size)
-        self._coef: np.ndarray = np.zeros(size)
+        self._size = self.n_params + (1 if self.prior is not None else 0)
+        # rows of the normal matrix's factor, as CSR pieces: A = Σ_r weight_r · row_r row_rᵀ
+        self._indptr: list[np.ndarray] = []
+        self._indices: list[np.ndarray] = []
+        self._data: list[np.ndarray] = []
+        self._weights: list[np.ndarray] = []  # stored weight · _scale = true weight
+        self._b = np.zeros(self._size)  # stored; true b = _b · _scale
+        self._scale = 1.0
+        self._coef: np.ndarray = np.zeros(self._size)
         if self.prior is not None:
             self._coef[-1] = 1.0  # before any data the prior is the model
         self.ridge = float(ridge)
@@ -78,14 +95,33 @@ class AdditiveSurrogate:
         self._dirty = False
 
     # ----------------------------------------------------------------- data
-    def _features(self, levels: np.ndarray) -> np.ndarray:
-        lv = np.atleast_2d(np.asarray(levels, dtype=np.int64))
-        x = np.zeros((lv.shape[0], self._a.shape[0]))
-        rows = np.repeat(np.arange(lv.shape[0]), lv.shape[1])
-        x[rows, (self._offset[None, :] + lv).ravel()] = 1.0
+    def _prior_sum(self, lv: np.ndarray) -> np.ndarray:
+        assert self.prior is not None
+        return np.asarray(self.prior[self._units[None, :], lv].sum(axis=1), dtype=float)
+
+    def _centred_rows(self, lv: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """CSR ``(indptr, indices, data)`` of ``D`` (each row's one-hot features minus the first
+        row's: a pair of ±1 per changed unit, then the prior's difference) followed by ``d̄``,
+        the mean of ``D``'s rows."""
+        m = lv.shape[0]
+        r, u = np.nonzero(lv != lv[0][None, :])  # row-major: grouped by row
+        n_prior = 0 if self.prior is None else 1
+        starts = np.concatenate([[0], np.cumsum(2 * np.bincount(r, minlength=m) + n_prior)])
+        indices = np.empty(int(starts[-1]), dtype=np.int64)
+        data = np.empty(int(starts[-1]))
+        pos = starts[r] + 2 * _rank_within(r)
+        indices[pos], indices[pos + 1] = self._offset[u] + lv[r, u], self._offset[u] + lv[0, u]
+        data[pos], data[pos + 1] = 1.0, -1.0
         if self.prior is not None:
-            x[:, -1] = self.prior[self._units[None, :], lv].sum(axis=1)
-        return x
+            pr = self._prior_sum(lv)
+            indices[starts[1:] - 1], data[starts[1:] - 1] = self._size - 1, pr - pr[0]
+        mean = np.bincount(indices, weights=data, minlength=self._size) / m
+        nz = np.flatnonzero(mean)
+        return (
+            np.concatenate([starts, [starts[-1] + nz.size]]),
+            np.concatenate([indices, nz]),
+            np.concatenate([data, mean[nz]]),
+        )
 
     def add_batch(self, levels: np.ndarray, values: np.ndarray, weight: float = 1.0) -> None:
         """Tell the values of one batch (candidates evaluated on the same data sample).
@@ -97,54 +133,73 @@ class AdditiveSurrogate:
         ok = np.isfinite(vals)
         if ok.sum() < 2:
             return
-        x = self._features(np.asarray(levels)[ok])
+        lv = np.asarray(levels, dtype=np.int64)[ok]
         y = vals[ok]
-        x = x - x.mean(axis=0)
-        y = y - y.mean()
-        w = float(weight)
-        self._a += w * (x.T @ x)
-        self._b += w * (x.T @ y)
-        self.n_rows += int(ok.sum()) - 1
+        m = lv.shape[0]
+        indptr, indices, data = self._centred_rows(lv)
+        # centring: X_c = D - 1 d̄ᵀ, so X_cᵀX_c = DᵀD - m d̄ d̄ᵀ and X_cᵀy_c = Dᵀ(y - ȳ)
+        w = float(weight) / self._scale
+        self._indptr.append(indptr)
+        self._indices.append(indices)
+        self._data.append(data)
+        self._weights.append(np.concatenate([np.full(m, w), [-m * w]]))
+        yc = y - y.mean()
+        n_d = int(indptr[m])
+        row_of = np.repeat(np.arange(m), np.diff(indptr[: m + 1]))
+        self._b += w * np.bincount(indices[:n_d], weights=data[:n_d] * yc[row_of], minlength=self._size)
+        self.n_rows += m - 1
         self._dirty = True
 
     def age(self) -> None:
         """One generation passed: past batches weigh ``decay`` times less."""
         if self.decay < 1.0:
-            self._a *= self.decay
-            self._b *= self.decay
+            self._scale *= self.decay
+            if self._scale < 1e-150:  # keep the stored weights in range
+                self._weights = [w * self._scale for w in self._weights]
+                self._b *= self._scale
+                self._scale = 1.0
+
+    def _rows(self) -> tuple[sparse.csr_matrix, np.ndarray]:
+        """All rows as one CSR matrix and their true weights (faded rows dropped for good)."""
+        newest = abs(float(self._weights[-1][0]))
+        keep = [k for k, w in enumerate(self._weights) if abs(float(w[0])) >= _FADED * newest]
+        if len(keep) < len(self._weights):
+            for name in ("_indptr", "_indices", "_data", "_weights"):
+                setattr(self, name, [getattr(self, name)[k] for k in keep])
+        if len(self._indptr) > 1:  # merge the pieces once, so the next fit starts from one
+            starts = np.cumsum([0] + [int(p[-1]) for p in self._indptr[:-1]])
+            indptr = np.concatenate([self._indptr[0]] + [p[1:] + s for p, s in zip(self._indptr[1:], starts[1:])])
+            self._indptr = [indptr]
+            self._indices = [np.concatenate(self._indices)]
+            self._data = [np.concatenate(self._data)]
+            self._weights = [np.concatenate(self._weights)]
+        mat = sparse.csr_matrix(
+            (self._data[0], self._indices[0], self._indptr[0]), shape=(len(self._indptr[0]) - 1, self._size)
+        )
+        return mat, self._weights[0] * self._scale
 
     # ------------------------------------------------------------------ fit
     def fit(self, exact: bool = False) -> None:
         """Refit: conjugate gradients on the ridge normal equations, warm-started, or with
-        ``exact`` a direct solve (``O(p³)``: after a block of many new rows, e.g. probes)."""
+        ``exact`` a direct solve (after a block of many new rows, e.g. probes)."""
         if not self._dirty:
             return
         self._dirty = False
-        diag = np.diag(self._a)
+        rows, w = self._rows()
+        rows_t = rows.T  # CSC of the transpose: no copy
+        b = self._b * self._scale
+        row_of = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+        diag = np.bincount(rows.indices, weights=rows.data**2 * w[row_of], minlength=self._size)
         lam = self.ridge * (float(diag.mean()) if diag.size and diag.mean() > 0 else 1.0)
-        a = self._a
-        if exact:
-            self._coef = np.asarray(np.linalg.solve(a + lam * np.eye(a.shape[0]), self._b), dtype=float)
+
+        def matvec(v: np.ndarray) -> np.ndarray:
+            return np.asarray(rows_t @ (w * (rows @ v)), dtype=float) + lam * v
+
+        if exact and self._size <= _DENSE_EXACT:
+            a = np.asarray((rows_t @ sparse.diags(w) @ rows).toarray())
+            self._coef = np.asarray(np.linalg.solve(a + lam * np.eye(self._size), b), dtype=float)
             return
-        x = self._coef
-        r = self._b - (a @ x + lam * x)
-        p = r.copy()
-        rs = float(r @ r)
-        tol = 1e-20 * max(1.0, float(self._b @ self._b))
-        for _ in range(self.iterations):
-            if rs <= tol:
-                break
-            ap = a @ p + lam * p
-            denom = float(p @ ap)
-            if denom <= 0:
-                break
-            step = rs / denom
-            x = x + step * p
-            r = r - step * ap
-            rs_new = float(r @ r)
-            p = r + (rs_new / rs) * p
-            rs = rs_new
-        self._coef = x
+        self._coef = _conjugate_gradients(matvec, b, self._coef, 20 * self.iterations if exact else self.iterations)
 
     # ------------------------------------------------------------ predictions
     def predict(self, levels: np.ndarray) -> np.ndarray:
@@ -152,16 +207,49 @@ class AdditiveSurrogate:
         lv = np.atleast_2d(np.asarray(levels, dtype=np.int64))
         out = self._coef[: self.n_params][self._offset[None, :] + lv].sum(axis=1)
         if self.prior is not None:
-            out = out + self._coef[-1] * self.prior[self._units[None, :], lv].sum(axis=1)
-        return out
+            out = out + self._coef[-1] * self._prior_sum(lv)
+        return np.asarray(out, dtype=float)
 
     def unit_table(self) -> np.ndarray:
         """``(n_units, max_levels)`` predicted per-unit, per-level values (``inf`` past a unit's levels)."""
         width = int(self.space.n_levels.max())
-        out = np.full((self.space.n_units, width), np.inf)
-        for i in range(self.space.n_units):
-            k = int(self.space.n_levels[i])
-            out[i, :k] = self._coef[self._offset[i] : self._offset[i] + k]
-            if self.prior is not None:
-                out[i, :k] += self._coef[-1] * self.prior[i, :k]
-        return out
+        level = np.arange(width)[None, :]
+        valid = level < self.space.n_levels[:, None]
+        idx = np.where(valid, self._offset[:, None] + level, 0)
+        out = np.where(valid, self._coef[idx], np.inf)
+        if self.prior is not None:
+            out = out + np.where(valid, self._coef[-1] * self.prior[:, :width], 0.0)
+        return np.asarray(out, dtype=float)
+
+
+def _rank_within(sorted_keys: np.ndarray) -> np.ndarray:
+    """For a sorted key array, each entry's position among the entries with its key (0, 1, 2, ...)."""
+    if sorted_keys.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
+    start = np.maximum.accumulate(np.where(first, np.arange(sorted_keys.size), 0))
+    return np.arange(sorted_keys.size) - start
+
+
+def _conjugate_gradients(
+    matvec: Callable[[np.ndarray], np.ndarray], b: np.ndarray, x: np.ndarray, iterations: int
+) -> np.ndarray:
+    """``iterations`` steps of conjugate gradients on ``matvec(x) = b`` from ``x`` (stops early when solved)."""
+    r = b - matvec(x)
+    p = r.copy()
+    rs = float(r @ r)
+    tol = 1e-20 * max(1.0, float(b @ b))
+    for _ in range(iterations):
+        if rs <= tol:
+            break
+        ap = matvec(p)
+        denom = float(p @ ap)
+        if denom <= 0:
+            break
+        step = rs / denom
+        x = x + step * p
+        r = r - step * ap
+        rs_new = float(r @ r)
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    return x
