@@ -87,3 +87,22 @@ def set_unit_weight(module: Any, weight: torch.Tensor) -> None:
     """Copy an ``out × in`` ``weight`` into ``module``'s weight parameter, in the module's layout and dtype."""
     with torch.no_grad():
         unit_weight(module).copy_(weight.to(module.weight.device, module.weight.dtype))
+
+
+#: shards an engine fuses into one layer of one scheme (vLLM's ``qkv_proj`` and ``gate_up_proj``)
+FUSED_SHARDS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def engine_ties(names: list[str], units: list[Any]) -> list[str]:
+    """A tie label per unit (units with one label share one level): the shards an engine fuses (q/k/v, gate/up
+    of one parent) and a layer's experts of one fused parameter (``model.layers.3.mlp.experts.down_proj``, one
+    3-D tensor of one type in llama.cpp, one scheme in fused-MoE kernels); every other unit alone."""
+    labels = []
+    for name, unit in zip(names, units):
+        parent, _, leaf = name.rpartition(".")
+        if isinstance(unit, ExpertUnit):  # ``...experts.{e}.{param}``: every expert of the parameter at once
+            labels.append(f"{parent.rpartition('.')[0]}.{leaf}")
+            continue
+        shards = next((s for s in FUSED_SHARDS if leaf in s), None)
+        labels.append(f"{parent}:{'+'.join(shards)}" if shards else name)
+    return labels

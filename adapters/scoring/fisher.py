@@ -207,7 +207,7 @@ def fisher_estimates(
     finally:
         if bar is not None:
             bar.close()
-    n_levels = problem.space.n_levels
+    n_levels = np.array([len(c) for c in problem.costs])  # every unit's, tied or not
     out = np.full((len(problem.unit_names), int(n_levels.max())), np.nan)
     for i in range(len(problem.unit_names)):
         dense = problem._dense[i].float()

@@ -17,6 +17,7 @@ memory-mapped database.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,11 +26,12 @@ import numpy as np
 import torch
 
 from levelsearch import solve_additive
+from levelsearch.ties import TiedSpace
 
 from ..codecs.registry import get_weight_codec
 from ..model.data import TokenSet
-from ..model.models import DEFAULT_MODEL
-from ..model.units import named_units, unit_weight
+from ..model.models import DEFAULT_MODEL, decoder_layers
+from ..model.units import engine_ties, named_units, unit_weight
 from ..scoring.layerwise import LayerwiseProblem
 from .database import VariantDatabase, build_database, default_database_dir
 
@@ -51,6 +53,33 @@ DENSE = None  # a candidate standing for the uncompressed model in :meth:`Weight
 
 #: what :meth:`WeightLevelProblem.unit_errors` can measure (``estimates=``)
 ESTIMATES = ("fisher", "layer")
+#: which units share a level (``ties=``): as the engines that run the export need, or none
+TIES = ("engine", "none")
+
+
+#: formats whose engines run fused shards and a layer's experts with one scheme (vLLM's fused layers and
+#: fused-MoE kernels): a codec that writes one ties its units as they do by default
+ENGINE_FORMATS = ("gptq", "pack-quantized")
+
+
+def default_ties(codec: Any) -> str:
+    """The ties a codec's runs use by default: its ``default_ties`` when it declares one, else ``"engine"`` when it
+    writes a format of :data:`ENGINE_FORMATS`, else ``"none"``."""
+    declared = getattr(codec, "default_ties", None)
+    if declared in TIES:
+        return str(declared)
+    return "engine" if set(getattr(codec, "formats", ())) & set(ENGINE_FORMATS) else "none"
+
+
+def check_ties(ties: str | None, fmt: str | None) -> None:
+    """``ValueError`` (one line) for ``ties="none"`` with a format whose engines need tied units (before any load)."""
+    if ties is not None and ties not in TIES:
+        raise ValueError(f"--ties {ties}: choose one of {', '.join(TIES)}")
+    if ties == "none" and fmt in ENGINE_FORMATS:
+        raise ValueError(
+            f"--ties none cannot be written as --format {fmt}: its engines run fused q/k/v, gate/up and a layer's "
+            "experts with one scheme; use --ties engine or --format dense"
+        )
 
 
 class WeightLevelProblem(LayerwiseProblem):
@@ -142,7 +171,25 @@ class WeightLevelProblem(LayerwiseProblem):
         self.budget_options = {**self.codec.budget_defaults, **budget_options}
         self.codec.check_budget(self.budget_options)  # before anything slow
         self._setup(lambda m: self.codec.make_spec(m, self.target, **spec_options), model, **options)
-        super().__init__(self.codec.make_space(self.costs, self.numel, self.target, self.budget_options))
+        space = self.codec.make_space(self.costs, self.numel, self.target, self.budget_options)
+        super().__init__(self._tie(space))
+
+    def _tie(self, space: Any) -> Any:
+        """``space`` over the tie groups :attr:`ties` names (``"engine"``: fused shards and a layer's experts of one
+        fused parameter share a level, :func:`~levelsearch.adapters.model.units.engine_ties`; ``"none"``: none).
+        Units share a level only when their level values are the same (a unit alone otherwise)."""
+        if self.ties == "none":
+            return space
+        labels = engine_ties(self.unit_names, self.modules)
+        keyed = [(lab, json.dumps(self.db.values(n))) for lab, n in zip(labels, self.unit_names)]
+        tied = TiedSpace(space, keyed)
+        return tied if tied.n_units < space.n_units else space
+
+    def member_levels(self, levels: np.ndarray | None) -> np.ndarray | None:
+        """Every unit's level under ``levels``: a search assignment over tie groups expanded (as it is otherwise)."""
+        if levels is None or not isinstance(self.space, TiedSpace) or len(levels) != self.space.n_units:
+            return levels
+        return self.space.expand(levels)
 
     def _setup(
         self,
@@ -153,6 +200,7 @@ class WeightLevelProblem(LayerwiseProblem):
         progress: bool = True,
         search_tokens: int | None = None,
         estimates: str = "fisher",
+        ties: str | None = None,
         **options: Any,
     ) -> None:
         """Load the model and data, then ``make_spec(model module)`` (checks the settings before anything
@@ -170,11 +218,18 @@ class WeightLevelProblem(LayerwiseProblem):
                 backward pass over the pool, counted in :attr:`n_forward_tokens` as three forwards) or
                 ``"layer"`` (the database's normalised layer errors: free, much weaker; the ``dp``
                 baseline's input either way).
+            ties: ``"engine"`` (units an engine runs with one scheme share one level: fused q/k/v and gate/up
+                shards, a layer's experts of one fused parameter; the search's units are then the tie groups,
+                :class:`~levelsearch.ties.TiedSpace`) or ``"none"``; default: the codec's
+                (:attr:`~levelsearch.adapters.codecs.WeightCodec.default_ties`, ``"none"`` when it names none).
             options: the model and data: see
                 :meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem._setup_model_and_data`.
         """
         if estimates not in ESTIMATES:
             raise ValueError(f"estimates {estimates!r}: choose one of {', '.join(ESTIMATES)}")
+        if ties is not None and ties not in TIES:
+            raise ValueError(f"ties {ties!r}: choose one of {', '.join(TIES)}")
+        self.ties = ties or default_ties(getattr(self, "codec", None))
         self.estimates = estimates
         self._progress = bool(progress)
         self.fisher_tokens = 0  # token-equivalents the Fisher estimates took (once measured)
@@ -247,10 +302,12 @@ class WeightLevelProblem(LayerwiseProblem):
 
     def profile(self, levels: np.ndarray) -> np.ndarray:
         """Each unit's ``amount / numel`` under ``levels`` (sparsity, bits per weight, fraction kept ...)."""
+        levels = self.member_levels(levels)
         return np.array([self.amounts[u][int(lv)] / self.numel[u] for u, lv in enumerate(levels)])
 
     def average(self, levels: np.ndarray) -> float:
         """``Σ amount / Σ numel`` under ``levels``: what the target names."""
+        levels = self.member_levels(levels)
         return float(sum(self.amounts[u][int(lv)] for u, lv in enumerate(levels)) / self.numel.sum())
 
     def unit_type(self, unit: int) -> str:
@@ -271,10 +328,12 @@ class WeightLevelProblem(LayerwiseProblem):
 
     def apply(self, levels: np.ndarray | None) -> None:
         """Put the model's weights at ``levels`` (``None``: the dense weights)."""
+        levels = self.member_levels(levels)
         for u in range(len(self.modules)):
             self._put(u, None if levels is None else int(levels[u]))
 
     def layer_key(self, levels: np.ndarray | None, layer: int) -> tuple[int, ...] | None:
+        levels = self.member_levels(levels)
         return None if levels is None else tuple(int(x) for x in np.asarray(levels)[self.layer_units[layer]])
 
     def candidate_keys(self, candidate: np.ndarray | None) -> tuple[tuple[int, ...] | None, ...]:
@@ -305,15 +364,20 @@ class WeightLevelProblem(LayerwiseProblem):
         est, tokens = fisher_estimates(self, progress=self._progress)
         self.n_forward_tokens += tokens
         self.fisher_tokens = tokens
-        return est
+        return self._per_search_unit(est)
+
+    def _per_search_unit(self, values: np.ndarray) -> np.ndarray:
+        """Per-unit, per-level estimates as the search's units have them: summed over each tie group."""
+        return self.space.reduce_values(values) if isinstance(self.space, TiedSpace) else values
 
     def variant_weight(self, unit: int, level: int) -> torch.Tensor:
         """The fp32 ``out × in`` weight of ``unit`` at ``level`` (the database's decoded variant, a copy)."""
         return self.db.weight(self.unit_names[unit], int(level))
 
     def layer_errors(self) -> np.ndarray:
-        """The database's per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (free)."""
-        return self.db.errors()
+        """The database's per-unit, per-level normalised output errors ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)`` (free), per
+        search unit (a tie group's summed over its members)."""
+        return self._per_search_unit(self.db.errors())
 
     # ------------------------------------------------------------------ export
     def export_state(self, levels: np.ndarray) -> dict[str, torch.Tensor]:
@@ -322,9 +386,15 @@ class WeightLevelProblem(LayerwiseProblem):
         self.apply(levels)
         return dict(self.model.state_dict())
 
+    def searched_fraction(self) -> float:
+        """The fraction of the decoder layers' weights (every parameter of them) the search compresses."""
+        total = sum(p.numel() for layer in decoder_layers(self.model) for p in layer.parameters())
+        return float(self.numel.sum() / max(total, 1))
+
     def export_record(self, levels: np.ndarray) -> dict[str, Any]:
         """What ``levelsearch_compression.json`` says: each unit's level and what the codec records of it."""
         per_unit: dict[str, Any] = {}
+        levels = self.member_levels(levels)
         for u, name in enumerate(self.unit_names):
             value = self.db.values(name)[int(levels[u])]
             entry = self.codec.export_entry(self.spec, value, int(self.numel[u]))
