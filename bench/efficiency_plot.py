@@ -3,7 +3,7 @@
     .venv/bin/python bench/efficiency_plot.py bench/results/efficiency/drop
 
 Writes ``efficiency.png`` in that folder and prints, per seed, the reference's final KL and tokens, and the
-tokens ``evopress`` needed to reach that KL (and their ratio: the issue's target is at most 0.5).
+tokens ``evopress`` needed to reach that KL (and their ratio).
 """
 
 from __future__ import annotations
