@@ -50,6 +50,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from levelsearch.ties import member_levels
+
+from ..model.experts import refuse_experts
 from .common import (
     config_without_quantization,
     load_strict,
@@ -114,7 +117,8 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
 
     if "bits" not in problem.spec:
         raise ValueError("the pack-quantized format holds bit-widths; this run's levels have none")
-    lv = problem.space.validate(levels)
+    refuse_experts(problem.modules, "pack-quantized")
+    lv = member_levels(problem.space, levels)
     problem.apply(None)
     dtype = next(problem.model.parameters()).dtype
     state = dict(problem.model.state_dict())
@@ -201,7 +205,8 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
     sparsity; any unit's weights are written exactly, the file shrinks with their zeros)."""
     from ..model.models import save_model
 
-    lv = problem.space.validate(levels)
+    refuse_experts(problem.modules, "sparse-bitmask")
+    lv = member_levels(problem.space, levels)
     problem.apply(lv)
     try:
         state = {k: v.detach().clone() for k, v in problem.model.state_dict().items()}

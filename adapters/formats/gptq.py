@@ -58,6 +58,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from levelsearch.ties import member_levels
+
+from ..model.experts import refuse_experts
 from .common import (
     config_without_quantization,
     load_strict,
@@ -171,7 +174,8 @@ def write_gptq(
         raise ValueError("the gptq format holds bit-widths; this run's levels have none")
     if checkpoint_format not in (None, "gptq", "gptq_v2"):
         raise ValueError(f"checkpoint_format must be gptq or gptq_v2, not {checkpoint_format}")
-    lv = problem.space.validate(levels)
+    refuse_experts(problem.modules, "gptq")
+    lv = member_levels(problem.space, levels)
     problem.apply(None)
     dtype = next(problem.model.parameters()).dtype
     scale_dtype = torch.float32 if dtype == torch.float32 else torch.float16

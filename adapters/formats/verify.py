@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from levelsearch.ties import member_levels
+
 __all__ = [
     "ExportCheckFailed",
     "check_export",
@@ -74,7 +76,7 @@ def reference_logits(problem: Any, levels: np.ndarray, ids: torch.Tensor) -> tor
     runner = getattr(problem, "runner", None)
     if runner is not None:
         runner.layer_kwargs(ids)  # a dropped branch's zeros take the shape its real output had
-    problem.apply(problem.space.validate(levels))
+    problem.apply(member_levels(problem.space, levels))
     try:
         return problem.model(input_ids=ids, use_cache=False).logits.float()
     finally:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from levelsearch.ties import member_levels
+
 from ..model.models import save_model
 
 __all__ = ["export_model", "export_dropped", "verify_export"]
@@ -24,7 +26,7 @@ __all__ = ["export_model", "export_dropped", "verify_export"]
 
 def export_model(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None) -> Path:
     """Write ``problem``'s model at ``levels`` into ``out`` (see the module docstring); returns the directory."""
-    lv = problem.space.validate(levels)
+    lv = member_levels(problem.space, levels)
     path = save_model(problem.model, problem.tokenizer, out, state_dict=problem.export_state(lv))
     meta = {**problem.export_record(lv), "levels": lv.tolist(), **(info or {})}
     (path / "levelsearch_compression.json").write_text(json.dumps(meta, indent=1))
