@@ -50,7 +50,7 @@ def _value(lv: np.ndarray) -> float:
 def test_a_fitness_that_writes_into_its_levels_corrupts_nothing(tmp_path, name):
     def mutating(lv):
         v = float(ERRS[np.arange(32), lv].sum())
-        lv[:] = 0  # the probe: best_levels summed to 0 (infeasible) with another assignment's value
+        lv[:] = 0  # a fitness that zeroes its input: best_levels would sum to 0 (infeasible) with another's value
         return v
 
     res = minimize(mutating, SPACE, name, max_evaluations=200, seed=0, journal=tmp_path / "j.db")

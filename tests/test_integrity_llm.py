@@ -1,4 +1,4 @@
-"""Issue 14 on a tiny model: every cache is checked when it is read back, and a bad one is rebuilt (said in
+"""Integrity on a tiny model: every cache is checked when it is read back, and a bad one is rebuilt (said in
 one line) or refused (one line, exit 2), never used. Each case compares against an untouched run: no result
 may change.
 
@@ -101,7 +101,7 @@ def test_a_corrupted_teacher_cache_is_rebuilt_and_changes_nothing(reference, mod
     data = bytearray(f.read_bytes())
     if damage == "zero-bytes":
         start = len(data) // 2
-        data[start : start + 2000] = bytes(2000)  # the issue zeroed 100 KB of the held-out teacher
+        data[start : start + 2000] = bytes(2000)  # a damaged held-out teacher: 2,000 bytes zeroed
     else:
         data = data[: len(data) // 2]
     f.write_bytes(bytes(data))
@@ -120,7 +120,7 @@ def test_an_edited_heuristics_cache_is_rebuilt_and_changes_nothing(reference, mo
         p.unlink()
     f = out / "cache" / "heuristics.json"
     data = json.loads(f.read_text())
-    data["heuristics"]["random"]["calibration_kl"] = 0.0001  # the issue's edit: random became the start
+    data["heuristics"]["random"]["calibration_kl"] = 0.0001  # a hand edit that would make random the start
     f.write_text(json.dumps(data))
     capsys.readouterr()
     assert main(_compress(model_dir, out)) == 0
