@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from .config import BENCH_SCHEMA, MAX_BENCH_RUNS, check_name, load_yaml, validate
-from .driver import minimize
+from .driver import minimize, problem_options
 from .optimizer import Optimizer, Request, get_optimizer, make_optimizer
 from .problem import Problem, make_problem
 from .runner import refuse_other_files
@@ -181,6 +181,15 @@ class _Pinned(Problem):
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
+    def unit_errors(self) -> np.ndarray | None:
+        return self.inner.unit_errors()
+
+    def default_schedule(self, optimizer: str = "evopress") -> dict[str, Any] | None:
+        return self.inner.default_schedule(optimizer)
+
+    def default_start(self) -> np.ndarray | None:
+        return self.inner.default_start()
+
 
 class _WallCap(Optimizer):
     """Stops the wrapped optimizer once ``seconds`` of wall time have passed."""
@@ -224,7 +233,8 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
 
     warnings.simplefilter("ignore")
     prob = _Pinned(make_problem(task["problem"]), task["optimum"])
-    options = dict(task["options"])
+    # the problem's schedule and start where the task's options give none (as minimize would)
+    options, defaults = problem_options(prob, task["optimizer"], task["options"])
     budget = task["budget"]
     if "budget" in inspect.signature(get_optimizer(task["optimizer"])).parameters and "budget" not in options:
         options["budget"] = int(budget.get("max_evaluations") or 10_000)
@@ -264,6 +274,7 @@ def _run_one(task: dict[str, Any]) -> dict[str, Any]:
         "stopped_by": "wall-time cap" if opt.capped else res.stopped_by,
         "wall_seconds": res.wall_seconds,
         "notes": res.notes,  # fallbacks the optimizer took (e.g. EvoPress's model jumps turned off)
+        "defaults": defaults,  # the schedule and start used, and where each came from
     }
     # the finished run, keyed by its task: a rerun of the same grid into the same directory reuses it
     _atomic_write(path.with_suffix(".json"), json.dumps({"task": _task_key(task), "result": done}, default=_json))

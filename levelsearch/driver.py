@@ -28,7 +28,7 @@ import numpy as np
 from .config import MAX_COST, MAX_EVALUATIONS, check_finite  # the largest budgets accepted: more is a typo
 from .evaluators import Evaluator, Outcome, SerialEvaluator, fitness_value, private_levels
 from .journal import Journal, JournalMismatch, JournalRecord
-from .optimizer import Optimizer, Request, make_optimizer
+from .optimizer import Optimizer, Request, get_optimizer, make_optimizer
 from .problem import FunctionProblem, Problem
 from .space import LevelSpace
 
@@ -41,6 +41,7 @@ __all__ = [
     "run_identity",
     "oracle_fingerprint",
     "spot_check_tolerance",
+    "problem_options",
     "MAX_EVALUATIONS",
     "MAX_COST",
 ]
@@ -101,6 +102,11 @@ class Result:
         notes: fallbacks the optimizer or the evaluator took that changed what the run did, one
             sentence each (e.g. EvoPress's model jumps turned off because the knapsack cannot be
             solved); each was also issued once as a ``RuntimeWarning``. Empty when none was taken.
+        defaults: what the search used and where it came from, for an optimizer given by name
+            (see :func:`problem_options`): ``{"schedule": ..., "schedule_from": "problem" |
+            "options" | "optimizer", "start_from": ...}``; empty for an optimizer instance.
+        stop_reason: when the optimizer stopped the run (``stopped_by == "optimizer"``), why, in
+            words (e.g. EvoPress's stopping rule); else empty.
     """
 
     best_levels: np.ndarray
@@ -117,6 +123,8 @@ class Result:
     n_replayed: int = 0
     n_spot_checks: int = 0
     notes: list[str] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str = ""
 
 
 # consecutive batches with nothing new to evaluate before the driver gives up
@@ -232,7 +240,13 @@ def minimize(
     # a known optimum may take long to compute (enumeration): not while the user waits on Ctrl-C
     optimum = None if stopped_by == "interrupted" else problem.optimum
     with _sigint_deferred():
-        return _result(problem, opt, led, loop.trace, stopped_by, t_start, n_spot, optimum, _notes(opt, evaluator))
+        res = _result(problem, opt, led, loop.trace, stopped_by, t_start, n_spot, optimum, _notes(opt, evaluator))
+    res.defaults = dict(getattr(opt, "defaults", None) or {})
+    if res.defaults.get("start_from") == "optimizer" and getattr(opt, "start_source", ""):
+        res.defaults["start_from"] = f"optimizer ({opt.start_source})"  # type: ignore[attr-defined]
+    if stopped_by == "optimizer":
+        res.stop_reason = str(getattr(opt, "stop_reason", "") or "")
+    return res
 
 
 def _prepare(
@@ -259,11 +273,70 @@ def _prepare(
             raise ValueError("options= only applies when optimizer is given by name")
         opt_name = type(optimizer).__name__
     else:
-        opt = make_optimizer(optimizer, problem.space, seed=seed, **dict(options or {}))
+        merged, defaults = problem_options(problem, optimizer, options)
+        opt = make_optimizer(optimizer, problem.space, seed=seed, **merged)
+        opt.defaults = defaults  # type: ignore[attr-defined]
         opt_name = optimizer
     _check_budget(max_evaluations, max_cost, opt)
     _offer_unit_errors(problem, opt)
     return problem, opt, opt_name
+
+
+#: options that define an EvoPress schedule: a user who gives ``steps`` or ``preset`` chose their own
+_SCHEDULE_KEYS = ("steps", "preset")
+
+
+def problem_options(
+    problem: Problem, optimizer: str, options: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options ``optimizer`` runs with on ``problem``: the user's, over the problem's defaults.
+
+    For ``evopress`` and ``evopress-ref`` (and their subclasses) whose options name no ``steps`` or
+    ``preset``, the problem's :meth:`~levelsearch.Problem.default_schedule` fills every key the user
+    left out; for ``evopress``, the problem's :meth:`~levelsearch.Problem.default_start` is the start
+    when none is given. Other optimizers get the options unchanged.
+
+    Returns:
+        ``(options, defaults)``: the merged options and a JSON-able record of what was used and
+        where it came from (``schedule``, ``schedule_from``, ``start_from``), as ``summary.json`` keeps it.
+    """
+    from .evopress import EvoPress, ReferenceEvoPress
+
+    given = dict(options or {})
+    factory = get_optimizer(optimizer)
+    if not (isinstance(factory, type) and issubclass(factory, ReferenceEvoPress)):
+        return given, {}
+    merged = dict(given)
+    schedule_from = "options" if any(k in given for k in _SCHEDULE_KEYS) else "optimizer"
+    if schedule_from == "optimizer":
+        suggested = problem.default_schedule("evopress" if issubclass(factory, EvoPress) else optimizer)
+        if suggested:
+            merged = {**suggested, **given}
+            schedule_from = (
+                "problem"
+                if not set(given) & set(suggested)
+                else "problem, with the user's " + ", ".join(sorted(set(given) & set(suggested)))
+            )
+    start_from = "options" if "start" in given else "optimizer"
+    if start_from == "optimizer" and issubclass(factory, EvoPress):
+        start = problem.default_start()
+        if start is not None:
+            merged["start"] = start
+            start_from = "problem"
+    schedule = {k: merged[k] for k in ("offspring", "steps", "screen", "max_switches") if k in merged}
+    return merged, {"schedule": _jsonable(schedule), "schedule_from": schedule_from, "start_from": start_from}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def _check_run_arguments(

@@ -32,7 +32,7 @@ from .surrogate import AdditiveSurrogate
 
 __all__ = ["EvoPress", "ReferenceEvoPress", "SelectionStep", "PRESETS", "MAX_SURROGATE_PARAMS"]
 
-#: Largest ``Σ K_i`` for which ``surrogate="auto"`` fits a surrogate (its normal matrix: 128 MiB).
+#: Largest ``Σ K_i`` for which ``surrogate="auto"`` fits a surrogate.
 MAX_SURROGATE_PARAMS = 4096
 
 
@@ -130,6 +130,16 @@ class ReferenceEvoPress(Optimizer):
             step's fidelity).
         max_generations: stop after this many generations (default: no limit;
             the driver's evaluation/cost budget stops the run).
+        patience: the stopping rule, in work: stop once this many generations in a row
+            improved the parent by less than ``min_improvement`` (relative), measured in
+            each generation's final step, where parent and offspring share their data
+            (default ``None``: off; a fixed budget runs to its end).
+        min_improvement: the relative gain a generation must make to count (default 1e-3).
+
+    Attributes:
+        stop_reason: why :meth:`stop` said so, in words ("" while the search goes on).
+        start_source: where the start came from: ``"uniform"``, ``"random"``, ``"given"``,
+            or (``evopress`` with a prior) ``"prior"``.
     """
 
     multi_fidelity = True
@@ -147,6 +157,8 @@ class ReferenceEvoPress(Optimizer):
         init_candidates: int | None = None,
         init_fidelity: int | None = None,
         max_generations: int | None = None,
+        patience: int | None = None,
+        min_improvement: float = 1e-3,
     ) -> None:
         super().__init__(space, seed=seed)
         base: dict[str, Any] = dict(PRESETS["default"])
@@ -169,6 +181,17 @@ class ReferenceEvoPress(Optimizer):
         self.init_candidates = _positive_int(cfg.get("init_candidates", 16), "init_candidates")
         self.init_fidelity = cfg.get("init_fidelity", self.steps[0].fidelity)
         self.max_generations = None if max_generations is None else _positive_int(max_generations, "max_generations")
+        self.patience = None if patience is None else _positive_int(patience, "patience")
+        if (
+            isinstance(min_improvement, bool)
+            or not isinstance(min_improvement, (int, float))
+            or not 0.0 <= float(min_improvement) < 1.0
+        ):
+            raise ValueError(f"min_improvement must be a fraction in [0, 1), got {min_improvement!r}")
+        self.min_improvement = float(min_improvement)
+        self._flat = 0  # generations in a row below min_improvement
+        self.stop_reason = ""
+        self.start_source = ""
         self.start = cfg.get("start", "uniform")
         # the default start goes to random quietly when no uniform assignment is feasible (as documented);
         # a uniform start asked for (by keyword or preset) says so when it cannot be had
@@ -196,6 +219,7 @@ class ReferenceEvoPress(Optimizer):
                 if uni is not None:
                     self.parent = uni
                     self._step = 0
+                    self.start_source = "uniform"
                     return
                 if self._start_asked:
                     self._note(
@@ -203,12 +227,14 @@ class ReferenceEvoPress(Optimizer):
                         f"{self.init_candidates} random feasible ones instead (start='random')"
                     )
             self._step = -1
+            self.start_source = "random"
             return
         lv = self.space.validate(start)
         if not self.space.is_feasible(lv):
             raise ValueError("start assignment does not meet the budget")
         self.parent = lv
         self._step = 0
+        self.start_source = "given"
 
     # ---------------------------------------------------------------- ask
     def ask(self) -> list[Request]:
@@ -305,14 +331,32 @@ class ReferenceEvoPress(Optimizer):
             self.parent_value = best_kid
         else:
             self.parent_value = parent_val
+        self._count_gain(parent_val, self.parent_value)
         self.generation += 1
         self._step = 0
         self._candidates = []
 
+    def _count_gain(self, before: float, after: float) -> None:
+        """The stopping rule's bookkeeping: one generation's relative gain on its final step's data."""
+        if np.isfinite(before) and np.isfinite(after):
+            gain = (before - after) / max(abs(before), 1e-300)
+        else:
+            gain = np.inf if np.isfinite(after) else 0.0
+        self._flat = self._flat + 1 if gain < self.min_improvement else 0
+
     def stop(self) -> bool:
         if self._exhausted:
             return True
-        return self.max_generations is not None and self.generation >= self.max_generations
+        if self.patience is not None and self._flat >= self.patience:
+            self.stop_reason = (
+                f"stopping rule: {self._flat} generations in a row improved the parent by less than "
+                f"{self.min_improvement:g} (relative) on their final step's data"
+            )
+            return True
+        if self.max_generations is not None and self.generation >= self.max_generations:
+            self.stop_reason = f"max_generations={self.max_generations} reached"
+            return True
+        return False
 
     def recommend(self) -> tuple[np.ndarray | None, float]:
         """The current parent and its value at its last final-step evaluation."""
@@ -413,13 +457,12 @@ class EvoPress(ReferenceEvoPress):
         if surrogate not in (True, False, "auto"):
             raise ValueError(f"surrogate must be true, false or 'auto', got {surrogate!r}")
         n_params = int(space.n_levels.sum())
-        # the normal matrix is n_params² doubles: 4,096 parameters take 128 MiB
+        # prediction, jumps and probes grow with the levels in all: past this, the search runs without
         self.use_surrogate = surrogate is True or (surrogate == "auto" and n_params <= MAX_SURROGATE_PARAMS)
         if surrogate == "auto" and not self.use_surrogate:
             self._note(
                 f"EvoPress: no surrogate, so no model jumps, probes or screening: the space has {n_params} levels "
-                f"in all, more than MAX_SURROGATE_PARAMS={MAX_SURROGATE_PARAMS} (surrogate=true fits one anyway, "
-                f"with a {8 * n_params**2 / 2**20:.0f} MiB normal matrix)"
+                f"in all, more than MAX_SURROGATE_PARAMS={MAX_SURROGATE_PARAMS} (surrogate=true fits one anyway)"
             )
         self.screen = _positive_int(screen, "screen")
         if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0.0 <= float(explore) <= 1.0:
@@ -459,6 +502,20 @@ class EvoPress(ReferenceEvoPress):
             return
         self.surrogate = AdditiveSurrogate(self.space, prior=prior, decay=self.decay)
         self._has_prior = prior is not None
+        if prior is not None and not self._start_asked and self.start_source in ("uniform", "random"):
+            self._start_from_prior()
+
+    def _start_from_prior(self) -> None:
+        """No start asked for: begin at the knapsack optimum of the prior (dp's answer), not at a uniform
+        or random assignment; it is measured once at the final fidelity before the first generation."""
+        assert self.surrogate is not None
+        try:
+            lv, _ = solve_additive(self.space, self.surrogate.unit_table())
+        except ValueError:  # costs the DP cannot handle: the optimizer's own start stands
+            return
+        if self.space.is_feasible(lv):
+            self.parent, self.parent_value = lv, float("inf")
+            self._step, self.start_source = 0, "prior"
 
     # ---------------------------------------------------------------- ask
     def n_probes(self) -> int:
@@ -616,6 +673,7 @@ class EvoPress(ReferenceEvoPress):
                 self.parent_value = float(kid_vals[winner])
             else:
                 self.parent_value = parent_val
+            self._count_gain(parent_val, self.parent_value)
             self._end_generation()
             return
         keep = [int(k) for k in order[: step.survivors] if np.isfinite(kid_vals[int(k)])]
@@ -623,6 +681,7 @@ class EvoPress(ReferenceEvoPress):
             # race: past the first (noisiest) step only those ahead of the parent on the same tokens go on
             keep = [k for k in keep if kid_vals[k] <= parent_val]
         if not keep:
+            self._flat += 1  # no offspring reached the final step: no gain this generation
             self._end_generation()
             return
         self._candidates = [self._candidates[k] for k in keep]

@@ -24,6 +24,7 @@ from .space import LevelSpace
 
 __all__ = [
     "Problem",
+    "fidelity_schedule",
     "FunctionProblem",
     "register_problem",
     "get_problem_factory",
@@ -92,6 +93,25 @@ class Problem:
         """
         return None
 
+    def default_schedule(self, optimizer: str = "evopress") -> dict[str, Any] | None:
+        """EvoPress options of the selection schedule this problem suggests, or ``None`` (the default
+        without a fidelity: one step at full fidelity).
+
+        :func:`~levelsearch.minimize` (and so ``levelsearch run``, ``bench`` and Ray) gives them to
+        ``evopress`` and ``evopress-ref`` when the user's options name no ``steps`` or ``preset``; any
+        key the user gives wins. A problem with a fidelity and a pool (``max_fidelity``) gets
+        :func:`fidelity_schedule` of its pool; adapters size theirs to their pool and device.
+        """
+        if not self.uses_fidelity or not self.max_fidelity:
+            return None
+        return fidelity_schedule(int(self.max_fidelity), optimizer)
+
+    def default_start(self) -> np.ndarray | None:
+        """A feasible assignment to start EvoPress from when the user gives no ``start`` (``None``: the
+        optimizer's own start; :class:`~levelsearch.EvoPress` then starts from the knapsack optimum
+        of :meth:`unit_errors` when the problem has them)."""
+        return None
+
     def cost_of(self, fidelity: int | None) -> float:
         """Budget units an evaluation at ``fidelity`` costs (its fidelity; 1 without fidelity)."""
         if not self.uses_fidelity:
@@ -103,6 +123,28 @@ class Problem:
     def describe(self) -> dict[str, Any]:
         """JSON-able identity of the problem (checked when a journal is resumed)."""
         return {"name": self.name, "space": self.space.to_dict()}
+
+
+def fidelity_schedule(pool: int, optimizer: str = "evopress", first: int | None = None) -> dict[str, Any]:
+    """A three-step selection schedule for a pool of ``pool`` fidelity units (tokens, samples).
+
+    Screen at ``first`` (default ``pool // 16``) keeping 3, confirm at ``4 × first`` keeping 1, decide
+    on the whole pool, where the parent competes on the same data: for 4,096 tokens of 256-token
+    sequences, ``[(256, 3), (1024, 1), (4096, 1)]``. Steps that would not be smaller than the next are
+    left out. ``evopress`` evaluates 8 offspring a generation, the best of 64 mutants by its surrogate;
+    ``evopress-ref`` evaluates 16 random offspring.
+    """
+    pool = int(pool)
+    lo = max(1, pool // 16 if first is None else min(int(first), pool))
+    steps: list[tuple[int, int]] = []
+    for fid, keep in ((lo, 3), (min(4 * lo, pool), 1)):
+        if fid < pool and (not steps or fid > steps[-1][0]):
+            steps.append((fid, keep))
+    steps.append((pool, 1))
+    opts: dict[str, Any] = {"offspring": 16, "steps": steps, "max_switches": 3}
+    if optimizer == "evopress":
+        opts.update(offspring=8, screen=8)
+    return opts
 
 
 class FunctionProblem(Problem):

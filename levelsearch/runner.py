@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from .config import RunConfig, load_yaml, parse_config
-from .driver import Result, minimize, run_identity
+from .driver import Result, minimize, problem_options, run_identity
 from .evaluators import Evaluator, SerialEvaluator
 from .journal import Journal
 from .optimizer import make_optimizer
@@ -121,7 +121,8 @@ def _build_problem(config: RunConfig) -> Problem:
 def _check_optimizer(config: RunConfig, problem: Problem) -> None:
     """Build the optimizer once, before the directory is touched: bad options and a budget
     that cannot pay for one evaluation are refused up front."""
-    opt = make_optimizer(config.optimizer, problem.space, seed=config.seed, **config.optimizer_options)
+    options, _ = problem_options(problem, config.optimizer, config.optimizer_options)
+    opt = make_optimizer(config.optimizer, problem.space, seed=config.seed, **options)
     if config.max_cost is not None:
         first = opt.ask()
         if first and problem.cost_of(first[0].fidelity) > config.max_cost:
@@ -152,6 +153,10 @@ def summary_of(config: RunConfig, problem: Problem, result: Result, wall: float)
         "best_true_value": None if result.best_true_value is None else float(result.best_true_value),
         "n_failures": int(result.n_failures),
         "stopped_by": result.stopped_by,
+        # why the optimizer stopped the run (e.g. EvoPress's stopping rule); "" when something else did
+        "stop_reason": result.stop_reason,
+        # the schedule and start the optimizer used and where each came from (problem, options, optimizer)
+        "defaults": result.defaults,
         "wall_seconds": round(wall, 3),
         # fallbacks the optimizer or evaluator took (e.g. EvoPress's model jumps turned off); [] when none
         "notes": list(result.notes),

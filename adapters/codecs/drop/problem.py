@@ -71,9 +71,15 @@ class DropProblem(LayerwiseProblem):
             fidelity a request may ask for), ``heldout_tokens``, ``top_k``, ``chunk_tokens``,
             ``device``, ``dtype``, ``threads``, ``seed``, ``loaded``, ``anchor_variants``): see
             :meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem._setup_model_and_data`.
+
+    Its default schedule (what ``evopress`` runs when a run config names none) is the paper's ``drop``
+    schedule on a GPU whose pool holds 32,768 tokens, else the CPU schedule of
+    :meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem.default_schedule`; ``evopress``
+    starts from the knapsack optimum of its single-drop KLs (its ``unit_errors``).
     """
 
     name = "llm-drop"
+    gpu_preset = "drop"
 
     def __init__(
         self,
