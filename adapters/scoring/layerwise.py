@@ -397,6 +397,29 @@ class LayerwiseProblem(Problem, abc.ABC):
         sums = self._score_sums(list(candidates), "heldout", None, per_token=True)
         return [sums.token_arrays(c) for c in range(len(candidates))]
 
+    #: the paper's schedule (a name in :data:`levelsearch.PRESETS`) this kind runs on a GPU when the pool holds it
+    gpu_preset: ClassVar[str | None] = None
+
+    def default_schedule(self, optimizer: str = "evopress") -> dict[str, Any]:
+        """The selection schedule of :meth:`levelsearch.Problem.default_schedule`, sized to the calibration
+        pool and the device: on a GPU whose pool holds :attr:`gpu_preset`'s tokens, that preset; else
+        (CPU, or a small pool) :func:`~levelsearch.fidelity_schedule` screening on one sequence, confirming
+        on four and deciding on the whole pool (``evopress``: never retrying a loser there, since the
+        whole pool's values are exact)."""
+        from levelsearch.evopress import PRESETS
+        from levelsearch.problem import fidelity_schedule
+
+        pool = int(self.max_fidelity)
+        preset = PRESETS.get(self.gpu_preset or "")
+        if preset and str(self.runner.device).startswith("cuda"):
+            asked = [int(f) for f, _ in preset["steps"] if f is not None] + [int(preset.get("init_fidelity") or 0)]
+            if max(asked) <= pool:  # its schedule, not its start: the problem's prior gives a better one
+                return {k: v for k, v in preset.items() if k != "start"}
+        opts = fidelity_schedule(pool, optimizer, first=self.calibration.seq_len)
+        if optimizer == "evopress":
+            opts["no_repeats"] = True
+        return opts
+
     def unit_errors(self) -> np.ndarray:
         """Per-unit, per-level error estimates (:meth:`levelsearch.Problem.unit_errors`), measured once:
         what the codec's problem says (single-drop KLs for dropping, normalised output errors of the
