@@ -155,7 +155,12 @@ def _timed_evopress(name: str = "evopress") -> type:
             self._deadline = None if seconds is None else time.monotonic() + float(seconds)
 
         def stop(self) -> bool:
-            return super().stop() or (self._deadline is not None and time.monotonic() > self._deadline)
+            if super().stop():
+                return True
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                self.stop_reason = "search_minutes reached"
+                return True
+            return False
 
     return TimedEvoPress
 
@@ -174,12 +179,14 @@ def search(problem: Any, cfg: dict[str, Any], options: dict[str, Any], start_nam
     from levelsearch import minimize
 
     seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
+    stopping = stopping_rule(cfg)
     opt = make_optimizer(
         problem.space,
         optimizer=str(cfg["optimizer"]),
         seed=int(cfg["seed"]),
         max_generations=int(cfg["generations"]),
         seconds=seconds,
+        **stopping,
         **options,
     )
     ident = {
@@ -188,6 +195,8 @@ def search(problem: Any, cfg: dict[str, Any], options: dict[str, Any], start_nam
         "options": jsonable(options),
         "start": start_name,
     }
+    if stopping:  # a journal of a run without the rule resumes as before
+        ident["stopping_rule"] = stopping
     bar: Any = GenerationBar(opt, int(cfg["generations"])) if cfg["progress"] else False
     try:
         result = minimize(
@@ -199,8 +208,34 @@ def search(problem: Any, cfg: dict[str, Any], options: dict[str, Any], start_nam
     return result, opt
 
 
+#: compress's stopping rule: stop once this many generations in a row gained less than
+#: ``COMPRESS_MIN_IMPROVEMENT`` (relative calibration KL, on each final step's shared tokens)
+COMPRESS_PATIENCE = 5
+COMPRESS_MIN_IMPROVEMENT = 1e-3
+
+
+def stopping_rule(cfg: dict[str, Any]) -> dict[str, Any]:
+    """EvoPress's stopping-rule options for compress: ``cfg["patience"]`` generations in a row under
+    ``cfg["min_improvement"]`` (defaults :data:`COMPRESS_PATIENCE`, :data:`COMPRESS_MIN_IMPROVEMENT`);
+    ``patience`` 0 (or ``None`` given explicitly) turns it off: the search runs its generations."""
+    patience = cfg.get("patience", COMPRESS_PATIENCE)
+    if not patience:
+        return {}
+    return {"patience": int(patience), "min_improvement": float(cfg.get("min_improvement", COMPRESS_MIN_IMPROVEMENT))}
+
+
+def _tokens_saved(result: Any, opt: Any) -> float:
+    """Forward tokens the stopping rule saved: the generations left to ``max_generations`` at the run's
+    mean tokens per generation (0 when something else stopped the search)."""
+    if not str(getattr(opt, "stop_reason", "")).startswith("stopping rule") or not opt.generation:
+        return 0.0
+    left = int(getattr(opt, "max_generations", None) or opt.generation) - int(opt.generation)
+    return float(max(left, 0) * float(result.cost) / int(opt.generation))
+
+
 def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> dict[str, Any]:
-    """What ``results.json`` says of the search beside the held-out numbers."""
+    """What ``results.json`` says of the search beside the held-out numbers: among them why it stopped
+    (``stop_reason``) and, when the stopping rule ended it, the tokens that saved (``tokens_saved``)."""
     return {
         "calibration_kl": float(result.best_value),
         "evaluations": int(result.n_evaluations),
@@ -209,6 +244,8 @@ def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> di
         "seconds": seconds,
         "start": start_name,
         "stopped_by": result.stopped_by,
+        "stop_reason": str(getattr(opt, "stop_reason", "") or result.stopped_by),
+        "tokens_saved": _tokens_saved(result, opt),
         "replayed_evaluations": int(result.n_replayed),
         "notes": list(result.notes),  # fallbacks that changed the search, said once when they happened
     }
