@@ -52,7 +52,9 @@ def smollm2_drop() -> str:
     for name, m in sorted(res["methods"].items(), key=lambda kv: kv[1]["heldout_ppl"]):
         label = DROP_NAMES.get(name, name)
         if m.get("generations"):
-            label += f" ({_generations(m['generations'])}, {m['evaluations']} evaluations)"
+            # a run of the reference algorithm schedules no screening of mutants by a surrogate
+            kind = "" if "screen" in res["schedule"] else "reference algorithm, "
+            label += f" ({kind}{_generations(m['generations'])}, {m['evaluations']} evaluations)"
         rows.append([label, _ppl(m["heldout_ppl"]), f"{m['heldout_kl']:.3f}", f"{m['calibration_kl']:.3f}"])
     return markdown(["method", "held-out ppl", "held-out KL", "calibration KL"], rows)
 
