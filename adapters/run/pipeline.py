@@ -26,6 +26,8 @@ from .schedules import schedule_options
 
 __all__ = [
     "run",
+    "run_target",
+    "Teachers",
     "check_settings",
     "choose_start",
     "read_cache",
@@ -404,9 +406,14 @@ def _methods(codec: Any, problem: Any, cands: list[Any], report: list[Any], name
 
 
 def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run ``codec`` with the merged ``levelsearch compress`` settings ``cfg`` (see the module docstring)."""
-    import numpy as np
+    """Run ``codec`` with the merged ``levelsearch compress`` settings ``cfg`` (see the module docstring).
 
+    A list of targets (``target: [3, 3.5, 4]``, ``"3,3.5,4"``, or a ``target_bytes`` list) runs them all on one
+    model, teacher, database and set of estimates (:func:`levelsearch.adapters.run.curve.run_curve`)."""
+    from .curve import is_curve, run_curve
+
+    if is_curve(cfg):
+        return run_curve(codec, cfg)
     check_settings(cfg)
     codec.check_settings(cfg)
     out = Path(cfg["out"])
@@ -423,6 +430,47 @@ def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     to_save = _teachers(problem, cache, tag)
     timings["teacher"] = time.perf_counter() - t0
+    return run_target(codec, problem, cfg, Teachers(cache, tag, to_save), timings, t_all)
+
+
+class Teachers:
+    """Where a run caches its teachers (``cache``, under ``tag``) and which it has yet to write (``to_save``)."""
+
+    def __init__(self, cache: Path, tag: dict[str, str], to_save: set[str]) -> None:
+        self.cache, self.tag, self.to_save = cache, tag, to_save
+
+    def save_pending(self, problem: Any) -> None:
+        """Write the teachers still to be cached that the problem has computed by now."""
+        for which in sorted(self.to_save):
+            if problem.has_teacher(which):
+                problem.teacher(which).save(self.cache / f"teacher-{which}.safetensors", self.tag)
+                self.to_save.discard(which)
+
+
+def run_target(
+    codec: Any,
+    problem: Any,
+    cfg: dict[str, Any],
+    teachers: Teachers,
+    timings: dict[str, float],
+    t_all: float,
+    neighbour: tuple[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One target of a run, its teachers ready: baselines, search, held-out report, results, profile, export.
+
+    Everything goes into ``cfg["out"]`` (its baselines' cache into ``OUT/cache``). ``neighbour``:
+    ``(name, levels)`` of another target's result; repaired to this budget, it is EvoPress's start when
+    its calibration KL beats the best baseline's (and ``start`` is the default). ``results["forward_tokens"]``
+    counts the problem's forward tokens (:attr:`~..scoring.layerwise.LayerwiseProblem.n_forward_tokens`)
+    spent in this call, and all before it when this is the run's only target.
+    """
+    import numpy as np
+
+    out = Path(cfg["out"])
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    tokens_before = 0 if neighbour is None and not cfg.get("_curve") else int(problem.n_forward_tokens)
+    tag = {"problem": problem.identity_hash()}
     t0 = time.perf_counter()
     base = codec.run_baselines(problem, cfg, cache, tag)
     timings["baselines"] = time.perf_counter() - t0
@@ -432,9 +480,13 @@ def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["schedule"], problem.max_fidelity, cfg["offspring"], cfg["seq_len"], str(cfg["optimizer"])
     )
     start_name, options["start"] = choose_start(cfg["start"], base, codec.start_label)
+    if neighbour is not None and cfg["start"] in (None, "best-heuristic", "best-baseline"):
+        start_name, options["start"] = _neighbour_start(problem, cfg, base, neighbour, (start_name, options["start"]))
     t0 = time.perf_counter()
     result, opt = search(problem, cfg, options, start_name, out)
     timings["search"] = time.perf_counter() - t0
+    if result.stopped_by == "interrupted" and cfg.get("_curve"):
+        raise KeyboardInterrupt  # a curve's target is finished or redone, never reported half-searched
     say(cfg, f"search from {start_name}: {opt.generation} generations in {timings['search']:.1f} s")
     best = np.asarray(result.best_levels, dtype=np.int64)
     names = list(base)
@@ -442,8 +494,7 @@ def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     cands = [problem.dense_candidate(), best, *[base[n]["levels"] for n in names]]
     report = problem.heldout_report(cands)
     timings["heldout"] = time.perf_counter() - t0
-    if "heldout" in to_save:
-        problem.teacher("heldout").save(cache / "teacher-heldout.safetensors", tag)
+    teachers.save_pending(problem)
     base["evopress"] = evopress_entry(result, opt, timings["search"], start_name)
     methods = _methods(codec, problem, cands, report, ["evopress", *names], base)
     results: dict[str, Any] = {
@@ -456,6 +507,7 @@ def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         "search_tokens": problem.max_fidelity,
         "heldout_tokens": problem.heldout.n_tokens,
         "teacher_bytes": problem.teacher("calibration").nbytes,
+        "forward_tokens": int(problem.n_forward_tokens) - tokens_before,
         "dense": report[0],
         "methods": methods,
         "best_baseline": min(names, key=lambda n: methods[n]["heldout_ppl"]) if names else None,
@@ -463,6 +515,26 @@ def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     record_results(out, results)
     codec.plot(problem, {n: np.asarray(m["levels"]) for n, m in methods.items()}, out / "profile.png", methods)
     return export_and_write(codec, problem, best, results, timings, t_all, cfg)
+
+
+def _neighbour_start(
+    problem: Any, cfg: dict[str, Any], base: dict[str, Any], neighbour: tuple[str, Any], chosen: tuple[str, Any]
+) -> tuple[str, Any]:
+    """``chosen`` (the best baseline's start) or the neighbour's levels repaired to this budget, whichever has
+    the lower calibration KL on the whole search pool (the baseline on a tie)."""
+    import numpy as np
+
+    from levelsearch import Request
+
+    name, levels = neighbour
+    rng = np.random.default_rng([int(cfg["seed"]), 24])
+    moved = problem.space.repair(np.asarray(levels, dtype=np.int64), rng)
+    kl = float(problem.evaluate_many([Request(moved)])[0])
+    feasible = [b["calibration_kl"] for b in base.values() if b.get("feasible", True)]
+    if isinstance(chosen[1], str) or not feasible or kl < min(feasible):
+        say(cfg, f"start from {name}'s result moved to this budget (calibration KL {kl:.4f})")
+        return f"neighbour:{name}", moved
+    return chosen
 
 
 #: The journal meta key of a run's description (model, method, target, the codec's fields ...) and the

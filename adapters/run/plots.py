@@ -1,4 +1,5 @@
-"""The per-unit profile plot of compression assignments, for every codec (matplotlib, Agg backend)."""
+"""The per-unit profile plot of compression assignments, for every codec, and the size–quality curve of a run of
+several targets (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_profile"]
+__all__ = ["plot_curve", "plot_profile"]
 
 
 def plot_profile(
@@ -57,5 +58,50 @@ def plot_profile(
     fig.suptitle("per-unit profile" + (" (held-out ppl)" if ppl else ""), fontsize=9, y=1.06)
     out = Path(path)
     fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def plot_curve(curve: Mapping[str, Any], path: str | Path) -> Path:
+    """Held-out KL and perplexity against size: a row per measure, a column per size axis (bits per weight and
+    bytes of the searched weights, when the codec's sizes are bits; else the budget's cost), a line per method
+    (EvoPress and every baseline feasible at every target), the dense model as a horizontal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = list(curve["points"])
+    first = points[0]["methods"]["evopress"] if points else {}
+    axes_x = [x for x in ("bits_per_weight", "bytes") if x in first] or ["cost"]
+    names = [n for n in (points[0]["methods"] if points else {}) if all(n in p["methods"] for p in points)]
+    fig, axes = plt.subplots(2, len(axes_x), figsize=(5.0 * len(axes_x), 6.4), squeeze=False)
+    dense = curve.get("dense", {})
+    for col, x in enumerate(axes_x):
+        for row, (y, label) in enumerate((("heldout_kl", "held-out KL (nats/token)"), ("heldout_ppl", "perplexity"))):
+            ax = axes[row][col]
+            for n in names:
+                pts = [
+                    (p["methods"][n][x], p["methods"][n][y]) for p in points if p["methods"][n].get("feasible", True)
+                ]
+                if not pts:
+                    continue
+                xs, ys = zip(*sorted(pts))
+                style = {"lw": 2.2, "color": "black", "zorder": 3} if n == "evopress" else {"lw": 1.0, "alpha": 0.8}
+                ax.plot(xs, ys, marker="o", ms=3, label=n, **style)
+            if y in dense:
+                ax.axhline(dense[y], color="grey", ls="--", lw=1, label=f"dense ({dense[y]:.3g})")
+            ax.set_xlabel(
+                {"bits_per_weight": "bits per weight", "bytes": "bytes", "cost": "budget cost"}[x], fontsize=8
+            )
+            ax.set_ylabel(label, fontsize=8)
+            ax.tick_params(labelsize=7)
+            if y == "heldout_kl":
+                ax.set_yscale("symlog", linthresh=1e-3)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{curve.get('model', '')} {curve.get('method', '')}: held-out quality against size", fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -1,0 +1,156 @@
+"""compress with several targets: one problem for all, a sub-directory per target, curve.json and curve.png,
+exact resume per target, bad target lists refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from levelsearch.adapters.codecs import get_codec  # noqa: E402
+from levelsearch.adapters.run import pipeline  # noqa: E402
+from levelsearch.adapters.run.curve import curve_table  # noqa: E402
+from levelsearch.adapters.scoring.layerwise import LayerwiseProblem  # noqa: E402
+
+pytestmark = pytest.mark.llm
+
+SMALL = dict(
+    method="quant",
+    seq_len=32,
+    calibration_tokens=128,
+    heldout_tokens=64,
+    top_k=16,
+    heuristic_tokens=64,
+    offspring=4,
+    generations=2,
+    progress=False,
+    export=False,
+    random_n=4,
+)
+
+
+def _cfg(model_dir, out, target, **kw):
+    from levelsearch.adapters.cli.compress import run_compress  # noqa: F401  (the settings' defaults)
+    from levelsearch.adapters.run.settings import CompressSettings
+
+    cfg = CompressSettings(**{**SMALL, **kw}).to_dict()
+    cfg.update(model=str(model_dir), out=str(out), target=target)
+    return cfg
+
+
+def _run(model_dir, out, target, **kw):
+    cfg = _cfg(model_dir, out, target, **kw)
+    try:
+        return pipeline.run(get_codec("quant"), cfg)
+    finally:
+        lock = cfg.pop("_lock", None)
+        if lock is not None:
+            lock.close()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from levelsearch.adapters.model.models import save_model
+    from test_adapters_drop import byte_tokenizer, tiny_llama
+
+    path = tmp_path_factory.mktemp("m") / "llama"
+    save_model(tiny_llama(n_layers=2), byte_tokenizer(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def curve_run(model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("curve") / "run"
+    return out, _run(model_dir, out, [2.5, 3, 3.5])
+
+
+def test_every_target_has_its_own_results_and_the_run_its_curve(curve_run):
+    out, curve = curve_run
+    assert [p["name"] for p in curve["points"]] == ["target-2.5", "target-3", "target-3.5"]
+    for p in curve["points"]:
+        res = json.loads((out / p["name"] / "results.json").read_text())
+        assert res["target"] == p["target"] and (out / p["name"] / "profile.png").stat().st_size > 0
+        for m in res["methods"].values():
+            assert {"heldout_kl_median", "heldout_kl_p99", "heldout_kl_p99_9", "heldout_top1"} <= set(m)
+        ev = p["methods"]["evopress"]
+        assert ev["bits_per_weight"] == pytest.approx(p["target"], abs=1e-6)
+        assert ev["bytes"] == pytest.approx(ev["bits_per_weight"] * curve["dense"]["bytes"] / 32)
+    assert json.loads((out / "curve.json").read_text()) == json.loads(json.dumps(curve))
+    assert (out / "curve.png").stat().st_size > 0
+    assert curve["forward_tokens"] == sum(p["forward_tokens"] for p in curve["points"]) > 0
+    assert "target-3.5" in curve_table(curve)
+
+
+def test_later_targets_start_from_the_best_of_the_baselines_and_the_previous_result(curve_run):
+    out, curve = curve_run
+    for p in curve["points"][1:]:
+        res = json.loads((out / p["name"] / "results.json").read_text())
+        start = res["methods"]["evopress"]["start"]
+        base = [m["calibration_kl"] for n, m in res["methods"].items() if n != "evopress" and m["feasible"]]
+        assert start.startswith("neighbour:") or start in res["methods"]
+        if start.startswith("neighbour:"):
+            assert res["methods"]["evopress"]["calibration_kl"] <= min(base)
+
+
+def test_one_model_load_serves_every_target(model_dir, tmp_path, monkeypatch):
+    from levelsearch.adapters.scoring import layerwise
+
+    loads = []
+    real = layerwise.load_model
+    monkeypatch.setattr(layerwise, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    _run(model_dir, tmp_path / "run", [2.5, 3])
+    assert len(loads) == 1
+
+
+def test_a_run_stopped_during_a_target_resumes_to_the_uninterrupted_curve(model_dir, curve_run, tmp_path, monkeypatch):
+    full_out, full = curve_run
+    real = LayerwiseProblem.evaluate_many
+    calls = {"n": 0}
+
+    def stop_in_the_second_target(self, requests):
+        if getattr(self, "target", None) == 3.0:
+            calls["n"] += 1
+            if calls["n"] == 6:  # inside the second target's search (Ctrl-C)
+                raise KeyboardInterrupt
+        return real(self, requests)
+
+    monkeypatch.setattr(LayerwiseProblem, "evaluate_many", stop_in_the_second_target)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _run(model_dir, out, [2.5, 3, 3.5])
+    assert (out / "target-2.5" / "results.json").is_file() and not (out / "target-3" / "results.json").exists()
+    monkeypatch.setattr(LayerwiseProblem, "evaluate_many", real)
+    resumed = _run(model_dir, out, [2.5, 3, 3.5])
+    for a, b in zip(full["points"], resumed["points"], strict=True):
+        assert np.array_equal(_levels(full_out / a["name"]), _levels(out / b["name"]))
+        for name in a["methods"]:
+            x, y = a["methods"][name], b["methods"][name]
+            assert x["calibration_kl"] == pytest.approx(y["calibration_kl"], rel=1e-9), (a["name"], name)
+            assert x["heldout_kl"] == pytest.approx(y["heldout_kl"], rel=1e-9), (a["name"], name)
+
+
+def _levels(sub):
+    return np.asarray(json.loads((sub / "results.json").read_text())["methods"]["evopress"]["levels"])
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ([3, 2.5], "2.5 comes after 3"),
+        ([2.5, 2.5], "2.5 is given twice"),
+        ([], "--target is empty"),
+        ([2.5, 9], "got 9.0"),
+        (["3", "x"], "'x' is not a number"),
+    ],
+)
+def test_bad_target_lists_name_the_value_and_write_nothing(model_dir, tmp_path, targets, message):
+    out = tmp_path / "run"
+    cfg = _cfg(model_dir, out, targets)
+    with pytest.raises(ValueError, match=message) as err:
+        pipeline.run(get_codec("quant"), cfg)
+    assert "\n" not in str(err.value)
+    assert not out.exists()
