@@ -30,6 +30,7 @@ def test_every_setting_is_a_cli_option():
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     sub = parser._subparsers._group_actions[0].choices["compress"]  # type: ignore[union-attr]
+    sub.format_help()  # the settings' options are added when the parser is used (the codecs load then)
     dests = {a.dest for a in sub._actions}
     assert set(CompressSettings.keys()) - {"export", "progress"} <= dests
     assert {"no_export", "quiet"} <= dests  # export and progress are switched off by these

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from levelsearch.adapters import load_compressed  # noqa: E402
 from levelsearch.adapters.codecs.drop.problem import DropProblem  # noqa: E402
-from levelsearch.adapters.formats import export_drop  # noqa: E402
+from levelsearch.adapters.formats.drop import export_drop  # noqa: E402
 from levelsearch.adapters.formats.verify import ExportCheckFailed, check_export, weights_bytes  # noqa: E402
 from test_adapters_drop import byte_tokenizer  # noqa: E402
 

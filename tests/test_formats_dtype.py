@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from levelsearch.adapters.formats import export_drop  # noqa: E402
+from levelsearch.adapters.formats.drop import export_drop  # noqa: E402
 from levelsearch.adapters.formats.verify import check_export, reference_logits  # noqa: E402
 from levelsearch.adapters.model.models import save_model  # noqa: E402
 from test_adapters_compress import SMALL  # noqa: E402

@@ -204,3 +204,16 @@ def test_no_private_name_of_adapters_is_imported_across_modules():
             if private and target != module and target.startswith(PKG):
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports {private} from {target}")
     assert not bad, "\n".join(bad)
+
+
+def test_nothing_outside_the_cli_imports_the_cli():
+    # the CLI parses arguments into settings; the run, the codecs and the formats never depend on it
+    bad = []
+    for module, (path, is_pkg) in _adapter_modules().items():
+        if module == f"{PKG}.cli" or module.startswith(f"{PKG}.cli."):
+            continue
+        for target, names, line in _import_edges(module, path, is_pkg):
+            reached = [target, *(f"{target}.{n}" for n in names)]
+            if any(t == f"{PKG}.cli" or t.startswith(f"{PKG}.cli.") for t in reached):
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not bad, "\n".join(bad)

@@ -3,15 +3,15 @@ without searching again.
 
 The run's problem is rebuilt from what the run's journal recorded (model, method, target, the EvoPress
 levels, a weight codec's database, data, sequence length, token counts, seed, and what a codec takes
-besides, through its ``settings_of_run``: gguf's types, band width, budget in bytes and extra tensors)
+besides: the settings it declares that the identity records, and what its ``settings_of_run`` reads back)
 and checked against the journal's identity (other weights or data: one line, exit 2). The journal is the
 record: an altered journal is refused (its integrity chain), and ``results.json`` is only a report,
 never read for the levels (one whose EvoPress levels differ from the journal's, e.g. edited by hand, is
 refused rather than silently overruled). Rebuilding the problem loads the model, the token sets and a
 weight codec's variant database (built only if it is missing), never the dense teacher: that is computed
 on first use, and the export, its check and its measurements do not use it. The export goes to ``--out``
-(default ``RUN_DIR/model-FORMAT``, which must not hold anything yet; a gguf run's is ``model.gguf`` in
-``RUN_DIR/model-gguf``, with its ``gguf_export.json``), is reloaded and compared with the searched
+(default ``RUN_DIR/model-FORMAT``, which must not hold anything yet; a codec with a file format of its own
+writes ``model.EXT`` there, with what its check reports beside it), is reloaded and compared with the searched
 logits (a mismatch renames it ``NAME.FAILED``, exit 2) and measured (size on disk and tokens/s beside
 the dense model; ``--no-measure`` skips it); the entry is added to ``results.json`` under ``exports``.
 """
@@ -24,9 +24,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..run.settings import CompressSettings, kind_settings
+from .settings import format_help
+
 __all__ = ["add_parser", "export_run", "run_settings"]
 
-_FROM_PROBLEM = ("data", "seq_len", "calibration_tokens", "heldout_tokens", "top_k", "seed", "whole_blocks", "budget")
+#: the shared settings a problem's identity records (a kind's own settings it records are read too)
+_FROM_PROBLEM = ("data", "seq_len", "calibration_tokens", "heldout_tokens", "top_k", "seed")
 
 
 def _check_report(run: Path, res: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,7 +61,6 @@ def run_settings(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
     from ..codecs import available_codecs, get_codec
     from ..run.pipeline import journal_results
-    from .settings import CompressSettings
 
     run = Path(run)
     res = journal_results(run)
@@ -66,14 +69,10 @@ def run_settings(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     with Journal(run / "journal.db", readonly=True) as jr:
         stored = (jr.meta("identity") or {}).get("problem") or {}
     settings = CompressSettings(model=res["model"], method=res["method"], target=res["target"]).to_dict()
-    settings.update({k: stored[k] for k in _FROM_PROBLEM if k in stored})
-    codec = get_codec(str(res["method"])) if str(res["method"]) in available_codecs() else None
-    own = getattr(codec, "settings_of_run", None)  # a codec's own settings (gguf: --types, --tol ...)
-    if callable(own) and stored:
-        settings.update(own(stored))
-    if isinstance(res.get("database"), dict):
-        settings["database"] = res["database"]["dir"]
-        settings["search_tokens"] = res.get("search_tokens")
+    keys = [*_FROM_PROBLEM, *(s.name for s in kind_settings(str(res["method"])))]
+    settings.update({k: stored[k] for k in keys if stored.get(k) is not None})
+    if str(res["method"]) in available_codecs():  # what a codec reads back of its own settings
+        settings.update(get_codec(str(res["method"])).settings_of_run(stored, res))
     settings.update(progress=False, out=str(run))
     return res, settings
 
@@ -90,7 +89,7 @@ def export_run(
     import numpy as np
 
     from ..codecs import get_codec
-    from ..formats import FORMATS, check_format
+    from ..formats import check_format
     from ..formats.run import check_new_dir, export_and_check
     from ..run.pipeline import check_journal_problem, jsonable
 
@@ -103,20 +102,22 @@ def export_run(
     report = _check_report(run, res)
     method = str(res["method"])
     codec = get_codec(method)
-    # a codec with a file format of its own (gguf: one .gguf file) writes, checks and measures it itself
-    own = method not in FORMATS and callable(getattr(codec, "export_and_check", None))
-    if own and format not in (None, method):
-        raise ValueError(f"--format {format} does not fit the run's method {method}: it writes one {method} file")
-    fmt = method if own else check_format(method, format, f"the run's method {method}")
+    # a codec with a file format of its own (one file llama.cpp runs, say) writes, checks and measures it itself
+    own = callable(getattr(codec, "export_and_check", None))
+    if own and format not in (None, codec.formats[0]):
+        raise ValueError(
+            f"--format {format} does not fit the run's method {method}: it writes one {codec.formats[0]} file"
+        )
+    fmt = codec.formats[0] if own else check_format(method, format, f"the run's method {method}")
     dest = check_new_dir(out if out is not None else run / f"model-{fmt}")
     settings["threads"] = threads
     problem = codec.make_problem(settings)
     check_journal_problem(run, problem)  # the same weights, data and settings as the search
     levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)  # the journal's
     info: dict[str, Any] = {"run": str(run)}
-    if own:  # checked against the search's held-out perplexity where the codec can (llama.cpp's, for gguf)
+    if own:  # checked against the search's held-out perplexity where the codec can (with its own engine)
         info["heldout_ppl"] = res["methods"]["evopress"].get("heldout_ppl")
-    where = dest / "model" if own else dest  # gguf: DEST/model.gguf and its gguf_export.json
+    where = dest / "model" if own else dest  # DEST/model.EXT and its check's report
     entry = export_and_check(codec, problem, levels, where, format=None if own else fmt, info=info, measure=measure)
     report = report if report is not None else res  # a missing report is written again from the journal
     report.setdefault("exports", {})[fmt] = entry
@@ -139,6 +140,17 @@ def _cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+class _FormatHelp(argparse.ArgumentParser):
+    """A parser whose ``--format`` help lists each registered codec's formats when it is printed (loading the
+    codecs imports torch, building the ``levelsearch`` parser must stay fast)."""
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            if action.dest == "format":
+                action.help = f"{format_help()} (default: the codec's first)"
+        return super().format_help()
+
+
 def add_parser(subparsers: Any) -> None:
     """Add ``levelsearch export`` to the CLI (entry point ``levelsearch.commands``)."""
     from .compress import command_parser
@@ -147,11 +159,8 @@ def add_parser(subparsers: Any) -> None:
         subparsers, "export", "write a finished compress run's model in another format (no search)", __doc__
     )
     p.add_argument("run_dir", help="directory of a finished levelsearch compress run")
-    p.add_argument(
-        "--format",
-        help="drop: drop (default), drop-lean, zeroed; quant/joint: pack-quantized (default), dense; "
-        "quant and joint also: gptq (vLLM at 2/3/4/8 bits); sparsity: sparse-bitmask (default), dense",
-    )
+    p.__class__ = type("ExportParser", (_FormatHelp, type(p)), {})
+    p.add_argument("--format", help="the run's codec's formats (default its first)")
     p.add_argument("--out", help="where to write it (default RUN_DIR/model-FORMAT; must not hold anything)")
     p.add_argument("--no-measure", action="store_true", help="skip the size and tokens/s measurements")
     p.add_argument("--threads", type=int, help="torch CPU threads")

@@ -1,170 +1,93 @@
-"""Typed settings of ``levelsearch compress``, shared by the CLI, the YAML config and Python.
+"""The ``compress`` settings as CLI options: one ``--key-with-dashes`` per declared setting.
 
-    from levelsearch.adapters.cli.settings import CompressSettings
-    from levelsearch.adapters.cli.compress import run_compress
-
-    run_compress(CompressSettings(method="sparsity", target=0.5, out="runs/sparse", generations=50))
-
-A YAML config has the same keys (``-`` or ``_``), and so do the CLI options (``--search-minutes``).
-Keys a codec does not use are ignored by it (``whole_blocks`` and ``budget`` are ``drop``'s;
-``search_tokens``, ``database``, ``random_n`` and ``estimates`` the weight codecs'), except ``tol``,
-``target_bytes`` and ``extra_tensors`` (``gguf``'s): a method that does not take them refuses them.
+The settings themselves (shared and each kind's, their schema and :class:`CompressSettings`) are declared
+in :mod:`levelsearch.adapters.run.settings`; this module turns the declarations into ``argparse`` options
+(:func:`add_setting_options`) and the help that lists what each registered codec says of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+import argparse
 from typing import Any
 
-from levelsearch.schema import Field, Schema, validate
+from ..codecs.base import Setting
+from ..codecs.registry import CODECS, available_codecs
+from ..run.settings import CompressSettings, compress_schema, declared_settings, takers
 
-__all__ = ["COMPRESS_SCHEMA", "CompressSettings"]
-
-_TOKENS = Field("int", min=1, max=10**9)
-_OPT_STR = Field("str", nullable=True)
-_FREE = Field("any", nullable=True)  # a codec's own form (a list or a comma string, a size with a unit): it parses it
-
-
-def _enough_tokens(cfg: dict[str, Any]) -> str | None:
-    if cfg["calibration_tokens"] < cfg["seq_len"]:
-        return "calibration_tokens must hold at least one sequence of seq_len tokens"
-    return None
+__all__ = [
+    "COMPRESS_SCHEMA",  # noqa: F822 (built on use by __getattr__)
+    "CompressSettings",
+    "add_setting_options",
+    "format_help",
+    "method_help",
+]
 
 
-#: The declared schema of every ``compress`` setting (the run and bench configs' schemas live in
-#: :mod:`levelsearch.config`, on the same :mod:`levelsearch.schema`): types, ranges and choices, checked
-#: before the model loads; what depends on the codec (``target``'s range, ``types``) the codec checks.
-COMPRESS_SCHEMA = Schema(
-    {
-        "model": Field("str"),  # an empty name: the model loader says so
-        "method": Field("str", min=1),
-        "target": Field("number"),
-        "out": _OPT_STR,
-        "seed": Field("int", min=0, max=2**63 - 1),
-        "schedule": Field("str"),
-        "offspring": Field("int", min=1, max=10**4, nullable=True),
-        "optimizer": Field("str", choices=("evopress", "evopress-ref")),
-        "generations": _TOKENS,
-        "search_minutes": Field("number", min=0, max=1e6, exclusive_min=True, nullable=True),
-        "start": _OPT_STR,
-        "calibration_tokens": _TOKENS,
-        "heldout_tokens": _TOKENS,
-        "seq_len": _TOKENS,
-        "top_k": _TOKENS,
-        "heuristic_tokens": _TOKENS,
-        "heuristics": Field("list", items=Field("str"), nullable=True),
-        "whole_blocks": Field("bool"),
-        "budget": Field("str"),
-        "data": _OPT_STR,
-        "threads": Field("int", min=1, max=10**9, nullable=True),
-        "device": _OPT_STR,
-        "dtype": _OPT_STR,
-        "export": Field("bool"),
-        "format": _OPT_STR,
-        "progress": Field("bool"),
-        "search_tokens": Field("int", min=1, max=10**9, nullable=True),
-        "database": _OPT_STR,
-        "random_n": Field("int", min=1, max=10**6),
-        "estimates": Field("str", choices=("fisher", "layer")),
-        "types": _FREE,
-        "tol": _FREE,
-        "target_bytes": _FREE,
-        "extra_tensors": _FREE,
-    },
-    check=_enough_tokens,
-)
+def comma_list(text: str) -> list[str]:
+    """``"a,b,,c"`` → ``["a", "b", "c"]`` (a CLI list option)."""
+    return [x for x in text.split(",") if x]
 
 
-@dataclass
-class CompressSettings:
-    """Every setting of a ``compress`` run, with its default.
+#: the ``argparse`` type of a setting's schema kind (others are taken as given, a string)
+_TYPES: dict[str, Any] = {"int": int, "number": float, "list": comma_list}
 
-    Attributes:
-        model: ``"smollm2"`` (offline default), a model directory, GGUF file or hub id.
-        method: a registered codec (``drop``, ``sparsity``, ``quant``, ``joint``, plug-ins).
-        target: the codec's budget (drop: fraction of sub-blocks; sparsity: average sparsity;
-            quant / joint: bits per weight).
-        out: output directory (results.json, profile.png, journal.db, model/).
-        seed: seed of the data split, the baselines and the search.
-        schedule: EvoPress selection schedule (``cpu``, ``drop``, ``super-fast``); offspring overrides its λ.
-        optimizer: ``evopress`` or ``evopress-ref``; generations and search_minutes stop it.
-        start: ``best-heuristic`` / ``best-baseline``, ``random`` or a baseline's name.
-        calibration_tokens, heldout_tokens, seq_len, top_k, heuristic_tokens: data sizes, tokens.
-        heuristics: the ``drop`` heuristics to run (default all); whole_blocks, budget: ``drop``'s units and budget.
-        data, threads, device, dtype: documents, torch threads, device and dtype.
-        export, progress: write ``OUT/model``; show progress.
-        format: the format ``OUT/model`` is written in (default: the method's first; the names of
-            ``levelsearch export --format``, :data:`~levelsearch.adapters.formats.FORMATS`).
-        search_tokens, database, random_n: weight codecs' fitness pool, database directory, random baseline size.
-        estimates: weight codecs' per-unit error estimates (EvoPress's prior and the ``dp-fisher`` baseline):
-            ``fisher`` (default) or ``layer`` (:class:`~levelsearch.adapters.weights.problem.WeightLevelProblem`).
-        types: ``gguf``'s ggml quant types (a list or ``"Q2_K,Q4_K,..."``; default Q2_K..Q6_K, Q8_0).
-        tol: ``gguf``'s band width, a fraction of the budget in (0, 0.5) (default 0.005: the band is
-            ``[target·(1−tol), target]``); other methods refuse it.
-        target_bytes: ``gguf``'s budget in bytes of the searched tensors instead of ``target`` (an integer
-            or a string with a unit: ``"93.5MB"``, ``"80MiB"``); other methods refuse it.
-        extra_tensors: ``gguf``'s tensors outside the decoder layers to search too (``token_embd``, ``output``;
-            a list or ``"token_embd,output"``; default none); other methods refuse it.
-    """
 
-    model: str = "smollm2"
-    method: str = "drop"
-    target: float = 0.25
-    out: str | None = None
-    seed: int = 0
-    schedule: str = "cpu"
-    offspring: int | None = None
-    optimizer: str = "evopress"
-    generations: int = 400
-    search_minutes: float | None = None
-    start: str | None = "best-heuristic"
-    calibration_tokens: int = 4096
-    heldout_tokens: int = 4096
-    seq_len: int = 256
-    top_k: int = 256
-    heuristic_tokens: int = 2048
-    heuristics: list[str] | None = None
-    whole_blocks: bool = False
-    budget: str = "per-type"
-    data: str | None = None
-    threads: int | None = None
-    device: str | None = None
-    dtype: str | None = None
-    export: bool = True
-    format: str | None = None
-    progress: bool = True
-    search_tokens: int | None = None
-    database: str | None = None
-    random_n: int = 16
-    estimates: str = "fisher"
-    types: list[str] | str | None = None
-    tol: float | str | None = None
-    target_bytes: int | str | None = None
-    extra_tensors: list[str] | str | None = None
+def _each_codec(what: str) -> list[tuple[str, Any]]:
+    """``(codec name, its attribute what)`` of every registered codec that loads."""
+    out = []
+    for name in available_codecs():
+        try:
+            out.append((name, getattr(CODECS.get(name), what)))
+        except (ImportError, ValueError):
+            continue
+    return out
 
-    @classmethod
-    def keys(cls) -> list[str]:
-        """The setting names, in declaration order."""
-        return [f.name for f in fields(cls)]
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> CompressSettings:
-        """Settings from a mapping (``-`` in keys read as ``_``); the others keep their defaults.
+def method_help() -> str:
+    """``--method``'s help: the registered codecs, the default first."""
+    default = CompressSettings().method
+    others = [n for n in available_codecs() if n != default]
+    return f"a registered codec: {default} (default), {', '.join(others)}"
 
-        Raises:
-            ValueError: an unknown key, naming ``source`` (e.g. ``config run.yaml``) and the known keys.
-        """
-        given = {str(k).replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(given) - set(cls.keys()))
-        if unknown:
-            raise ValueError(f"{source} has unknown key {unknown[0]!r}; keys are: {', '.join(cls.keys())}")
-        return cls(**given)
 
-    def check(self, source: str = "settings") -> None:
-        """Every setting against :data:`COMPRESS_SCHEMA`: one-line ``ValueError`` naming the key."""
-        validate(self.to_dict(), COMPRESS_SCHEMA, where=source)
+def format_help() -> str:
+    """``--format``'s help: each codec's formats, its default first."""
+    each = _each_codec("formats")
+    return "; ".join(f"{name}: {fits[0]} (default)" + "".join(f", {f}" for f in fits[1:]) for name, fits in each)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as the plain dict the pipeline and a codec read."""
-        return asdict(self)
+
+def _help(s: Setting) -> str:
+    """A setting's help; a kind's is prefixed with the codecs that take it."""
+    if s.name == "target":
+        return "; ".join(f"{name}: {text}" for name, text in _each_codec("target_help"))
+    if s.name == "method":
+        return method_help()
+    if s.name == "format":
+        return f"{s.help}: {format_help()}"
+    who = takers(s.name)
+    if not who:
+        return s.help
+    return f"{'/'.join(who)}: {s.help}" + ("; other methods refuse it" if s.strict else "")
+
+
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """An option for every declared setting (:func:`~levelsearch.adapters.run.settings.declared_settings`) not on
+    ``parser`` yet: ``--key-with-dashes``, typed by its schema kind, ``None`` when not given."""
+    have = {a.dest for a in parser._actions}
+    for s in declared_settings().values():
+        if not s.option or s.name in have:
+            continue
+        flag = "--" + s.name.replace("_", "-")
+        if s.field.kind == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=_help(s))
+            continue
+        kwargs: dict[str, Any] = {"help": _help(s), **(s.cli or {})}
+        if s.field.kind in _TYPES:
+            kwargs.setdefault("type", _TYPES[s.field.kind])
+        parser.add_argument(flag, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "COMPRESS_SCHEMA":  # built on use: a codec registered later adds its settings
+        return compress_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,10 +40,13 @@ never a silent shadow.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from levelsearch.schema import Field
 
 from .registry import (
     CODECS,
@@ -59,6 +62,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "STATISTICS",
     "Codec",
+    "Setting",
     "WeightCodec",
     "available_codecs",
     "get_codec",
@@ -75,6 +79,56 @@ STATISTICS = ("hessian", "hessian_diag", "activations", "none")
 Settings = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a ``compress`` run: a YAML key, a CLI option (``--key-with-dashes``) and a schema field.
+
+    Args:
+        name: the key (``snake_case``).
+        default: its value when not given.
+        field: its type, range and choices (checked before the model loads).
+        help: what the CLI's ``--help`` says of it.
+        strict: kinds that do not declare it refuse it (it changes what a run means, e.g. a budget).
+        option: it is a CLI option of its own (``export`` and ``progress`` are switched off by ``--no-export``
+            and ``--quiet`` instead).
+        cli: extra keywords of its ``argparse`` option (e.g. ``choices``).
+        instead_of: another setting this one replaces: giving both is refused with ``conflict``.
+        conflict: the one-line message when both are given.
+    """
+
+    name: str
+    default: Any
+    field: Field
+    help: str = ""
+    strict: bool = False
+    option: bool = True
+    cli: Mapping[str, Any] | None = None
+    instead_of: str | None = None
+    conflict: str = ""
+
+
+#: the settings of every weight codec (declared on :class:`WeightCodec`)
+WEIGHT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "search_tokens",
+        None,
+        Field("int", min=1, max=10**9, nullable=True),
+        "calibration tokens of the fitness (default: the pool)",
+    ),
+    Setting("database", None, Field("str", nullable=True), "variant database directory (default: under the cache)"),
+    Setting("random_n", 16, Field("int", min=1, max=10**6), "size of the best-of-N random baseline (16)"),
+    Setting(
+        "estimates",
+        "fisher",
+        Field("str", choices=("fisher", "layer")),
+        "the per-unit error estimates EvoPress starts from and screens with: fisher (default; one forward and "
+        "backward pass over the search pool, counted in the search's tokens; adds the dp-fisher baseline) or "
+        "layer (the variant database's normalised layer errors, free)",
+        cli={"choices": ["fisher", "layer"]},
+    ),
+)
+
+
 class Codec(ABC):
     """One compression kind (see the module docstring). Subclasses set :attr:`name`."""
 
@@ -88,9 +142,14 @@ class Codec(ABC):
     example_target: ClassVar[float] = 0.5
     #: how an export writes the units (``levelsearch_compression.json``'s ``how``)
     export_how: ClassVar[str] = "dense weights"
-    #: the ``compress`` settings only some methods take (``tol``, ``target_bytes``:
-    #: :data:`~levelsearch.adapters.cli.compress.METHOD_SETTINGS`) that this codec reads; a run refuses the others
-    method_settings: ClassVar[frozenset[str]] = frozenset()
+    #: what ``--target`` means for this codec, for ``levelsearch compress --help`` (e.g. ``"bits per weight (3)"``)
+    target_help: ClassVar[str] = "the codec's budget"
+    #: the ``compress`` settings this kind adds to the shared ones (its keys, CLI options and schema fields:
+    #: :mod:`levelsearch.adapters.run.settings` collects them from the registry)
+    compress_settings: ClassVar[tuple[Setting, ...]] = ()
+    #: the formats ``OUT/model`` can be written in, the default first: a format any codec may name
+    #: (:data:`levelsearch.adapters.formats.WRITERS`) or one of its own, written by :meth:`write_format`
+    formats: ClassVar[tuple[str, ...]] = ("dense",)
 
     def check_settings(self, settings: Settings) -> None:  # noqa: B027 (most codecs check nothing more)
         """The codec's own checks of ``compress`` settings, before the model loads (one-line ``ValueError``)."""
@@ -130,6 +189,20 @@ class Codec(ABC):
 
         return export_model(problem, levels, out, {"how": self.export_how, **(info or {})})
 
+    def write_format(
+        self, format: str, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None
+    ) -> Any:
+        """Write ``problem``'s model at ``levels`` in ``format``, one of :attr:`formats` that no shared writer
+        has (default: :meth:`export`, the dense form the stock architecture loads); returns its path."""
+        return self.export(problem, levels, out, {**(info or {}), "loader": "transformers"})
+
+    def settings_of_run(self, identity: dict[str, Any], results: dict[str, Any]) -> Settings:
+        """This codec's settings of a finished run (``levelsearch export`` rebuilds its problem with them) beyond
+        those its problem's ``identity`` records under their own keys: read from the identity (what the run's
+        journal recorded, the problem's ``describe()``; empty when the journal has none) or ``results``
+        (as ``results.json`` has them). Default: none."""
+        return {}
+
     def verify_export(self, problem: Any, levels: np.ndarray, path: Any) -> float:
         """Largest absolute logit difference between the exported directory and ``problem``'s model at ``levels``."""
         return float(problem.verify_export(levels, path))
@@ -145,6 +218,7 @@ class WeightCodec(Codec):
     #: budget options and their defaults (:meth:`make_space` reads them; default: ``tol``, the band's width
     #: in budget units per weight)
     budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.02}
+    compress_settings: ClassVar[tuple[Setting, ...]] = WEIGHT_SETTINGS
 
     # ------------------------------------------------------------------ units, levels, costs
     def units(self, model: Any) -> list[tuple[str, int, Any]]:
@@ -208,6 +282,12 @@ class WeightCodec(Codec):
         n = float(np.sum(numel))
         tol = float(options["tol"])
         return LevelSpace([len(c) for c in costs], costs=costs, total=float(target) * n, tol=tol * n)
+
+    def settings_of_run(self, identity: dict[str, Any], results: dict[str, Any]) -> Settings:
+        """The run's variant database and the fitness's calibration tokens, as its results record them."""
+        if not isinstance(results.get("database"), dict):
+            return {}
+        return {"database": results["database"]["dir"], "search_tokens": results.get("search_tokens")}
 
     def check_budget(self, options: dict[str, Any]) -> None:
         """``ValueError`` (one line) for budget options :meth:`make_space` cannot take; called before the model

@@ -1,88 +1,83 @@
 """Compressed checkpoints that engines load, their loader and the check that they are the searched model.
 
-Formats, by compression method (the first is the default of ``levelsearch compress``):
+A codec names the formats its model can be written in (:attr:`~levelsearch.adapters.codecs.base.Codec.formats`,
+its default first; ``levelsearch compress --help`` lists each codec's). The formats any codec may name are
+written here (:data:`WRITERS`); a codec writes its own others
+(:meth:`~levelsearch.adapters.codecs.base.Codec.write_format`):
 
-========  ==================  ==================================================================
-method    format              what is written, and what loads it
-========  ==================  ==================================================================
-drop      ``drop``            whole dropped layers removed and renumbered, sub-blocks dropped alone
-                              written as zeros that compute exactly zero (stock loader;
-                              :func:`load_compressed` skips them)
-drop      ``zeroed``          the dense file with dropped sub-blocks' parameters zeroed (stock
-                              loader, dense size and speed)
-drop      ``drop-lean``       as ``drop``, sub-blocks dropped alone left out (smaller; the stock
-                              loader refuses it, :func:`load_compressed` runs it)
-quant     ``pack-quantized``  compressed-tensors, one config group per bit-width, int32-packed
-                              codes, group scales and packed zero points (transformers + the
-                              ``compressed-tensors`` package; vLLM)
-quant     ``gptq``            GPTQ (``qweight``/``qzeros``/``scales``/``g_idx``) with a per-module
-                              ``dynamic`` map: 2/3/4/8 bits for vLLM's ``--quantization gptq``
-                              (:mod:`.gptq`; :func:`load_compressed`; stock transformers needs
-                              optimum and gptqmodel, and refuses it without them)
-joint     ``pack-quantized``  as quant, the pruned weights' codes at their zero points
-joint     ``gptq``            as quant, the pruned weights' codes at their zero points
-sparsity  ``sparse-bitmask``  compressed-tensors' bitmask layout: a bit per weight plus the nonzero
-                              values (:func:`load_compressed`; stock transformers refuses it)
-any       ``dense``           the weights each level stands for, dense (stock loader)
-========  ==================  ==================================================================
+==================  ==========================================================================================
+format              what is written, and what loads it
+==================  ==========================================================================================
+``pack-quantized``  compressed-tensors, one config group per bit-width, int32-packed codes, group scales and
+                    packed zero points (transformers + the ``compressed-tensors`` package; vLLM); pruned
+                    weights are codes at their zero points
+``gptq``            GPTQ (``qweight``/``qzeros``/``scales``/``g_idx``) with a per-module ``dynamic`` map:
+                    2/3/4/8 bits for vLLM's ``--quantization gptq`` (:mod:`.gptq`; :func:`load_compressed`;
+                    stock transformers needs optimum and gptqmodel, and refuses it without them)
+``sparse-bitmask``  compressed-tensors' bitmask layout: a bit per weight plus the nonzero values
+                    (:func:`load_compressed`; stock transformers refuses it)
+``dense``           the weights each level stands for, dense (stock loader): the codec's
+                    :meth:`~levelsearch.adapters.codecs.base.Codec.export`
+==================  ==========================================================================================
 
-Each writer is :func:`export` (``format=`` one of :func:`formats_for`); :func:`check_export` reloads
-the result with :func:`load_compressed` and with the stock ``AutoModelForCausalLM.from_pretrained`` and
-compares their logits with the search's: the stock loader must reproduce them or refuse the directory
-(a tensor it would initialise at random fails the check); the check fails loudly (see :mod:`.verify`).
+A codec's own formats (a layer-dropping codec's: whole layers removed, sub-blocks zeroed or left out) are
+written by the codec, with the writers of this package. Each writer is :func:`export` (``format=`` one of
+:func:`formats_for`); :func:`check_export` reloads the result with :func:`load_compressed` and with the
+stock ``AutoModelForCausalLM.from_pretrained`` and compares their logits with the search's: the stock
+loader must reproduce them or refuse the directory (a tensor it would initialise at random fails the
+check); the check fails loudly (see :mod:`.verify`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMATS", "check_format", "export", "export_drop", "formats_for", "load_compressed", "check_export"]
+from ..codecs.registry import CODECS, available_codecs, get_codec
+from .ctensors import write_pack_quantized, write_sparse_bitmask
+from .gptq import write_gptq
+from .loader import load_compressed
+from .verify import check_export
 
-#: formats per compression method, the default first
-FORMATS: dict[str, tuple[str, ...]] = {
-    "drop": ("drop", "zeroed", "drop-lean"),
-    "quant": ("pack-quantized", "dense", "gptq"),
-    "joint": ("pack-quantized", "dense", "gptq"),
-    "sparsity": ("sparse-bitmask", "dense"),
+__all__ = ["FORMATS", "WRITERS", "check_export", "check_format", "export", "formats_for", "load_compressed"]
+
+#: writers of the formats any codec may name: format -> ``writer(problem, levels, out, info) -> Path``
+WRITERS: dict[str, Callable[..., Path]] = {
+    "pack-quantized": write_pack_quantized,
+    "gptq": write_gptq,
+    "sparse-bitmask": write_sparse_bitmask,
 }
 
 
 def formats_for(method: str) -> tuple[str, ...]:
-    """The formats a compression ``method`` can be written in, its default first (``("dense",)`` for plug-ins)."""
-    return FORMATS.get(method, ("dense",))
+    """The formats a compression ``method`` can be written in, its default first (its codec's
+    :attr:`~levelsearch.adapters.codecs.base.Codec.formats`; ``("dense",)`` for a method that is no codec)."""
+    if method not in available_codecs():
+        return ("dense",)
+    return tuple(CODECS.get(method).formats)
 
 
-def check_format(method: str, format: str | None, whose: str | None = None) -> str:
+def check_format(
+    method: str, format: str | None, whose: str | None = None, *, fits: tuple[str, ...] | None = None
+) -> str:
     """The format an export of ``method`` is written in: ``format``, or ``method``'s default when ``None``.
+
+    ``fits``: the formats of the run's codec object (default: :func:`formats_for` ``method``).
 
     Raises:
         ValueError: one line, when ``format`` does not fit ``method`` (the fitting ones are listed);
             ``whose`` names the method in it (default ``--method METHOD``).
     """
-    fits = formats_for(method)
+    fits = tuple(fits) if fits is not None else formats_for(method)
     if format is None:
         return fits[0]
     if str(format) not in fits:
         who = whose or f"--method {method}"
         raise ValueError(f"--format {format} does not fit {who}; use one of {', '.join(fits)}")
     return str(format)
-
-
-def export_drop(
-    problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None, *, lean: bool = False
-) -> Path:
-    """Write a :class:`~..codecs.drop.problem.DropProblem`'s model at ``levels`` in the ``drop`` format
-    (``lean``: ``drop-lean``)."""
-    from .drop import write_drop
-
-    lv = problem.space.validate(levels)
-    attn, mlp = problem.dropped_modules(lv)
-    problem.apply(None)
-    meta = {"method": "drop", "levels": lv.tolist(), "units": problem.unit_names(), **(info or {})}
-    return write_drop(problem.model, problem.tokenizer, attn, mlp, out, meta, lean=lean)
 
 
 def export(
@@ -93,42 +88,23 @@ def export(
     method: str,
     format: str | None = None,
     info: dict[str, Any] | None = None,
+    codec: Any = None,
 ) -> Path:
-    """Write ``problem``'s model at ``levels`` into ``out`` in ``format`` (default: ``method``'s first).
+    """Write ``problem``'s model at ``levels`` into ``out`` in ``format`` (default: ``method``'s first); ``codec``:
+    the run's codec object (default: a fresh one of ``method``).
 
     Raises:
         ValueError: a format that does not fit the method (the fitting ones are listed).
     """
-    fmt = check_format(method, format)
+    fmt = check_format(method, format, fits=None if codec is None else codec.formats)
     info = {**(info or {}), "format": fmt}
-    if fmt in ("drop", "drop-lean"):
-        return export_drop(problem, levels, out, info, lean=fmt == "drop-lean")
-    if fmt == "pack-quantized":
-        from .ctensors import write_pack_quantized
-
-        return write_pack_quantized(problem, levels, out, info)
-    if fmt == "gptq":
-        from .gptq import write_gptq
-
-        return write_gptq(problem, levels, out, info)
-    if fmt == "sparse-bitmask":
-        from .ctensors import write_sparse_bitmask
-
-        return write_sparse_bitmask(problem, levels, out, info)
-    # zeroed / dense: the codec's own export, the dense form the stock architecture loads
-    from ..codecs import get_codec
-
-    path = Path(get_codec(method).export(problem, levels, out, {**info, "loader": "transformers"}))
-    return path
+    writer = WRITERS.get(fmt)
+    if writer is not None:
+        return Path(writer(problem, levels, out, info))
+    return Path((codec or get_codec(method)).write_format(fmt, problem, levels, out, info))
 
 
-def __getattr__(name: str) -> Any:  # the loader and the check, imported on first use
-    if name == "load_compressed":
-        from .loader import load_compressed
-
-        return load_compressed
-    if name == "check_export":
-        from .verify import check_export
-
-        return check_export
-    raise AttributeError(name)
+def __getattr__(name: str) -> Any:
+    if name == "FORMATS":  # built on use: a codec registered later adds its formats
+        return {m: formats_for(m) for m in available_codecs()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,12 +30,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from .layout import cut_config, model_layout, renumber
 
-__all__ = ["LEAN_FILE", "META_FILE", "write_drop"]
+__all__ = ["LEAN_FILE", "META_FILE", "export_drop", "write_drop"]
 
 META_FILE = "levelsearch_compression.json"
 #: the weights file of a ``drop-lean`` directory with branches left out (a name the stock loader does not read)
@@ -104,3 +105,15 @@ def write_drop(
     }
     (path / META_FILE).write_text(json.dumps(info, indent=1))
     return path
+
+
+def export_drop(
+    problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None = None, *, lean: bool = False
+) -> Path:
+    """Write a :class:`~levelsearch.adapters.codecs.drop.problem.DropProblem`'s model at ``levels`` in the
+    ``drop`` format (``lean``: ``drop-lean``)."""
+    lv = problem.space.validate(levels)
+    attn, mlp = problem.dropped_modules(lv)
+    problem.apply(None)
+    meta = {"method": "drop", "levels": lv.tolist(), "units": problem.unit_names(), **(info or {})}
+    return write_drop(problem.model, problem.tokenizer, attn, mlp, out, meta, lean=lean)

@@ -10,6 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import check_format, export
+from .loader import load_compressed
+from .verify import check_export, sizes, throughput
+
 __all__ = ["export_and_check", "check_new_dir"]
 
 
@@ -33,7 +37,7 @@ def export_and_check(
     batch_seqs: int = 4,
 ) -> dict[str, Any]:
     """Write ``problem``'s model at ``levels`` into ``out`` (``format``: default the codec's first, see
-    :data:`~levelsearch.adapters.formats.FORMATS`), reload it with our loader and with the stock
+    :attr:`~levelsearch.adapters.codecs.base.Codec.formats`), reload it with our loader and with the stock
     ``AutoModelForCausalLM.from_pretrained`` and compare logits (the stock loader must give the searched
     logits or refuse the directory; an :class:`~levelsearch.adapters.formats.verify.ExportCheckFailed`
     stops here), then measure it.
@@ -44,24 +48,13 @@ def export_and_check(
     (``size``) and the reloaded and dense models' tokens/s on ``batch_seqs`` held-out sequences, measured
     side by side (``speed``).
     """
-    from . import FORMATS, export, formats_for
-    from .loader import load_compressed
-    from .verify import check_export, sizes, throughput
-
     t0 = time.perf_counter()
-    method = str(codec.name)
     own = getattr(codec, "export_and_check", None)
-    if method not in FORMATS and callable(own) and format in (None, "own"):
-        # a codec with a file format of its own (gguf: one .gguf file) writes, checks and measures it itself
+    if callable(own) and format in (None, "own", codec.formats[0]):
+        # a codec with a file format of its own (one .gguf file, say) writes, checks and measures it itself
         return dict(own(problem, levels, out, info=info))
-    if method in FORMATS:
-        fmt = format or formats_for(method)[0]
-        path = Path(export(problem, levels, out, method=method, format=fmt, info=info))
-    else:  # a plug-in codec writes its own directory
-        if format not in (None, "dense"):
-            raise ValueError(f"--format {format} does not fit --method {method}; use dense")
-        fmt = "dense"
-        path = Path(codec.export(problem, levels, out, info))
+    fmt = check_format(str(codec.name), format, fits=codec.formats)
+    path = Path(export(problem, levels, out, method=str(codec.name), format=fmt, info=info, codec=codec))
     checked = check_export(problem, levels, path)
     entry: dict[str, Any] = {"dir": str(path), "format": fmt, **checked}
     entry["seconds"] = time.perf_counter() - t0

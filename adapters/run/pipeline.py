@@ -54,7 +54,7 @@ def check_numbers(cfg: dict[str, Any]) -> None:
     :data:`~levelsearch.adapters.cli.settings.COMPRESS_SCHEMA`, before the model loads (one line naming the key)."""
     from levelsearch.schema import validate
 
-    from ..cli.settings import COMPRESS_SCHEMA
+    from .settings import COMPRESS_SCHEMA
 
     validate({k: v for k, v in cfg.items() if k in COMPRESS_SCHEMA.fields}, COMPRESS_SCHEMA, where="settings")
 

@@ -10,11 +10,15 @@ and an export zeroes the dropped sub-blocks' parameters (the problem's export st
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..base import Codec, Settings, model_and_data_settings, target_in
+from levelsearch.schema import Field
+
+from ...formats.drop import export_drop
+from ..base import Codec, Setting, Settings, model_and_data_settings, target_in
 
 __all__ = ["DropCodec"]
 
@@ -27,6 +31,17 @@ class DropCodec(Codec):
     start_label = "heuristic"
     example_target = 0.5
     export_how = "parameters of dropped sub-blocks are zero"
+    target_help = "fraction of sub-blocks (0.25)"
+    compress_settings: ClassVar[tuple[Setting, ...]] = (
+        Setting("heuristics", None, Field("list", items=Field("str"), nullable=True), "comma list (default all)"),
+        Setting("whole_blocks", False, Field("bool"), "drop whole layers, not sub-blocks"),
+        Setting("budget", "per-type", Field("str"), "per-type (k attention + k MLP, default) or total"),
+    )
+    #: ``drop``: whole dropped layers removed and renumbered, sub-blocks dropped alone written as zeros that
+    #: compute exactly zero (stock loader); ``zeroed``: the dense file with dropped sub-blocks' parameters
+    #: zeroed; ``drop-lean``: as ``drop``, sub-blocks dropped alone left out (smaller; only ``load_compressed``
+    #: runs it). See :mod:`levelsearch.adapters.formats.drop`.
+    formats: ClassVar[tuple[str, ...]] = ("drop", "zeroed", "drop-lean")
 
     def check_settings(self, settings: Settings) -> None:
         target_in(settings, 0.0, 1.0, "a fraction strictly between 0 and 1", open_ends=True)
@@ -81,6 +96,15 @@ class DropCodec(Codec):
             "units": problem.unit_names(),
             "space": problem.space.to_dict(),
         }
+
+    def write_format(
+        self, format: str, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None
+    ) -> Path:
+        """``drop`` and ``drop-lean`` (:func:`~levelsearch.adapters.formats.drop.export_drop`); ``zeroed``: the
+        dense export."""
+        if format in ("drop", "drop-lean"):
+            return export_drop(problem, levels, out, info, lean=format == "drop-lean")
+        return Path(super().write_format(format, problem, levels, out, info))
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
         attn, mlp = problem.dropped_modules(levels)

@@ -21,10 +21,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..base import Settings, WeightCodec, problem_settings, target_in
+from levelsearch.schema import Field
+
+from ..base import Setting, Settings, WeightCodec, problem_settings, target_in
 
 __all__ = ["GGUFCodec", "GGUFVariant", "parse_bytes", "parse_tol"]
 
+#: a setting in a form the codec parses itself (a list or a comma string, a size with a unit)
+_FREE = Field("any", nullable=True)
 #: ``--target-bytes`` units: powers of 1000 and of 1024
 BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -110,7 +114,41 @@ class GGUFCodec(WeightCodec):
         "types": ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"],
     }
     budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.005}
-    method_settings: ClassVar[frozenset[str]] = frozenset({"tol", "target_bytes", "extra_tensors"})
+    target_help = "bits per weight of the searched tensors (4.6; or --target-bytes)"
+    compress_settings: ClassVar[tuple[Setting, ...]] = (
+        *WeightCodec.compress_settings,
+        Setting("types", None, _FREE, "comma list of ggml quant types (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0)"),
+        Setting(
+            "tol",
+            None,
+            _FREE,
+            "width of the budget band, a fraction of the budget in (0, 0.5) (default 0.005: the searched "
+            "tensors' bits per weight, or bytes, within 0.5%% below the target)",
+            strict=True,
+        ),
+        Setting(
+            "target_bytes",
+            None,
+            _FREE,
+            "instead of --target: budget in bytes of the searched tensors (their exact sizes in their types; "
+            "the file adds the tensors not searched and the metadata): an integer or a number with a unit, "
+            "B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024), e.g. 80MB; rounded down to a byte",
+            strict=True,
+            instead_of="target",
+            conflict="give one budget: --target (bits per weight) or --target-bytes (bytes), not both",
+        ),
+        Setting(
+            "extra_tensors",
+            None,
+            _FREE,
+            "also search these tensors outside the decoder layers, a comma list of token_embd, output "
+            "(default none: copied from the source); they count in the budget; a model without output.weight "
+            "computes its logits with token_embd, which is then both",
+            strict=True,
+        ),
+    )
+    #: one ``.gguf`` file llama.cpp runs, written and checked by :meth:`export_and_check`
+    formats: ClassVar[tuple[str, ...]] = ("gguf",)
 
     def __init__(self, source: Any = None) -> None:
         #: the source GGUF file (:class:`~levelsearch.adapters.codecs.gguf.source.GGUFSource`) of the run, if any
@@ -290,11 +328,15 @@ class GGUFCodec(WeightCodec):
             settings["model"], codec=self, **self.budget(settings), **extra, **problem_settings(settings)
         )
 
-    def settings_of_run(self, identity: dict[str, Any]) -> dict[str, Any]:
+    def settings_of_run(self, identity: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         """The gguf settings of a finished run (``levelsearch export``), from its problem's identity (what its
         journal recorded, :meth:`~levelsearch.adapters.weights.problem.WeightLevelProblem.describe`): the types, the
-        band's width, a budget in bytes and the extra tensors, so that the rebuilt problem is the searched one."""
-        out: dict[str, Any] = {"types": list(identity["spec"]["types"]), "tol": identity.get("tol")}
+        band's width, a budget in bytes and the extra tensors, so that the rebuilt problem is the searched one;
+        and the weight codec's (its database)."""
+        out: dict[str, Any] = super().settings_of_run(identity, results)
+        if not identity:
+            return out
+        out.update(types=list(identity["spec"]["types"]), tol=identity.get("tol"))
         if identity.get("target_bytes") is not None:
             out["target_bytes"] = int(identity["target_bytes"])
         if identity.get("extra_tensors"):

@@ -30,6 +30,8 @@ class JointCodec(WeightCodec):
     name = "joint"
     profile_label = "bits"
     export_how = "dequantized weights, pruned ones exactly zero"
+    target_help = "bits per weight (3)"
+    formats: ClassVar[tuple[str, ...]] = ("pack-quantized", "dense", "gptq")
     example_target = 3.0
     default_spec: ClassVar[dict[str, Any]] = {
         "sparsities": (0.0, 0.25, 0.5, 0.6, 0.7),

@@ -48,6 +48,8 @@ class QuantCodec(WeightCodec):
     name = "quant"
     profile_label = "bits"
     export_how = "dequantized weights"
+    target_help = "bits per weight (3)"
+    formats: ClassVar[tuple[str, ...]] = ("pack-quantized", "dense", "gptq")
     example_target = 3.0
     methods: ClassVar[tuple[str, ...]] = ("rtn", "gptq")
     default_spec: ClassVar[dict[str, Any]] = {"method": "gptq", "bits": (2, 3, 4, 5, 6), "group_size": 128}

@@ -65,6 +65,8 @@ class SparsityCodec(WeightCodec):
     name = "sparsity"
     profile_label = "sparsity"
     export_how = "dense weights with zeros"
+    target_help = "average sparsity (0.5)"
+    formats: ClassVar[tuple[str, ...]] = ("sparse-bitmask", "dense")
     example_target = 0.5
     methods: ClassVar[tuple[str, ...]] = ("magnitude", "wanda", "sparsegpt")
     default_spec: ClassVar[dict[str, Any]] = {"method": "sparsegpt", "step": None, "max_offset": 4}
