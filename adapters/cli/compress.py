@@ -150,6 +150,11 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def _print_summary(res: dict[str, Any]) -> None:
+    if "points" in res:  # several targets: one table (levelsearch.adapters.run.curve)
+        from ..run.curve import curve_table
+
+        print(curve_table(res))
+        return
     dense = res.get("dense", {})
     print(f"dense: held-out ppl {dense.get('heldout_ppl', math.nan):.2f}")
     for name, m in sorted(res.get("methods", {}).items(), key=lambda kv: kv[1]["heldout_ppl"]):
