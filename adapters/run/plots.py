@@ -65,7 +65,8 @@ def plot_profile(
 def plot_curve(curve: Mapping[str, Any], path: str | Path) -> Path:
     """Held-out KL and perplexity against size: a row per measure, a column per size axis (bits per weight and
     bytes of the searched weights, when the codec's sizes are bits; else the budget's cost), a line per method
-    (EvoPress and every baseline feasible at every target), the dense model as a horizontal line."""
+    (EvoPress and every baseline feasible at every target), the dense model's perplexity as a horizontal line (its
+    KL is 0, off the log axis of KL)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +90,7 @@ def plot_curve(curve: Mapping[str, Any], path: str | Path) -> Path:
                 xs, ys = zip(*sorted(pts))
                 style = {"lw": 2.2, "color": "black", "zorder": 3} if n == "evopress" else {"lw": 1.0, "alpha": 0.8}
                 ax.plot(xs, ys, marker="o", ms=3, label=n, **style)
-            if y in dense:
+            if y in dense and dense[y] > 0:  # the dense model's KL to itself is 0: off a log axis
                 ax.axhline(dense[y], color="grey", ls="--", lw=1, label=f"dense ({dense[y]:.3g})")
             ax.set_xlabel(
                 {"bits_per_weight": "bits per weight", "bytes": "bytes", "cost": "budget cost"}[x], fontsize=8
@@ -97,8 +98,8 @@ def plot_curve(curve: Mapping[str, Any], path: str | Path) -> Path:
             ax.set_ylabel(label, fontsize=8)
             ax.tick_params(labelsize=7)
             if y == "heldout_kl":
-                ax.set_yscale("symlog", linthresh=1e-3)
-    axes[0][0].legend(fontsize=6, ncol=2)
+                ax.set_yscale("log")
+    axes[1][0].legend(fontsize=6, ncol=2)
     fig.suptitle(f"{curve.get('model', '')} {curve.get('method', '')}: held-out quality against size", fontsize=9)
     fig.tight_layout()
     out = Path(path)
