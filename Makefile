@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint install clean llama-cpp
+.PHONY: demo test lint install clean llama-cpp llama-tools
 
 $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,32 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAM
 llama-cpp: $(STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q \
 		--no-binary llama-cpp-python 'llama-cpp-python>=0.3'
+
+## make llama-tools: llama.cpp's own llama-quantize, llama-imatrix and llama-perplexity, built from the llama.cpp
+## source that the pinned llama-cpp-python source package carries (fetched with pip from the package registry, no
+## other network), with the portable flags above (AVX2/FMA/F16C, no AVX-512/AMX, no -march=native), into
+## $(LLAMA_TOOLS_DIR)/bin. `--method gguf` finds them there ($$LLAMA_CPP_BIN first, then there, then PATH) and adds
+## llama.cpp's own baselines and KL statistics. About 13 min of build on a busy 2-core CPU (LLAMA_TOOLS_JOBS=2).
+LLAMA_TOOLS_VERSION ?= 0.3.36
+LLAMA_TOOLS_DIR ?= $(or $(LEVELSEARCH_CACHE),$(HOME)/.cache/levelsearch)/llama-tools/$(LLAMA_TOOLS_VERSION)
+LLAMA_TOOLS_JOBS ?= 2
+LLAMA_TOOLS_CMAKE_ARGS ?= -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF \
+	-DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+llama-tools: $(STAMP)
+	rm -rf $(LLAMA_TOOLS_DIR)/src && mkdir -p $(LLAMA_TOOLS_DIR)/src $(LLAMA_TOOLS_DIR)/bin
+	$(BIN)/pip download -q --no-binary :all: --no-deps -d $(LLAMA_TOOLS_DIR)/src \
+		llama-cpp-python==$(LLAMA_TOOLS_VERSION)
+	tar -xzf $(LLAMA_TOOLS_DIR)/src/llama_cpp_python-$(LLAMA_TOOLS_VERSION).tar.gz -C $(LLAMA_TOOLS_DIR)/src
+	cmake -S $(LLAMA_TOOLS_DIR)/src/llama_cpp_python-$(LLAMA_TOOLS_VERSION)/vendor/llama.cpp \
+		-B $(LLAMA_TOOLS_DIR)/build $(LLAMA_TOOLS_CMAKE_ARGS)
+	cmake --build $(LLAMA_TOOLS_DIR)/build -j $(LLAMA_TOOLS_JOBS) \
+		--target llama-quantize llama-imatrix llama-perplexity
+	cp $(LLAMA_TOOLS_DIR)/build/bin/llama-quantize $(LLAMA_TOOLS_DIR)/build/bin/llama-imatrix \
+		$(LLAMA_TOOLS_DIR)/build/bin/llama-perplexity $(LLAMA_TOOLS_DIR)/bin/
+	rm -rf $(LLAMA_TOOLS_DIR)/src $(LLAMA_TOOLS_DIR)/build
+	$(LLAMA_TOOLS_DIR)/bin/llama-quantize --help 2>&1 | head -1 || true
 
 lint: $(STAMP)
 	$(BIN)/ruff check levelsearch adapters baselines tests bench
