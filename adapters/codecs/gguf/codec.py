@@ -155,6 +155,8 @@ class GGUFCodec(WeightCodec):
         self.source = source
         self._errors: dict[int, list[float]] = {}  # imatrix-weighted errors of the layer being built, by id(w)
         self._info: dict[str, Any] = {}
+        self._llama: dict[str, Any] = {}  # llama.cpp's tools in this run: what ran, its files (run_baselines)
+        self._compare: dict[str, Any] = {}  # levels of the run's own methods to put beside llama.cpp's files
 
     def tensor_name(self, hf_name: str) -> str:
         """The GGUF tensor a unit is written to (checked against the source file when there is one)."""
@@ -352,11 +354,42 @@ class GGUFCodec(WeightCodec):
         base: dict[str, dict[str, Any]] = {}
         for name, (levels, chosen, seconds) in gguf_baselines(problem).items():
             base[name] = {"levels": levels, "seconds": seconds, **chosen}
+        for name, (levels, chosen, seconds) in self._llama_quantize(problem, settings).items():
+            base[name] = {"levels": levels, "seconds": seconds, **chosen}
+        dp = "dp-fisher" if "dp-fisher" in base else "dp"
+        self._compare = {dp: base[dp]["levels"]} if dp in base else {}
         cal, _ = problem.score([b["levels"] for b in base.values()], "calibration")
         for b, v in zip(base.values(), cal):
             b["calibration_kl"] = float(v)
             b["feasible"] = bool(problem.space.is_feasible(b["levels"]))
         return base
+
+    def _llama_quantize(self, problem: Any, settings: Settings) -> dict[str, Any]:
+        """llama-quantize's own mixes (:func:`.heuristics.llama_quantize_baselines`) when llama.cpp's tools are
+        found (:func:`.llamacpp.find_tools`); otherwise one line on stderr saying how to build them, and the
+        run's ``llama_tools`` record marks them not run."""
+        import os
+        import sys
+        from pathlib import Path
+
+        from .heuristics import llama_quantize_baselines
+        from .llamacpp import ALLOCATOR, find_tools, missing_line
+        from .source import STOCK_MIXES
+
+        tools = find_tools() if problem.source is not None else None
+        self._llama = {"allocator": ALLOCATOR, "threads": min(2, os.cpu_count() or 1)}
+        if tools is None:
+            line = missing_line() if problem.source is not None else "the run has no source GGUF file"
+            print(f"levelsearch gguf: {line}", file=sys.stderr)
+            self._llama["tools"] = None
+            self._llama["baselines"] = {f"llama-quantize-{m}": f"not run: {line}" for m in STOCK_MIXES}
+            return {}
+        self._llama["tools"] = {n: str(p) for n, p in tools.items()}
+        self._llama["dir"] = str(Path(settings["out"]) / "llama.cpp")
+        found, record = llama_quantize_baselines(problem, self._llama["dir"], tools, self._llama["threads"])
+        self._llama["baselines"] = record
+        self._llama["files"] = {f"llama-quantize-{m}": e["file"] for m, e in record["mixes"].items() if "file" in e}
+        return found
 
     def results_fields(self, problem: Any, settings: Settings) -> dict[str, Any]:
         db = problem.db
@@ -386,6 +419,7 @@ class GGUFCodec(WeightCodec):
             "fallbacks": problem.fallbacks,
             "unit_types": problem.unit_types,
             "kept_tensors": problem.kept_tensor_types(),
+            "llama_tools": {k: v for k, v in self._llama.items() if k != "files"},
         }
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
@@ -402,6 +436,29 @@ class GGUFCodec(WeightCodec):
         from .export import plot_types
 
         return plot_types(problem, assignments, path, methods)
+
+    def _llama_compare(self, problem: Any, levels: np.ndarray, path: Any) -> dict[str, Any]:
+        """llama-perplexity's KL statistics (:func:`.llamacpp.compare_files`) of the source, llama-quantize's
+        files, the dp baseline's file and the exported ``path`` (EvoPress's), side by side; ``{}`` when the run
+        found no tools."""
+        from pathlib import Path
+
+        from .export import write_gguf
+        from .llamacpp import compare_files
+
+        if not self._llama.get("tools") or problem.source is None:
+            return {}
+        tools = {n: Path(p) for n, p in self._llama["tools"].items()}
+        where = Path(self._llama["dir"])
+        files: dict[str, Path] = {"source": problem.source.path}
+        files.update({n: Path(f) for n, f in self._llama.get("files", {}).items()})
+        for name, lv in self._compare.items():
+            if problem.space.is_feasible(lv):
+                files[name] = write_gguf(problem, lv, where / f"{name}.gguf")
+        files["evopress"] = Path(path)
+        return compare_files(
+            problem, files, where, tools, threads=int(self._llama["threads"]), check=("evopress", levels)
+        )
 
     # ------------------------------------------------------------------ export
     def export(self, problem: Any, levels: np.ndarray, out: Any, info: dict[str, Any] | None = None) -> Any:
@@ -447,7 +504,9 @@ class GGUFCodec(WeightCodec):
             bad = path.with_name(path.name + ".FAILED")
             path.replace(bad)
             raise Failed(f"export check failed: {exc} (the file is kept as {bad})") from None
+        llama = self._llama_compare(problem, levels, path)
         return {
+            **({"llama_tools": llama} if llama else {}),
             "dir": str(path.parent),
             "file": str(path),
             "format": "gguf",

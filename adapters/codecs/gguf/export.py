@@ -27,6 +27,7 @@ __all__ = [
     "llama_cpp_perplexity",
     "plot_types",
     "recipe",
+    "recipe_overrides",
     "tensor_kind",
     "verify_gguf",
     "write_gguf",
@@ -343,6 +344,12 @@ def plot_types(problem: Any, assignments: dict[str, np.ndarray], path: Any, meth
 
 
 # ---------------------------------------------------------------------- levelsearch gguf-recipe
+def recipe_overrides(results: dict[str, Any], method: str = "evopress") -> list[str]:
+    """:func:`recipe`'s overrides as bare ``PATTERN=TYPE`` strings: one ``--tensor-type`` argument each, or the
+    lines of a ``llama-quantize --tensor-type-file``."""
+    return [line[len("--tensor-type '") : -1] for line in recipe(results, method)]
+
+
 def recipe(results: dict[str, Any], method: str = "evopress") -> list[str]:
     """``--tensor-type PATTERN=TYPE`` overrides of llama-quantize giving every searched tensor ``method``'s type.
 

@@ -77,3 +77,120 @@ def gguf_baselines(problem: Any) -> dict[str, tuple[np.ndarray, dict[str, Any], 
         info = {"errors": "Fisher-weighted", "forward_tokens": problem.fisher_tokens}
         out["dp-fisher"] = (lv, info, time.perf_counter() - t0)
     return out
+
+
+# ---------------------------------------------------------------------- llama.cpp's own llama-quantize
+def _pins(problem: Any) -> list[str]:
+    """``--tensor-type`` overrides keeping every 2-D tensor the run does not search in its source type, so that a
+    llama-quantize file differs from the source only where the search chooses (llama-quantize copies a tensor
+    asked for in its own type)."""
+    import re
+
+    return [f"^{re.escape(n)}$={t.lower()}" for n, t in sorted(problem.kept_tensor_types().items())]
+
+
+def _levels_of_types(problem: Any, types: dict[str, str]) -> np.ndarray | None:
+    """The problem's levels giving each searched tensor its type in ``types`` (tensor name → type); ``None``
+    when a tensor is missing or its type is not among its levels."""
+    asked = [types.get(problem.gguf_names[u]) for u in problem.unit_names]
+    if any(t is None for t in asked):
+        return None
+    out = []
+    for u, t in enumerate(asked):
+        if t not in problem.unit_types[u]:
+            return None
+        out.append(problem.unit_types[u].index(t))
+    return np.array(out, dtype=np.int64)
+
+
+def _bytes_differ(problem: Any, levels: np.ndarray, path: Any) -> list[str]:
+    """The searched tensors whose bytes in the GGUF file ``path`` are not the variant the search holds for them."""
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+    differ = []
+    for u, name in enumerate(problem.unit_names):
+        g = problem.gguf_names[name]
+        raw = np.asarray(tensors[g].data)
+        raw = raw.view(np.uint8).reshape(raw.shape[0], -1)
+        ours = problem.variant_bytes(u, int(levels[u]))
+        order = problem.source.row_order(g, ours.shape[0])
+        if not np.array_equal(raw, ours if order is None else ours[order]):
+            differ.append(g)
+    return differ
+
+
+def nearest_mix(problem: Any, exe: Any, imatrix: Any, threads: int) -> tuple[str | None, dict[str, float]]:
+    """The K-quant mix of llama-quantize (:data:`.llamacpp.K_MIXES`) whose bits per weight over the searched
+    tensors are nearest the target (``--dry-run``: no file written), and every mix's bits per weight."""
+    from .llamacpp import K_MIXES, dry_run_types, quantize
+
+    bits: dict[str, float] = {}
+    for mix in K_MIXES:
+        out = quantize(exe, problem.source.path, problem.source.path, mix, imatrix=imatrix,
+                       tensor_types=_pins(problem), threads=threads, dry_run=True)
+        lv = _levels_of_types(problem, dry_run_types(out))
+        if lv is not None:
+            bits[mix] = problem.average_bits(lv)
+    best = min(bits, key=lambda m: (abs(bits[m] - problem.target), bits[m])) if bits else None
+    return best, bits
+
+
+def llama_quantize_baselines(
+    problem: Any, out_dir: Any, tools: dict[str, Any], threads: int = 1
+) -> tuple[dict[str, tuple[np.ndarray, dict[str, Any], float]], dict[str, Any]]:
+    """llama-quantize's own ``Q3_K_M``, ``Q4_K_M`` and the mix nearest the target, written by the built tool
+    from the run's source file with the importance matrix the search quantized with (the legacy file of
+    :func:`.export.write_imatrix`), every tensor the run does not search pinned to its source type.
+
+    Returns ``(baselines, record)``: ``baselines`` name (``llama-quantize-MIX``) → ``(levels, info, seconds)``
+    for each file whose searched tensors are, byte for byte, variants of the search (so our held-out pass of
+    those levels is the file's); ``record`` what ran: each mix's file, size, types, seconds, or its failure in
+    one line (a tool that fails is a failed baseline, never the end of the run).
+    """
+    from pathlib import Path
+
+    from .export import write_imatrix
+    from .llamacpp import LlamaToolError, gguf_tensor_types, quantize
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    im = write_imatrix(problem, out / "imatrix.dat")
+    imatrix = Path(im["file"]) if im.get("written") else None
+    record: dict[str, Any] = {"imatrix": im, "pinned_tensors": problem.kept_tensor_types(), "mixes": {}}
+    baselines: dict[str, tuple[np.ndarray, dict[str, Any], float]] = {}
+    mixes = list(STOCK_MIXES)
+    try:
+        nearest, bits = nearest_mix(problem, tools["llama-quantize"], imatrix, threads)
+        record["mix_bits_per_weight"] = bits
+        record["nearest_mix"] = nearest
+        if nearest is not None and nearest not in mixes:
+            mixes.append(nearest)
+    except LlamaToolError as exc:
+        record["nearest_mix"] = f"failed: {exc}"
+    for mix in mixes:
+        t0 = time.perf_counter()
+        path = out / f"llama-quantize-{mix}.gguf"
+        try:
+            quantize(tools["llama-quantize"], problem.source.path, path, mix, imatrix=imatrix,
+                     tensor_types=_pins(problem), threads=threads)
+        except LlamaToolError as exc:
+            record["mixes"][mix] = {"failed": str(exc)}
+            print(f"levelsearch gguf: llama-quantize {mix}: {exc}", file=sys.stderr)
+            continue
+        seconds = time.perf_counter() - t0
+        types = gguf_tensor_types(path)
+        entry: dict[str, Any] = {"file": str(path), "file_bytes": path.stat().st_size, "seconds": seconds}
+        lv = _levels_of_types(problem, types)
+        if lv is None:
+            entry["heldout"] = "not measured by our pass: a type llama-quantize chose is not among the levels"
+        else:
+            differ = _bytes_differ(problem, lv, path)
+            entry["bytes_equal_to_the_search_variants"] = not differ
+            if differ:
+                entry["heldout"] = f"not measured by our pass: {len(differ)} tensors' bytes differ from our variants"
+            else:
+                info = {"rules": f"llama-quantize {mix} (llama.cpp's own tool)", "file": str(path)}
+                baselines[f"llama-quantize-{mix}"] = (lv, info, seconds)
+        record["mixes"][mix] = entry
+    return baselines, record
