@@ -114,8 +114,12 @@ def _merged_budgets(
 
 
 def member_levels(space: LevelSpace, levels: Any) -> np.ndarray:
-    """``levels`` checked against ``space`` and, for a :class:`TiedSpace`, expanded to member levels."""
+    """``levels`` checked against ``space`` and, for a :class:`TiedSpace`, expanded to member levels (member levels
+    that keep the ties are taken as they are: :meth:`TiedSpace.reduce` checks them)."""
     if isinstance(space, TiedSpace):
+        arr = np.asarray(levels)
+        if arr.ndim == 1 and arr.size == space.n_members != space.n_units:
+            return space.expand(space.reduce(arr))
         return space.expand(levels)
     return space.validate(levels)
 
