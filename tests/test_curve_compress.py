@@ -52,6 +52,14 @@ def _run(model_dir, out, target, **kw):
             lock.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """Variant databases of the tiny model go to a cache of this module's own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LEVELSEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     from levelsearch.adapters.model.models import save_model
