@@ -83,6 +83,8 @@ class AdditiveSurrogate:
         self._indices: list[np.ndarray] = []
         self._data: list[np.ndarray] = []
         self._weights: list[np.ndarray] = []  # stored weight · _scale = true weight
+        self._batch_weight: list[float] = []  # each batch's stored weight (its rows'), oldest first
+        self._batch_rows: list[int] = []  # rows each batch added
         self._b = np.zeros(self._size)  # stored; true b = _b · _scale
         self._scale = 1.0
         self._coef: np.ndarray = np.zeros(self._size)
@@ -143,6 +145,8 @@ class AdditiveSurrogate:
         self._indices.append(indices)
         self._data.append(data)
         self._weights.append(np.concatenate([np.full(m, w), [-m * w]]))
+        self._batch_weight.append(w)
+        self._batch_rows.append(m + 1)
         yc = y - y.mean()
         n_d = int(indptr[m])
         row_of = np.repeat(np.arange(m), np.diff(indptr[: m + 1]))
@@ -156,26 +160,34 @@ class AdditiveSurrogate:
             self._scale *= self.decay
             if self._scale < 1e-150:  # keep the stored weights in range
                 self._weights = [w * self._scale for w in self._weights]
+                self._batch_weight = [w * self._scale for w in self._batch_weight]
                 self._b *= self._scale
                 self._scale = 1.0
 
     def _rows(self) -> tuple[sparse.csr_matrix, np.ndarray]:
-        """All rows as one CSR matrix and their true weights (faded rows dropped for good)."""
-        newest = abs(float(self._weights[-1][0]))
-        keep = [k for k, w in enumerate(self._weights) if abs(float(w[0])) >= _FADED * newest]
-        if len(keep) < len(self._weights):
-            for name in ("_indptr", "_indices", "_data", "_weights"):
-                setattr(self, name, [getattr(self, name)[k] for k in keep])
-        if len(self._indptr) > 1:  # merge the pieces once, so the next fit starts from one
+        """All rows as one CSR matrix and their true weights. The oldest batches, once their weight
+        has faded below ``_FADED`` of the newest, are dropped for good."""
+        if len(self._indptr) > 1:  # merge the new pieces into the first, once
             starts = np.cumsum([0] + [int(p[-1]) for p in self._indptr[:-1]])
             indptr = np.concatenate([self._indptr[0]] + [p[1:] + s for p, s in zip(self._indptr[1:], starts[1:])])
             self._indptr = [indptr]
             self._indices = [np.concatenate(self._indices)]
             self._data = [np.concatenate(self._data)]
             self._weights = [np.concatenate(self._weights)]
-        mat = sparse.csr_matrix(
-            (self._data[0], self._indices[0], self._indptr[0]), shape=(len(self._indptr[0]) - 1, self._size)
-        )
+        newest = self._batch_weight[-1]
+        faded = 0
+        while faded < len(self._batch_weight) - 1 and self._batch_weight[faded] < _FADED * newest:
+            faded += 1
+        if faded:
+            cut = int(sum(self._batch_rows[:faded]))
+            indptr = self._indptr[0][cut:]
+            self._indices = [self._indices[0][int(indptr[0]) :]]
+            self._data = [self._data[0][int(indptr[0]) :]]
+            self._indptr = [indptr - indptr[0]]
+            self._weights = [self._weights[0][cut:]]
+            del self._batch_weight[:faded], self._batch_rows[:faded]
+        indptr = self._indptr[0]
+        mat = sparse.csr_matrix((self._data[0], self._indices[0], indptr), shape=(len(indptr) - 1, self._size))
         return mat, self._weights[0] * self._scale
 
     # ------------------------------------------------------------------ fit
