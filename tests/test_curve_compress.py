@@ -34,18 +34,22 @@ SMALL = dict(
 
 
 def _cfg(model_dir, out, target, **kw):
-    from levelsearch.adapters.cli.compress import run_compress  # noqa: F401  (the settings' defaults)
-    from levelsearch.adapters.run.settings import CompressSettings
+    try:
+        from levelsearch.adapters.run.settings import CompressSettings
+    except ImportError:  # the settings' older home
+        from levelsearch.adapters.cli.settings import CompressSettings
 
     cfg = CompressSettings(**{**SMALL, **kw}).to_dict()
-    cfg.update(model=str(model_dir), out=str(out), target=target)
+    cfg.update(model=str(model_dir), out=str(out))
+    if target is not None:
+        cfg["target"] = target
     return cfg
 
 
 def _run(model_dir, out, target, **kw):
     cfg = _cfg(model_dir, out, target, **kw)
     try:
-        return pipeline.run(get_codec("quant"), cfg)
+        return pipeline.run(get_codec(cfg["method"]), cfg)
     finally:
         lock = cfg.pop("_lock", None)
         if lock is not None:
@@ -162,3 +166,22 @@ def test_bad_target_lists_name_the_value_and_write_nothing(model_dir, tmp_path, 
         pipeline.run(get_codec("quant"), cfg)
     assert "\n" not in str(err.value)
     assert not out.exists()
+
+
+def test_a_gguf_byte_list_gives_a_point_per_size_within_its_band(tmp_path):
+    from test_gguf import write_tiny_gguf
+
+    src = write_tiny_gguf(tmp_path / "tiny-f16.gguf")
+    sizes = ["0.5MB", "550KB"]
+    kw = dict(method="gguf", types="Q2_K,Q3_K,Q4_K,Q6_K", tol="0.03", generations=1, database=str(tmp_path / "db"))
+    cfg_target = {"target_bytes": sizes}
+    out = tmp_path / "run"
+    curve = _run(src, out, None, **kw, **cfg_target)
+    assert [p["name"] for p in curve["points"]] == ["bytes-500000", "bytes-550000"]
+    assert curve["in"] == "bytes" and curve["targets"] == [500_000, 550_000]
+    for p, size in zip(curve["points"], (500_000, 550_000)):
+        res = json.loads((out / p["name"] / "results.json").read_text())
+        assert res["target_bytes"] == size
+        ev = p["methods"]["evopress"]
+        assert 0.97 * size <= ev["bytes"] <= size
+        assert ev["bytes"] == res["methods"]["evopress"]["searched_bytes"]
