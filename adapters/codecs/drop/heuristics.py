@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from levelsearch import solve_additive
 
-from .problem import DropProblem
+if TYPE_CHECKING:  # annotations only: the problem imports this module for its default start
+    from .problem import DropProblem
 
 __all__ = ["HEURISTICS", "angular_distances", "influence", "run_heuristics"]
 

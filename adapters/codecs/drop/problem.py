@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from levelsearch import LevelSpace
+from levelsearch import LevelSpace, Request
 
 from ...model.models import DEFAULT_MODEL
 from ...scoring.layerwise import LayerwiseProblem
@@ -74,8 +74,8 @@ class DropProblem(LayerwiseProblem):
 
     Its default schedule (what ``evopress`` runs when a run config names none) is the paper's ``drop``
     schedule on a GPU whose pool holds 32,768 tokens, else the CPU schedule of
-    :meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem.default_schedule`; ``evopress``
-    starts from the knapsack optimum of its single-drop KLs (its ``unit_errors``).
+    :meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem.default_schedule`; its default start
+    is compress's, the best published heuristic (:meth:`default_start`).
     """
 
     name = "llm-drop"
@@ -96,6 +96,7 @@ class DropProblem(LayerwiseProblem):
         super().__init__(space)
         self.target, self.budget = float(target), budget
         self.unit_layer = np.array([i for i in range(self.map.n_layers) for _ in range(1 if whole_blocks else 2)])
+        self._start: np.ndarray | None = None
 
     @property
     def codec(self) -> Any:
@@ -188,6 +189,27 @@ class DropProblem(LayerwiseProblem):
             return
         attn, mlp = self.dropped_modules(levels)
         self.runner.set_dropped([self.map.attn[i] for i in attn] + [self.map.mlp[i] for i in mlp])
+
+    #: the heuristics :meth:`default_start` compares (``random`` is left out)
+    START_HEURISTICS = ("shortgpt", "shortgpt-sub", "angular", "single-kl")
+
+    def default_start(self) -> np.ndarray:
+        """What ``compress --method drop`` starts from: the published heuristic
+        (:mod:`~levelsearch.adapters.codecs.drop.heuristics`) with the lowest calibration KL on the whole
+        pool. Measured once (statistics on up to 2,048 tokens, then one whole-pool evaluation per
+        heuristic, remembered so the search does not pay for the start again); like compress's
+        heuristics, these forward tokens are not in the search's budget."""
+        if self._start is None:
+            from .heuristics import run_heuristics
+
+            pool = int(self.max_fidelity)
+            heur = run_heuristics(self, list(self.START_HEURISTICS), n_tokens=min(2048, pool), seed=0)
+            levels = [np.asarray(h["levels"], dtype=np.int64) for h in heur.values()]
+            values = self.evaluate_many([Request(lv, None, 0) for lv in levels])
+            for lv, v in zip(levels, values):
+                self.remember(lv, v)
+            self._start = levels[int(np.argmin(values))]
+        return self._start.copy()
 
     def dense_candidate(self) -> np.ndarray:
         """The assignment of the uncompressed model (nothing dropped)."""
