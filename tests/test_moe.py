@@ -22,8 +22,9 @@ from levelsearch.adapters.formats import export  # noqa: E402
 from levelsearch.adapters.formats.verify import check_export  # noqa: E402
 from levelsearch.adapters.model.experts import ExpertUnit, UnmappableExperts, find_experts  # noqa: E402
 from levelsearch.adapters.model.units import layer_units  # noqa: E402
-from levelsearch.ties import TiedSpace  # noqa: E402
 from test_adapters_drop import byte_tokenizer  # noqa: E402
+
+from levelsearch.ties import TiedSpace  # noqa: E402
 
 pytestmark = pytest.mark.llm
 

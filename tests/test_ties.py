@@ -22,7 +22,7 @@ SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[Health
 
 @st.composite
 def tied_spaces(draw: st.DrawFn) -> TiedSpace:
-    """A band-budget member space of 4-8 units (2-4 levels, increasing costs) and random ties over it (3 groups or more)."""
+    """A band-budget member space of 4-8 units (2-4 levels, increasing costs), random ties over it (3+ groups)."""
     n = draw(st.integers(4, 8))
     k = draw(st.integers(2, 4))
     steps = draw(st.lists(st.lists(st.integers(1, 5), min_size=k - 1, max_size=k - 1), min_size=n, max_size=n))
