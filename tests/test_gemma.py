@@ -46,9 +46,9 @@ def tiny_gemma3(layers: int = 7):
     return Gemma3ForCausalLM(cfg).eval()
 
 
-def _gguf_py_name(hf_name: str, arch, n_layers: int) -> str:
+def _gguf_py_name(names, hf_name: str) -> str:
     stem, suffix = hf_name.rsplit(".", 1)
-    return f"{gguf.get_tensor_name_map(arch, n_layers).get_name(stem)}.{suffix}"
+    return f"{names.get_name(stem)}.{suffix}"
 
 
 # ---------------------------------------------------------------------- names both ways
@@ -56,9 +56,10 @@ def test_every_parameter_of_a_tiny_gemma3_maps_to_gguf_py_s_tensor_name_and_back
     model = tiny_gemma3()
     names = list(model.state_dict())
     assert any("post_feedforward_layernorm" in n for n in names) and any("q_norm" in n for n in names)
+    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, 7)
     for name in names:
         g = gguf_name(name, "gemma3")
-        assert g == _gguf_py_name(name, gguf.MODEL_ARCH.GEMMA3, 7), name
+        assert g == _gguf_py_name(table, name), name
         assert hf_tensor_name(g, "gemma3") == name
 
 
@@ -74,9 +75,10 @@ def test_every_parameter_of_a_tiny_llama_maps_to_gguf_py_s_tensor_name_and_back(
     from test_adapters_drop import tiny_llama
 
     model = tiny_llama(n_layers=2)
+    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
     for name in model.state_dict():
         g = gguf_name(name, "llama")
-        assert g == _gguf_py_name(name, gguf.MODEL_ARCH.LLAMA, 2), name
+        assert g == _gguf_py_name(table, name), name
         assert hf_tensor_name(g, "llama") == name
 
 
@@ -247,9 +249,9 @@ def test_every_tensor_of_the_file_is_a_parameter_of_the_dequantized_model_norms_
     for hf, g in by_hf.items():
         t = gemma_source.tensors[g]
         if g == "token_embd.weight":
-            rows = np.asarray(t.data)[:: 4099]  # every 4099th token's row: the whole table is 671 MB in fp32
+            rows = np.asarray(t.data)[::4099]  # every 4099th token's row: the whole table is 671 MB in fp32
             want = quants.dequantize(rows, t.tensor_type)
-            have = params[hf][:: 4099].numpy()
+            have = params[hf][::4099].numpy()
         else:
             want = quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(tuple(params[hf].shape))
             have = params[hf].numpy()
@@ -275,3 +277,124 @@ def test_the_dequantized_gemma_predicts_plausibly_and_its_config_is_llama_cpp_s(
     assert torch.isfinite(z).all()
     top = [tok.decode(int(i)).strip() for i in z.topk(5).indices]
     assert "Paris" in top
+
+
+# ---------------------------------------------------------------------- a tiny Gemma 3 GGUF file end to end
+def write_tiny_gemma3_gguf(path, *, layers: int = 2, window: int = 8):
+    """A seeded tiny Gemma 3 (Gemma's 640-wide rows, 2 heads of 256, one KV head, FFN 1024, a byte-level BPE
+    vocabulary of 260, tied head) written as llama.cpp's converter writes it: GGUF names by :func:`gguf_name`,
+    norms stored as ``1 + w``, 2-D tensors in F16. Returns ``(path, model)``: the Hugging Face model, its weights
+    rounded to F16 as the file holds them."""
+    from test_gguf import _byte_chars
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    merges = ["Ġ t", "h e", "Ġ a"]
+    tokens = ["<|endoftext|>", *_byte_chars(), *(m.replace(" ", "") for m in merges)]
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tokens), hidden_size=640, intermediate_size=1024, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=256, sliding_window=window,
+        max_position_embeddings=256, rope_theta=1_000_000.0, tie_word_embeddings=True, pad_token_id=0,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:  # Gemma's norms scale by 1 + w: give them some spread around 0
+                p.copy_(torch.randn_like(p) * 0.3)
+            else:
+                p.copy_(p.to(torch.float16).float())
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(640)
+    w.add_feed_forward_length(1024)
+    w.add_head_count(2)
+    w.add_head_count_kv(1)
+    w.add_key_length(256)
+    w.add_value_length(256)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_sliding_window(window)
+    w.add_file_type(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3] + [1] * (len(tokens) - 1))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_add_bos_token(False)
+    for name, p in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied: llama.cpp computes the logits with token_embd
+        g = gguf_name(name, "gemma3")
+        t = p.detach().float().numpy()
+        w.add_tensor(g, (t + 1.0).astype(np.float32) if t.ndim == 1 else t.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gemma")
+    path, model = write_tiny_gemma3_gguf(root / "tiny-gemma3-f16.gguf")
+    return path, model, root
+
+
+def test_a_gemma3_gguf_loads_as_the_model_it_was_written_from(tiny_gemma):
+    from levelsearch.adapters.model.models import load_model
+
+    path, ref, _ = tiny_gemma
+    model, _tok = load_model(str(path), device="cpu")
+    assert model.config.layer_types == ref.config.layer_types and model.config.sliding_window == 8
+    ids = torch.randint(1, 260, (2, 24), generator=torch.Generator().manual_seed(0))  # past the sliding window
+    with torch.no_grad():
+        got, want = model(ids).logits, ref(ids).logits
+    assert float((got - want).abs().max()) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma_problem(tiny_gemma):
+    from levelsearch.adapters.codecs.gguf.problem import GGUFProblem
+
+    path, _ref, root = tiny_gemma
+    problem = GGUFProblem(
+        str(path), target=5.0, types=("Q3_K", "Q4_K", "Q6_K", "Q8_0"), tol=0.03, seq_len=32,
+        calibration_tokens=256, heldout_tokens=128, top_k=16, progress=False, database=str(root / "db"),
+        extra_tensors="token_embd",
+    )  # fmt: skip
+    return problem, root
+
+
+def test_gemma3_s_640_wide_rows_get_llama_cpp_s_fallbacks_in_its_stock_mix(tiny_gemma_problem):
+    problem, _ = tiny_gemma_problem
+    assert problem.tied and problem.gguf_names[problem.unit_names[-1]] == "token_embd.weight"
+    types = dict(zip((problem.gguf_names[u] for u in problem.unit_names), problem.unit_types))
+    assert types["blk.0.attn_q.weight"] == ["Q4_0", "Q5_0", "Q8_0"]  # Q3_K, Q4_K, Q6_K cannot hold 640 weights
+    assert types["blk.0.attn_output.weight"] == ["Q3_K", "Q4_K", "Q6_K", "Q8_0"]  # rows of 2 x 256
+    mix = problem.types_of(problem.stock_mix("Q4_K_M"))
+    got = dict(zip((problem.gguf_names[u] for u in problem.unit_names), mix))
+    assert got["blk.0.attn_q.weight"] == "Q5_0" and got["blk.0.attn_output.weight"] == "Q4_K"
+    # of 2 layers, llama.cpp gives the last (7/8 of the way and on) more bits: Q6_K, and Q8_0 on 640-wide rows
+    assert (got["blk.0.attn_v.weight"], got["blk.1.attn_v.weight"]) == ("Q5_0", "Q8_0")
+    assert (got["blk.0.ffn_down.weight"], got["blk.1.ffn_down.weight"]) == ("Q4_K", "Q6_K")
+    assert got["token_embd.weight"] == "Q8_0"  # the tied output: Q6_K, but Q4_K cannot hold its rows
+
+
+def test_a_searched_tiny_gemma3_exports_to_a_file_that_reloads_to_the_searched_logits(tiny_gemma_problem):
+    from levelsearch.adapters.codecs.gguf.export import verify_gguf, write_gguf
+
+    problem, root = tiny_gemma_problem
+    lv = problem.space.sample(np.random.default_rng(0))
+    path = write_gguf(problem, lv, root / "out" / "model.gguf")
+    report = verify_gguf(problem, lv, path)  # gguf-py's values are the search's; transformers' logits too
+    assert report["transformers_max_abs_logit_diff"] <= 1e-3
+    back = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    assert "output.weight" not in back
+    for name in ("blk.1.post_attention_norm.weight", "blk.1.post_ffw_norm.weight", "blk.0.attn_q_norm.weight"):
+        assert back[name].tensor_type.name == "F32"  # Gemma's extra norms are copied from the source
+        np.testing.assert_array_equal(np.asarray(back[name].data), np.asarray(problem.source.tensors[name].data))

@@ -170,7 +170,7 @@ def load_model(
     try:
         with _no_gguf_bar(bool(kwargs)):
             tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs, **_gguf_config(path, kwargs))
     except OSError as exc:
         raise FileNotFoundError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
@@ -185,6 +185,17 @@ def load_model(
     model.to(dev)  # type: ignore[arg-type]
     model.eval()
     return model, tok
+
+
+def _gguf_config(folder: Path, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``{"config": ...}`` to load a GGUF file with llama.cpp's reading of its metadata where transformers'
+    differs (:func:`~levelsearch.adapters.model.gguf_config.gguf_model_config`), else nothing."""
+    if "gguf_file" not in kwargs:
+        return {}
+    from .gguf_config import gguf_model_config
+
+    config = gguf_model_config(folder / str(kwargs["gguf_file"]))
+    return {"config": config} if config is not None else {}
 
 
 @contextlib.contextmanager
@@ -244,13 +255,11 @@ def _cached_packaged(name: str) -> Path:
             say_rebuild(weights, "is truncated or damaged")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .gguf_config import gguf_model_config
-
     gguf = smollm2_gguf() if name == DEFAULT_MODEL else packaged_gguf(name)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = gguf_model_config(gguf)  # what llama.cpp runs, where transformers' GGUF loader guesses
+    kwargs = {"gguf_file": gguf.name}  # with llama.cpp's reading of the metadata where transformers' guesses
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **({"config": config} if config else {})
+        str(gguf.parent), dtype=torch.float32, **kwargs, **_gguf_config(gguf.parent, kwargs)
     )
     save_model(model, tok, out)
     body = {"model.safetensors": file_sha256(weights)}

