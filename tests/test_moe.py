@@ -9,6 +9,8 @@ reaches gets the pooled statistics of its parameter, and an architecture the fin
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -161,3 +163,45 @@ def test_an_unmappable_mixture_of_experts_is_one_line():
         layer_units(layer)
     msg = str(err.value)
     assert "\n" not in msg and "self_attention.experts.input_linear.weight (4×16×32)" in msg and "not supported" in msg
+
+
+SMALL = ["--seq-len", "16", "--calibration-tokens", "64", "--heldout-tokens", "32", "--top-k", "16"]
+SMALL += ["--heuristic-tokens", "32", "--offspring", "4", "--generations", "1", "--quiet"]
+
+
+def test_compress_quant_on_a_moe_reports_the_searched_fraction_and_peak_memory(data_file, tmp_path):
+    from levelsearch.adapters.model.models import save_model
+
+    from levelsearch.cli import main
+
+    model_dir = tmp_path / "mixtral"
+    save_model(tiny_moe("mixtral"), byte_tokenizer(), model_dir)
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--data", data_file]
+    argv += ["--out", str(out), "--format", "dense", "--estimates", "layer", "--schedule", "cpu", *SMALL]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["searched_fraction"] >= 0.95
+    assert res["memory"]["peak_rss_mib"] > 0
+    assert res["export"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_compress_on_an_unmappable_moe_is_one_line_exit_2_and_writes_nothing(data_file, tmp_path, capsys):
+    from levelsearch.adapters.model.models import save_model
+
+    from levelsearch.cli import main
+
+    cfg = transformers.JetMoeConfig(
+        vocab_size=257, hidden_size=32, num_hidden_layers=1, num_key_value_heads=2, kv_channels=8,
+        intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, bos_token_id=256, eos_token_id=256,
+    )  # fmt: skip
+    model_dir = tmp_path / "jetmoe"
+    save_model(transformers.AutoModelForCausalLM.from_config(cfg), byte_tokenizer(), model_dir)
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--data", data_file]
+    rc = main([*argv, "--out", str(out), "--database", str(tmp_path / "db"), *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("levelsearch: error:")
+    assert "input_linear.weight (4×16×32)" in err and "not supported" in err
+    assert not (tmp_path / "db").exists()
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))

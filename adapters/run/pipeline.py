@@ -17,6 +17,7 @@ gguf export read them from there (:func:`journal_results`, :func:`journal_levels
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -253,6 +254,17 @@ def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> di
     }
 
 
+def peak_memory() -> dict[str, float]:
+    """This process's peak resident memory so far (``peak_rss_mib``, MiB) and, when CUDA was used, the peak of
+    tensor memory allocated on the GPU (``cuda_peak_mib``): what a user scales to a larger model."""
+    scale = 1.0 if sys.platform == "darwin" else 1024.0  # ru_maxrss: bytes on macOS, KiB on Linux
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
 def export_and_write(
     codec: Any, problem: Any, best: Any, results: dict[str, Any], timings: dict[str, float], t_all: float, cfg: Any
 ) -> dict[str, Any]:
@@ -269,6 +281,9 @@ def export_and_write(
     def write() -> None:
         timings["total"] = time.perf_counter() - t_all
         results["timings"] = timings
+        results["memory"] = peak_memory()
+        if hasattr(problem, "searched_fraction"):  # weight codecs: the decoder layers' weights the search compresses
+            results["searched_fraction"] = problem.searched_fraction()
         (out / "results.json").write_text(json.dumps(jsonable(results), indent=1))
 
     if cfg["export"]:
