@@ -126,6 +126,15 @@ WEIGHT_SETTINGS: tuple[Setting, ...] = (
         "layer (the variant database's normalised layer errors, free)",
         cli={"choices": ["fisher", "layer"]},
     ),
+    Setting(
+        "ties",
+        None,
+        Field("str", choices=("engine", "none"), nullable=True),
+        "units that share one level: engine (fused q/k/v, gate/up and a layer's experts of one fused parameter, as "
+        "the engines of gptq and pack-quantized run them; their default) or none (every unit its own level: only "
+        "with a format that can store it, e.g. dense)",
+        cli={"choices": ["engine", "none"]},
+    ),
 )
 
 
@@ -219,6 +228,19 @@ class WeightCodec(Codec):
     #: in budget units per weight)
     budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.02}
     compress_settings: ClassVar[tuple[Setting, ...]] = WEIGHT_SETTINGS
+    #: formats whose engines run units with one scheme (vLLM's fused q/k/v and gate/up layers, fused-MoE kernels
+    #: over a layer's experts): a run that may write one ties those units (``ties="engine"``) by default, and
+    #: ``--ties none`` is refused with them
+    tied_formats: ClassVar[tuple[str, ...]] = ("gptq", "pack-quantized")
+
+    def check_settings(self, settings: Settings) -> None:
+        """``--ties none`` with a format of :attr:`tied_formats` (given, or the codec's default) is one line."""
+        fmt = settings.get("format") or self.formats[0]
+        if settings.get("ties") == "none" and fmt in self.tied_formats:
+            raise ValueError(
+                f"--ties none cannot be written as --format {fmt}: its engines run fused q/k/v, gate/up and a "
+                "layer's experts with one scheme; use --ties engine, or --format dense"
+            )
 
     # ------------------------------------------------------------------ units, levels, costs
     def units(self, model: Any) -> list[tuple[str, int, Any]]:
@@ -472,5 +494,6 @@ def problem_settings(settings: Settings) -> dict[str, Any]:
         database=settings.get("database"),
         search_tokens=settings.get("search_tokens"),
         estimates=settings.get("estimates") or "fisher",
+        ties=settings.get("ties"),
         progress=bool(settings["progress"]),
     )
