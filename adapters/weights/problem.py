@@ -30,8 +30,11 @@ from levelsearch.ties import TiedSpace
 
 from ..codecs.registry import get_weight_codec
 from ..model.data import TokenSet
+from ..model.integrity import tokens_fingerprint
 from ..model.models import DEFAULT_MODEL, decoder_layers
 from ..model.units import engine_ties, named_units, unit_weight
+from ..run.export import export_model
+from ..scoring.fisher import fisher_estimates
 from ..scoring.layerwise import LayerwiseProblem
 from .database import VariantDatabase, build_database, default_database_dir
 
@@ -57,29 +60,13 @@ ESTIMATES = ("fisher", "layer")
 TIES = ("engine", "none")
 
 
-#: formats whose engines run fused shards and a layer's experts with one scheme (vLLM's fused layers and
-#: fused-MoE kernels): a codec that writes one ties its units as they do by default
-ENGINE_FORMATS = ("gptq", "pack-quantized")
-
-
 def default_ties(codec: Any) -> str:
     """The ties a codec's runs use by default: its ``default_ties`` when it declares one, else ``"engine"`` when it
-    writes a format of :data:`ENGINE_FORMATS`, else ``"none"``."""
+    writes a format of its :attr:`~levelsearch.adapters.codecs.WeightCodec.tied_formats`, else ``"none"``."""
     declared = getattr(codec, "default_ties", None)
     if declared in TIES:
         return str(declared)
-    return "engine" if set(getattr(codec, "formats", ())) & set(ENGINE_FORMATS) else "none"
-
-
-def check_ties(ties: str | None, fmt: str | None) -> None:
-    """``ValueError`` (one line) for ``ties="none"`` with a format whose engines need tied units (before any load)."""
-    if ties is not None and ties not in TIES:
-        raise ValueError(f"--ties {ties}: choose one of {', '.join(TIES)}")
-    if ties == "none" and fmt in ENGINE_FORMATS:
-        raise ValueError(
-            f"--ties none cannot be written as --format {fmt}: its engines run fused q/k/v, gate/up and a layer's "
-            "experts with one scheme; use --ties engine or --format dense"
-        )
+    return "engine" if set(getattr(codec, "formats", ())) & set(getattr(codec, "tied_formats", ())) else "none"
 
 
 class WeightLevelProblem(LayerwiseProblem):
@@ -259,7 +246,6 @@ class WeightLevelProblem(LayerwiseProblem):
         self.costs = [self.codec.unit_costs(self.spec, vs, shape) for vs, shape in per_unit]
 
     def _open_database(self, database: str | None, progress: bool) -> VariantDatabase:
-        from ..model.integrity import tokens_fingerprint
 
         calib = {
             "source": self.settings["data"] or "pydoc_data.topics",
@@ -359,7 +345,6 @@ class WeightLevelProblem(LayerwiseProblem):
         :attr:`n_forward_tokens`) or :meth:`layer_errors` (``"layer"``)."""
         if self.estimates == "layer":
             return self.layer_errors()
-        from ..scoring.fisher import fisher_estimates
 
         est, tokens = fisher_estimates(self, progress=self._progress)
         self.n_forward_tokens += tokens
@@ -407,7 +392,6 @@ def export_levels(
 ) -> Path:
     """A Hugging Face directory of the dense weights the variants stand for, whatever the codec's own
     :meth:`~levelsearch.adapters.codecs.Codec.export` writes (kept for callers of this name)."""
-    from ..run.export import export_model
 
     return export_model(problem, levels, out, {"how": problem.codec.export_how, **(info or {})})
 
