@@ -4,8 +4,9 @@ logits and are smaller on disk than the dense model; the weight codecs' ``dense`
 
 The weight codecs' units are every ``nn.Linear`` and GPT-2 ``Conv1D`` of the decoder layers (GPT-2's are
 ``Conv1D``: weight ``in × out``, compressed as its ``out × in`` transpose and written back in its layout).
-Mixtral's experts are fused parameters in transformers 5 (``MixtralExperts``), not modules: the weight codecs
-leave them dense and compress its attention projections; the drop export leaves a dropped MoE out whole.
+Mixtral's experts are fused parameters in transformers 5 (``MixtralExperts``): each expert's slice is a unit of the
+weight codecs (its attention projections too); the packed formats, one tensor per module, refuse them in one line
+and its dense export reloads; the drop export leaves a dropped MoE out whole.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from test_formats_drop import ARCHS, _config  # noqa: E402
 pytestmark = pytest.mark.llm
 
 N_LAYERS = 2
-#: units per decoder layer: every projection module (Mixtral: attention only, its experts are fused parameters)
-UNITS = {"llama": 7, "qwen3": 7, "gemma3": 7, "phi3": 4, "gpt_neox": 4, "gpt2": 4, "mixtral": 4}
+#: units per decoder layer: every projection module (Mixtral: attention and its 4 experts' two fused parameters)
+UNITS = {"llama": 7, "qwen3": 7, "gemma3": 7, "phi3": 4, "gpt_neox": 4, "gpt2": 4, "mixtral": 4 + 4 * 2}
 DATA = dict(seq_len=16, calibration_tokens=64, heldout_tokens=32, top_k=16, chunk_tokens=32)
 
 
@@ -55,7 +56,7 @@ def problem_and_levels(arch: str, method: str, db) -> tuple[object, np.ndarray]:
         prob = QuantProblem(target=3.0, bits=(2, 4), group_size=16, database=str(db), progress=False, **loaded)
     assert len(prob.unit_names) == UNITS[arch] * N_LAYERS  # Conv1D projections are units too
     rng = np.random.default_rng(0)
-    return prob, prob.space.switch(prob.space.sample(rng), rng, 2)
+    return prob, prob.member_levels(prob.space.switch(prob.space.sample(rng), rng, 2))
 
 
 @pytest.mark.parametrize("method", ["drop", "sparsity", "quant"])
@@ -66,6 +67,13 @@ def test_every_format_reloads_to_the_searched_logits_and_is_smaller(arch, method
     with torch.inference_mode():
         dense = prob.model(input_ids=ids, use_cache=False).logits.float()
     assert float((reference_logits(prob, lv, ids) - dense).abs().max()) > 1e-3  # the levels change the model
+    if arch == "mixtral" and method != "drop":  # one tensor per module cannot hold experts: said before writing
+        with pytest.raises(ValueError, match="cannot hold the experts of fused parameters"):
+            export(prob, lv, tmp_path / "out", method=method)
+        assert not (tmp_path / "out").exists()
+        dense_path = export(prob, lv, tmp_path / "dense", method=method, format="dense")
+        assert check_export(prob, lv, dense_path)["max_abs_logit_diff"] <= 1e-4
+        return
     path = export(prob, lv, tmp_path / "out", method=method)  # the method's default format
     checked = check_export(prob, lv, path)  # load_compressed, max |logit diff| within the fp32 tolerance
     assert checked["max_abs_logit_diff"] <= checked["tolerance"] == 1e-4
