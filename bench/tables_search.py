@@ -52,4 +52,70 @@ def overhead() -> str:
     return _markdown(header, rows) + note
 
 
-TABLES: dict[str, Callable[[], str]] = {"overhead": overhead}
+#: (label, results.json under bench/results/, the prior's baseline in it, what the budget is)
+PAYS = [
+    ("gguf", "gguf-smollm2/fisher-t4.634375/results.json", "dp-fisher", "4.63 bpw (llama.cpp Q3_K_M's size)"),
+    ("gguf", "gguf-smollm2/fisher-t5.534375/results.json", "dp-fisher", "5.53 bpw (llama.cpp Q4_K_M's size)"),
+    ("gguf", "gguf-smollm2/t4.634375/results.json", "dp", "4.63 bpw (llama.cpp Q3_K_M's size)"),
+    ("quant (GPTQ)", "smollm2-quant-2.5/results.json", "dp", "2.5 bits"),
+    ("quant (GPTQ)", "smollm2-quant-3/results.json", "dp", "3 bits"),
+    ("sparsity", "smollm2-sparsity-0.7/results.json", "dp", "70%"),
+    ("sparsity", "smollm2-sparsity-0.5/results.json", "dp", "50%"),
+]
+
+
+def where_search_pays() -> str:
+    """EvoPress against the knapsack optimum of the per-unit estimates (dp: layer errors; dp-fisher: Fisher-
+    weighted), SmolLM2-135M, from ``levelsearch compress`` results."""
+    rows, skipped = [], []
+    for codec, rel, prior, budget in PAYS:
+        if not _has_provenance(rel):  # a table is built only from files that say where they came from
+            skipped.append(rel.split("/")[0])
+            continue
+        res = _read(rel)
+        m, evo = res["methods"], res["methods"]["evopress"]
+        base = m[prior]
+        gain = 1.0 - evo["calibration_kl"] / base["calibration_kl"]
+        rows.append(
+            [
+                codec,
+                budget,
+                prior,
+                f"{base['calibration_kl']:.4f}",
+                f"{evo['calibration_kl']:.4f}",
+                f"{100 * gain:.1f}%",
+                f"{base['heldout_ppl']:.2f} → {evo['heldout_ppl']:.2f}",
+                f"{int(evo['generations'])} ({int(evo['tokens']):,} tokens)",
+                str(evo.get("start", "")),
+            ]
+        )
+    header = [
+        "codec",
+        "budget",
+        "prior",
+        "prior's calibration KL",
+        "EvoPress's",
+        "gain",
+        "held-out ppl",
+        "generations (search tokens)",
+        "EvoPress started from",
+    ]
+    note = f"\n\nNot shown until their files record provenance: {', '.join(skipped)}." if skipped else ""
+    return _markdown(header, rows) + note
+
+
+def _has_provenance(rel: str) -> bool:
+    """Whether a results file has a ``"provenance"`` key or a ``provenance.json`` beside it or above it."""
+    path = RESULTS / rel
+    with open(path) as fh:
+        if '"provenance"' in fh.read():
+            return True
+    folder = path.parent
+    while folder != RESULTS:
+        if (folder / "provenance.json").is_file():
+            return True
+        folder = folder.parent
+    return False
+
+
+TABLES: dict[str, Callable[[], str]] = {"overhead": overhead, "where-search-pays": where_search_pays}
