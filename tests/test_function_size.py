@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the folders held to the limit (relative to the repository root)
-CHECKED_FOLDERS = ("levelsearch", "baselines")
+CHECKED_FOLDERS = ("levelsearch", "baselines", "adapters")
 MAX_LINES = 80
 
 

@@ -60,7 +60,10 @@ import torch
 
 from levelsearch.ties import member_levels
 
+from ..kernels.grid import unpack_codes
 from ..model.experts import refuse_experts
+from ..model.models import save_model
+from ..model.units import is_unit
 from .common import (
     config_without_quantization,
     load_strict,
@@ -70,6 +73,7 @@ from .common import (
     write_meta,
     write_quantization_config,
 )
+from .layout import model_layout
 
 __all__ = [
     "VLLM_GPTQ_BITS",
@@ -141,9 +145,6 @@ def _module_regex(name: str) -> str:
 
 def _decoder_linears(model: Any) -> list[str]:
     """Names of the ``nn.Linear`` / ``Conv1D`` modules inside the decoder layers."""
-    from ..model.units import is_unit
-    from .layout import model_layout
-
     prefix = model_layout(model).prefix + "."
     return [n for n, m in model.named_modules() if n.startswith(prefix) and is_unit(m)]
 
@@ -167,9 +168,6 @@ def write_gptq(
         ValueError: one line, when the run has no bit-widths, a layer's width does not fill the int32
             words of its bit-width, or v1 is asked for with an 8-bit unit's zero point of 0.
     """
-    from ..kernels.grid import unpack_codes
-    from ..model.models import save_model
-
     if "bits" not in problem.spec:
         raise ValueError("the gptq format holds bit-widths; this run's levels have none")
     if checkpoint_format not in (None, "gptq", "gptq_v2"):
@@ -181,27 +179,8 @@ def write_gptq(
     scale_dtype = torch.float32 if dtype == torch.float32 else torch.float16
     state = dict(problem.model.state_dict())
     gs = problem.spec.get("group_size", 128)
-    grids: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = {}
-    bits_of: dict[str, int] = {}
-    for u, name in enumerate(problem.unit_names):  # the search's grids, in groups that divide the width
-        bits = bits_of[name] = value_bits(problem.db.values(name)[int(lv[u])])
-        rows, cols = problem.db.shape(name)
-        p = stored_parts(problem.db, name, int(lv[u]), ("codes", "scales", "zeros"))
-        codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))  # uint8 until written
-        scales, zeros = p["scales"], p["zeros"].to(torch.int64)
-        group = cols if gs is None else (int(gs) if cols % int(gs) == 0 else math.gcd(int(gs), cols))
-        if gs is not None and group != gs:  # the search's groups as runs of smaller ones
-            idx = torch.arange(cols // group) * group // int(gs)
-            scales, zeros = scales[:, idx], zeros[:, idx]
-        grids[name] = (codes, scales, zeros, group)
-    has_zero = {n for n, g in grids.items() if bool((g[2] == 0).any())}
-    stuck = sorted(n for n in has_zero if bits_of[n] == 8)  # 8-bit codes with a zero point of 0: no wider field
-    fmt = checkpoint_format or ("gptq_v2" if stuck else "gptq")
-    if fmt == "gptq" and stuck:
-        raise ValueError(
-            f"{stuck[0]} has 8-bit codes and a zero point of 0, which the v1 gptq checkpoint_format cannot hold; "
-            "use gptq_v2"
-        )
+    grids, bits_of = _search_grids(problem, lv, gs)
+    fmt, has_zero = _checkpoint_format(grids, bits_of, checkpoint_format)
     width = {name: stored_bits(b) for name, b in bits_of.items()}
     if fmt == "gptq":  # v1: a zero point of 0 becomes 1 with codes + 1, in a wider field where they filled theirs
         for name in has_zero:
@@ -212,27 +191,7 @@ def write_gptq(
     per_unit: dict[str, Any] = {}
     for u, name in enumerate(problem.unit_names):
         level, bits, sb = int(lv[u]), bits_of[name], width[name]
-        codes, scales, zeros, group = grids.pop(name)
-        codes = codes.to(torch.int64)
-        rows, cols = codes.shape
-        if (cols * sb) % 32 or (rows * sb) % 32:
-            need = 32 // math.gcd(32, sb)
-            raise ValueError(
-                f"{name} ({rows}x{cols}) cannot be written at {sb} bits in the gptq format: its input and "
-                f"output widths must be multiples of {need}; use --format pack-quantized"
-            )
-        g_idx = torch.arange(cols) // group
-        shifted = 0
-        if fmt == "gptq":
-            flat = zeros == 0  # (out, groups): scale · (code − 0) = scale · ((code + 1) − 1)
-            shifted = int(flat.sum())
-            codes = codes + flat[:, g_idx].to(torch.int64)
-            zeros = zeros + flat.to(torch.int64) - 1  # v1 stores zero − 1
-        state.pop(f"{name}.weight")
-        state[f"{name}.qweight"] = pack_along_rows(codes.T, sb)
-        state[f"{name}.qzeros"] = pack_along_rows(zeros, sb).T.contiguous()
-        state[f"{name}.scales"] = scales.T.to(scale_dtype).contiguous()
-        state[f"{name}.g_idx"] = g_idx.to(torch.int32)
+        rows, cols, group, shifted = _write_unit(state, name, grids.pop(name), sb, v1=fmt == "gptq", dtype=scale_dtype)
         entry = problem.db.codec.export_entry(problem.spec, problem.db.values(name)[level], rows * cols)
         per_unit[name] = {
             "level": level,
@@ -243,6 +202,82 @@ def write_gptq(
         }
         if shifted:
             per_unit[name]["groups_shifted"] = shifted
+    path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
+    write_quantization_config(path, _quantization_config(problem.model, per_unit, fmt))
+    notes = gptq_vllm_warnings(per_unit, fmt)
+    vllm = [f"serve: {VLLM_COMMAND} (GPTQLinearMethod: gptq_gemm kernel)", *notes]
+    return write_meta(path, "gptq", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
+
+
+Grid = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]
+
+
+def _search_grids(problem: Any, lv: np.ndarray, gs: int | None) -> tuple[dict[str, Grid], dict[str, int]]:
+    """Every unit's ``(codes, scales, zeros, group)`` at its level, as the search stored them, in groups that
+    divide the unit's width (the search's groups as runs of smaller ones where they do not); and its bits."""
+    grids: dict[str, Grid] = {}
+    bits_of: dict[str, int] = {}
+    for u, name in enumerate(problem.unit_names):
+        bits = bits_of[name] = value_bits(problem.db.values(name)[int(lv[u])])
+        rows, cols = problem.db.shape(name)
+        p = stored_parts(problem.db, name, int(lv[u]), ("codes", "scales", "zeros"))
+        codes = unpack_codes(p["codes"].numpy(), bits, (rows, cols))  # uint8 until written
+        scales, zeros = p["scales"], p["zeros"].to(torch.int64)
+        group = cols if gs is None else (int(gs) if cols % int(gs) == 0 else math.gcd(int(gs), cols))
+        if gs is not None and group != gs:
+            idx = torch.arange(cols // group) * group // int(gs)
+            scales, zeros = scales[:, idx], zeros[:, idx]
+        grids[name] = (codes, scales, zeros, group)
+    return grids, bits_of
+
+
+def _checkpoint_format(grids: dict[str, Grid], bits_of: dict[str, int], asked: str | None) -> tuple[str, set[str]]:
+    """The checkpoint format (``asked``, or v1 unless an 8-bit unit has a zero point of 0) and the units with a
+    zero point of 0; ``ValueError`` when v1 is asked for such an 8-bit unit (no wider field holds it)."""
+    has_zero = {n for n, g in grids.items() if bool((g[2] == 0).any())}
+    stuck = sorted(n for n in has_zero if bits_of[n] == 8)
+    fmt = asked or ("gptq_v2" if stuck else "gptq")
+    if fmt == "gptq" and stuck:
+        raise ValueError(
+            f"{stuck[0]} has 8-bit codes and a zero point of 0, which the v1 gptq checkpoint_format cannot hold; "
+            "use gptq_v2"
+        )
+    return fmt, has_zero
+
+
+def _write_unit(
+    state: dict[str, Any], name: str, grid: Grid, sb: int, *, v1: bool, dtype: torch.dtype
+) -> tuple[int, int, int, int]:
+    """Replace unit ``name``'s weight in ``state`` by its ``qweight``/``qzeros``/``scales``/``g_idx`` at ``sb``
+    stored bits (``v1``: zero points stored minus one, a zero point of 0 shifted to 1 with its codes); returns
+    ``(rows, cols, group, groups shifted)``."""
+    codes, scales, zeros, group = grid
+    codes = codes.to(torch.int64)
+    rows, cols = codes.shape
+    if (cols * sb) % 32 or (rows * sb) % 32:
+        need = 32 // math.gcd(32, sb)
+        raise ValueError(
+            f"{name} ({rows}x{cols}) cannot be written at {sb} bits in the gptq format: its input and "
+            f"output widths must be multiples of {need}; use --format pack-quantized"
+        )
+    g_idx = torch.arange(cols) // group
+    shifted = 0
+    if v1:
+        flat = zeros == 0  # (out, groups): scale · (code − 0) = scale · ((code + 1) − 1)
+        shifted = int(flat.sum())
+        codes = codes + flat[:, g_idx].to(torch.int64)
+        zeros = zeros + flat.to(torch.int64) - 1  # v1 stores zero − 1
+    state.pop(f"{name}.weight")
+    state[f"{name}.qweight"] = pack_along_rows(codes.T, sb)
+    state[f"{name}.qzeros"] = pack_along_rows(zeros, sb).T.contiguous()
+    state[f"{name}.scales"] = scales.T.to(dtype).contiguous()
+    state[f"{name}.g_idx"] = g_idx.to(torch.int32)
+    return rows, cols, group, shifted
+
+
+def _quantization_config(model: Any, per_unit: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """The ``quantization_config``: the most common scheme as the default, every unit's (and each fused module
+    vLLM builds, when its shards agree) in ``dynamic``, and the decoder's other linears left out (``-:``)."""
     schemes = {n: (u["stored_bits"], u["stored_group_size"]) for n, u in per_unit.items()}
     base_bits, base_group = Counter(schemes.values()).most_common(1)[0][0]
     dynamic: dict[str, dict[str, Any]] = {}
@@ -252,10 +287,10 @@ def write_gptq(
         if len(shards) == 1:
             b, g = next(iter(shards))
             dynamic[f"+:{_module_regex(fused)}"] = {"bits": b, "group_size": g}
-    for name in _decoder_linears(problem.model):
+    for name in _decoder_linears(model):
         if name not in schemes:
             dynamic[f"-:{_module_regex(name)}"] = {}
-    qcfg = {
+    return {
         "quant_method": "gptq",
         "bits": base_bits,
         "group_size": base_group,
@@ -266,11 +301,6 @@ def write_gptq(
         "checkpoint_format": fmt,
         "dynamic": dynamic,
     }
-    path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
-    write_quantization_config(path, qcfg)
-    notes = gptq_vllm_warnings(per_unit, fmt)
-    vllm = [f"serve: {VLLM_COMMAND} (GPTQLinearMethod: gptq_gemm kernel)", *notes]
-    return write_meta(path, "gptq", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
 
 
 def _widen_fused(width: dict[str, int]) -> dict[str, int]:

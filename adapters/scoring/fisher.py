@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..model.experts import ExpertUnit, capture_expert_inputs
 from ..model.units import unit_weight
@@ -77,80 +78,33 @@ def fisher_stats(
 
     Deterministic given ``seed`` (labels drawn by a seeded generator). ``progress`` is called with the
     number of sequences done."""
-    if kind not in FISHER_KINDS:
-        raise ValueError(f"Fisher approximation {kind!r}: choose one of {', '.join(FISHER_KINDS)}")
-    if kind == "kfac" and any(isinstance(m, torch.nn.Embedding) for m in modules):
-        raise ValueError("the kfac Fisher approximation takes linear units only, not an embedding")
+    experts = _check_units(kind, modules)
     gen = torch.Generator().manual_seed(int(seed))  # labels drawn on the CPU: the same on every device
-    experts = [m for m in modules if isinstance(m, ExpertUnit)]
-    if kind == "kfac" and experts:
-        raise ValueError("the kfac Fisher approximation takes module units only, not experts; use hybrid or diag")
-    # an expert's weight is a slice of a fused parameter: the gradient is taken for the parameter, then sliced
-    leaf_index: dict[int, int] = {}
-    leaves: list[torch.Tensor] = []
-    for m in modules:
-        p = m.param if isinstance(m, ExpertUnit) else m.weight
-        if id(p) not in leaf_index:
-            leaf_index[id(p)] = len(leaves)
-            leaves.append(p)
-    leaf_of = [leaf_index[id(m.param if isinstance(m, ExpertUnit) else m.weight)] for m in modules]
+    leaves, leaf_of = _leaves(modules)
     dev = leaves[0].device
     was = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
     for p in leaves:
         p.requires_grad_(True)
-    shapes = [tuple(unit_weight(m).shape) for m in modules]  # out × in
-    need_a, need_diag = kind in ("kfac", "hybrid"), kind in ("diag", "hybrid")
-    g2 = [torch.zeros(s[0], device=dev) for s in shapes] if kind == "kfac" else []
-    diag = [torch.zeros(s, device=dev) for s in shapes] if need_diag else []
-    a: list[torch.Tensor] = []  # one per distinct input (q/k/v read one, gate/up one)
-    a_of = [-1] * len(modules)
-    outs: list[Any] = [None] * len(modules)
-    seen: dict[tuple[int, tuple[int, ...]], int] = {}  # this forward: input storage → its A index
-
-    def hook(i: int) -> Any:
-        def fn(_mod: Any, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            if kind == "kfac":
-                outs[i] = out
-            if not need_a or isinstance(_mod, torch.nn.Embedding):  # an embedding's input is token ids
-                return
-            x = inp[0]
-            key = (x.data_ptr(), tuple(x.shape))
-            if key in seen:
-                a_of[i] = seen[key]
-                return
-            if a_of[i] < 0:
-                a.append(torch.zeros(shapes[i][1], shapes[i][1], device=dev))
-                a_of[i] = len(a) - 1
-            seen[key] = a_of[i]
-            x2 = x.detach().reshape(-1, x.shape[-1]).float()
-            a[a_of[i]].addmm_(x2.T, x2)
-
-        return fn
-
+    acc = _Sums(kind, modules, dev)
     watched = [i for i, m in enumerate(modules) if not isinstance(m, ExpertUnit)] if kind != "diag" else []
-    handles = [modules[i].register_forward_hook(hook(i)) for i in watched]
-    expert_hook = {id(m): hook(i) for i, m in enumerate(modules) if isinstance(m, ExpertUnit)}
+    handles = [modules[i].register_forward_hook(acc.hook(i)) for i in watched]
+    expert_hook = {id(m): acc.hook(i) for i, m in enumerate(modules) if isinstance(m, ExpertUnit)}
     capture = [model] if kind != "diag" else []
     try:
         for s_i in range(tokens.shape[0]):
-            seen.clear()
+            acc.seen.clear()
             with capture_expert_inputs(capture, experts, lambda u, x: expert_hook[id(u)](None, (x,), None)):
                 logits = model(input_ids=tokens[s_i : s_i + 1].to(dev)).logits
             logp = torch.log_softmax(logits[0].float(), dim=-1)
-            wrt = outs if kind == "kfac" else leaves
+            wrt = acc.outs if kind == "kfac" else leaves
             for s in range(samples):
                 y = torch.multinomial(logp.detach().exp().cpu(), 1, generator=gen).to(dev)
                 grads = torch.autograd.grad(logp.gather(1, y).sum(), wrt, retain_graph=s < samples - 1)
                 if kind != "kfac":
                     grads = tuple(_unit_grad(grads[leaf_of[i]], m) for i, m in enumerate(modules))
-                for i, g in enumerate(grads):
-                    g = g.float()
-                    if kind == "kfac":
-                        g2[i] += g.reshape(-1, g.shape[-1]).square().sum(0)
-                    else:
-                        diag[i] += (g if tuple(g.shape) == shapes[i] else g.T).square()
+                acc.add(grads)
             if progress is not None:
                 progress(s_i + 1)
     finally:
@@ -158,20 +112,98 @@ def fisher_stats(
             h.remove()
         for p, r in zip(model.parameters(), was):
             p.requires_grad_(r)
-    n = tokens.numel()
-    if kind == "hybrid":  # the input correlation matrix: the diagonal Fisher carries the scales
-        corr = []
-        for x in a:
-            d = x.diagonal().clamp_min(1e-30).rsqrt()
-            corr.append(x * d[:, None] * d[None, :])
-        a = corr
-    a = [(x / n if kind == "kfac" else x).cpu() for x in a]
-    return FisherStats(
-        kind,
-        [(g / (n * samples)).cpu() for g in g2],
-        [a[j] if j >= 0 else None for j in a_of] if need_a else [],
-        [(d / (n * samples)).cpu() for d in diag],
-    )
+    return acc.result(tokens.numel(), samples)
+
+
+def _check_units(kind: str, modules: list[Any]) -> list[Any]:
+    """The expert units of ``modules``, after checking that ``kind`` is known and takes these units."""
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"Fisher approximation {kind!r}: choose one of {', '.join(FISHER_KINDS)}")
+    if kind == "kfac" and any(isinstance(m, torch.nn.Embedding) for m in modules):
+        raise ValueError("the kfac Fisher approximation takes linear units only, not an embedding")
+    experts = [m for m in modules if isinstance(m, ExpertUnit)]
+    if kind == "kfac" and experts:
+        raise ValueError("the kfac Fisher approximation takes module units only, not experts; use hybrid or diag")
+    return experts
+
+
+def _leaves(modules: list[Any]) -> tuple[list[torch.Tensor], list[int]]:
+    """The distinct parameters the gradient is taken for, and each unit's index among them (an expert's weight
+    is a slice of a fused parameter: the gradient is taken for the parameter, then sliced)."""
+    leaf_index: dict[int, int] = {}
+    leaves: list[torch.Tensor] = []
+    for m in modules:
+        p = m.param if isinstance(m, ExpertUnit) else m.weight
+        if id(p) not in leaf_index:
+            leaf_index[id(p)] = len(leaves)
+            leaves.append(p)
+    return leaves, [leaf_index[id(m.param if isinstance(m, ExpertUnit) else m.weight)] for m in modules]
+
+
+class _Sums:
+    """What :func:`fisher_stats` sums over sequences and label samples: the squared gradients (``g2`` at a unit's
+    output for ``"kfac"``, ``diag`` at its weight otherwise) and the input products ``a`` (one per distinct
+    input: q/k/v read one, gate/up one), filled by forward hooks (:meth:`hook`)."""
+
+    def __init__(self, kind: str, modules: list[Any], dev: Any) -> None:
+        self.kind = kind
+        self.shapes = [tuple(unit_weight(m).shape) for m in modules]  # out × in
+        self.need_a, need_diag = kind in ("kfac", "hybrid"), kind in ("diag", "hybrid")
+        self.g2 = [torch.zeros(s[0], device=dev) for s in self.shapes] if kind == "kfac" else []
+        self.diag = [torch.zeros(s, device=dev) for s in self.shapes] if need_diag else []
+        self.a: list[torch.Tensor] = []
+        self.a_of = [-1] * len(modules)
+        self.outs: list[Any] = [None] * len(modules)
+        self.seen: dict[tuple[int, tuple[int, ...]], int] = {}  # this forward: input storage → its A index
+        self.dev = dev
+
+    def hook(self, i: int) -> Any:
+        """The forward hook of unit ``i``: keeps its output (``"kfac"``) and adds its input's ``xᵀx``."""
+
+        def fn(_mod: Any, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            if self.kind == "kfac":
+                self.outs[i] = out
+            if not self.need_a or isinstance(_mod, torch.nn.Embedding):  # an embedding's input is token ids
+                return
+            x = inp[0]
+            key = (x.data_ptr(), tuple(x.shape))
+            if key in self.seen:
+                self.a_of[i] = self.seen[key]
+                return
+            if self.a_of[i] < 0:
+                self.a.append(torch.zeros(self.shapes[i][1], self.shapes[i][1], device=self.dev))
+                self.a_of[i] = len(self.a) - 1
+            self.seen[key] = self.a_of[i]
+            x2 = x.detach().reshape(-1, x.shape[-1]).float()
+            self.a[self.a_of[i]].addmm_(x2.T, x2)
+
+        return fn
+
+    def add(self, grads: tuple[torch.Tensor, ...]) -> None:
+        """Add one label sample's gradients (at the outputs for ``"kfac"``, else at each unit's weight)."""
+        for i, g in enumerate(grads):
+            g = g.float()
+            if self.kind == "kfac":
+                self.g2[i] += g.reshape(-1, g.shape[-1]).square().sum(0)
+            else:
+                self.diag[i] += (g if tuple(g.shape) == self.shapes[i] else g.T).square()
+
+    def result(self, n: int, samples: int) -> FisherStats:
+        """The sums per token (``n`` tokens, ``samples`` label samples each), on the CPU."""
+        a = self.a
+        if self.kind == "hybrid":  # the input correlation matrix: the diagonal Fisher carries the scales
+            corr = []
+            for x in a:
+                d = x.diagonal().clamp_min(1e-30).rsqrt()
+                corr.append(x * d[:, None] * d[None, :])
+            a = corr
+        a = [(x / n if self.kind == "kfac" else x).cpu() for x in a]
+        return FisherStats(
+            self.kind,
+            [(g / (n * samples)).cpu() for g in self.g2],
+            [a[j] if j >= 0 else None for j in self.a_of] if self.need_a else [],
+            [(d / (n * samples)).cpu() for d in self.diag],
+        )
 
 
 def _unit_grad(g: torch.Tensor, module: Any) -> torch.Tensor:
@@ -191,8 +223,6 @@ def fisher_estimates(
     tokens = problem.search_pool.tokens
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=int(tokens.shape[0]), unit="seq", desc="Fisher", dynamic_ncols=True, leave=False)
     try:
         st = fisher_stats(
