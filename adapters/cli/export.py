@@ -24,7 +24,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from levelsearch import Journal
+
+from ..codecs import available_codecs, get_codec
 from ..run.settings import CompressSettings, kind_settings
+from .compress import command_parser
 from .settings import format_help
 
 __all__ = ["add_parser", "export_run", "run_settings"]
@@ -57,10 +63,8 @@ def _check_report(run: Path, res: dict[str, Any]) -> dict[str, Any] | None:
 def run_settings(run: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(results, compress settings)`` of a finished run, both from its journal (the results shaped as
     ``results.json``: see :func:`~levelsearch.adapters.run.pipeline.journal_results`)."""
-    from levelsearch import Journal
 
-    from ..codecs import available_codecs, get_codec
-    from ..run.pipeline import journal_results
+    from ..run.pipeline import journal_results  # torch and transformers: when a run is exported, not at --help
 
     run = Path(run)
     res = journal_results(run)
@@ -86,9 +90,8 @@ def export_run(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Export the EvoPress model of the finished run ``run`` in ``format``; the ``exports`` entry it records."""
-    import numpy as np
 
-    from ..codecs import get_codec
+    # torch and transformers: when a run is exported, not when `levelsearch` builds its parser
     from ..formats import check_format
     from ..formats.run import check_new_dir, export_and_check
     from ..run.pipeline import check_journal_problem, jsonable
@@ -153,7 +156,6 @@ class _FormatHelp(argparse.ArgumentParser):
 
 def add_parser(subparsers: Any) -> None:
     """Add ``levelsearch export`` to the CLI (entry point ``levelsearch.commands``)."""
-    from .compress import command_parser
 
     p = command_parser(
         subparsers, "export", "write a finished compress run's model in another format (no search)", __doc__

@@ -35,10 +35,16 @@ The registry (:data:`CODECS`, a :class:`levelsearch.registry.Registry`) maps a n
 and a database spec's ``"kind"``) to a codec class: the built-in ones, then every entry point of the
 group ``levelsearch.codecs`` (``name = "package.module:CodecClass"``); a name taken twice is an error,
 never a silent shadow.
+
+This module stays light (numpy and the core): the CLI reads the kinds' declarations through it when it
+builds ``levelsearch compress``'s options. The machinery a method runs (torch, the problems, the export,
+matplotlib for plots) is imported inside that method.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +52,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from levelsearch import LevelSpace
 from levelsearch.schema import Field
 
 from .registry import (
@@ -261,7 +268,6 @@ class WeightCodec(Codec):
         if unknown:
             takes = ", ".join(sorted(self.default_spec)) or "none"
             raise ValueError(f"the {self.name} codec has no option {unknown[0]!r}; it takes: {takes}")
-        import json
 
         # as JSON has it (tuples become lists): a spec is compared with the one a database's manifest holds
         return dict(json.loads(json.dumps({"kind": self.name, **self.default_spec, **options})))
@@ -299,7 +305,6 @@ class WeightCodec(Codec):
     def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
         """The level space of units with level ``costs`` and ``numel`` weights at ``target`` (default: the
         band ``[target − tol, target]`` of the average amount per weight, kept by repair)."""
-        from levelsearch import LevelSpace
 
         n = float(np.sum(numel))
         tol = float(options["tol"])
@@ -415,7 +420,6 @@ class WeightCodec(Codec):
         and on the problem's Fisher estimates (``dp-fisher``, when it measures them: they are the
         optimizer's prior too), and best-of-N random when no uniform exists; their calibration KL on the
         whole search pool."""
-        import time
 
         from ..weights.problem import random_levels
 

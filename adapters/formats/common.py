@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..model.integrity import check_safetensors
 from ..model.units import module_layout
@@ -28,7 +31,6 @@ __all__ = [
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Every tensor of the directory's safetensors files (checked first: a truncated file is one line)."""
-    from safetensors.torch import load_file
 
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
@@ -42,7 +44,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 def stored_parts(db: Any, unit: str, level: int, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """The stored tensors of ``unit`` at ``level`` in a variant database (read with safetensors)."""
-    from safetensors import safe_open
 
     layer = str(db.manifest["units"][unit]["layer"])
     with safe_open(str(Path(db.root) / db.manifest["layers"][layer]["file"]), framework="pt") as f:
@@ -80,7 +81,6 @@ def write_meta(
 
 def config_without_quantization(path: Path) -> Any:
     """The directory's config without its ``quantization_config`` (the tensors are decompressed by us)."""
-    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(path))
     if hasattr(config, "quantization_config"):
@@ -97,7 +97,6 @@ def load_strict(
 ) -> Any:
     """The stock architecture of ``config`` with ``state`` loaded, and each of ``units`` (module name →
     ``out × in`` weight) as its module's weight in the module's layout; tensors missing or extra are errors."""
-    from transformers import AutoModelForCausalLM
 
     model: Any = (
         AutoModelForCausalLM.from_config(config, dtype=dtype) if dtype else AutoModelForCausalLM.from_config(config)

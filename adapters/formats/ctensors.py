@@ -52,7 +52,9 @@ import torch
 
 from levelsearch.ties import member_levels
 
+from ..kernels.grid import unpack_codes
 from ..model.experts import refuse_experts
+from ..model.models import save_model
 from .common import (
     config_without_quantization,
     load_strict,
@@ -111,9 +113,6 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     ct = _need_compressed_tensors()
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
     from compressed_tensors.quantization import QuantizationConfig
-
-    from ..kernels.grid import unpack_codes
-    from ..model.models import save_model
 
     if "bits" not in problem.spec:
         raise ValueError("the pack-quantized format holds bit-widths; this run's levels have none")
@@ -203,7 +202,6 @@ def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
 def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info: dict[str, Any] | None) -> Path:
     """Write a weight problem's model at ``levels`` in compressed-tensors' sparse-bitmask layout (meant for
     sparsity; any unit's weights are written exactly, the file shrinks with their zeros)."""
-    from ..model.models import save_model
 
     refuse_experts(problem.modules, "sparse-bitmask")
     lv = member_levels(problem.space, levels)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model.models import save_model
 from .layout import cut_config, model_layout, renumber
 
 __all__ = ["LEAN_FILE", "META_FILE", "export_drop", "write_drop"]
@@ -59,7 +60,6 @@ def write_drop(
     config are used). Returns the directory; ``meta`` is added to ``levelsearch_compression.json``.
     ``lean``: leave the branches dropped alone out of the file (``drop-lean``; see the module docstring).
     """
-    from ..model.models import save_model
 
     lay = model_layout(model)
     n = lay.n_layers

@@ -16,6 +16,8 @@ from typing import Any
 
 from torch import nn
 
+from ..model.models import decoder_layers, map_layers
+
 __all__ = ["Layout", "model_layout", "cut_config", "renumber"]
 
 #: config lists indexed by layer *number* (not one entry per layer): their entries are renumbered
@@ -43,7 +45,6 @@ class Layout:
 
 def model_layout(model: nn.Module) -> Layout:
     """The :class:`Layout` of ``model`` (``ValueError`` from :func:`map_layers` when it cannot be mapped)."""
-    from ..model.models import decoder_layers, map_layers
 
     amap = map_layers(model)
     names = {id(m): n for n, m in model.named_modules()}

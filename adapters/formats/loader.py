@@ -24,9 +24,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from ..model.capture import hidden_arg
+from ..model.models import resolve_dtype
 from .common import read_state_dict
+from .ctensors import load_pack_quantized, load_sparse_bitmask
 from .drop import META_FILE
+from .gptq import load_gptq
 
 __all__ = ["NoOpBranch", "load_compressed", "read_meta", "read_state_dict"]
 
@@ -43,7 +48,6 @@ class NoOpBranch(nn.Module):
         self.n_outputs = int(n_outputs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        from ..model.capture import hidden_arg
 
         zeros = torch.zeros_like(hidden_arg(args, kwargs))
         if self.n_outputs:
@@ -91,7 +95,6 @@ def _branch_outputs(model: nn.Module, names: list[str]) -> dict[str, int]:
 
 
 def _load_with_noop(path: Path, meta: dict[str, Any], dtype: torch.dtype | None) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(path))
     model: Any = (
@@ -144,7 +147,6 @@ def load_compressed(
         ValueError: the directory was marked failed by its export check, or its tensors do not match
             its architecture.
     """
-    from ..model.models import resolve_dtype
 
     p = Path(path)
     if not p.is_dir():
@@ -155,22 +157,14 @@ def load_compressed(
     dt = resolve_dtype(dtype, dev) if dtype is not None else None
     meta = read_meta(p)
     if meta.get("format") == "sparse-bitmask":
-        from .ctensors import load_sparse_bitmask
-
         model: Any = load_sparse_bitmask(p, dt)
     elif meta.get("format") == "pack-quantized":
-        from .ctensors import load_pack_quantized
-
         model = load_pack_quantized(p, dt)
     elif meta.get("format") == "gptq":
-        from .gptq import load_gptq
-
         model = load_gptq(p, dt)
     elif meta.get("noop_branches"):
         model = _load_with_noop(p, meta, dt)
     else:
-        from transformers import AutoModelForCausalLM
-
         kwargs: dict[str, Any] = {"dtype": dt} if dt is not None else {"dtype": "auto"}
         model = AutoModelForCausalLM.from_pretrained(str(p), **kwargs)
     model.to(dev)

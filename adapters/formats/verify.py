@@ -23,6 +23,7 @@ writer in the same dtype; :func:`throughput` times the reloaded and the dense mo
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
 import tempfile
@@ -33,8 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from levelsearch.ties import member_levels
+
+from ..model.models import save_model
+from .loader import load_compressed, read_meta
 
 __all__ = [
     "ExportCheckFailed",
@@ -92,7 +98,6 @@ def check_export(problem: Any, levels: np.ndarray, path: str | Path, *, n_seq: i
         ExportCheckFailed: the difference exceeds :func:`tolerance`, or the directory does not load;
             the directory is renamed ``NAME.FAILED`` first.
     """
-    from .loader import load_compressed, read_meta
 
     path = Path(path)
     dtype = next(problem.model.parameters()).dtype
@@ -153,10 +158,6 @@ def check_stock(
             random), unexpected or of another shape, or to logits beyond ``tol``; the directory is renamed
             ``NAME.FAILED`` first.
     """
-    import logging
-
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     path = Path(path)
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {"dtype": "auto"}
@@ -209,7 +210,6 @@ def weights_bytes(path: str | Path) -> int:
 def sizes(problem: Any, path: str | Path) -> dict[str, Any]:
     """Export's and dense model's weight bytes on disk (the dense written by the same writer, same dtype,
     into a temporary directory beside ``path``) and their ratio."""
-    from ..model.models import save_model
 
     path = Path(path)
     problem.apply(None)

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,6 @@ __all__ = ["TokenSet", "load_documents", "split_documents", "tokenize_documents"
 
 
 def _default_documents() -> list[str]:
-    from pydoc_data.topics import topics
 
     return [str(topics[k]) for k in sorted(topics)]
 

@@ -48,7 +48,9 @@ from torch import nn
 
 from ..codecs.registry import get_weight_codec
 from ..kernels.hessian import relative_output_error
+from ..model.cache import cache_root
 from ..model.calibration import layer_calibration
+from ..model.integrity import file_sha256, json_checksum, say_rebuild, weights_fingerprint
 from ..model.models import decoder_layers
 from ..model.units import layer_units, named_units, unit_weight
 
@@ -71,7 +73,6 @@ FORMAT = 2
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 over every weight of ``model``, all its bytes (the variants depend on every weight up to their
     layer, through the calibration statistics): :func:`~levelsearch.adapters.model.integrity.weights_fingerprint`."""
-    from ..model.integrity import weights_fingerprint
 
     return weights_fingerprint(model)
 
@@ -84,7 +85,6 @@ def default_database_dir(
     ``weights`` (the model's :func:`model_fingerprint`) is part of the name: a model changed in place gets
     a database of its own, built afresh, instead of the old model's being refused or reused.
     """
-    from ..model.cache import cache_root
 
     key = json.dumps({"spec": spec, "calibration": calibration or {}, "weights": weights}, sort_keys=True)
     tag = hashlib.sha256(key.encode()).hexdigest()[:10]
@@ -101,14 +101,12 @@ def unit_level_values(spec: dict[str, Any], numel: int) -> list[Any]:
 def _sha256(path: Path) -> str:
     """A layer file's sha256, memoised by its path, size, times and inode
     (:func:`~levelsearch.adapters.model.integrity.file_sha256`): opening a database again does not re-read it."""
-    from ..model.integrity import file_sha256
 
     return file_sha256(path)
 
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write the manifest atomically with its checksum (sha256 of the rest, canonical JSON)."""
-    from ..model.integrity import json_checksum
 
     body = {k: v for k, v in obj.items() if k != "checksum"}
     tmp = path.with_suffix(".json.tmp")
@@ -123,7 +121,6 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         ValueError: unreadable JSON, no checksum (an older levelsearch wrote it) or a mismatch
             (edited errors, level values, layer checksums...): one line naming the file.
     """
-    from ..model.integrity import json_checksum
 
     try:
         data = json.loads(path.read_text())
@@ -243,7 +240,6 @@ def _open_manifest(path: Path, identity: dict[str, Any], fresh: dict[str, Any]) 
     Raises:
         ValueError: the directory holds a database of another model or with other settings.
     """
-    from ..model.integrity import say_rebuild
 
     mpath = path / "manifest.json"
     manifest: dict[str, Any] | None = None

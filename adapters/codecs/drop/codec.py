@@ -15,10 +15,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from levelsearch import Request
 from levelsearch.schema import Field
 
 from ...formats.drop import export_drop
+from ...run.pipeline import read_cache, write_cache
 from ..base import Codec, Setting, Settings, model_and_data_settings, target_in
+from .heuristics import run_heuristics
+from .problem import DropProblem
 
 __all__ = ["DropCodec"]
 
@@ -52,7 +56,6 @@ class DropCodec(Codec):
             )
 
     def make_problem(self, settings: Settings) -> Any:
-        from .problem import DropProblem
 
         return DropProblem(
             settings["model"],
@@ -66,10 +69,6 @@ class DropCodec(Codec):
         """The dropping heuristics (:mod:`levelsearch.adapters.codecs.drop.heuristics`) and their calibration KL on the
         whole pool, cached in ``cache/heuristics.json`` for this problem and these settings; the KLs go
         into the problem's memo (a start is not evaluated again)."""
-        from levelsearch import Request
-
-        from ...run.pipeline import read_cache, write_cache
-        from .heuristics import run_heuristics
 
         seed = int(settings["seed"])
         path = cache / "heuristics.json"

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ...kernels.gptq import gptq_quantize
+from ...kernels.sparsegpt import sparsegpt_prune
 from ..base import Settings, WeightCodec, problem_settings, target_in
 from ..quant.codec import decode_quantized, encode_quantized
 from .dp import joint_dp_levels
@@ -67,8 +69,6 @@ class JointCodec(WeightCodec):
         return [[int(round(float(s) * numel)), int(b)] for s in spec["sparsities"] for b in spec["bits"]]
 
     def make_variants(self, spec: dict[str, Any], w: Any, h: Any, values: list[Any]) -> list[Any]:
-        from ...kernels.gptq import gptq_quantize
-        from ...kernels.sparsegpt import sparsegpt_prune
 
         # prune once per sparsity (SparseGPT), then quantize each pruned weight at every bit-width
         # with its zeros kept (GPTQ on the same Hessian)
@@ -105,6 +105,7 @@ class JointCodec(WeightCodec):
         }
 
     def make_problem(self, settings: Settings) -> Any:
+        # the problem's class resolves its codec through the registry when it is made: imported on use
         from .problem import JointProblem
 
         return JointProblem(settings["model"], target=self.check_target(settings), **problem_settings(settings))

@@ -15,7 +15,13 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
+from levelsearch import LevelSpace
+
+from ...kernels.gptq import gptq_quantize
+from ...kernels.grid import Quantized, pack_codes, unpack_codes
+from ...kernels.rtn import rtn_quantize
 from ..base import Settings, WeightCodec, problem_settings, target_in
 
 __all__ = ["QuantCodec", "encode_quantized", "decode_quantized"]
@@ -23,9 +29,6 @@ __all__ = ["QuantCodec", "encode_quantized", "decode_quantized"]
 
 def encode_quantized(q: Any) -> dict[str, Any]:
     """A :class:`~levelsearch.adapters.kernels.grid.Quantized` as packed codes, scales and zero points."""
-    import torch
-
-    from ...kernels.grid import pack_codes
 
     return {
         "codes": torch.from_numpy(pack_codes(q.codes, q.bits)),
@@ -36,7 +39,6 @@ def encode_quantized(q: Any) -> dict[str, Any]:
 
 def decode_quantized(bits: int, group_size: int | None, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
     """The fp32 weight of a variant stored by :func:`encode_quantized`."""
-    from ...kernels.grid import Quantized, unpack_codes
 
     codes = unpack_codes(part("codes").numpy(), bits, shape)
     return Quantized(bits, group_size, codes, part("scales"), part("zeros")).dequantize()
@@ -70,7 +72,6 @@ class QuantCodec(WeightCodec):
 
     def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
         """``budget="exact"``: every group of equal-size units at ``target`` bits exactly; ``"band"``: see the base."""
-        from levelsearch import LevelSpace
 
         if options["budget"] == "band":
             return super().make_space(costs, numel, target, options)
@@ -109,10 +110,7 @@ class QuantCodec(WeightCodec):
         """GPTQ with the unit's Hessian ``h``, or round-to-nearest (which ignores it)."""
         gs = spec.get("group_size", 128)
         if spec["method"] == "gptq":
-            from ...kernels.gptq import gptq_quantize
-
             return gptq_quantize(w, h, values, group_size=gs, block_size=int(spec.get("block_size", 128)))
-        from ...kernels.rtn import rtn_quantize
 
         return rtn_quantize(w, values, group_size=gs)
 
@@ -132,6 +130,7 @@ class QuantCodec(WeightCodec):
         return {"bits": int(value), "group_size": spec.get("group_size")}
 
     def make_problem(self, settings: Settings) -> Any:
+        # the problem's class resolves its codec through the registry when it is made: imported on use
         from .problem import QuantProblem
 
         return QuantProblem(settings["model"], target=self.check_target(settings), **problem_settings(settings))

@@ -18,6 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from levelsearch import LevelSpace
+
+from ...kernels.magnitude import magnitude_prune
+from ...kernels.sparsegpt import sparsegpt_prune
+from ...kernels.wanda import wanda_prune, wanda_scores
 from ..base import Settings, WeightCodec, problem_settings, target_in
 from .owl import OWL_LAMBDAS, OWL_M_GRID, owl_levels, owl_search
 
@@ -27,9 +32,6 @@ STEP_FRACTION = 0.04  # default level step: 4% of the mean linear layer's weight
 
 
 def _pruners() -> dict[str, Callable[[torch.Tensor, torch.Tensor, list[int], dict[str, Any]], torch.Tensor]]:
-    from ...kernels.magnitude import magnitude_prune
-    from ...kernels.sparsegpt import sparsegpt_prune
-    from ...kernels.wanda import wanda_prune
 
     return {
         "sparsegpt": lambda w, h, z, spec: sparsegpt_prune(w, h, z, block_size=int(spec.get("block_size", 128))),
@@ -104,7 +106,6 @@ class SparsityCodec(WeightCodec):
 
     def make_space(self, costs: list[list[float]], numel: np.ndarray, target: float, options: dict[str, Any]) -> Any:
         """Offsets summing to exactly 0: the uniform profile's number of zeros."""
-        from levelsearch import LevelSpace
 
         return LevelSpace([len(c) for c in costs], costs=costs, total=0)
 
@@ -129,7 +130,6 @@ class SparsityCodec(WeightCodec):
 
     def layer_statistics(self, spec: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
         """OWL's layerwise outlier distribution: share of ``|W|·||X||`` entries above ``M`` times their mean."""
-        from ...kernels.wanda import wanda_scores
 
         allv = torch.cat([wanda_scores(w, h).flatten() for w, h in pairs])
         mean = float(allv.mean())
@@ -139,6 +139,7 @@ class SparsityCodec(WeightCodec):
         return {"zeros": int(value), "sparsity": float(value / numel)}
 
     def make_problem(self, settings: Settings) -> Any:
+        # the problem's class resolves its codec through the registry when it is made: imported on use
         from .problem import SparsityProblem
 
         return SparsityProblem(settings["model"], target=self.check_target(settings), **problem_settings(settings))
