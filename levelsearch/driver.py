@@ -275,6 +275,12 @@ def _prepare(
     else:
         merged, defaults = problem_options(problem, optimizer, options)
         opt = make_optimizer(optimizer, problem.space, seed=seed, **merged)
+        if defaults and hasattr(opt, "steps"):  # the schedule as run, whoever chose it
+            defaults["schedule"] = {
+                "offspring": int(opt.offspring),  # type: ignore[attr-defined]
+                "steps": [[st.fidelity, st.survivors] for st in opt.steps],  # type: ignore[attr-defined]
+                **({"screen": int(opt.screen)} if hasattr(opt, "screen") else {}),
+            }
         opt.defaults = defaults  # type: ignore[attr-defined]
         opt_name = optimizer
     _check_budget(max_evaluations, max_cost, opt)
