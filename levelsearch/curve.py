@@ -100,9 +100,9 @@ def check_budgets(budgets: Any, what: str = "budgets") -> list[float]:
         if isinstance(b, bool) or not isinstance(b, (int, float, np.integer, np.floating)) or not math.isfinite(b):
             raise ValueError(f"{what}: {b!r} is not a finite number")
         if out and float(b) == out[-1]:
-            raise ValueError(f"{what}: {b!r} is given twice; give each budget once")
+            raise ValueError(f"{what}: {float(b):g} is given twice; give each budget once")
         if out and float(b) < out[-1]:
-            raise ValueError(f"{what}: {b!r} comes after {out[-1]:g}; give the budgets in increasing order")
+            raise ValueError(f"{what}: {float(b):g} comes after {out[-1]:g}; give the budgets in increasing order")
         out.append(float(b))
     return out
 

@@ -81,7 +81,7 @@ def test_a_curve_stopped_during_a_budget_resumes_to_the_uninterrupted_curve(tmp_
     [
         ([], "empty"),
         ([3, 2], "2 comes after 3"),
-        ([2, 2.0], "2.0 is given twice"),
+        ([2, 2.0], "2 is given twice"),
         ([1, float("nan")], "nan is not a finite number"),
         ("3,4", "must be a list"),
     ],

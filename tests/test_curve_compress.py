@@ -185,3 +185,44 @@ def test_a_gguf_byte_list_gives_a_point_per_size_within_its_band(tmp_path):
         ev = p["methods"]["evopress"]
         assert 0.97 * size <= ev["bytes"] <= size
         assert ev["bytes"] == res["methods"]["evopress"]["searched_bytes"]
+
+
+def _cli_small(model_dir):
+    return ["--model", str(model_dir), "--method", "quant", "--seq-len", "32", "--calibration-tokens", "128",
+            "--heldout-tokens", "64", "--top-k", "16", "--heuristic-tokens", "64", "--offspring", "4",
+            "--generations", "2", "--random-n", "4", "--quiet", "--no-export"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "says"), [("3,2.5", "2.5 comes after 3"), ("2.5,x", "'x' is not a number")])
+def test_a_bad_target_list_on_the_command_line_is_one_line_exit_2_nothing_written(
+    model_dir, tmp_path, capsys, value, says
+):
+    from levelsearch.cli import main
+
+    out = tmp_path / "run"
+    assert main(["compress", *_cli_small(model_dir), "--target", value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_yaml_target_list_with_a_value_twice_is_refused_the_same_way(model_dir, tmp_path, capsys):
+    from levelsearch.cli import main
+
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"method: quant\nmodel: {model_dir}\ntarget: [2.5, 3, 3]\nout: {out}\n")
+    assert main(["compress", "--config", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "3 is given twice" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_a_target_list_on_the_command_line_runs_the_curve_and_prints_its_table(model_dir, tmp_path, capsys):
+    from levelsearch.cli import main
+
+    out = tmp_path / "run"
+    assert main(["compress", *_cli_small(model_dir), "--target", "2.5,3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "target-2.5" in printed and "target-3" in printed and "forward tokens" in printed
+    assert json.loads((out / "curve.json").read_text())["targets"] == [2.5, 3.0]

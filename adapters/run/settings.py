@@ -43,6 +43,19 @@ _TOKENS = Field("int", min=1, max=10**9)
 _OPT_STR = Field("str", nullable=True)
 
 
+def target_option(text: str) -> float | str:
+    """``--target``'s value: a number, or a comma list kept as text for the run to check item by item (one line
+    naming a bad value: :func:`levelsearch.adapters.run.curve.targets_of`)."""
+    import argparse
+
+    if "," in text:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or a comma list of numbers: 3,3.5,4)") from None
+
+
 def _tokens(name: str, default: int, help: str) -> Setting:
     return Setting(name, default, _TOKENS, help)
 
@@ -51,7 +64,13 @@ def _tokens(name: str, default: int, help: str) -> Setting:
 SHARED_SETTINGS: tuple[Setting, ...] = (
     Setting("model", "smollm2", Field("str"), "smollm2 (offline default), a model directory, model file or hub id"),
     Setting("method", "drop", Field("str", min=1), "a registered codec"),
-    Setting("target", 0.25, Field("number"), "the codec's budget"),
+    Setting(
+        "target",
+        0.25,
+        Field("any"),  # a number, or several (a list, or a comma string): the codec checks each
+        "the codec's budget; several, comma-separated (3,3.5,4), run them all on one model load (a curve)",
+        cli={"type": target_option},
+    ),
     Setting("out", None, _OPT_STR, "output directory (results.json, profile.png, journal.db, model/)"),
     Setting("seed", 0, Field("int", min=0, max=2**63 - 1), "seed of the data split, the baselines and the search"),
     Setting(
