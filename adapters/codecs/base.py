@@ -241,9 +241,10 @@ class WeightCodec(Codec):
     tied_formats: ClassVar[tuple[str, ...]] = ("gptq", "pack-quantized")
 
     def check_settings(self, settings: Settings) -> None:
-        """``--ties none`` with a format of :attr:`tied_formats` (given, or the codec's default) is one line."""
+        """``--ties none`` with an export in a format of :attr:`tied_formats` (given, or the codec's default) is
+        one line."""
         fmt = settings.get("format") or self.formats[0]
-        if settings.get("ties") == "none" and fmt in self.tied_formats:
+        if settings.get("ties") == "none" and settings.get("export", True) and fmt in self.tied_formats:
             raise ValueError(
                 f"--ties none cannot be written as --format {fmt}: its engines run fused q/k/v, gate/up and a "
                 "layer's experts with one scheme; use --ties engine, or --format dense"
