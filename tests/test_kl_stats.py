@@ -103,3 +103,13 @@ def test_kl_statistics_use_linear_interpolation_between_order_statistics():
     assert s["top1"] == pytest.approx(501 / 1001)
     with pytest.raises(ValueError, match="positions"):
         kl_statistics([1.0, 2.0], [True])
+
+
+def test_the_printed_summary_shows_the_statistics_beside_perplexity(capsys):
+    from levelsearch.adapters.cli.compress import _print_summary
+
+    m = {"heldout_ppl": 18.1, "heldout_kl": 0.1, "heldout_kl_median": 0.05, "heldout_kl_p99": 0.9, "heldout_top1": 0.91}
+    _print_summary({"dense": {"heldout_ppl": 17.5}, "methods": {"evopress": m}})
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "ppl 18.10" in line and "KL 0.1000" in line and "median 0.0500" in line
+    assert "p99 0.900" in line and "top-1 91.0%" in line

@@ -159,7 +159,11 @@ def _print_summary(res: dict[str, Any]) -> None:
     print(f"dense: held-out ppl {dense.get('heldout_ppl', math.nan):.2f}")
     for name, m in sorted(res.get("methods", {}).items(), key=lambda kv: kv[1]["heldout_ppl"]):
         extra = f", {m['generations']} generations" if "generations" in m else ""
-        print(f"{name:>14}: held-out ppl {m['heldout_ppl']:.2f}, KL {m['heldout_kl']:.4f}{extra}")
+        stats = ""
+        if "heldout_top1" in m:  # the KL statistics beside the mean
+            top1 = 100 * m["heldout_top1"]
+            stats = f" (median {m['heldout_kl_median']:.4f}, p99 {m['heldout_kl_p99']:.3f}, top-1 {top1:.1f}%)"
+        print(f"{name:>14}: held-out ppl {m['heldout_ppl']:.2f}, KL {m['heldout_kl']:.4f}{stats}{extra}")
     if "export" in res:
         print(f"exported {res['export']['dir']} (max |logit diff| {res['export']['max_abs_logit_diff']:.2e})")
 
