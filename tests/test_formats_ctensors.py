@@ -24,7 +24,7 @@ pytestmark = pytest.mark.llm
 
 def mixed_levels(problem, seed=0):
     rng = np.random.default_rng(seed)
-    return problem.space.switch(problem.space.sample(rng), rng, 2)
+    return problem.member_levels(problem.space.switch(problem.space.sample(rng), rng, 2))  # every unit's level
 
 
 @pytest.mark.parametrize("group_size", [32, 48])

@@ -228,7 +228,9 @@ def test_v1_holds_a_zero_point_of_zero_as_codes_plus_one_in_a_wider_field(proble
     assert any("zero point of 0" in line for line in meta["vllm"])
 
 
-def test_fused_shards_searched_at_different_bits_are_stored_at_the_widest(problem, tmp_path):
+def test_fused_shards_searched_at_different_bits_are_stored_at_the_widest(data_file, tmp_path):
+    # shards at different bits: a search without ties (with them, the default, shards share one level)
+    problem = QuantProblem(target=3.0, bits=BITS, group_size=32, ties="none", **common(data_file, tmp_path / "db"))
     lv = planned_levels(problem)
     searched = {"q_proj": 2, "k_proj": 3, "v_proj": 5, "gate_proj": 2, "up_proj": 4}
     for u, name in enumerate(problem.unit_names):
@@ -311,7 +313,7 @@ def test_a_joint_profile_is_written_as_gptq_with_its_pruned_zeros_kept(data_file
         target=3.0, sparsities=(0.0, 0.5), bits=(2, 4, 8), group_size=32, tol=0.1, **common(data_file, tmp_path / "db")
     )
     rng = np.random.default_rng(0)
-    lv = prob.space.switch(prob.space.sample(rng), rng, 2)
+    lv = prob.member_levels(prob.space.switch(prob.space.sample(rng), rng, 2))  # every unit's level
     path = export(prob, lv, tmp_path / "j", method="joint", format="gptq")
     assert check_export(prob, lv, path)["max_abs_logit_diff"] < 1e-4
     assert json.loads((path / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
