@@ -117,6 +117,7 @@ class JointCodec(WeightCodec):
         return joint_dp_levels(problem, seed=seed, errors=errors)
 
     def summary(self, problem: Any, levels: np.ndarray) -> dict[str, Any]:
-        pairs = [problem.db.values(n)[int(lv)] for n, lv in zip(problem.unit_names, levels)]
+        members = problem.member_levels(levels)  # every unit's level (a tied search's expanded)
+        pairs = [problem.db.values(n)[int(lv)] for n, lv in zip(problem.unit_names, members)]
         sb = [(float(z / problem.numel[u]), int(b)) for u, (z, b) in enumerate(pairs)]
         return {**super().summary(problem, levels), "sparsity_bits": sb}
