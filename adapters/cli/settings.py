@@ -59,7 +59,7 @@ def format_help() -> str:
 def _help(s: Setting) -> str:
     """A setting's help; a kind's is prefixed with the codecs that take it."""
     if s.name == "target":
-        return "; ".join(f"{name}: {text}" for name, text in _each_codec("target_help"))
+        return "; ".join(f"{name}: {text}" for name, text in _each_codec("target_help")) + f" ({s.help})"
     if s.name == "method":
         return method_help()
     if s.name == "format":
