@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint install clean llama-cpp llama-tools
+.PHONY: demo test lint install clean llama-cpp llama-tools docs
 
 $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,11 +29,17 @@ demo: $(STAMP)
 	$(BIN)/levelsearch compress --model smollm2 --method drop --target 0.25 --out $(DEMO_OUT) \
 		--generations $(DEMO_GENERATIONS)
 
-## make test: lint, type-check and the whole test suite (what CI runs), on TEST_JOBS processes
+## make test: lint, type-check, the whole test suite and the docs site (what CI runs), on TEST_JOBS processes
 ## (pytest-xdist; TEST_JOBS=0 runs serially)
 TEST_JOBS ?= 2
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+## make docs: the documentation site (docs/, mkdocs.yml) into build/site; --strict: a broken link, a missing page
+## or an API reference that does not resolve fails the build (never add -q: it hides the warnings --strict counts)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## make llama-cpp: the optional llama.cpp check of GGUF exports (llama-cpp-python, compiled from source: about
 ## 5.5 min on an idle 2-core CPU). Built for AVX2 without AVX-512/AMX: a -march=native build dies with an illegal
