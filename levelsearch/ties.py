@@ -109,7 +109,7 @@ def _merged_budgets(
         if lab in totals and totals[lab] is not None:
             total[label[b]] = total.get(label[b], 0.0) + float(totals[lab])
         tol[label[b]] = tol.get(label[b], 0.0) + float(tols.get(lab, 0.0) if tols is not None else 0.0)
-    labels = [label[int(members.group_of[int(m[0])])] for m in groups]
+    labels: list[Hashable] = [label[int(members.group_of[int(m[0])])] for m in groups]
     return total, (tol if tols is not None else float(members.tol)), labels  # type: ignore[arg-type]
 
 

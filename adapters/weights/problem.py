@@ -20,7 +20,7 @@ import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import numpy as np
 import torch
@@ -171,6 +171,18 @@ class WeightLevelProblem(LayerwiseProblem):
         keyed = [(lab, json.dumps(self.db.values(n))) for lab, n in zip(labels, self.unit_names)]
         tied = TiedSpace(space, keyed)
         return tied if tied.n_units < space.n_units else space
+
+    @overload
+    def member_levels(self, levels: np.ndarray) -> np.ndarray: ...
+
+    @overload
+    def member_levels(self, levels: None) -> None: ...
+
+    @overload
+    def member_levels(self, levels: None) -> None: ...
+
+    @overload
+    def member_levels(self, levels: np.ndarray) -> np.ndarray: ...
 
     def member_levels(self, levels: np.ndarray | None) -> np.ndarray | None:
         """Every unit's level under ``levels``: a search assignment over tie groups expanded (as it is otherwise)."""
