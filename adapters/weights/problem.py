@@ -178,12 +178,6 @@ class WeightLevelProblem(LayerwiseProblem):
     @overload
     def member_levels(self, levels: None) -> None: ...
 
-    @overload
-    def member_levels(self, levels: None) -> None: ...
-
-    @overload
-    def member_levels(self, levels: np.ndarray) -> np.ndarray: ...
-
     def member_levels(self, levels: np.ndarray | None) -> np.ndarray | None:
         """Every unit's level under ``levels``: a search assignment over tie groups expanded (as it is otherwise)."""
         if levels is None or not isinstance(self.space, TiedSpace) or len(levels) != self.space.n_units:
