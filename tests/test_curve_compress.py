@@ -76,8 +76,20 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def curve_run(model_dir, tmp_path_factory):
+    """A three-target run, and how many times it loaded the model."""
+    from levelsearch.adapters.scoring import layerwise
+
     out = tmp_path_factory.mktemp("curve") / "run"
-    return out, _run(model_dir, out, [2.5, 3, 3.5])
+    loads = []
+    real = layerwise.load_model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layerwise, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+        curve = _run(model_dir, out, [2.5, 3, 3.5])
+    curve_run_loads.extend(loads)
+    return out, curve
+
+
+curve_run_loads: list = []
 
 
 def test_every_target_has_its_own_results_and_the_run_its_curve(curve_run):
@@ -108,16 +120,11 @@ def test_later_targets_start_from_the_best_of_the_baselines_and_the_previous_res
             assert res["methods"]["evopress"]["calibration_kl"] <= min(base)
 
 
-def test_one_model_load_serves_every_target(model_dir, tmp_path, monkeypatch):
-    from levelsearch.adapters.scoring import layerwise
-
-    loads = []
-    real = layerwise.load_model
-    monkeypatch.setattr(layerwise, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
-    _run(model_dir, tmp_path / "run", [2.5, 3])
-    assert len(loads) == 1
+def test_one_model_load_serves_every_target(curve_run):
+    assert len(curve_run_loads) == 1
 
 
+@pytest.mark.slow
 def test_a_run_stopped_during_a_target_resumes_to_the_uninterrupted_curve(model_dir, curve_run, tmp_path, monkeypatch):
     full_out, full = curve_run
     real = LayerwiseProblem.evaluate_many
@@ -168,6 +175,7 @@ def test_bad_target_lists_name_the_value_and_write_nothing(model_dir, tmp_path, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_gguf_byte_list_gives_a_point_per_size_within_its_band(tmp_path):
     from test_gguf import write_tiny_gguf
 
@@ -218,6 +226,7 @@ def test_a_yaml_target_list_with_a_value_twice_is_refused_the_same_way(model_dir
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_target_list_on_the_command_line_runs_the_curve_and_prints_its_table(model_dir, tmp_path, capsys):
     from levelsearch.cli import main
 
