@@ -205,3 +205,17 @@ def test_compress_on_an_unmappable_moe_is_one_line_exit_2_and_writes_nothing(dat
     assert "input_linear.weight (4×16×32)" in err and "not supported" in err
     assert not (tmp_path / "db").exists()
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_compress_with_a_per_module_format_on_a_moe_is_one_line_before_the_search(data_file, tmp_path, capsys):
+    from levelsearch.adapters.model.models import save_model
+    from levelsearch.cli import main
+
+    model_dir = tmp_path / "qwen3_moe"
+    save_model(tiny_moe("qwen3_moe"), byte_tokenizer(), model_dir)
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--data", data_file]
+    assert main([*argv, "--out", str(out), "--estimates", "layer", "--database", str(tmp_path / "db"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pack-quantized format" in err and "--format dense" in err
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..model.experts import refuse_experts
 from .schedules import schedule_options
 
 __all__ = [
@@ -254,6 +255,18 @@ def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> di
     }
 
 
+#: formats that write one tensor per module: they cannot hold the experts of fused parameters
+PER_MODULE_FORMATS = ("pack-quantized", "sparse-bitmask", "gptq")
+
+
+def check_format_holds(codec: Any, problem: Any, cfg: dict[str, Any]) -> None:
+    """One line, before the search, when the run's export format cannot hold its units (a mixture of experts'
+    fused experts in a per-module format), instead of after it."""
+    fmt = cfg.get("format") or codec.formats[0]
+    if cfg.get("export", True) and fmt in PER_MODULE_FORMATS and hasattr(problem, "modules"):
+        refuse_experts(problem.modules, fmt)
+
+
 def peak_memory() -> dict[str, float]:
     """This process's peak resident memory so far (``peak_rss_mib``, MiB) and, when CUDA was used, the peak of
     tensor memory allocated on the GPU (``cuda_peak_mib``): what a user scales to a larger model."""
@@ -436,6 +449,7 @@ def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     t_all = t0 = time.perf_counter()
     problem = codec.make_problem(cfg)
     timings["load"] = time.perf_counter() - t0
+    check_format_holds(codec, problem, cfg)
     say(cfg, f"loaded {cfg['model']} in {timings['load']:.1f} s; {problem.space.n_units} units")
     check_journal_problem(out, problem)
     lock_out(cfg, out)
