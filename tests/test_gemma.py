@@ -398,3 +398,12 @@ def test_a_searched_tiny_gemma3_exports_to_a_file_that_reloads_to_the_searched_l
     for name in ("blk.1.post_attention_norm.weight", "blk.1.post_ffw_norm.weight", "blk.0.attn_q_norm.weight"):
         assert back[name].tensor_type.name == "F32"  # Gemma's extra norms are copied from the source
         np.testing.assert_array_equal(np.asarray(back[name].data), np.asarray(problem.source.tensors[name].data))
+
+
+def test_the_fisher_baseline_runs_where_requested_types_fall_back_to_one_type(tiny_gemma_problem):
+    from levelsearch.adapters.codecs.gguf.heuristics import gguf_baselines
+
+    problem, _ = tiny_gemma_problem
+    assert [len(c) for c in problem.costs] == list(problem.space.n_levels)  # Q6_K and Q8_0: one level on 640 rows
+    base = gguf_baselines(problem)
+    assert problem.space.is_feasible(base["dp-fisher"][0])

@@ -134,6 +134,10 @@ class GGUFProblem(WeightLevelProblem):
         self._make_extra_variants()
         costs = [[tensor_bytes(t, shape) for t in types] for types, shape in zip(self.unit_types, self.unit_shapes)]
         self.level_bytes = costs
+        # the space's levels, not the codec's per requested type (two types falling back to one type are one level):
+        # what every consumer of ``costs`` (the Fisher estimates, the dp) counts levels by
+        self.costs = [[float(c) for c in unit] for unit in costs]
+        self.amounts = [[8.0 * c for c in unit] for unit in self.costs]  # bits of each level
         total = (
             float(self.target_bytes) if self.target_bytes is not None else self.target * float(self.numel.sum()) / 8.0
         )
