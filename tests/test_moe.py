@@ -23,9 +23,11 @@ from levelsearch.adapters.codecs.sparsity.problem import SparsityProblem  # noqa
 from levelsearch.adapters.formats import export  # noqa: E402
 from levelsearch.adapters.formats.verify import check_export  # noqa: E402
 from levelsearch.adapters.model.experts import ExpertUnit, UnmappableExperts, find_experts  # noqa: E402
+from levelsearch.adapters.model.models import save_model  # noqa: E402
 from levelsearch.adapters.model.units import layer_units  # noqa: E402
 from test_adapters_drop import byte_tokenizer  # noqa: E402
 
+from levelsearch.cli import main  # noqa: E402
 from levelsearch.ties import TiedSpace  # noqa: E402
 
 pytestmark = pytest.mark.llm
@@ -208,9 +210,6 @@ def test_compress_on_an_unmappable_moe_is_one_line_exit_2_and_writes_nothing(dat
 
 
 def test_compress_with_a_per_module_format_on_a_moe_is_one_line_before_the_search(data_file, tmp_path, capsys):
-    from levelsearch.adapters.model.models import save_model
-    from levelsearch.cli import main
-
     model_dir = tmp_path / "qwen3_moe"
     save_model(tiny_moe("qwen3_moe"), byte_tokenizer(), model_dir)
     out = tmp_path / "run"
@@ -219,3 +218,12 @@ def test_compress_with_a_per_module_format_on_a_moe_is_one_line_before_the_searc
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pack-quantized format" in err and "--format dense" in err
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_fisher_estimates_of_experts_come_from_their_slices_of_the_fused_gradient(data_file, tmp_path):
+    loaded = {"loaded": (tiny_moe("olmoe"), byte_tokenizer()), "data": data_file, "database": str(tmp_path / "db")}
+    prob = QuantProblem(target=3.0, bits=(2, 4), group_size=16, ties="none", **loaded, **DATA)
+    est = prob.unit_errors()
+    experts = [i for i, m in enumerate(prob.modules) if isinstance(m, ExpertUnit)]
+    assert np.isfinite(est).all() and (est[experts, 0] > est[experts, 1]).all()  # fewer bits, larger estimate
+    assert len({round(float(est[i, 0]), 12) for i in experts}) == len(experts)  # each expert its own
