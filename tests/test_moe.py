@@ -172,10 +172,6 @@ SMALL += ["--heuristic-tokens", "32", "--offspring", "4", "--generations", "1", 
 
 
 def test_compress_quant_on_a_moe_reports_the_searched_fraction_and_peak_memory(data_file, tmp_path):
-    from levelsearch.adapters.model.models import save_model
-
-    from levelsearch.cli import main
-
     model_dir = tmp_path / "mixtral"
     save_model(tiny_moe("mixtral"), byte_tokenizer(), model_dir)
     out = tmp_path / "run"
@@ -189,10 +185,6 @@ def test_compress_quant_on_a_moe_reports_the_searched_fraction_and_peak_memory(d
 
 
 def test_compress_on_an_unmappable_moe_is_one_line_exit_2_and_writes_nothing(data_file, tmp_path, capsys):
-    from levelsearch.adapters.model.models import save_model
-
-    from levelsearch.cli import main
-
     cfg = transformers.JetMoeConfig(
         vocab_size=257, hidden_size=32, num_hidden_layers=1, num_key_value_heads=2, kv_channels=8,
         intermediate_size=64, num_local_experts=4, num_experts_per_tok=2, bos_token_id=256, eos_token_id=256,
