@@ -47,7 +47,7 @@ def settings(method: str, out: Path, target: Any, args: argparse.Namespace) -> d
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     from levelsearch.adapters.codecs import get_codec
-    from levelsearch.adapters.run.pipeline import run as run_pipeline
+    from levelsearch.adapters.run.curve import run_any as run_pipeline
 
     try:
         return run_pipeline(get_codec(cfg["method"]), cfg)

@@ -12,8 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from levelsearch.adapters.codecs import get_codec  # noqa: E402
-from levelsearch.adapters.run import pipeline  # noqa: E402
-from levelsearch.adapters.run.curve import curve_table  # noqa: E402
+from levelsearch.adapters.run.curve import curve_table, run_any  # noqa: E402
 from levelsearch.adapters.scoring.layerwise import LayerwiseProblem  # noqa: E402
 
 pytestmark = pytest.mark.llm
@@ -49,7 +48,7 @@ def _cfg(model_dir, out, target, **kw):
 def _run(model_dir, out, target, **kw):
     cfg = _cfg(model_dir, out, target, **kw)
     try:
-        return pipeline.run(get_codec(cfg["method"]), cfg)
+        return run_any(get_codec(cfg["method"]), cfg)
     finally:
         lock = cfg.pop("_lock", None)
         if lock is not None:
@@ -170,7 +169,7 @@ def test_bad_target_lists_name_the_value_and_write_nothing(model_dir, tmp_path, 
     out = tmp_path / "run"
     cfg = _cfg(model_dir, out, targets)
     with pytest.raises(ValueError, match=message) as err:
-        pipeline.run(get_codec("quant"), cfg)
+        run_any(get_codec("quant"), cfg)
     assert "\n" not in str(err.value)
     assert not out.exists()
 

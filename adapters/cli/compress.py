@@ -96,7 +96,7 @@ def register_method(name: str, fn: Callable[[dict[str, Any]], dict[str, Any]] | 
 def run_compress(settings: Mapping[str, Any] | CompressSettings) -> dict[str, Any]:
     """Run ``settings["method"]`` with ``settings`` (a :class:`CompressSettings` or a mapping of some of its
     keys, the others at their defaults); ``ValueError`` for an unknown key."""
-    from ..run.pipeline import run  # the run's machinery (torch, transformers), loaded when a run starts
+    from ..run.curve import run_any as run  # one target or several; the run's machinery is loaded when it starts
 
     typed = settings if isinstance(settings, CompressSettings) else CompressSettings.from_mapping(settings)
     cfg = typed.to_dict()

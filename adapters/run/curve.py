@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["curve_table", "is_curve", "moved", "retarget", "run_curve", "targets_of"]
+__all__ = ["curve_table", "is_curve", "moved", "retarget", "run_any", "run_curve", "targets_of"]
 
 
 def _is_list(value: Any) -> bool:
@@ -166,11 +166,19 @@ def _finished(sub: Path) -> dict[str, Any] | None:
     return res
 
 
+def run_any(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``levelsearch compress``'s run: :func:`run_curve` for several targets, else the one-target
+    :func:`~levelsearch.adapters.run.pipeline.run`."""
+    from .pipeline import run
+
+    return run_curve(codec, cfg) if is_curve(cfg) else run(codec, cfg)
+
+
 def run_curve(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Run every target of ``cfg`` (see the module docstring); returns ``curve.json``'s content."""
     import numpy as np
 
-    from .pipeline import Teachers, _teachers, check_journal_problem, lock_out, run_target, say
+    from .pipeline import Teachers, check_journal_problem, lock_out, run_target, say
 
     targets = targets_of(codec, cfg)
     out = Path(cfg["out"])
@@ -187,7 +195,7 @@ def run_curve(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     cache = out / "cache"
     cache.mkdir(exist_ok=True)
     tag = {"problem": first.identity_hash()}
-    teachers = Teachers(cache, tag, _teachers(first, cache, tag))
+    teachers = Teachers.prepare(first, cache, tag)
     points: list[dict[str, Any]] = []
     prev: tuple[str, Any] | None = None
     problem = first

@@ -434,14 +434,8 @@ def _methods(codec: Any, problem: Any, cands: list[Any], report: list[Any], name
 
 
 def run(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run ``codec`` with the merged ``levelsearch compress`` settings ``cfg`` (see the module docstring).
-
-    A list of targets (``target: [3, 3.5, 4]``, ``"3,3.5,4"``, or a ``target_bytes`` list) runs them all on one
-    model, teacher, database and set of estimates (:func:`levelsearch.adapters.run.curve.run_curve`)."""
-    from .curve import is_curve, run_curve
-
-    if is_curve(cfg):
-        return run_curve(codec, cfg)
+    """Run ``codec`` with the merged ``levelsearch compress`` settings ``cfg`` (see the module docstring), for one
+    target (several: :func:`levelsearch.adapters.run.curve.run_any`)."""
     check_settings(cfg)
     codec.check_settings(cfg)
     out = Path(cfg["out"])
@@ -467,6 +461,11 @@ class Teachers:
 
     def __init__(self, cache: Path, tag: dict[str, str], to_save: set[str]) -> None:
         self.cache, self.tag, self.to_save = cache, tag, to_save
+
+    @classmethod
+    def prepare(cls, problem: Any, cache: Path, tag: dict[str, str]) -> Teachers:
+        """Read back the cached teachers the problem has not computed; compute and cache the calibration one."""
+        return cls(cache, tag, _teachers(problem, cache, tag))
 
     def save_pending(self, problem: Any) -> None:
         """Write the teachers still to be cached that the problem has computed by now."""
