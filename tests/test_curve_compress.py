@@ -175,7 +175,7 @@ def test_bad_target_lists_name_the_value_and_write_nothing(model_dir, tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_gguf_byte_list_gives_a_point_per_size_within_its_band(tmp_path):
+def test_a_gguf_byte_list_gives_a_point_per_size_within_its_band_and_a_recipe(tmp_path, capsys):
     from test_gguf import write_tiny_gguf
 
     src = write_tiny_gguf(tmp_path / "tiny-f16.gguf")
@@ -192,6 +192,12 @@ def test_a_gguf_byte_list_gives_a_point_per_size_within_its_band(tmp_path):
         ev = p["methods"]["evopress"]
         assert 0.97 * size <= ev["bytes"] <= size
         assert ev["bytes"] == res["methods"]["evopress"]["searched_bytes"]
+    from levelsearch.cli import main
+
+    for p in curve["points"]:  # llama-quantize's overrides, per size
+        assert main(["gguf-recipe", str(out / p["name"])]) == 0
+    recipes = capsys.readouterr().out
+    assert recipes.count("--tensor-type") >= 2
 
 
 def _cli_small(model_dir):
