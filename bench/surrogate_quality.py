@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -79,28 +80,57 @@ def replay(batches: list[list], space: LevelSpace, prior: np.ndarray | None) -> 
     return rho_sur, rho_prior
 
 
+def _package_commit() -> str | None:
+    """The commit of the checkout the imported ``levelsearch`` comes from (a worktree of an older commit
+    measures the surrogate before a change)."""
+    import levelsearch
+
+    try:
+        where = str(Path(levelsearch.__file__).resolve().parent)
+        return subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("journal")
+    ap.add_argument("journal", nargs="+")
     ap.add_argument("--prior-database", default=None, help="a variant database directory: its errors as prior")
+    ap.add_argument("--out", default=None, help="write the correlations to this JSON file (with provenance)")
     args = ap.parse_args()
-    jr = Journal(args.journal, readonly=True)
-    spec = (jr.meta("identity") or {}).get("problem", {}).get("space")
-    if not spec:
-        raise SystemExit(f"{args.journal}: no level space in the journal's identity")
-    space = LevelSpace(np.asarray(spec["n_levels"], dtype=np.int64))
-    batches = _batches(jr)
-    prior = _prior(Path(args.prior_database).expanduser(), space.n_units) if args.prior_database else None
-    for label, p in [("no prior", None)] + ([("with prior", prior)] if prior is not None else []):
-        rho, rho_p = replay(batches, space, p)
-        half = rho[len(rho) // 2 :]
-        line = (
-            f"{label:10s}: within-batch Spearman {np.nanmean(rho):.3f} over {len(rho)} batches "
-            f"(later half {np.nanmean(half):.3f})"
-        )
-        if rho_p:
-            line += f"; the prior alone {np.nanmean(rho_p):.3f}"
-        print(line)
+    record: dict[str, object] = {"levelsearch_commit": _package_commit(), "journals": {}}
+    for path in args.journal:
+        jr = Journal(path, readonly=True)
+        spec = (jr.meta("identity") or {}).get("problem", {}).get("space")
+        if not spec:
+            raise SystemExit(f"{path}: no level space in the journal's identity")
+        space = LevelSpace(np.asarray(spec["n_levels"], dtype=np.int64))
+        batches = _batches(jr)
+        prior = _prior(Path(args.prior_database).expanduser(), space.n_units) if args.prior_database else None
+        rows = {}
+        for label, p in [("no prior", None)] + ([("with prior", prior)] if prior is not None else []):
+            rho, rho_p = replay(batches, space, p)
+            half = rho[len(rho) // 2 :]
+            line = (
+                f"{path}: {label:10s}: within-batch Spearman {np.nanmean(rho):.3f} over {len(rho)} batches "
+                f"(later half {np.nanmean(half):.3f})"
+            )
+            if rho_p:
+                line += f"; the prior alone {np.nanmean(rho_p):.3f}"
+            print(line)
+            rows[label] = {
+                "spearman": float(np.nanmean(rho)),
+                "later_half": float(np.nanmean(half)),
+                "batches": len(rho),
+            }
+        record["journals"][path] = rows  # type: ignore[index]
+    if args.out:
+        from provenance import provenance  # bench/ is this script's directory
+
+        record["provenance"] = provenance()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
