@@ -64,4 +64,10 @@ def final_medians(folder: str) -> str:
 TABLES = {
     "ablation-final": lambda: final_medians("ablation"),
     "ablation-ert": lambda: _verbatim("ablation", "evopress's cost to target divided by evopress-ref's"),
+    "suite-final": lambda: final_medians("suite"),
+    "suite-best-other": lambda: _verbatim(
+        "suite", "Median final regret: evopress beside the best other optimizer (dp included)"),
+    "suite-ert-ref": lambda: _verbatim("suite", "evopress's cost to target divided by evopress-ref's"),
+    "suite-ert-best": lambda: _verbatim("suite", "EvoPress's cost to target divided by the best baseline's"),
+    "suite-dp": lambda: _verbatim("suite", "dp beside EvoPress at the end of the budget"),
 }
