@@ -23,7 +23,9 @@ def joint_dp_levels(
     total_w = float(problem.numel.sum())
     step = resolution * total_w
     tol = float(problem.budget_options["tol"])
-    costs = [np.round(np.asarray(c) / step) for c in problem.costs]
+    # the search's units (tie groups, when the run ties units): their costs and levels
+    space_costs, n_levels = problem.space.costs, problem.space.n_levels
+    costs = [np.round(space_costs[i, : int(k)] / step) for i, k in enumerate(n_levels)]
     hi = np.floor(problem.target * total_w / step)
     lo = np.ceil((problem.target - tol) * total_w / step)
     shadow = LevelSpace([len(c) for c in costs], costs=[c.tolist() for c in costs], total=hi, tol=max(0.0, hi - lo))
