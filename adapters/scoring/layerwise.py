@@ -409,7 +409,7 @@ class LayerwiseProblem(Problem, abc.ABC):
         from levelsearch.evopress import PRESETS
         from levelsearch.problem import fidelity_schedule
 
-        pool = int(self.max_fidelity)
+        pool = int(self.search_pool.n_tokens)
         preset = PRESETS.get(self.gpu_preset or "")
         if preset and str(self.runner.device).startswith("cuda"):
             asked = [int(f) for f, _ in preset["steps"] if f is not None] + [int(preset.get("init_fidelity") or 0)]

@@ -202,7 +202,7 @@ class DropProblem(LayerwiseProblem):
         if self._start is None:
             from .heuristics import run_heuristics
 
-            pool = int(self.max_fidelity)
+            pool = int(self.search_pool.n_tokens)
             heur = run_heuristics(self, list(self.START_HEURISTICS), n_tokens=min(2048, pool), seed=0)
             levels = [np.asarray(h["levels"], dtype=np.int64) for h in heur.values()]
             values = self.evaluate_many([Request(lv, None, 0) for lv in levels])
