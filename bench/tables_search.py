@@ -52,6 +52,24 @@ def overhead() -> str:
     return _markdown(header, rows) + note
 
 
+def surrogate_quality() -> str:
+    """Within-batch Spearman correlation of the surrogate's predictions with the measured values, replaying
+    evopress-ref's committed journals (``bench/surrogate_quality.py``), before and after the sparse fit."""
+    runs = [("before", _read("surrogate-quality/before.json")), ("now", _read("surrogate-quality/now.json"))]
+    rows = []
+    for journal in runs[-1][1]["journals"]:
+        kind = Path(journal).parent.name
+        cells = []
+        for _, run in runs:
+            r = run["journals"][journal]["no prior"]
+            cells.append(f"{r['spearman']:.3f} (later half {r['later_half']:.3f})")
+        rows.append([kind, runs[-1][1]["journals"][journal]["no prior"]["batches"], *cells])
+    header = ["journal (evopress-ref, seed 0)", "batches"] + [
+        f"{label} ({(run.get('levelsearch_commit') or '')[:7]})" for label, run in runs
+    ]
+    return _markdown(header, rows)
+
+
 #: (label, results.json under bench/results/, the prior's baseline in it, what the budget is)
 PAYS = [
     ("gguf", "gguf-smollm2/fisher-t4.634375/results.json", "dp-fisher", "4.63 bpw (llama.cpp Q3_K_M's size)"),
@@ -118,4 +136,8 @@ def _has_provenance(rel: str) -> bool:
     return False
 
 
-TABLES: dict[str, Callable[[], str]] = {"overhead": overhead, "where-search-pays": where_search_pays}
+TABLES: dict[str, Callable[[], str]] = {
+    "overhead": overhead,
+    "surrogate-quality": surrogate_quality,
+    "where-search-pays": where_search_pays,
+}
