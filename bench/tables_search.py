@@ -123,12 +123,9 @@ def where_search_pays() -> str:
 
 
 def _has_provenance(rel: str) -> bool:
-    """Whether a results file has a ``"provenance"`` key or a ``provenance.json`` beside it or above it."""
-    path = RESULTS / rel
-    with open(path) as fh:
-        if '"provenance"' in fh.read():
-            return True
-    folder = path.parent
+    """Whether a compress results file has a ``provenance.json`` beside it or above it (checked without
+    opening the file: a table opens only files that say where they came from)."""
+    folder = (RESULTS / rel).parent
     while folder != RESULTS:
         if (folder / "provenance.json").is_file():
             return True
