@@ -14,6 +14,7 @@ Runs (each resumes from its journal under ``--work`` when run again):
   generations, its journal read for the best calibration KL after each token count.
 
 ``results.json`` holds, for each, the best calibration KL against the forward tokens its search spent.
+``--collect --only NAME`` reads a run's journal as it stands (an unfinished run says so: ``finished`` false).
 """
 
 from __future__ import annotations
@@ -42,20 +43,35 @@ def _levelsearch(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "levelsearch"), *args]
 
 
-def _run_config(work: Path, name: str, optimizer: dict[str, Any], max_cost: int) -> dict[str, Any]:
+def _run_config(
+    work: Path, name: str, optimizer: dict[str, Any], max_cost: int, collect: bool = False
+) -> dict[str, Any]:
     cfg = {"problem": PROBLEM, "optimizer": optimizer, "seed": 0, "budget": {"max_cost": max_cost}}
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     out = work / name
     t0 = time.perf_counter()
-    subprocess.run(_levelsearch("run", str(path), "--out", str(out)), check=True)
-    summary = json.loads((out / "summary.json").read_text())
+    if not collect:
+        path = work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        subprocess.run(_levelsearch("run", str(path), "--out", str(out)), check=True)
+    done = (out / "summary.json").is_file()
+    summary = json.loads((out / "summary.json").read_text()) if done else {}
+    curve = _curve(out / "journal.db")
     return {
         "config": cfg,
+        # a run stopped before its budget (--collect of an unfinished journal) says how far it got
+        "finished": done,
         "summary": {k: summary.get(k) for k in ("best_value", "n_evaluations", "cost", "stopped_by", "defaults")},
-        "curve": _curve(out / "journal.db"),
-        "wall_seconds": time.perf_counter() - t0,
+        "tokens_spent": _spent(out / "journal.db"),
+        "curve": curve,
+        "wall_seconds": None if collect else time.perf_counter() - t0,
     }
+
+
+def _spent(journal: Path) -> float:
+    from levelsearch.journal import Journal
+
+    records = Journal(journal, readonly=True).records()
+    return float(sum(float(r.fidelity or PROBLEM["calibration_tokens"]) for r in records))
 
 
 def _curve(journal: Path) -> list[tuple[float, float]]:
@@ -100,6 +116,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="directory of results.json")
     ap.add_argument("--only", default="run-evopress,compress,run-evopress-ref-cpu")
     ap.add_argument("--compress-generations", type=int, default=8)
+    ap.add_argument("--collect", action="store_true", help="read the runs' journals as they stand; run nothing")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -108,10 +125,10 @@ def main() -> None:
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     for name in args.only.split(","):
         if name == "run-evopress":
-            results[name] = _run_config(work, name, {"name": "evopress"}, 120_000)
+            results[name] = _run_config(work, name, {"name": "evopress"}, 120_000, args.collect)
         elif name == "run-evopress-ref-cpu":
             opt = {"name": "evopress-ref", "steps": CPU_STEPS, "offspring": 16}
-            results[name] = _run_config(work, name, opt, 240_000)
+            results[name] = _run_config(work, name, opt, 240_000, args.collect)
         elif name == "compress":
             results[name] = _compress(work, args.compress_generations)
         else:
