@@ -407,3 +407,20 @@ def test_the_fisher_baseline_runs_where_requested_types_fall_back_to_one_type(ti
     assert [len(c) for c in problem.costs] == list(problem.space.n_levels)  # Q6_K and Q8_0: one level on 640 rows
     base = gguf_baselines(problem)
     assert problem.space.is_feasible(base["dp-fisher"][0])
+
+
+@pytest.mark.parametrize("method, target", [("gguf", "4.6"), ("drop", "0.25")])
+def test_gemma_without_its_packages_is_one_line_exit_2_nothing_written(method, target, tmp_path, monkeypatch, capsys):
+    from levelsearch.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a)
+    )
+    monkeypatch.setenv("LEVELSEARCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    argv = ["compress", "--method", method, "--model", "gemma3-270m", "--target", target, "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "make gemma" in err, err
+    assert not out.exists()
