@@ -424,3 +424,24 @@ def test_gemma_without_its_packages_is_one_line_exit_2_nothing_written(method, t
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "make gemma" in err, err
     assert not out.exists()
+
+
+@needs_gemma
+@pytest.mark.parametrize("mix", ["Q3_K_M", "Q4_K_M"])
+def test_llama_quantize_gives_gemma_the_types_of_our_reproduction_of_its_rules(mix, gemma_source, tmp_path):
+    from levelsearch.adapters.codecs.gguf.llamacpp import dry_run_types, find_tools, quantize
+    from levelsearch.adapters.codecs.gguf.source import llama_cpp_mix
+    from levelsearch.adapters.codecs.gguf.types import effective_type
+
+    tools = find_tools()
+    if tools is None:
+        pytest.skip("llama.cpp's tools are not built (make llama-tools)")
+    said = quantize(tools["llama-quantize"], gemma_source.path, tmp_path / "unused.gguf", mix, dry_run=True)
+    theirs = dry_run_types(said)
+    src = gemma_source
+    ours = {}
+    for name, t in src.tensors.items():
+        if len(t.shape) > 1:
+            n = int(t.shape[0])
+            ours[name] = effective_type(llama_cpp_mix(mix, name, src.n_layers, tied=True, n_per_row=n), n)
+    assert len(ours) == 127 and {n: theirs.get(n) for n in ours} == ours
