@@ -214,7 +214,7 @@ def search(problem: Any, cfg: dict[str, Any], options: dict[str, Any], start_nam
 
 #: compress's stopping rule: stop once this many generations in a row gained less than
 #: ``COMPRESS_MIN_IMPROVEMENT`` (relative calibration KL, on each final step's shared tokens)
-COMPRESS_PATIENCE = 5
+COMPRESS_PATIENCE = 20
 COMPRESS_MIN_IMPROVEMENT = 1e-3
 
 
