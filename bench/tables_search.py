@@ -70,6 +70,22 @@ def surrogate_quality() -> str:
     return _markdown(header, rows)
 
 
+def stopping_rule() -> str:
+    """The stopping rule at fixed work (``bench/stopping_rule.py``): work spent and the recommendation's true value,
+    rule off against patience 5 and 20 generations (1e-3 relative gain), five seeds per problem."""
+    res = _read("stopping-rule/results.json")
+    header = ["problem", "rule", "work spent (mean, % of the budget)", "seeds ending as good as without the rule"]
+    rows = []
+    for name, prob in res["problems"].items():
+        budget = float(next(iter(prob["budget"].values())))
+        runs = prob["runs"]
+        for key in ["off"] + [f"patience {k}" for k in res["patiences"]]:
+            spent = sum(r[key]["cost"] for r in runs) / len(runs)
+            same = sum(r[key]["true_value"] <= r["off"]["true_value"] + 1e-9 for r in runs)
+            rows.append([name, key, f"{100 * spent / budget:.0f}%", f"{same} of {len(runs)}"])
+    return _markdown(header, rows)
+
+
 #: (label, results.json under bench/results/, the prior's baseline in it, what the budget is)
 PAYS = [
     ("gguf", "gguf-smollm2/fisher-t4.634375/results.json", "dp-fisher", "4.63 bpw (llama.cpp Q3_K_M's size)"),
@@ -136,5 +152,6 @@ def _has_provenance(rel: str) -> bool:
 TABLES: dict[str, Callable[[], str]] = {
     "overhead": overhead,
     "surrogate-quality": surrogate_quality,
+    "stopping-rule": stopping_rule,
     "where-search-pays": where_search_pays,
 }
