@@ -86,6 +86,30 @@ def stopping_rule() -> str:
     return _markdown(header, rows)
 
 
+def run_defaults() -> str:
+    """``levelsearch run`` with ``optimizer: {name: evopress}`` and nothing else (``bench/search_defaults.py``):
+    what it used, and its best calibration KL on the whole pool after the tokens its search spent."""
+    res = _read("search-defaults/results.json")
+    header = ["run", "schedule from", "start from", "search tokens", "best calibration KL", "finished"]
+    rows = []
+    for name, run in res.items():
+        if name == "provenance":
+            continue
+        d = run["summary"].get("defaults") or {}
+        curve = run["curve"]
+        rows.append(
+            [
+                name,
+                d.get("schedule_from", ""),
+                d.get("start_from", ""),
+                f"{int(run['tokens_spent']):,}",
+                f"{curve[-1][1]:.4f}" if curve else "",
+                "yes" if run.get("finished") else "no (stopped before its budget)",
+            ]
+        )
+    return _markdown(header, rows)
+
+
 #: (label, results.json under bench/results/, the prior's baseline in it, what the budget is)
 PAYS = [
     ("gguf", "gguf-smollm2/fisher-t4.634375/results.json", "dp-fisher", "4.63 bpw (llama.cpp Q3_K_M's size)"),
@@ -153,5 +177,6 @@ TABLES: dict[str, Callable[[], str]] = {
     "overhead": overhead,
     "surrogate-quality": surrogate_quality,
     "stopping-rule": stopping_rule,
+    "run-defaults": run_defaults,
     "where-search-pays": where_search_pays,
 }
