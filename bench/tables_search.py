@@ -107,6 +107,23 @@ def run_defaults() -> str:
                 "yes" if run.get("finished") else "no (stopped before its budget)",
             ]
         )
+    # beside it, compress on the same problem (its committed demo run: same CPU schedule, 16 offspring then)
+    demo = _read("smollm2-drop-0.25/results.json")
+    evo = demo["methods"]["evopress"]
+    start = str(evo["start"]).split(":")[-1]
+    rows.append(
+        [
+            "compress (its start)",
+            "compress (cpu)",
+            evo["start"],
+            "0",
+            f"{demo['methods'][start]['calibration_kl']:.4f}",
+            "",
+        ]
+    )
+    rows.append(
+        ["compress", "compress (cpu)", evo["start"], f"{int(evo['tokens']):,}", f"{evo['calibration_kl']:.4f}", "yes"]
+    )
     return _markdown(header, rows)
 
 
