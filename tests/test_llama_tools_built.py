@@ -62,11 +62,11 @@ def run(tmp_path_factory):
     from levelsearch.cli import main
 
     root = tmp_path_factory.mktemp("built")
-    src = write_tiny_gguf(root / "tiny-f16.gguf", tied=True)
+    src = write_tiny_gguf(root / "tiny-f16.gguf")
     out = root / "run"
-    argv = ["compress", "--method", "gguf", "--model", str(src), "--target", "4.0", "--types", "Q2_K,Q3_K,Q4_K,Q6_K",
-            "--seq-len", "32", "--calibration-tokens", "256", "--heldout-tokens", "512", "--top-k", "16",
-            "--generations", "1", "--database", str(root / "db"), "--out", str(out), "--quiet"]
+    argv = ["compress", "--method", "gguf", "--model", str(src), "--target", "4.0", "--types",
+            "Q2_K,Q3_K,Q4_K,Q5_K,Q6_K", "--seq-len", "32", "--calibration-tokens", "256", "--heldout-tokens", "512",
+            "--top-k", "16", "--generations", "1", "--database", str(root / "db"), "--out", str(out), "--quiet"]
     assert main(argv) == 0
     return json.loads((out / "results.json").read_text()), src, out
 
