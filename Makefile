@@ -55,7 +55,8 @@ llama-cpp: $(STAMP)
 ## source that the pinned llama-cpp-python source package carries (fetched with pip from the package registry, no
 ## other network), with the portable flags above (AVX2/FMA/F16C, no AVX-512/AMX, no -march=native), into
 ## $(LLAMA_TOOLS_DIR)/bin. `--method gguf` finds them there ($$LLAMA_CPP_BIN first, then there, then PATH) and adds
-## llama.cpp's own baselines and KL statistics. About 13 min of build on a busy 2-core CPU (LLAMA_TOOLS_JOBS=2).
+## llama.cpp's own baselines and KL statistics. Build: 13 min of CPU time (about 7 min on an idle 2-core CPU, plus the
+## source download; 49 min of wall time on a 2-core CPU shared with other jobs; LLAMA_TOOLS_JOBS=2).
 LLAMA_TOOLS_VERSION ?= 0.3.36
 LLAMA_TOOLS_DIR ?= $(or $(LEVELSEARCH_CACHE),$(HOME)/.cache/levelsearch)/llama-tools/$(LLAMA_TOOLS_VERSION)
 LLAMA_TOOLS_JOBS ?= 2
