@@ -445,3 +445,33 @@ def test_llama_quantize_gives_gemma_the_types_of_our_reproduction_of_its_rules(m
             n = int(t.shape[0])
             ours[name] = effective_type(llama_cpp_mix(mix, name, src.n_layers, tied=True, n_per_row=n), n)
     assert len(ours) == 127 and {n: theirs.get(n) for n in ours} == ours
+
+
+# ---------------------------------------------------------------------- BOS first where the tokenizer adds one
+class _BosTokenizer:
+    """Bytes as tokens 10..265; BOS (2) first when special tokens are added, as Gemma's tokenizer does."""
+
+    bos_token_id, eos_token_id = 2, 1
+
+    def __init__(self, adds_bos: bool) -> None:
+        self.adds_bos = adds_bos
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [10 + b for b in text.encode()]
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens and self.adds_bos else []) + ids}
+
+
+def test_every_sequence_starts_with_bos_when_the_tokenizer_puts_one_first():
+    from levelsearch.adapters.model.data import tokenize_documents
+
+    docs = ["abcdefgh" * 3, "ijklmnop" * 3]
+    with_bos = tokenize_documents(_BosTokenizer(True), docs, seq_len=8)
+    assert (with_bos[:, 0] == 2).all() and with_bos.shape == (7, 8)  # 50 tokens: 7 rows of BOS + 7
+    assert (
+        with_bos[:, 1:].reshape(-1).tolist()
+        == [10 + b for b in b"abcdefgh" * 3] + [1] + [10 + b for b in b"ijklmnop" * 3][:24]
+    )
+    plain = tokenize_documents(_BosTokenizer(False), docs, seq_len=8)  # unchanged where the tokenizer adds none
+    assert (
+        plain.reshape(-1).tolist() == ([10 + b for b in b"abcdefgh" * 3] + [1] + [10 + b for b in b"ijklmnop" * 3])[:48]
+    )

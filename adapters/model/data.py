@@ -108,10 +108,18 @@ def split_documents(docs: Sequence[str], held_out_fraction: float = 0.25, seed: 
 def tokenize_documents(
     tokenizer: Any, docs: Sequence[str], seq_len: int, max_tokens: int | None = None
 ) -> torch.Tensor:
-    """Tokenize, join with the EOS token and cut into ``[n_seq, seq_len]`` (the ragged tail is dropped)."""
+    """Tokenize, join with the EOS token and cut into ``[n_seq, seq_len]`` (the ragged tail is dropped).
+
+    Where the tokenizer puts BOS first in what it encodes (Gemma's; llama.cpp's ``add_bos_token``), every
+    sequence is BOS and ``seq_len − 1`` tokens, as llama.cpp starts each chunk: Gemma without it predicts
+    about 7x worse (held-out perplexity 226 instead of 31 on the default corpus)."""
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2, got {seq_len}")
     eos = tokenizer.eos_token_id
+    bos = getattr(tokenizer, "bos_token_id", None)
+    first = tokenizer("a")["input_ids"][:1] if bos is not None else []
+    lead = [int(bos)] if first == [bos] else []
+    body = seq_len - len(lead)
     ids: list[int] = []
     for d in docs:
         ids.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
@@ -119,10 +127,11 @@ def tokenize_documents(
             ids.append(int(eos))
         if max_tokens is not None and len(ids) >= max_tokens + seq_len:
             break
-    n_seq = len(ids) // seq_len
+    n_seq = len(ids) // body
     if max_tokens is not None:
         n_seq = min(n_seq, max(1, math.ceil(max_tokens / seq_len)))
-    return torch.tensor(ids[: n_seq * seq_len], dtype=torch.long).view(n_seq, seq_len)
+    rows = torch.tensor(ids[: n_seq * body], dtype=torch.long).view(n_seq, body)
+    return torch.cat([torch.full((n_seq, len(lead)), lead[0] if lead else 0, dtype=torch.long), rows], dim=1)
 
 
 @dataclass
