@@ -118,7 +118,7 @@ def tokenize_documents(
     eos = tokenizer.eos_token_id
     bos = getattr(tokenizer, "bos_token_id", None)
     first = tokenizer("a")["input_ids"][:1] if bos is not None else []
-    lead = [int(bos)] if first == [bos] else []
+    lead = [int(bos)] if bos is not None and first == [bos] else []
     body = seq_len - len(lead)
     ids: list[int] = []
     for d in docs:
