@@ -16,7 +16,12 @@ from levelsearch.adapters import formats  # noqa: E402
 from levelsearch.adapters.cli.compress import check_method_settings, run_compress  # noqa: E402
 from levelsearch.adapters.codecs import CODECS, Codec, Setting, register_codec  # noqa: E402
 from levelsearch.adapters.formats import check_format, export, formats_for  # noqa: E402
-from levelsearch.adapters.run.settings import CompressSettings, compress_schema, declared_settings  # noqa: E402
+from levelsearch.adapters.run.settings import (  # noqa: E402
+    CompressSettings,
+    compress_schema,
+    declared_settings,
+    with_default_target,
+)
 
 from levelsearch.cli import main  # noqa: E402
 from levelsearch.schema import Field, validate  # noqa: E402
@@ -158,3 +163,24 @@ def test_a_kinds_formats_are_its_declared_ones_written_by_its_own_writer(toy, tm
         check_format("toy", "gptq")
     path = export(None, np.array([1, 0]), tmp_path / "m", method="toy")
     assert (path / "toy.txt").read_text() == "toy-pack [1, 0] toy-pack"
+
+
+@pytest.mark.parametrize(
+    ("kind", "want"), [("drop", 0.25), ("sparsity", 0.5), ("quant", 3.0), ("joint", 3.0), ("gguf", 4.6)]
+)
+def test_a_run_without_a_target_takes_its_kinds_own_default(kind, want):
+    cfg = CompressSettings(method=kind).to_dict()
+    assert cfg["target"] is None
+    assert with_default_target(CODECS.get(kind)(), cfg)["target"] == want
+    assert with_default_target(CODECS.get(kind)(), {**cfg, "target": 2.5})["target"] == 2.5  # given wins
+
+
+def test_a_byte_budget_stands_in_for_the_default_target():
+    cfg = {**CompressSettings(method="gguf").to_dict(), "target_bytes": 10**6}
+    assert with_default_target(CODECS.get("gguf")(), cfg)["target"] is None
+
+
+def test_a_kind_without_a_default_target_asks_for_one(toy, tmp_path):
+    with pytest.raises(ValueError, match=r"--method toy needs a --target \(toy units kept \(0.5\)\)"):
+        run_compress({"method": "toy", "out": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()

@@ -37,7 +37,7 @@ import yaml
 from levelsearch.config import read_text, safe_load
 
 from ..codecs.registry import available_codecs, get_codec
-from ..run.settings import CompressSettings, declared_settings, kind_settings, takers
+from ..run.settings import CompressSettings, declared_settings, kind_settings, takers, with_default_target
 from .settings import add_setting_options
 
 __all__ = [
@@ -108,7 +108,9 @@ def run_compress(settings: Mapping[str, Any] | CompressSettings) -> dict[str, An
         if name not in available_codecs():
             known = sorted({*METHODS, *available_codecs()})
             raise ValueError(f"unknown --method {name!r}; available: {', '.join(known)}")
-        fn = partial(run, get_codec(name))
+        codec = get_codec(name)
+        cfg = with_default_target(codec, cfg)
+        fn = partial(run, codec)
     if isinstance(fn, str):
         mod_name, _, attr = fn.partition(":")
         fn = getattr(importlib.import_module(mod_name), attr)

@@ -160,6 +160,8 @@ class Codec(ABC):
     export_how: ClassVar[str] = "dense weights"
     #: what ``--target`` means for this codec, for ``levelsearch compress --help`` (e.g. ``"bits per weight (3)"``)
     target_help: ClassVar[str] = "the codec's budget"
+    #: ``--target`` when none is given (``None``: the run asks for one)
+    default_target: ClassVar[float | None] = None
     #: the ``compress`` settings this kind adds to the shared ones (its keys, CLI options and schema fields:
     #: :mod:`levelsearch.adapters.run.settings` collects them from the registry)
     compress_settings: ClassVar[tuple[Setting, ...]] = ()

@@ -36,6 +36,7 @@ __all__ = [
     "declared_settings",
     "kind_settings",
     "takers",
+    "with_default_target",
 ]
 
 
@@ -66,9 +67,10 @@ SHARED_SETTINGS: tuple[Setting, ...] = (
     Setting("method", "drop", Field("str", min=1), "a registered codec"),
     Setting(
         "target",
-        0.25,
-        Field("any"),  # a number, or several (a list, or a comma string): the codec checks each
-        "the codec's budget; several, comma-separated (3,3.5,4), run them all on one model load (a curve)",
+        None,
+        Field("any", nullable=True),  # a number, or several (a list, or a comma string): the codec checks each
+        "the codec's budget (default: the codec's own, in parentheses above); several, comma-separated "
+        "(3,3.5,4), run them all on one model load (a curve)",
         cli={"type": target_option},
     ),
     Setting("out", None, _OPT_STR, "output directory (results.json, profile.png, journal.db, model/)"),
@@ -245,3 +247,15 @@ class CompressSettings:
     def to_dict(self) -> dict[str, Any]:
         """The settings as the plain dict the pipeline and a codec read."""
         return copy.deepcopy(dict(self._values))
+
+
+def with_default_target(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``target`` set to ``codec.default_target`` when neither it nor a setting replacing it (a
+    byte budget) was given; ``ValueError`` (one line) when the codec has no default."""
+    if cfg.get("target") is not None:
+        return cfg
+    if any(s.instead_of == "target" and cfg.get(s.name) is not None for s in kind_settings(codec.name)):
+        return cfg
+    if codec.default_target is None:
+        raise ValueError(f"--method {codec.name} needs a --target ({codec.target_help})")
+    return {**cfg, "target": codec.default_target}

@@ -36,6 +36,7 @@ class DropCodec(Codec):
     example_target = 0.5
     export_how = "parameters of dropped sub-blocks are zero"
     target_help = "fraction of sub-blocks (0.25)"
+    default_target = 0.25
     compress_settings: ClassVar[tuple[Setting, ...]] = (
         Setting("heuristics", None, Field("list", items=Field("str"), nullable=True), "comma list (default all)"),
         Setting("whole_blocks", False, Field("bool"), "drop whole layers, not sub-blocks"),

@@ -115,6 +115,7 @@ class GGUFCodec(WeightCodec):
     }
     budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.005}
     target_help = "bits per weight of the searched tensors (4.6; or --target-bytes)"
+    default_target = 4.6
     compress_settings: ClassVar[tuple[Setting, ...]] = (
         *WeightCodec.compress_settings,
         Setting("types", None, _FREE, "comma list of ggml quant types (default Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,Q8_0)"),

@@ -33,6 +33,7 @@ class JointCodec(WeightCodec):
     profile_label = "bits"
     export_how = "dequantized weights, pruned ones exactly zero"
     target_help = "bits per weight (3)"
+    default_target = 3.0
     formats: ClassVar[tuple[str, ...]] = ("pack-quantized", "dense", "gptq")
     example_target = 3.0
     default_spec: ClassVar[dict[str, Any]] = {

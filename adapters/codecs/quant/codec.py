@@ -51,6 +51,7 @@ class QuantCodec(WeightCodec):
     profile_label = "bits"
     export_how = "dequantized weights"
     target_help = "bits per weight (3)"
+    default_target = 3.0
     formats: ClassVar[tuple[str, ...]] = ("pack-quantized", "dense", "gptq")
     example_target = 3.0
     methods: ClassVar[tuple[str, ...]] = ("rtn", "gptq")

@@ -68,6 +68,7 @@ class SparsityCodec(WeightCodec):
     profile_label = "sparsity"
     export_how = "dense weights with zeros"
     target_help = "average sparsity (0.5)"
+    default_target = 0.5
     formats: ClassVar[tuple[str, ...]] = ("sparse-bitmask", "dense")
     example_target = 0.5
     methods: ClassVar[tuple[str, ...]] = ("magnitude", "wanda", "sparsegpt")
