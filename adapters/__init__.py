@@ -19,7 +19,8 @@ DropProblem``. A compression kind is a **codec**, one folder beside the contract
 - ``formats/``: compressed checkpoints, the export check that fails loudly, size and speed;
   :func:`load_compressed` loads any of them.
 - ``run/``: the one ``levelsearch compress`` pipeline for every codec, the Hugging Face export, plots.
-- ``cli/``: the ``compress`` and ``export`` commands and their checked settings.
+- ``cli/``: the ``compress`` and ``export`` commands (the settings they check: ``run/settings.py``, collected
+  from the kinds).
 """
 
 from __future__ import annotations

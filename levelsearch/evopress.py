@@ -373,7 +373,7 @@ class EvoPress(ReferenceEvoPress):
     """EvoPress that learns from every evaluation: the default ``evopress``.
 
     Same level-switch mutation, schedules and elitism as :class:`ReferenceEvoPress`
-    (``evopress-ref``), plus what paid in BENCHMARKS.md's ablation:
+    (``evopress-ref``), plus what paid in the ablation of docs/benchmarks.md:
 
     - **an additive surrogate** (:class:`~levelsearch.surrogate.AdditiveSurrogate`) fitted on
       every value told, with a free offset per batch so that only comparisons on the same

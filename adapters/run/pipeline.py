@@ -53,7 +53,7 @@ __all__ = [
 
 def check_numbers(cfg: dict[str, Any]) -> None:
     """Every setting's type and range (token counts, generations, minutes, threads ...) against the declared
-    :data:`~levelsearch.adapters.cli.settings.COMPRESS_SCHEMA`, before the model loads (one line naming the key)."""
+    :data:`~levelsearch.adapters.run.settings.COMPRESS_SCHEMA`, before the model loads (one line naming the key)."""
     from levelsearch.schema import validate
 
     from .settings import COMPRESS_SCHEMA
