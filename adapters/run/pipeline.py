@@ -528,7 +528,7 @@ def run_target(
     results: dict[str, Any] = {
         "model": cfg["model"],
         "method": codec.name,
-        "target": float(cfg["target"]),
+        "target": None if cfg["target"] is None else float(cfg["target"]),  # gguf: its results_fields give it
         **codec.results_fields(problem, cfg),
         "schedule": {"name": cfg["schedule"], **jsonable(options)},
         "calibration_tokens": problem.calibration.n_tokens,

@@ -9,14 +9,20 @@ llama.cpp falls back to (:mod:`.types`). A variant is stored as its ggml bytes (
 and decoded by ggml (the values gguf-py gives, tested; the export check reads the file with gguf-py). The problem
 and its budget (bytes, a band on the bits per weight of the searched tensors) are in :mod:`.problem` and
 :mod:`.budget`, the baselines in :mod:`.heuristics`, the export, its checks and ``levelsearch gguf-recipe`` in
-:mod:`.export`.
+:mod:`.export`. torch, the units and the problem (torch, transformers) are imported where a run needs them:
+the codec class is read to build ``levelsearch compress --help``, which stays light.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,6 +30,11 @@ import numpy as np
 from levelsearch.schema import Field
 
 from ..base import Setting, Settings, WeightCodec, problem_settings, target_in
+from .export import plot_types, verify_gguf, write_gguf, write_imatrix
+from .heuristics import gguf_baselines, llama_quantize_baselines
+from .llamacpp import ALLOCATOR, compare_files, find_tools, missing_line
+from .source import STOCK_MIXES, check_extra_tensors, gguf_tensor_name, resolve_source
+from .types import bits_per_weight, check_types, dequantize_fast, effective_type, quantize, row_bytes
 
 __all__ = ["GGUFCodec", "GGUFVariant", "parse_bytes", "parse_tol"]
 
@@ -35,7 +46,6 @@ BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10
 
 def parse_tol(value: Any) -> float:
     """``--tol``: the band's width as a fraction of the budget, a number (or its string) in (0, 0.5)."""
-    import math
 
     t: float | None = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -53,8 +63,6 @@ def parse_tol(value: Any) -> float:
 def parse_bytes(value: Any) -> int:
     """``--target-bytes``: a positive whole number of bytes, or a number with a unit of :data:`BYTE_UNITS`
     (``"93.5MB"`` = 93,500,000, ``"80MiB"`` = 83,886,080; case-blind), rounded down to a byte."""
-    import math
-    import re
 
     n: float | None = None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -161,7 +169,6 @@ class GGUFCodec(WeightCodec):
 
     def tensor_name(self, hf_name: str) -> str:
         """The GGUF tensor a unit is written to (checked against the source file when there is one)."""
-        from .source import gguf_tensor_name
 
         return self.source.tensor_name(hf_name) if self.source is not None else gguf_tensor_name(hf_name)
 
@@ -180,7 +187,6 @@ class GGUFCodec(WeightCodec):
         and ``extra_units`` (the searched tensors outside the decoder layers, not in the database)."""
         from ...model.units import unit_weight
         from .budget import check_target_range
-        from .types import check_types
 
         spec = super().make_spec(model, target, **options)
         spec["types"] = check_types(spec["types"])
@@ -213,7 +219,6 @@ class GGUFCodec(WeightCodec):
 
     # ------------------------------------------------------------------ levels and variants
     def check_spec(self, spec: dict[str, Any]) -> None:
-        from .types import check_types
 
         if spec.get("method") not in ("ggml-imatrix", "ggml"):
             raise ValueError(f"gguf method must be ggml-imatrix or ggml, got {spec.get('method')!r}")
@@ -225,12 +230,10 @@ class GGUFCodec(WeightCodec):
 
     def amount(self, spec: dict[str, Any], value: Any, numel: int) -> float:
         """Nominal bits of ``numel`` weights in the requested type (the problem counts exact bytes per tensor)."""
-        from .types import bits_per_weight
 
         return bits_per_weight(str(value)) * numel
 
     def make_variants(self, spec: dict[str, Any], w: Any, h: Any, values: list[Any]) -> list[Any]:
-        from .types import dequantize_fast, effective_type, quantize
 
         wn = w.detach().to("cpu").float().numpy()
         im = _imatrix(h) if spec["method"] == "ggml-imatrix" else None
@@ -245,7 +248,6 @@ class GGUFCodec(WeightCodec):
         return out
 
     def keeps_level(self, spec: dict[str, Any], value: Any, variant: Any) -> bool:
-        from .types import effective_type, row_bytes
 
         eff = effective_type(str(value), variant.n_per_row)
         return variant.qtype == eff and variant.data.shape[1] == row_bytes(eff, variant.n_per_row)
@@ -263,8 +265,6 @@ class GGUFCodec(WeightCodec):
     def decode(self, spec: dict[str, Any], value: Any, shape: tuple[int, int], part: Callable[[str], Any]) -> Any:
         import torch
 
-        from .types import dequantize_fast, effective_type
-
         eff = effective_type(str(value), int(shape[1]))
         w = dequantize_fast(part("data").numpy(), eff)
         if w.shape != tuple(shape):
@@ -274,13 +274,10 @@ class GGUFCodec(WeightCodec):
     def dense(self, variant: Any) -> Any:
         import torch
 
-        from .types import dequantize_fast
-
         return torch.from_numpy(dequantize_fast(variant.data, variant.qtype))
 
     def layer_statistics(self, spec: dict[str, Any], pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
         """``imatrix_errors``: per unit of the layer (in layer order), the imatrix-weighted error of each level."""
-        from .types import dequantize_fast, effective_type, quantize
 
         rows = []
         for w, h in pairs:
@@ -301,8 +298,6 @@ class GGUFCodec(WeightCodec):
 
     # ------------------------------------------------------------------ a compress run
     def check_settings(self, settings: Settings) -> None:
-        from .source import check_extra_tensors, resolve_source
-        from .types import check_types
 
         self.budget(settings)
         if settings.get("types") is not None:
@@ -350,7 +345,6 @@ class GGUFCodec(WeightCodec):
         """Nearest uniform type, two neighbouring uniform types mixed to the budget, llama.cpp's Q3_K_M and
         Q4_K_M, DP on imatrix-weighted errors; their calibration KL on the whole search pool. A baseline
         outside the band is marked ``feasible: false`` (reported, never a start)."""
-        from .heuristics import gguf_baselines
 
         base: dict[str, dict[str, Any]] = {}
         for name, (levels, chosen, seconds) in gguf_baselines(problem).items():
@@ -369,13 +363,6 @@ class GGUFCodec(WeightCodec):
         """llama-quantize's own mixes (:func:`.heuristics.llama_quantize_baselines`) when llama.cpp's tools are
         found (:func:`.llamacpp.find_tools`); otherwise one line on stderr saying how to build them, and the
         run's ``llama_tools`` record marks them not run."""
-        import os
-        import sys
-        from pathlib import Path
-
-        from .heuristics import llama_quantize_baselines
-        from .llamacpp import ALLOCATOR, find_tools, missing_line
-        from .source import STOCK_MIXES
 
         tools = find_tools() if problem.source is not None else None
         self._llama = {"allocator": ALLOCATOR, "threads": min(2, os.cpu_count() or 1)}
@@ -434,7 +421,6 @@ class GGUFCodec(WeightCodec):
         }
 
     def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:
-        from .export import plot_types
 
         return plot_types(problem, assignments, path, methods)
 
@@ -442,10 +428,6 @@ class GGUFCodec(WeightCodec):
         """llama-perplexity's KL statistics (:func:`.llamacpp.compare_files`) of the source, llama-quantize's
         files, the dp baseline's file and the exported ``path`` (EvoPress's), side by side; ``{}`` when the run
         found no tools."""
-        from pathlib import Path
-
-        from .export import write_gguf
-        from .llamacpp import compare_files
 
         if not self._llama.get("tools") or problem.source is None:
             return {}
@@ -466,9 +448,6 @@ class GGUFCodec(WeightCodec):
         """``OUT/model.gguf`` (for ``out`` = ``OUT/model``): the source file, the searched tensors in their types;
         beside it ``OUT/imatrix.dat``, the importance matrix the search quantized with, in llama.cpp's legacy
         format (for ``llama-quantize --imatrix`` with ``levelsearch gguf-recipe``'s overrides)."""
-        from pathlib import Path
-
-        from .export import write_gguf, write_imatrix
 
         self._info = dict(info or {})
         t0 = time.perf_counter()
@@ -482,7 +461,6 @@ class GGUFCodec(WeightCodec):
         every other tensor and the metadata are the source's; then transformers' GGUF loader's logits against
         the search's model (and llama.cpp's held-out perplexity against ours where llama-cpp-python is
         installed). A mismatch raises ``ValueError``; returns the largest absolute logit difference."""
-        from .export import verify_gguf
 
         return float(verify_gguf(problem, levels, path, self._info)["transformers_max_abs_logit_diff"])
 
@@ -491,7 +469,6 @@ class GGUFCodec(WeightCodec):
     ) -> dict[str, Any]:
         """:meth:`export` then :meth:`verify_export`'s checks, for ``levelsearch compress``: what ``results.json``
         records under ``export``. A failed check renames the file ``model.gguf.FAILED`` and raises."""
-        from .export import verify_gguf
 
         try:
             from ...formats.verify import ExportCheckFailed as Failed
