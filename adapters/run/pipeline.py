@@ -17,14 +17,28 @@ gguf export read them from there (:func:`journal_results`, :func:`journal_levels
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from levelsearch import Journal, Request, get_optimizer, minimize
+from levelsearch.runner import DirectoryLock
+from levelsearch.schema import validate
+
+from ..formats import check_format
+from ..formats.run import export_and_check
+from ..formats.verify import ExportCheckFailed
 from ..model.experts import refuse_experts
+from ..model.integrity import json_checksum, say_rebuild
+from ..model.models import resolve_device, resolve_dtype
+from ..scoring.fitness import Teacher
 from .schedules import schedule_options
+from .settings import compress_schema
 
 __all__ = [
     "run",
@@ -53,17 +67,14 @@ __all__ = [
 
 def check_numbers(cfg: dict[str, Any]) -> None:
     """Every setting's type and range (token counts, generations, minutes, threads ...) against the declared
-    :data:`~levelsearch.adapters.run.settings.COMPRESS_SCHEMA`, before the model loads (one line naming the key)."""
-    from levelsearch.schema import validate
+    :func:`~levelsearch.adapters.run.settings.compress_schema`, before the model loads (one line naming the key)."""
 
-    from .settings import COMPRESS_SCHEMA
-
-    validate({k: v for k, v in cfg.items() if k in COMPRESS_SCHEMA.fields}, COMPRESS_SCHEMA, where="settings")
+    schema = compress_schema()  # built on use: the kinds registered by now add their settings
+    validate({k: v for k, v in cfg.items() if k in schema.fields}, schema, where="settings")
 
 
 def check_device(cfg: dict[str, Any]) -> None:
     """``--device`` names a device this machine has and ``--dtype`` a known dtype (before the model loads)."""
-    from ..model.models import resolve_device, resolve_dtype
 
     resolve_dtype(cfg.get("dtype"), resolve_device(cfg.get("device")))
 
@@ -80,7 +91,6 @@ def lock_out(cfg: dict[str, Any], out: Path) -> None:
 
     A second ``compress`` into the same directory is refused (one line) while the first runs.
     """
-    from levelsearch.runner import DirectoryLock
 
     out.mkdir(parents=True, exist_ok=True)
     cfg["_lock"] = DirectoryLock(out)
@@ -92,7 +102,6 @@ def check_journal_problem(out: Any, problem: Any) -> None:
     path = Path(out) / "journal.db"
     if not path.exists():
         return
-    from levelsearch import Journal
 
     with Journal(path, readonly=True) as jr:
         stored = (jr.meta("identity") or {}).get("problem")
@@ -131,8 +140,6 @@ class GenerationBar:
 
 
 def jsonable(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, dict):
         return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -145,8 +152,6 @@ def jsonable(obj: Any) -> Any:
 
 
 def _timed_evopress(name: str = "evopress") -> type:
-    from levelsearch import get_optimizer
-
     if name not in ("evopress", "evopress-ref"):
         raise ValueError(f"--optimizer must be evopress (default) or evopress-ref (the reference), got {name!r}")
     base = get_optimizer(name)
@@ -180,7 +185,6 @@ def search(problem: Any, cfg: dict[str, Any], options: dict[str, Any], start_nam
     and the start, so the same command again resumes. Stops after ``cfg["generations"]`` generations
     or ``cfg["search_minutes"]``. Returns ``(result, optimizer)``.
     """
-    from levelsearch import minimize
 
     seconds = None if cfg["search_minutes"] is None else 60.0 * float(cfg["search_minutes"])
     stopping = stopping_rule(cfg)
@@ -286,8 +290,6 @@ def export_and_write(
     the dense model's (:func:`~levelsearch.adapters.formats.run.export_and_check`), then write
     ``OUT/results.json`` with the timings (seconds since ``t_all``). A failed check is recorded there and
     raised. Returns ``results``."""
-    from ..formats.run import export_and_check
-    from ..formats.verify import ExportCheckFailed
 
     out = Path(cfg["out"])
 
@@ -316,7 +318,6 @@ def export_and_write(
 
 def check_settings(cfg: dict[str, Any]) -> None:
     """What every codec's run needs, checked before the model loads (one-line ``ValueError``)."""
-    from ..formats import check_format
 
     if not cfg.get("out"):
         raise ValueError("give an output directory with --out DIR (or out: in the config)")
@@ -363,9 +364,6 @@ CACHE_VERSION = 2
 def write_cache(path: Path, key: dict[str, Any], name: str, payload: dict[str, Any]) -> None:
     """Write ``payload`` under ``name`` with its ``key`` (and :data:`CACHE_VERSION`) and a checksum of all of
     it, atomically."""
-    import os
-
-    from ..model.integrity import json_checksum
 
     body = {"key": jsonable({**key, "code": CACHE_VERSION}), name: jsonable(payload)}
     tmp = path.with_name(path.name + ".tmp")
@@ -380,7 +378,6 @@ def read_cache(path: Path, key: dict[str, Any], name: str) -> dict[str, Any] | N
     settings the payload depends on and :data:`CACHE_VERSION`; a file that fails its checksum or its
     key is rebuilt, said in one line.
     """
-    from ..model.integrity import json_checksum, say_rebuild
 
     if not path.is_file():
         return None
@@ -405,7 +402,6 @@ def _teachers(problem: Any, cache: Path, tag: dict[str, str]) -> set[str]:
 
     Returns the sets whose teacher this run still has to cache (the held-out one, after its pass).
     """
-    from ..scoring.fitness import Teacher
 
     todo = set()
     for which in ("calibration", "heldout"):
@@ -492,7 +488,6 @@ def run_target(
     counts the problem's forward tokens (:attr:`~..scoring.layerwise.LayerwiseProblem.n_forward_tokens`)
     spent in this call, and all before it when this is the run's only target.
     """
-    import numpy as np
 
     out = Path(cfg["out"])
     cache = out / "cache"
@@ -550,9 +545,6 @@ def _neighbour_start(
 ) -> tuple[str, Any]:
     """``chosen`` (the best baseline's start) or the neighbour's levels repaired to this budget, whichever has
     the lower calibration KL on the whole search pool (the baseline on a tie)."""
-    import numpy as np
-
-    from levelsearch import Request
 
     name, levels = neighbour
     rng = np.random.default_rng([int(cfg["seed"]), 24])
@@ -577,7 +569,6 @@ def record_results(out: Path, results: dict[str, Any]) -> None:
 
     The journal's integrity chain covers them: an edited value is refused when the journal is opened.
     """
-    from levelsearch import Journal
 
     body = jsonable(results)
     with Journal(out / "journal.db") as jr:
@@ -596,7 +587,6 @@ def journal_results(run: str | Path) -> dict[str, Any]:
         ValueError: the journal was altered (its integrity chain breaks), or records no finished run
             (a search that did not reach its held-out report, or a run of an older levelsearch).
     """
-    from levelsearch import Journal
 
     path = Path(run) / "journal.db"
     if not path.is_file():
@@ -623,7 +613,6 @@ def journal_levels(run: str | Path, method: str = "evopress") -> Any:
     Raises:
         ValueError: as :func:`journal_results`, or the run has no method of that name.
     """
-    import numpy as np
 
     methods = journal_results(run)["methods"]
     if method not in methods:
