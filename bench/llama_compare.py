@@ -1,6 +1,6 @@
 """GGUF files side by side under llama.cpp's own yardstick: ``llama-perplexity --kl-divergence`` against the source.
 
-    .venv/bin/python bench/llama_compare.py [--model smollm2] [--threads 2]
+    .venv/bin/python bench/llama_compare.py [--model smollm2|gemma3] [--threads 2] [--chunks N]
 
 Per model and per size (the sizes of llama.cpp's Q3_K_M and Q4_K_M mixes on that model's searched tensors), from
 a committed ``--method gguf`` run at that size (fixed work: its generations, calibration and held-out tokens):
@@ -16,7 +16,9 @@ Every file is quantized by llama-quantize from the same source with the same imp
 ``llama-imatrix`` on the run's calibration text (``--allow-requantize``: the source is already quantized), and
 every tensor the run does not search is pinned to its source type: the files differ only in the types of the
 searched tensors. Each is measured by ``llama-perplexity --kl-divergence`` on the run's held-out text in chunks of
-its sequence length (llama.cpp scores the second half of each chunk). Writes
+its sequence length (llama.cpp scores the second half of each chunk); ``--chunks N`` keeps the text of the first
+``N`` held-out sequences only (default :data:`CHUNKS`: Gemma 3's 262,144-token vocabulary makes the source's saved
+log-probabilities about 67 MB per chunk, removed after the run). Writes
 ``bench/results/llamacpp/<model>.json`` (with provenance); the scratch files go to ``runs/llama-compare/``.
 """
 
@@ -40,12 +42,16 @@ ROOT = Path(__file__).resolve().parent
 #: model → the committed runs at the Q3_K_M and Q4_K_M sizes (directories under bench/results/)
 RUNS: dict[str, dict[str, str]] = {
     "smollm2": {"Q3_K_M": "gguf-smollm2/fisher-t4.634375", "Q4_K_M": "gguf-smollm2/fisher-t5.534375"},
+    "gemma3": {"Q3_K_M": "gguf-gemma3/t4.544117647058823", "Q4_K_M": "gguf-gemma3/t5.4338235294117645"},
 }
+#: model → held-out sequences whose text llama-perplexity reads (absent: all of the run's held-out tokens)
+CHUNKS: dict[str, int] = {"gemma3": 8}
 METHODS = ("dp-fisher", "evopress")
 
 
-def _texts(res: dict[str, Any], work: Path) -> tuple[Path, Path]:
-    """The run's calibration and held-out token sets as text (what llama-imatrix and llama-perplexity read)."""
+def _texts(res: dict[str, Any], work: Path, chunks: int | None = None) -> tuple[Path, Path]:
+    """The run's calibration and held-out token sets as text (what llama-imatrix and llama-perplexity read), the
+    held-out text cut to its first ``chunks`` sequences when given."""
     _, tok = load_model(res["model"])
     cal, held = calibration_and_heldout(
         tok,
@@ -56,9 +62,9 @@ def _texts(res: dict[str, Any], work: Path) -> tuple[Path, Path]:
         seed=0,
     )
     paths = []
-    for name, ts in (("calibration", cal), ("heldout", held)):
+    for name, tokens in (("calibration", cal.tokens), ("heldout", held.tokens[:chunks])):
         p = work / f"{name}.txt"
-        p.write_text(tok.decode(ts.tokens.reshape(-1).tolist(), skip_special_tokens=True))
+        p.write_text(tok.decode(tokens.reshape(-1).tolist(), skip_special_tokens=True))
         paths.append(p)
     return paths[0], paths[1]
 
@@ -121,7 +127,7 @@ def one_size(res: dict[str, Any], mix: str, work: Path, tools: dict[str, Path], 
     return rows
 
 
-def compare_model(model: str, threads: int) -> dict[str, Any]:
+def compare_model(model: str, threads: int, chunks: int | None = None) -> dict[str, Any]:
     tools = lc.find_tools()
     if tools is None:
         raise SystemExit(lc.missing_line())
@@ -130,7 +136,7 @@ def compare_model(model: str, threads: int) -> dict[str, Any]:
     runs = {mix: json.loads((ROOT / "results" / d / "results.json").read_text()) for mix, d in RUNS[model].items()}
     first = next(iter(runs.values()))
     src = resolve_source(first["model"])
-    cal, held = _texts(first, work)
+    cal, held = _texts(first, work, chunks)
     t0 = time.perf_counter()
     imatrix = work / "imatrix.gguf"
     lc.run_tool(tools["llama-imatrix"], ["-m", str(src), "-f", str(cal), "-o", str(imatrix), "-c", "256", "-b",
@@ -146,6 +152,7 @@ def compare_model(model: str, threads: int) -> dict[str, Any]:
         "imatrix": {"tool": "llama-imatrix", "text": "the run's calibration tokens", "seconds": imatrix_seconds},
         "llama_cpp_python": lc.LLAMA_TOOLS_VERSION,
         "threads": threads,
+        "heldout_sequences": chunks,
         "sizes": {},
     }
     try:
@@ -167,9 +174,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=sorted(RUNS), default="smollm2")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunks", type=int, default=None,
+                    help="held-out sequences whose text llama-perplexity reads (default: all, 8 for gemma3)")
     args = ap.parse_args()
+    chunks = args.chunks if args.chunks is not None else CHUNKS.get(args.model)
     t0 = time.perf_counter()
-    results = compare_model(args.model, args.threads)
+    results = compare_model(args.model, args.threads, chunks)
     results["seconds"] = time.perf_counter() - t0
     results["provenance"] = provenance()
     dest = ROOT / "results" / "llamacpp" / f"{args.model}.json"
