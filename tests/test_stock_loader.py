@@ -72,7 +72,13 @@ def test_every_format_loads_in_stock_transformers_to_the_searched_logits_or_is_r
     ref = reference_logits(prob, lv, ids)
     outcomes = {}
     for fmt in FORMATS[method]:
-        path = export(prob, lv, tmp_path / fmt, method=method, format=fmt)
+        try:
+            path = export(prob, lv, tmp_path / fmt, method=method, format=fmt)
+        except ValueError as exc:  # a profile the format cannot hold (a MoE's fused experts, 3 bits on a narrow
+            assert "\n" not in str(exc)  # shard in gptq): one line before anything is written
+            assert not (tmp_path / fmt).exists()
+            outcomes[fmt] = "refused"
+            continue
         checked = check_export(prob, lv, path)  # our loader and the stock one, or ExportCheckFailed
         got = stock_load(path)
         if isinstance(got, Exception):
