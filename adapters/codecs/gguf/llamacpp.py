@@ -186,10 +186,13 @@ def kl_base(
     """``llama-perplexity --kl-divergence-base BASE -f TEXT`` on the source ``model``: its log-probabilities over
     ``TEXT`` in chunks of ``n_ctx`` tokens (the second half of each chunk scored) saved to ``base``; returns its
     perplexity (``ppl``) and the chunk count (``chunks``)."""
-    out = run_tool(exe, [*_perplexity_args(model, n_ctx, threads), "-f", str(text), "--kl-divergence-base", str(base)],
-                   timeout=timeout)
-    m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
-    if not m or not base.is_file():
+    args = [*_perplexity_args(model, n_ctx, threads), "-f", str(text), "--kl-divergence-base", str(base)]
+    for _ in range(2):  # a run that exits 0 but lost the end of its log (see kl_divergence) runs once more
+        out = run_tool(exe, args, timeout=timeout)
+        m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
+        if m and base.is_file():
+            break
+    else:
         last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "no output")
         raise LlamaToolError(f"llama-perplexity gave no perplexity for {model.name}: {last[:200]}")
     n_chunk = read_kl_base_tokens(base).shape[0]
