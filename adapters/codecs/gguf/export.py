@@ -13,10 +13,16 @@ within 1%. What was checked goes into ``OUT/gguf_export.json``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import re
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +117,6 @@ def write_imatrix(problem: Any, path: str | Path) -> dict[str, Any]:
     channel over the calibration pool). The tensors outside the decoder layers have no entry: llama-imatrix
     collects none for them, and the search quantized them without one.
     """
-    import struct
 
     found = {problem.gguf_names[n]: problem.imatrix_of(u) for u, n in enumerate(problem.unit_names[: problem.n_linear])}
     entries = {g: np.ascontiguousarray(im, dtype="<f4") for g, im in found.items() if im is not None}
@@ -247,9 +252,6 @@ def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) ->
     Raises:
         RuntimeError: llama.cpp failed or crashed (the message says how, and how to rebuild it).
     """
-    import subprocess
-    import sys
-    import tempfile
 
     seqs = np.asarray(tokens, dtype=np.int64)
     with tempfile.TemporaryDirectory() as tmp:
@@ -264,7 +266,6 @@ def llama_cpp_perplexity(path: Path, tokens: Any, threads: int | None = None) ->
         done = subprocess.run(args, capture_output=True, text=True, cwd=tmp)
     if done.returncode != 0:
         if done.returncode < 0:
-            import signal
 
             how = f"crashed with {signal.Signals(-done.returncode).name}"
         else:
@@ -294,7 +295,6 @@ def verify_gguf(
     report["transformers_max_abs_logit_diff"] = diff
     if not diff <= LOGIT_TOL:
         raise ValueError(f"transformers' GGUF loader gives other logits for {p} (max |diff| {diff:.3g} > {LOGIT_TOL})")
-    import importlib.util
 
     if importlib.util.find_spec("llama_cpp") is None:  # not imported here: llama.cpp runs in a child process
         report["llama_cpp"] = "not checked: llama-cpp-python is not installed (make llama-cpp)"
