@@ -29,6 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from levelsearch import LevelSpace
+from levelsearch.curve import check_budgets
+
+from .pipeline import Teachers, check_journal_problem, check_settings, journal_results, lock_out, run, run_target, say
+from .plots import plot_curve
+
 __all__ = ["curve_table", "is_curve", "moved", "retarget", "run_any", "run_curve", "targets_of"]
 
 
@@ -54,9 +62,6 @@ def targets_of(codec: Any, cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any
         ValueError: one line naming the bad value: an empty list, a value that is not a number (or size),
             unsorted or repeated values, or one out of the codec's range.
     """
-    from levelsearch.curve import check_budgets
-
-    from .pipeline import check_settings
 
     by_bytes = _is_list(cfg.get("target_bytes"))
     key, option = ("target_bytes", "--target-bytes") if by_bytes else ("target", "--target")
@@ -119,7 +124,6 @@ def retarget(problem: Any, codec: Any, cfg: dict[str, Any]) -> Any:
 def moved(problem: Any, codec: Any, cfg: dict[str, Any]) -> Any | None:
     """``problem`` with the level space of ``cfg``'s budget (a shallow copy), or ``None`` when its levels would
     mean something else at that target (another variant database); ``ValueError`` for a budget out of reach."""
-    from levelsearch import LevelSpace
 
     if hasattr(problem, "level_bytes"):  # each level's cost is its tensor's bytes (gguf)
         new = copy.copy(problem)
@@ -152,7 +156,6 @@ def moved(problem: Any, codec: Any, cfg: dict[str, Any]) -> Any | None:
 
 def _finished(sub: Path) -> dict[str, Any] | None:
     """The recorded results of a target that ran to its end (journal results and a final ``results.json``)."""
-    from .pipeline import journal_results
 
     if not (sub / "journal.db").is_file() or not (sub / "results.json").is_file():
         return None
@@ -169,16 +172,12 @@ def _finished(sub: Path) -> dict[str, Any] | None:
 def run_any(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """``levelsearch compress``'s run: :func:`run_curve` for several targets, else the one-target
     :func:`~levelsearch.adapters.run.pipeline.run`."""
-    from .pipeline import run
 
     return run_curve(codec, cfg) if is_curve(cfg) else run(codec, cfg)
 
 
 def run_curve(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     """Run every target of ``cfg`` (see the module docstring); returns ``curve.json``'s content."""
-    import numpy as np
-
-    from .pipeline import Teachers, check_journal_problem, lock_out, run_target, say
 
     targets = targets_of(codec, cfg)
     out = Path(cfg["out"])
@@ -214,7 +213,6 @@ def run_curve(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
         prev = (name, np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64))
     curve = _curve_json(codec, cfg, first, targets, points, time.perf_counter() - t_all)
     (out / "curve.json").write_text(json.dumps(curve, indent=1))
-    from .plots import plot_curve
 
     plot_curve(curve, out / "curve.png")
     return curve
@@ -223,7 +221,6 @@ def run_curve(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 def _sizes(problem: Any, levels: Any) -> dict[str, float]:
     """What a point's size is: the budget's cost, and bits per weight and bytes of the searched weights when
     the codec's amounts are bits (weights only: a format's scales and metadata are not counted)."""
-    import numpy as np
 
     lv = np.asarray(levels, dtype=np.int64)
     out: dict[str, float] = {"cost": float(problem.space.cost(lv))}
@@ -272,7 +269,6 @@ def _point(name: str, one: dict[str, Any], res: dict[str, Any], problem: Any) ->
 def _curve_json(
     codec: Any, cfg: dict[str, Any], problem: Any, targets: list[Any], points: list[dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
-    import numpy as np
 
     dense = dict(points[0]["dense"]) if points else {}
     by_bytes = isinstance(targets[0][1].get("target_bytes"), int)
