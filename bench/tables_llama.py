@@ -15,6 +15,7 @@ def _num(x: Any, fmt: str) -> str:
 
 
 def _table(model: str) -> str:
+    # ``+ 0.0``: llama-perplexity prints a KL of exactly zero as -0.0
     res = json.loads((RESULTS / f"{model}.json").read_text())
     head = ("| size | file | searched bits/weight | file MB | mean KL | median KL | p99 KL | top-1 | PPL "
             "| our held-out KL |")
@@ -37,7 +38,8 @@ def _table(model: str) -> str:
                 ours = run.get(f"llama.cpp-{mix}", {}).get("heldout_kl")
             lines.append(
                 f"| {mix} | {LABELS.get(name, name)} | {row['bits_per_weight']:.3f} | {row['file_bytes'] / 1e6:.2f} "
-                f"| {row['kl_mean']:.4f} | {row['kl_median']:.4f} | {row['kl_p99']:.4f} | {100 * row['top1']:.2f}% "
+                f"| {row['kl_mean'] + 0.0:.4f} | {row['kl_median'] + 0.0:.4f} | {row['kl_p99'] + 0.0:.4f} "
+                f"| {100 * row['top1']:.2f}% "
                 f"| {row['ppl']:.3f} | {_num(ours, '.4f')} |"
             )
     return "\n".join(lines)
@@ -47,4 +49,8 @@ def llama_smollm2() -> str:
     return _table("smollm2")
 
 
-TABLES = {"llama-smollm2": llama_smollm2}
+def llama_gemma3() -> str:
+    return _table("gemma3")
+
+
+TABLES = {"llama-smollm2": llama_smollm2, "llama-gemma3": llama_gemma3}
