@@ -69,7 +69,7 @@ SHARED_SETTINGS: tuple[Setting, ...] = (
         "target",
         None,
         Field("any", nullable=True),  # a number, or several (a list, or a comma string): the codec checks each
-        "the codec's budget (default: the codec's own, in parentheses above); several, comma-separated "
+        "the codec's budget (default: each codec's value in parentheses); several, comma-separated "
         "(3,3.5,4), run them all on one model load (a curve)",
         cli={"type": target_option},
     ),
