@@ -55,7 +55,8 @@ llama-cpp: $(STAMP)
 ## source that the pinned llama-cpp-python source package carries (fetched with pip from the package registry, no
 ## other network), with the portable flags above (AVX2/FMA/F16C, no AVX-512/AMX, no -march=native), into
 ## $(LLAMA_TOOLS_DIR)/bin. `--method gguf` finds them there ($$LLAMA_CPP_BIN first, then there, then PATH) and adds
-## llama.cpp's own baselines and KL statistics. Build: 13 min of CPU time (about 7 min on an idle 2-core CPU, plus the
+## llama.cpp's own baselines and KL statistics. One change to the source: patches/llama.cpp-log-flush-at-exit.patch
+## (the tools' last log lines, llama-perplexity's summary among them, are printed before exit). Build: 13 min of CPU time (about 7 min on an idle 2-core CPU, plus the
 ## source download; 49 min of wall time on a 2-core CPU shared with other jobs; LLAMA_TOOLS_JOBS=2).
 LLAMA_TOOLS_VERSION ?= 0.3.36
 LLAMA_TOOLS_DIR ?= $(or $(LEVELSEARCH_CACHE),$(HOME)/.cache/levelsearch)/llama-tools/$(LLAMA_TOOLS_VERSION)
@@ -69,6 +70,8 @@ llama-tools: $(STAMP)
 	$(BIN)/pip download -q --no-binary :all: --no-deps -d $(LLAMA_TOOLS_DIR)/src \
 		llama-cpp-python==$(LLAMA_TOOLS_VERSION)
 	tar -xzf $(LLAMA_TOOLS_DIR)/src/llama_cpp_python-$(LLAMA_TOOLS_VERSION).tar.gz -C $(LLAMA_TOOLS_DIR)/src
+	patch -s -p1 -d $(LLAMA_TOOLS_DIR)/src/llama_cpp_python-$(LLAMA_TOOLS_VERSION)/vendor/llama.cpp \
+		< patches/llama.cpp-log-flush-at-exit.patch
 	cmake -S $(LLAMA_TOOLS_DIR)/src/llama_cpp_python-$(LLAMA_TOOLS_VERSION)/vendor/llama.cpp \
 		-B $(LLAMA_TOOLS_DIR)/build $(LLAMA_TOOLS_CMAKE_ARGS)
 	cmake --build $(LLAMA_TOOLS_DIR)/build -j $(LLAMA_TOOLS_JOBS) \

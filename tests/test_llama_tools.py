@@ -106,6 +106,22 @@ def test_llama_perplexitys_kl_summary_is_read_top1_as_a_fraction():
         lc.parse_kl_statistics(KL_OUTPUT.replace("Mean    KLD", "Mean KL"))
 
 
+def test_a_run_that_lost_the_end_of_its_log_is_run_again_until_the_summary_comes(tmp_path):
+    # the third run prints the summary; the first two exit 0 with their log cut short, as llama.cpp's
+    # unflushed logger does on a busy machine
+    (tmp_path / "summary.txt").write_text(KL_OUTPUT)
+    count = tmp_path / "count"
+    exe = _script(tmp_path / "llama-perplexity",
+                  f'echo x >> {count}; echo "perplexity: 0.5 seconds per pass - ETA" >&2; '
+                  f'[ $(wc -l < {count}) -ge 3 ] && cat {tmp_path / "summary.txt"}; exit 0')
+    got = lc.kl_divergence(exe, tmp_path / "m.gguf", tmp_path / "base.kld", n_ctx=32)
+    assert got["kl_mean"] == 0.041 and len(count.read_text().split()) == 3
+    count.unlink()
+    with pytest.raises(lc.LlamaToolError, match=r"gave no KL summary for m.gguf in 2 runs: .*ETA$"):
+        lc.run_logged(exe, [], lambda out: lc.parse_kl_statistics(out) if "Mean" in out else None,
+                      what="no KL summary for m.gguf", attempts=2)
+
+
 def test_the_tokens_of_a_kl_base_file_are_read_back(tmp_path):
     toks = np.arange(12, dtype="<i4").reshape(3, 4)
     f = tmp_path / "base.kld"

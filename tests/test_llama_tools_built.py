@@ -87,10 +87,11 @@ def test_llama_quantizes_mixes_are_baselines_our_held_out_pass_measures(run):
 def test_llama_perplexitys_kl_statistics_sit_beside_evopress_in_results(run):
     res, _, _ = run
     kl = res["export"]["llama_tools"]
-    assert "failed" not in kl
+    assert "failed" not in kl, kl["failed"]
     files = kl["files"]
     assert {"source", "evopress", "llama-quantize-Q4_K_M"} <= set(files)
     for entry in files.values():
+        assert "failed" not in entry, entry["failed"]
         assert {"kl_mean", "kl_p99", "top1", "ppl", "file_bytes"} <= set(entry)
     assert files["source"]["kl_mean"] == pytest.approx(0.0, abs=1e-5) and files["source"]["top1"] == 1.0
     assert files["evopress"]["kl_mean"] > 0

@@ -19,11 +19,13 @@ import re
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 __all__ = [
     "ALLOCATOR",
@@ -40,6 +42,7 @@ __all__ = [
     "parse_kl_statistics",
     "quantize",
     "read_kl_base_tokens",
+    "run_logged",
     "run_tool",
     "tools_dir",
 ]
@@ -128,6 +131,39 @@ def run_tool(exe: Path, args: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT
     return text
 
 
+#: how many times a llama.cpp tool that exited 0 without the end of its log is run (see :func:`run_logged`)
+LOG_ATTEMPTS = 5
+
+
+def run_logged(
+    exe: Path,
+    args: Sequence[str],
+    read: Callable[[str], T | None],
+    *,
+    what: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    attempts: int = LOG_ATTEMPTS,
+) -> T:
+    """Run ``exe args`` (:func:`run_tool`) until ``read`` finds what it needs in the output, at most ``attempts``
+    times; returns what ``read`` returned.
+
+    llama.cpp's tools log from a worker thread that the process does not wait for at exit, so on a busy machine
+    a run that exits 0 can lose the last lines of its log, the summary among them. The tools are deterministic,
+    so one more run prints the same figures.
+
+    Raises:
+        LlamaToolError: the tool failed (:func:`run_tool`), or no run printed it: ``"<tool> gave <what>"``.
+    """
+    out = ""
+    for _ in range(max(1, attempts)):
+        out = run_tool(exe, args, timeout=timeout)
+        got = read(out)
+        if got is not None:
+            return got
+    last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "no output")
+    raise LlamaToolError(f"{Path(exe).name} gave {what} in {attempts} runs: {last[:200]}")
+
+
 def quantize(
     exe: Path,
     source: Path,
@@ -187,16 +223,14 @@ def kl_base(
     ``TEXT`` in chunks of ``n_ctx`` tokens (the second half of each chunk scored) saved to ``base``; returns its
     perplexity (``ppl``) and the chunk count (``chunks``)."""
     args = [*_perplexity_args(model, n_ctx, threads), "-f", str(text), "--kl-divergence-base", str(base)]
-    for _ in range(2):  # a run that exits 0 but lost the end of its log (see kl_divergence) runs once more
-        out = run_tool(exe, args, timeout=timeout)
+
+    def final(out: str) -> float | None:
         m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
-        if m and base.is_file():
-            break
-    else:
-        last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip()), "no output")
-        raise LlamaToolError(f"llama-perplexity gave no perplexity for {model.name}: {last[:200]}")
+        return float(m.group(1)) if m and base.is_file() else None
+
+    ppl = run_logged(exe, args, final, what=f"no perplexity for {model.name}", timeout=timeout)
     n_chunk = read_kl_base_tokens(base).shape[0]
-    return {"ppl": float(m.group(1)), "chunks": int(n_chunk), "n_ctx": int(n_ctx)}
+    return {"ppl": ppl, "chunks": int(n_chunk), "n_ctx": int(n_ctx)}
 
 
 _KL_LINES = {
@@ -235,14 +269,14 @@ def kl_divergence(
     """``llama-perplexity --kl-divergence --kl-divergence-base BASE`` on ``model``: its statistics against the
     base model's log-probabilities (:func:`parse_kl_statistics`), on the tokens ``base`` holds."""
     args = [*_perplexity_args(model, n_ctx, threads), "--kl-divergence-base", str(base), "--kl-divergence"]
-    try:
-        return parse_kl_statistics(run_tool(exe, args, timeout=timeout))
-    except LlamaToolError as exc:
-        if "printed no" not in str(exc):
-            raise
-        # llama.cpp logs from a worker thread: on a busy machine a run that exits 0 has been seen to lose the end
-        # of its log; the statistics are deterministic, so one more run gives the same numbers
-        return parse_kl_statistics(run_tool(exe, args, timeout=timeout))
+
+    def stats(out: str) -> dict[str, float] | None:
+        try:
+            return parse_kl_statistics(out)
+        except LlamaToolError:
+            return None
+
+    return run_logged(exe, args, stats, what=f"no KL summary for {model.name}", timeout=timeout)
 
 
 def read_kl_base_tokens(base: Path) -> np.ndarray:
@@ -345,8 +379,10 @@ def compare_files(
     record: dict[str, Any] = {"tool": str(exe), "text": str(text), "n_ctx": n_ctx, "threads": threads, "files": {}}
     t0 = time.perf_counter()
     try:
-        record["source"] = {**kl_base(exe, problem.source.path, text, base, n_ctx=n_ctx, threads=threads,
-                                      timeout=timeout), "seconds": time.perf_counter() - t0}
+        record["source"] = {
+            **kl_base(exe, problem.source.path, text, base, n_ctx=n_ctx, threads=threads, timeout=timeout),
+            "seconds": time.perf_counter() - t0,
+        }
         tokens = read_kl_base_tokens(base)
         record["scored_tokens"] = int(tokens.shape[0] * (n_ctx - 1 - n_ctx // 2))
         for name, path in files.items():
@@ -365,8 +401,11 @@ def compare_files(
             ok = abs(theirs / ours - 1.0) <= PPL_TOL
             record["ppl_check"] = {"file": check[0], "ours": ours, "llama_perplexity": theirs, "tol": PPL_TOL, "ok": ok}
             if not ok:
-                print(f"levelsearch gguf: llama-perplexity's perplexity of {check[0]} is {theirs:.4f}, ours on the "
-                      f"same chunks {ours:.4f}: more than {PPL_TOL:.0%} apart", file=sys.stderr)
+                print(
+                    f"levelsearch gguf: llama-perplexity's perplexity of {check[0]} is {theirs:.4f}, ours on the "
+                    f"same chunks {ours:.4f}: more than {PPL_TOL:.0%} apart",
+                    file=sys.stderr,
+                )
     except LlamaToolError as exc:
         record["failed"] = str(exc)
         print(f"levelsearch gguf: llama-perplexity on the source: {exc}", file=sys.stderr)
