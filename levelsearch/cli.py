@@ -177,6 +177,8 @@ class _StopSignals:
 
 def _resume_hint(args: argparse.Namespace) -> str:
     where = getattr(args, "out", None) or getattr(args, "dir", None)
+    if args.command == "compress":  # its journal is OUT/journal.db
+        return "; the same command resumes it"
     return f"; resume with: levelsearch resume {where}" if args.command in ("run", "resume") and where else ""
 
 

@@ -171,6 +171,32 @@ def test_running_the_same_command_again_resumes_from_the_journal(model_dir, tmp_
     assert (tmp_path / "run" / "cache" / "teacher-heldout.safetensors").is_file()
 
 
+def test_ctrl_c_during_the_search_exits_130_at_once_and_the_same_command_finishes_the_run(
+    model_dir, tmp_path, capsys, monkeypatch
+):
+    from levelsearch.adapters.scoring.layerwise import LayerwiseProblem
+
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(model_dir), "--target", "0.5", "--out", str(out), "--no-export",
+            "--heuristics", "random", "--generations", "3", *SMALL]
+    real, calls = LayerwiseProblem.evaluate_many, []
+
+    def interrupted(self, requests):
+        calls.append(len(requests))
+        if len(calls) == 3:  # the baselines' and the start's evaluations are done: the search has begun
+            raise KeyboardInterrupt
+        return real(self, requests)
+
+    monkeypatch.setattr(LayerwiseProblem, "evaluate_many", interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "levelsearch: interrupted; the same command resumes it"
+    assert not (out / "results.json").exists() and (out / "journal.db").is_file()
+    monkeypatch.setattr(LayerwiseProblem, "evaluate_many", real)
+    assert main(argv) == 0
+    evo = json.loads((out / "results.json").read_text())["methods"]["evopress"]
+    assert evo["generations"] == 3 and evo["stopped_by"] != "interrupted"
+
+
 # ---------------------------------------------------------------------- the journal is the record
 @pytest.fixture(scope="module")
 def finished_run(model_dir, tmp_path_factory):

@@ -508,8 +508,11 @@ def run_target(
     t0 = time.perf_counter()
     result, opt = search(problem, cfg, options, start_name, out)
     timings["search"] = time.perf_counter() - t0
-    if result.stopped_by == "interrupted" and cfg.get("_curve"):
-        raise KeyboardInterrupt  # a curve's target is finished or redone, never reported half-searched
+    if result.stopped_by == "interrupted":
+        # Ctrl-C or SIGTERM (a scheduler preempting the job) ends the run now, not after a held-out pass and an
+        # export: the journal keeps every evaluation, and the same command resumes; a target is never reported
+        # half-searched
+        raise KeyboardInterrupt
     say(cfg, f"search from {start_name}: {opt.generation} generations in {timings['search']:.1f} s")
     best = np.asarray(result.best_levels, dtype=np.int64)
     names = list(base)
