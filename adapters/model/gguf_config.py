@@ -17,7 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["gemma3_settings", "gguf_metadata", "gguf_model_config"]
+__all__ = ["gemma3_settings", "gguf_metadata", "gguf_model_config", "moe_settings"]
+
+# GGUF key (after ``ARCH.``) → transformers config field, for the mixture-of-experts widths transformers' GGUF
+# reader leaves at its config class's defaults (its tables map ``expert_feed_forward_length`` to nothing)
+_MOE_KEYS = {
+    "expert_feed_forward_length": "moe_intermediate_size",
+    "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
+}
+_MOE_ARCHS = ("qwen2moe", "qwen3moe")
 
 
 def gguf_metadata(path: str | Path | Any) -> tuple[dict[str, Any], list[str]]:
@@ -88,16 +96,31 @@ def gemma3_settings(meta: Mapping[str, Any], tensor_names: Sequence[str]) -> dic
     }
 
 
+def moe_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The expert widths of a Qwen2-MoE / Qwen3-MoE GGUF file (``ARCH.expert_feed_forward_length``, and
+    ``expert_shared_feed_forward_length`` for a shared expert), as the transformers config fields llama.cpp's
+    reading gives them; ``{}`` for other architectures."""
+    arch = str(meta.get("general.architecture"))
+    if arch not in _MOE_ARCHS:
+        return {}
+    return {field: int(meta[f"{arch}.{key}"]) for key, field in _MOE_KEYS.items() if f"{arch}.{key}" in meta}
+
+
 def gguf_model_config(path: str | Path) -> Any:
     """The transformers config to load the GGUF file ``path`` with, or ``None`` where transformers' own reading
-    of the file is llama.cpp's (every architecture but Gemma 3)."""
+    of the file is llama.cpp's (every architecture but Gemma 3, Qwen2-MoE and Qwen3-MoE)."""
     meta, names = gguf_metadata(path)
-    if meta.get("general.architecture") != "gemma3":
-        return None
+    arch = meta.get("general.architecture")
+    if arch == "gemma3":
+        settings = gemma3_settings(meta, names)
+    else:
+        settings = moe_settings(meta)
+        if not settings:
+            return None
     from transformers import AutoConfig
 
     p = Path(path)
     config = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name)
-    for key, value in gemma3_settings(meta, names).items():
+    for key, value in settings.items():
         setattr(config, key, value)
     return config
