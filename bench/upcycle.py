@@ -47,8 +47,9 @@ MEASURE = [
 ]  # fmt: skip
 
 
-def upcycle(dense: Any, *, experts: int = 4, top_k: int = 2, noise: float = 0.05, router_std: float = 1.0,
-            seed: int = 0) -> Any:
+def upcycle(
+    dense: Any, *, experts: int = 4, top_k: int = 2, noise: float = 0.05, router_std: float = 1.0, seed: int = 0
+) -> Any:
     """A Mixtral model whose every layer's MLP is ``experts`` perturbed copies of ``dense``'s (a Llama model)."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
