@@ -104,8 +104,20 @@ def test_every_target_has_its_own_results_and_the_run_its_curve(curve_run):
         assert ev["bytes"] == pytest.approx(ev["bits_per_weight"] * curve["dense"]["bytes"] / 32)
     assert json.loads((out / "curve.json").read_text()) == json.loads(json.dumps(curve))
     assert (out / "curve.png").stat().st_size > 0
-    assert curve["forward_tokens"] == sum(p["forward_tokens"] for p in curve["points"]) > 0
     assert "target-3.5" in curve_table(curve)
+
+
+def test_the_curve_counts_every_forward_and_checks_evopress_against_the_best_baseline(curve_run, model_dir):
+    out, curve = curve_run
+    teacher = curve["shared_forward_tokens"]  # the calibration teacher's pass, before the first target
+    assert teacher == SMALL["calibration_tokens"]
+    assert curve["forward_tokens"] == teacher + sum(p["forward_tokens"] for p in curve["points"])
+    for p in curve["points"]:
+        ms = p["methods"]
+        kls = {n: m["heldout_kl"] for n, m in ms.items() if n != "evopress" and m.get("feasible", True)}
+        assert p["best_baseline"] == min(kls, key=kls.get) and p["best_baseline_kl"] == min(kls.values())
+        assert p["evopress_at_most_best_baseline"] == (ms["evopress"]["heldout_kl"] <= min(kls.values()))
+    assert curve["evopress_at_most_best_baseline"] == all(p["evopress_at_most_best_baseline"] for p in curve["points"])
 
 
 def test_later_targets_start_from_the_best_of_the_baselines_and_the_previous_result(curve_run):

@@ -113,3 +113,29 @@ def test_the_printed_summary_shows_the_statistics_beside_perplexity(capsys):
     line = capsys.readouterr().out.splitlines()[1]
     assert "ppl 18.10" in line and "KL 0.1000" in line and "median 0.0500" in line
     assert "p99 0.900" in line and "top-1 91.0%" in line
+
+
+def test_a_candidate_measured_before_is_not_run_again_on_the_heldout_set(topk):
+    import copy
+
+    lv = _levels(topk)
+    rng = np.random.default_rng(9)
+    seen = {tuple(topk.candidate_keys(lv))} | set(topk._heldout)
+    other = next(c for c in (topk.space.sample(rng) for _ in range(50)) if tuple(topk.candidate_keys(c)) not in seen)
+    first = topk.heldout_report([lv])
+    before = topk.n_forward_tokens
+    again = topk.heldout_report([lv, lv])  # twice in one call, and known from before
+    assert topk.n_forward_tokens == before and again == [first[0], first[0]]
+    moved = copy.copy(topk)  # a curve's next target: the same problem at another budget shares the memory
+    assert moved.heldout_report([lv])[0] == first[0] and moved.n_forward_tokens == before
+    new = topk.heldout_report([other, other])
+    assert topk.n_forward_tokens - before == topk.heldout.n_tokens and new[0] == new[1]  # one pass for both
+
+
+def test_the_teacher_pass_counts_its_forward_tokens(data_file, tmp_path):
+    p = _problem(data_file, tmp_path / "db", 8)
+    before = p.n_forward_tokens
+    p.teacher("heldout")
+    assert p.n_forward_tokens - before == p.heldout.n_tokens
+    p.teacher("heldout")  # computed once
+    assert p.n_forward_tokens - before == p.heldout.n_tokens

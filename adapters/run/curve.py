@@ -16,8 +16,12 @@ previous target's result repaired to this budget, whichever has the lower calibr
 in increasing order, so a run stopped during target ``k`` and started again replays targets
 ``1..k-1`` from their journals (finished ones are read back, not run) and finishes ``k..`` exactly as
 an uninterrupted run. At the top, ``OUT/curve.json`` (every method's held-out KL statistics and
-perplexity per target, with sizes, the dense model, and the forward tokens of the whole run counted by
-the problem's token counter) and ``OUT/curve.png`` (:func:`~levelsearch.adapters.run.plots.plot_curve`).
+perplexity per target, with sizes, the dense model, whether EvoPress's held-out KL is at most the best
+baseline's, and the forward tokens of the whole run counted by the problem's token counter: each target's
+and ``shared_forward_tokens``, the teacher's pass before the first) and ``OUT/curve.png``
+(:func:`~levelsearch.adapters.run.plots.plot_curve`). What targets share costs nothing twice: a candidate
+met again (a baseline of the same levels at another target, the repaired neighbour) reuses its remembered
+per-sequence KL and its held-out report.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from levelsearch.curve import check_budgets
 from .pipeline import Teachers, check_journal_problem, check_settings, journal_results, lock_out, run, run_target, say
 from .plots import plot_curve
 
-__all__ = ["curve_table", "is_curve", "moved", "retarget", "run_any", "run_curve", "targets_of"]
+__all__ = ["against_baselines", "curve_table", "is_curve", "moved", "retarget", "run_any", "run_curve", "targets_of"]
 
 
 def _is_list(value: Any) -> bool:
@@ -195,6 +199,7 @@ def run_curve(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     cache.mkdir(exist_ok=True)
     tag = {"problem": first.identity_hash()}
     teachers = Teachers.prepare(first, cache, tag)
+    shared = _shared_tokens(cache, int(first.n_forward_tokens))  # the teacher's pass, before any target
     points: list[dict[str, Any]] = []
     prev: tuple[str, Any] | None = None
     problem = first
@@ -211,11 +216,25 @@ def run_curve(codec: Any, cfg: dict[str, Any]) -> dict[str, Any]:
             res = run_target(codec, problem, run_cfg, teachers, timings, time.perf_counter(), neighbour=prev)
         points.append(_point(name, one, res, problem))
         prev = (name, np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64))
-    curve = _curve_json(codec, cfg, first, targets, points, time.perf_counter() - t_all)
+    curve = _curve_json(codec, cfg, first, targets, points, time.perf_counter() - t_all, shared)
     (out / "curve.json").write_text(json.dumps(curve, indent=1))
 
     plot_curve(curve, out / "curve.png")
     return curve
+
+
+def _shared_tokens(cache: Path, spent: int) -> int:
+    """Forward tokens the run spent before its first target (the calibration teacher's pass): ``spent``,
+    kept in ``cache/shared-tokens.json`` so that a resumed run, which reads the teacher back, still counts them."""
+
+    path = cache / "shared-tokens.json"
+    if spent:
+        path.write_text(json.dumps({"forward_tokens": spent}))
+        return spent
+    try:
+        return int(json.loads(path.read_text())["forward_tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _sizes(problem: Any, levels: Any) -> dict[str, float]:
@@ -247,6 +266,8 @@ _KEEP = (
     "start",
     "generations",
     "evaluations",
+    "tokens",
+    "stop_reason",
 )
 
 
@@ -263,11 +284,34 @@ def _point(name: str, one: dict[str, Any], res: dict[str, Any], problem: Any) ->
         "forward_tokens": int(res.get("forward_tokens", 0)),
         "dense": res.get("dense", {}),
         "methods": methods,
+        **against_baselines(methods),
+    }
+
+
+def against_baselines(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """EvoPress against the best feasible baseline on the held-out set: ``best_baseline`` (its name, or ``None``),
+    ``best_baseline_kl`` and ``evopress_at_most_best_baseline`` (EvoPress's held-out mean KL is at most its)."""
+
+    ms = methods
+    base = [n for n in ms if n != "evopress" and ms[n].get("feasible", True) and "heldout_kl" in ms[n]]
+    if not base or "evopress" not in ms:
+        return {"best_baseline": None, "best_baseline_kl": None, "evopress_at_most_best_baseline": None}
+    best = min(base, key=lambda n: ms[n]["heldout_kl"])
+    return {
+        "best_baseline": best,
+        "best_baseline_kl": float(ms[best]["heldout_kl"]),
+        "evopress_at_most_best_baseline": bool(ms["evopress"]["heldout_kl"] <= ms[best]["heldout_kl"]),
     }
 
 
 def _curve_json(
-    codec: Any, cfg: dict[str, Any], problem: Any, targets: list[Any], points: list[dict[str, Any]], seconds: float
+    codec: Any,
+    cfg: dict[str, Any],
+    problem: Any,
+    targets: list[Any],
+    points: list[dict[str, Any]],
+    seconds: float,
+    shared: int = 0,
 ) -> dict[str, Any]:
 
     dense = dict(points[0]["dense"]) if points else {}
@@ -283,7 +327,9 @@ def _curve_json(
         "generations": int(cfg["generations"]),
         "dense": dense,
         "points": points,
-        "forward_tokens": int(sum(p["forward_tokens"] for p in points)),
+        "shared_forward_tokens": int(shared),
+        "forward_tokens": int(shared + sum(p["forward_tokens"] for p in points)),
+        "evopress_at_most_best_baseline": all(p["evopress_at_most_best_baseline"] is not False for p in points),
         "seconds": seconds,
     }
 
@@ -295,8 +341,7 @@ def curve_table(curve: dict[str, Any]) -> str:
     ]
     for p in curve["points"]:
         ms = p["methods"]
-        base = [n for n in ms if n != "evopress" and ms[n].get("feasible", True)]
-        best = min(base, key=lambda n: ms[n]["heldout_kl"]) if base else None
+        best = against_baselines(ms)["best_baseline"]
         for n in ["evopress", *([best] if best else [])]:
             m = ms[n]
             size = f"{m['bits_per_weight']:.3f}b" if "bits_per_weight" in m else f"{m['cost']:.4g}"

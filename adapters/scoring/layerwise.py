@@ -16,7 +16,7 @@ are (:meth:`LayerwiseProblem.candidate_keys`) and which keys are the dense model
   selection step pays only for its new sequences); and on the full pool the layer states of the last
   evaluated candidates are kept (``store``, ``anchor_variants`` of them) so the next ones start from
   their longest common prefix. ``n_forward_tokens`` counts the tokens that went through at least one
-  layer, per distinct candidate (for benchmarks; float64 sums throughout);
+  layer, per distinct candidate, the dense teachers' passes included (for benchmarks; float64 sums throughout);
 - the held-out report (perplexity and the KL statistics of each candidate in one shared pass: mean,
   median, 99th and 99.9th percentile of the per-token KL and top-1 agreement; the dense model's
   perplexity comes from its teacher's pass), the per-unit error estimates for dp and the optimizer
@@ -155,6 +155,7 @@ class LayerwiseProblem(Problem, abc.ABC):
         self.store = ActivationStore(anchor_variants)
         self._memo: dict[bytes, float] = {}  # levels -> full-pool KL
         self._seq_kl: dict[tuple[Any, int], float] = {}  # (layer keys, sequence) -> KL summed over its tokens
+        self._heldout: dict[tuple[Any, ...], dict[str, float]] = {}  # layer keys -> held-out report entry
         self._unit_errors: np.ndarray | None = None
         self.n_forward_tokens = 0  # tokens that went through at least one layer, per distinct candidate
 
@@ -202,6 +203,7 @@ class LayerwiseProblem(Problem, abc.ABC):
 
             per = max(1, self.runner.chunk_tokens // ts.seq_len)
             self._teachers[which] = Teacher.from_logits_fn(ts.tokens, logits_fn, self.top_k, per)
+            self.n_forward_tokens += int(ts.tokens.numel())  # the dense model's pass is a forward too
         return self._teachers[which]
 
     def use_teacher(self, which: str, teacher: Teacher) -> None:
@@ -372,20 +374,31 @@ class LayerwiseProblem(Problem, abc.ABC):
         model's), over every position of the held-out set; the per-token KL is
         :func:`~levelsearch.adapters.scoring.fitness.kl_topk`'s (the teacher's top-``k`` tokens plus one tail bin).
         A candidate that is the dense model is not run again: its perplexity comes from the held-out
-        teacher's pass, its KL statistics are 0 and its top-1 agreement 1.
+        teacher's pass, its KL statistics are 0 and its top-1 agreement 1. A candidate measured before (the same
+        per-layer keys: a baseline met again at another target of a curve, which shares this memory) is not
+        run again either.
         """
         teacher = self.teacher("heldout")  # its dense pass also gives the dense perplexity
         dense = tuple(self.dense_keys())
         known = not math.isnan(teacher.nll)
-        todo = [i for i, c in enumerate(candidates) if not (known and self.candidate_keys(c) == dense)]
+        keys = [tuple(self.candidate_keys(c)) for c in candidates]
         stats = kl_statistics([0.0], [True])
         out = [{"heldout_ppl": float(math.exp(teacher.nll)), **_prefixed(stats)} for _ in candidates]
+        todo: dict[tuple[Any, ...], list[int]] = {}  # each distinct candidate not yet measured, run once
+        for i, k in enumerate(keys):
+            if k in self._heldout:
+                out[i] = dict(self._heldout[k])
+            elif not (known and k == dense):
+                todo.setdefault(k, []).append(i)
         if todo:
-            sums = self._score_sums([candidates[i] for i in todo], "heldout", None, with_nll=True, per_token=True)
+            firsts = [candidates[ii[0]] for ii in todo.values()]
+            sums = self._score_sums(firsts, "heldout", None, with_nll=True, per_token=True)
             kl, nll = sums.means(True)
-            for j, i in enumerate(todo):
+            for j, (k, ii) in enumerate(todo.items()):
                 stats = {**sums.statistics(j), "kl": float(kl[j])}  # the mean as the search sums it
-                out[i] = {"heldout_ppl": float(math.exp(nll[j])), **_prefixed(stats)}
+                self._heldout[k] = {"heldout_ppl": float(math.exp(nll[j])), **_prefixed(stats)}
+                for i in ii:
+                    out[i] = dict(self._heldout[k])
         return out
 
     def heldout_tokens(self, candidates: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
