@@ -301,6 +301,12 @@ def test_bad_export_options_are_one_line(finished_run, capsys, extra, words):
         (["--schedule", "fastest"], "unknown schedule 'fastest'"),
         (["--method", "quant", "--target", "3", "--search-tokens", "0"], "settings: search_tokens: must be an integer"),
         (["--method", "quant", "--target", "3", "--random-n", "-1"], "random_n: must be an integer in 1..1000000"),
+        (["--heuristics", "angular,nosuch"], "--heuristics: unknown heuristic 'nosuch'; known: "),
+        (["--start", "nosuch"], "--start 'nosuch' is not a start of this run; one of: best-heuristic"),
+        (["--heuristics", "angular", "--start", "shortgpt"], "--start 'shortgpt' is not a start of this run"),
+        (["--method", "quant", "--target", "3", "--start", "owl"], "--start 'owl' is not a start of this run"),
+        (["--method", "sparsity", "--target", "0.5", "--start", "gptq"], "one of: best-heuristic, best-baseline, "
+         "random, uniform, owl, dp, dp-fisher"),
     ],
 )
 def test_bad_compress_settings_are_one_line_and_write_nothing(model_dir, tmp_path, capsys, extra, words):

@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -77,6 +77,7 @@ __all__ = [
     "model_and_data_settings",
     "problem_settings",
     "register_codec",
+    "check_start",
     "target_in",
 ]
 
@@ -241,10 +242,13 @@ class WeightCodec(Codec):
     #: over a layer's experts): a run that may write one ties those units (``ties="engine"``) by default, and
     #: ``--ties none`` is refused with them
     tied_formats: ClassVar[tuple[str, ...]] = ("gptq", "pack-quantized")
+    #: the names of :meth:`baselines` (the codec's own), so that ``--start NAME`` is checked before the model loads
+    own_baselines: ClassVar[tuple[str, ...]] = ()
 
     def check_settings(self, settings: Settings) -> None:
         """``--ties none`` with an export in a format of :attr:`tied_formats` (given, or the codec's default) is
         one line."""
+        check_start(settings, ("uniform", *self.own_baselines, "dp", "dp-fisher"))
         fmt = settings.get("format") or self.formats[0]
         if settings.get("ties") == "none" and settings.get("export", True) and fmt in self.tied_formats:
             raise ValueError(
@@ -477,6 +481,20 @@ def target_in(settings: Settings, lo: float, hi: float, what: str, *, open_ends:
     if not ok:
         raise ValueError(f"--target must be {what}, got {t!r}")
     return float(t)
+
+
+def check_start(settings: Settings, baselines: Sequence[str], label: str = "") -> None:
+    """``settings["start"]`` names a start this run will have: unset, ``best-baseline`` / ``best-heuristic``,
+    ``random`` (``uniform`` too for a ``label``-ed codec, as :func:`~levelsearch.adapters.run.pipeline.choose_start`
+    reads it) or one of ``baselines``, checked before the model loads.
+
+    Raises:
+        ValueError: one line naming the bad start and the ones there are.
+    """
+    start = settings.get("start")
+    known = ["best-heuristic", "best-baseline", "random", *(["uniform"] if label else []), *baselines]
+    if start is not None and start not in known:
+        raise ValueError(f"--start {start!r} is not a start of this run; one of: {', '.join(dict.fromkeys(known))}")
 
 
 def model_and_data_settings(settings: Settings) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from levelsearch.schema import Field
 
 from ...formats.drop import export_drop
 from ...run.pipeline import read_cache, write_cache
-from ..base import Codec, Setting, Settings, model_and_data_settings, target_in
+from ..base import Codec, Setting, Settings, check_start, model_and_data_settings, target_in
 from .heuristics import run_heuristics
 from .problem import DropProblem
 
@@ -55,6 +55,12 @@ class DropCodec(Codec):
                 f"heuristic_tokens ({settings['heuristic_tokens']}) exceeds the calibration pool "
                 f"({settings['calibration_tokens']}); lower it or raise --calibration-tokens"
             )
+        from .heuristics import HEURISTICS  # torch: the codec's class is read without it
+
+        bad = [h for h in settings.get("heuristics") or () if h not in HEURISTICS]
+        if bad:
+            raise ValueError(f"--heuristics: unknown heuristic {bad[0]!r}; known: {', '.join(HEURISTICS)}")
+        check_start(settings, list(settings.get("heuristics") or HEURISTICS), label=self.start_label)
 
     def make_problem(self, settings: Settings) -> Any:
 

@@ -148,5 +148,7 @@ class SparsityCodec(WeightCodec):
     def check_target(self, settings: Settings) -> float:
         return target_in(settings, 0.0, 1.0, "an average sparsity strictly between 0 and 1", open_ends=True)
 
+    own_baselines = ("owl",)
+
     def baselines(self, problem: Any, *, fidelity: int, seed: int) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         return {"owl": owl_search(problem, fidelity=fidelity, seed=seed)}
