@@ -117,6 +117,10 @@ class Journal:
             raise ValueError(f"{self.path} is not a file; give the path of a journal file")
         self.conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        # a read-only look must leave the directory as it found it: SQLite makes the WAL's two side files to
+        # read a WAL journal and, read-only, cannot remove them (see close)
+        self._sidecars = [self.path.with_name(self.path.name + s) for s in ("-wal", "-shm")]
+        self._tidy = readonly and not any(p.exists() for p in self._sidecars)
         # the verified chain: rows checked so far, the last id and head, and the heads meta values cite
         self._genesis_head = b""
         self._n_rows, self._last_id, self._head = 0, 0, b""
@@ -547,13 +551,42 @@ class Journal:
         return int(self._db().execute("SELECT count(*) FROM evals").fetchone()[0])
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Close the file (idempotent). A read-only journal removes the WAL side files its reading made, when
+        they hold nothing (an empty ``-wal``) and no writer has the journal open."""
         if self.conn is not None:
             self.conn.close()
             self.conn = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+        if self._tidy:
+            self._tidy = False
+            self._remove_empty_sidecars()
+
+    def _remove_empty_sidecars(self) -> None:
+        wal, shm = self._sidecars
+        try:
+            if not wal.exists() or wal.stat().st_size > 0:
+                return
+            import fcntl
+        except (OSError, ImportError):  # Windows: no advisory lock, leave them
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a writer holds it while alive (see _lock)
+        except OSError:
+            os.close(fd)
+            return
+        try:
+            for p in (wal, shm):
+                p.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> Journal:
         return self

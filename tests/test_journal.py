@@ -51,6 +51,22 @@ def test_a_reader_sees_results_while_the_writer_is_open(tmp_path):
     writer.close()
 
 
+def test_reading_a_closed_journal_leaves_its_directory_as_it_was(tmp_path):
+    with Journal(tmp_path / "j.db", {"run": 1}) as jr:
+        jr.append(np.array([0, 1]), None, None, 1.0, None, 0.0, "local")
+    before = _snapshot(tmp_path)
+    with Journal(tmp_path / "j.db", readonly=True) as reader:
+        assert [r.value for r in reader.records()] == [1.0]
+    assert _snapshot(tmp_path) == before  # no j.db-wal / j.db-shm left by the reading
+    # while a writer has it open, the side files are the writer's: a reader leaves them
+    writer = Journal(tmp_path / "j.db", {"run": 1})
+    writer.append(np.array([1, 0]), None, None, 2.0, None, 0.0, "local")
+    with Journal(tmp_path / "j.db", readonly=True) as reader:
+        assert len(reader) == 2
+    assert (tmp_path / "j.db-wal").exists()
+    writer.close()
+
+
 def test_journal_of_another_run_is_refused_and_left_unchanged(tmp_path):
     with Journal(tmp_path / "j.db", {"seed": 1}) as jr:
         jr.append(np.array([0, 1]), None, None, 1.0, None, 0.0, "local")
