@@ -490,6 +490,7 @@ class EvoPress(ReferenceEvoPress):
         # "auto": only when the final step's value is exact (the full data); a noisy loser may deserve another try
         self.no_repeats = no_repeats is True or (no_repeats == "auto" and self.steps[-1].fidelity is None)
         self._sample: int | None = None
+        self._mutator = _Mutator(space, self.rng)
         self.surrogate_seconds = 0.0
         self._has_prior = False
         self.set_prior(prior)
@@ -578,17 +579,17 @@ class EvoPress(ReferenceEvoPress):
         want = self.offspring
         pool_size = want * (self.screen if informed else 1)
         pool: list[np.ndarray] = []
-        m = self.max_switches
-        for _ in range(20 * pool_size):
+        for _ in range(20):  # at most 20 draws per mutant wanted, as evopress-ref
+            for child in self._mutator.children(self.parent, pool_size, self.max_switches):
+                key = self._key(child)
+                if key in seen or key in lost:
+                    continue
+                seen.add(key)
+                pool.append(child)
+                if len(pool) >= pool_size:
+                    break
             if len(pool) >= pool_size:
                 break
-            n_sw = int(min(self.rng.integers(1, m + 1), self.rng.integers(1, m + 1)))
-            child = self.space.switch(self.parent, self.rng, n_sw)
-            key = self._key(child)
-            if key in seen or key in lost:
-                continue
-            seen.add(key)
-            pool.append(child)
         if not informed or len(pool) <= want:
             return kids + pool[:want]
         assert sur is not None
@@ -710,3 +711,64 @@ class EvoPress(ReferenceEvoPress):
         if self._step == -1:
             sur.fit()
         self.surrogate_seconds += time.perf_counter() - t0
+
+
+class _Mutator:
+    """Level-switch mutants of a parent, many at a time: what :meth:`LevelSpace.switch` does, with the random
+    numbers drawn in blocks (a scalar draw costs microseconds; a mutant needs several).
+
+    Where every group has an exact budget band and equal level steps (the usual case: a switch keeps the
+    total, and no single move is allowed), a switch raises a uniformly chosen unit that can go up and lowers a
+    uniformly chosen other unit of its group that can go down, as ``switch`` does by rejection sampling. Any
+    other space, or a parent where 32 tries find no pair, takes :meth:`LevelSpace.switch` itself.
+    """
+
+    _TRIES = 32
+
+    def __init__(self, space: LevelSpace, rng: np.random.Generator) -> None:
+        self.space, self.rng = space, rng
+        groups = space._groups  # the same package's space: its groups' budgets decide the fast path
+        self.fast = all(g.hi is not None and g.uniform_steps and not g.band_moves for g in groups)
+        self._members = [g.units.tolist() for g in groups]
+        self._group_of = space.group_of.tolist()
+        self._max = space.max_level
+        self._max_list = space.max_level.tolist()
+
+    def children(self, parent: np.ndarray, count: int, max_switches: int) -> list[np.ndarray]:
+        """``count`` mutants of ``parent`` (not necessarily distinct), each with ``min(U{1..m}, U{1..m})``
+        switches for ``m = max_switches``."""
+        m = max_switches
+        n_sw = np.minimum(self.rng.integers(1, m + 1, size=count), self.rng.integers(1, m + 1, size=count))
+        if not self.fast:
+            return [self.space.switch(parent, self.rng, int(k)) for k in n_sw]
+        tries = self._TRIES * int(n_sw.sum())
+        pick_i = self.rng.integers(self.space.n_units, size=tries).tolist()
+        pick_j = self.rng.random(tries).tolist()
+        raisable, lowerable = (parent < self._max).tolist(), (parent > 0).tolist()
+        members, group_of, top = self._members, self._group_of, self._max_list
+        out: list[np.ndarray] = []
+        t = 0
+        for k in n_sw.tolist():
+            child = parent.copy()
+            # a single switch reads the parent's lists; several keep their own, updated as they go
+            up, down = (raisable, lowerable) if k == 1 else (raisable.copy(), lowerable.copy())
+            for _ in range(k):
+                for _ in range(self._TRIES):
+                    i = pick_i[t]
+                    t += 1
+                    if not up[i]:
+                        continue
+                    us = members[group_of[i]]
+                    j = us[int(pick_j[t - 1] * len(us))]
+                    if j != i and down[j]:
+                        child[i] += 1
+                        child[j] -= 1
+                        if k > 1:
+                            up[i], down[i] = int(child[i]) < top[i], True
+                            up[j], down[j] = True, int(child[j]) > 0
+                        break
+                else:  # no pair found by chance: the space's own exhaustive choice
+                    child = self.space.switch(child, self.rng, 1)
+                    up, down = (child < self._max).tolist(), (child > 0).tolist()
+            out.append(child)
+        return out

@@ -19,7 +19,10 @@ rank-one correction (``X_c^T X_c = D^T D - m d̄ d̄^T``), so a batch of offspri
 switches from their parent adds a few nonzeros per row, and a product ``A v`` costs the
 rows' nonzeros, not ``p²`` for ``p = Σ_i K_i`` parameters. Ageing is one scalar (past
 rows' weights are divided by the decay so far); rows whose weight has faded below
-``1e-12`` of the newest are dropped. Everything is deterministic given the rows told.
+``1e-12`` of the newest are dropped. The rows live in growing buffers, appended in place, so a fit
+reads them where they are (no copy of what was told before), and five warm-started iterations a
+generation are enough: more did not rank better on the committed journals
+(``bench/surrogate_quality.py``). Everything is deterministic given the rows told.
 
 The surrogate only *ranks* candidates so that an optimizer spends its evaluations on the
 promising ones; it never decides who survives (that takes a real evaluation).
@@ -40,6 +43,8 @@ __all__ = ["AdditiveSurrogate"]
 _FADED = 1e-12
 #: an exact fit forms the dense normal matrix up to this many parameters (``8 p²`` bytes), else runs CG long
 _DENSE_EXACT = 4096
+#: conjugate-gradient iterations of an exact fit past ``_DENSE_EXACT``
+_EXACT_ITERATIONS = 200
 
 
 class AdditiveSurrogate:
@@ -51,7 +56,8 @@ class AdditiveSurrogate:
             unit's level count are ignored.
         ridge: L2 penalty on ``w`` (relative to the mean diagonal of the normal matrix).
         decay: weight kept by past batches per :meth:`age` call (1.0: never forget).
-        iterations: conjugate-gradient iterations per :meth:`fit`.
+        iterations: conjugate-gradient iterations per :meth:`fit` (default 5; an exact fit of a space too
+            large to solve densely runs 200).
     """
 
     def __init__(
@@ -61,7 +67,7 @@ class AdditiveSurrogate:
         prior: np.ndarray | None = None,
         ridge: float = 1e-5,
         decay: float = 0.97,
-        iterations: int = 10,
+        iterations: int = 5,
     ) -> None:
         self.space = space
         n_levels = space.n_levels.astype(np.int64)
@@ -78,13 +84,17 @@ class AdditiveSurrogate:
             scale = float(np.abs(p).max()) or 1.0
             self.prior = p / scale  # unit scale: α carries the size
         self._size = self.n_params + (1 if self.prior is not None else 0)
-        # rows of the normal matrix's factor, as CSR pieces: A = Σ_r weight_r · row_r row_rᵀ
-        self._indptr: list[np.ndarray] = []
-        self._indices: list[np.ndarray] = []
-        self._data: list[np.ndarray] = []
-        self._weights: list[np.ndarray] = []  # stored weight · _scale = true weight
-        self._batch_weight: list[float] = []  # each batch's stored weight (its rows'), oldest first
-        self._batch_rows: list[int] = []  # rows each batch added
+        # rows of the normal matrix's factor, A = Σ_r weight_r · row_r row_rᵀ, in growing CSR buffers
+        # (appended in place, doubled when full; faded batches leave by moving the start)
+        self._indices = np.zeros(1024, dtype=np.int32)
+        self._data = np.zeros(1024)
+        self._indptr = np.zeros(256, dtype=np.int64)  # row r's entries: [_indptr[r], _indptr[r + 1])
+        self._weights = np.zeros(255)  # stored weight · _scale = true weight
+        self._n_stored = 0  # rows in the buffers (dropped ones included)
+        self._first = 0  # first live row
+        self._batch_weight: list[float] = []  # each live batch's stored weight (its rows'), oldest first
+        self._batch_rows: list[int] = []  # rows each live batch added
+        self._batch_diag: list[float] = []  # each live batch's stored Σ_r weight_r ‖row_r‖²
         self._b = np.zeros(self._size)  # stored; true b = _b · _scale
         self._scale = 1.0
         self._coef: np.ndarray = np.zeros(self._size)
@@ -125,6 +135,33 @@ class AdditiveSurrogate:
             np.concatenate([data, mean[nz]]),
         )
 
+    def _append(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, weights: np.ndarray) -> None:
+        """Append CSR rows to the buffers (amortised: each buffer doubles when full, and sheds its dropped
+        rows first when they are at least half of it)."""
+        rows, nnz = indptr.size - 1, int(indptr[-1])
+        if self._first and 2 * self._first >= self._n_stored:  # compact: the dropped rows go for good
+            cut, lo = self._first, int(self._indptr[self._first])
+            end, top = self._n_stored, int(self._indptr[self._n_stored])
+            self._indices[: top - lo] = self._indices[lo:top]
+            self._data[: top - lo] = self._data[lo:top]
+            self._indptr[: end - cut + 1] = self._indptr[cut : end + 1] - lo
+            self._weights[: end - cut] = self._weights[cut:end]
+            self._n_stored, self._first = end - cut, 0
+        top = int(self._indptr[self._n_stored])
+        if top + nnz > self._indices.size:
+            size = max(2 * self._indices.size, top + nnz)
+            self._indices = np.resize(self._indices, size)
+            self._data = np.resize(self._data, size)
+        if self._n_stored + rows >= self._weights.size:
+            size = max(2 * self._weights.size, self._n_stored + rows + 1)
+            self._weights = np.resize(self._weights, size)
+            self._indptr = np.resize(self._indptr, size + 1)
+        self._indices[top : top + nnz] = indices
+        self._data[top : top + nnz] = data
+        self._indptr[self._n_stored + 1 : self._n_stored + rows + 1] = indptr[1:] + top
+        self._weights[self._n_stored : self._n_stored + rows] = weights
+        self._n_stored += rows
+
     def add_batch(self, levels: np.ndarray, values: np.ndarray, weight: float = 1.0) -> None:
         """Tell the values of one batch (candidates evaluated on the same data sample).
 
@@ -141,16 +178,15 @@ class AdditiveSurrogate:
         indptr, indices, data = self._centred_rows(lv)
         # centring: X_c = D - 1 d̄ᵀ, so X_cᵀX_c = DᵀD - m d̄ d̄ᵀ and X_cᵀy_c = Dᵀ(y - ȳ)
         w = float(weight) / self._scale
-        self._indptr.append(indptr)
-        self._indices.append(indices)
-        self._data.append(data)
-        self._weights.append(np.concatenate([np.full(m, w), [-m * w]]))
+        weights = np.concatenate([np.full(m, w), [-m * w]])
+        self._append(indptr, indices, data, weights)
         self._batch_weight.append(w)
         self._batch_rows.append(m + 1)
+        row_of = np.repeat(np.arange(m + 1), np.diff(indptr))
+        self._batch_diag.append(float(np.dot(data**2, weights[row_of])))
         yc = y - y.mean()
         n_d = int(indptr[m])
-        row_of = np.repeat(np.arange(m), np.diff(indptr[: m + 1]))
-        self._b += w * np.bincount(indices[:n_d], weights=data[:n_d] * yc[row_of], minlength=self._size)
+        self._b += w * np.bincount(indices[:n_d], weights=data[:n_d] * yc[row_of[:n_d]], minlength=self._size)
         self.n_rows += m - 1
         self._dirty = True
 
@@ -159,36 +195,29 @@ class AdditiveSurrogate:
         if self.decay < 1.0:
             self._scale *= self.decay
             if self._scale < 1e-150:  # keep the stored weights in range
-                self._weights = [w * self._scale for w in self._weights]
+                self._weights[: self._n_stored] *= self._scale
                 self._batch_weight = [w * self._scale for w in self._batch_weight]
+                self._batch_diag = [d * self._scale for d in self._batch_diag]
                 self._b *= self._scale
                 self._scale = 1.0
 
     def _rows(self) -> tuple[sparse.csr_matrix, np.ndarray]:
-        """All rows as one CSR matrix and their true weights. The oldest batches, once their weight
-        has faded below ``_FADED`` of the newest, are dropped for good."""
-        if len(self._indptr) > 1:  # merge the new pieces into the first, once
-            starts = np.cumsum([0] + [int(p[-1]) for p in self._indptr[:-1]])
-            indptr = np.concatenate([self._indptr[0]] + [p[1:] + s for p, s in zip(self._indptr[1:], starts[1:])])
-            self._indptr = [indptr]
-            self._indices = [np.concatenate(self._indices)]
-            self._data = [np.concatenate(self._data)]
-            self._weights = [np.concatenate(self._weights)]
+        """The live rows as one CSR matrix (views of the buffers) and their true weights. The oldest
+        batches, once their weight has faded below ``_FADED`` of the newest, are dropped for good."""
         newest = self._batch_weight[-1]
         faded = 0
         while faded < len(self._batch_weight) - 1 and self._batch_weight[faded] < _FADED * newest:
             faded += 1
         if faded:
-            cut = int(sum(self._batch_rows[:faded]))
-            indptr = self._indptr[0][cut:]
-            self._indices = [self._indices[0][int(indptr[0]) :]]
-            self._data = [self._data[0][int(indptr[0]) :]]
-            self._indptr = [indptr - indptr[0]]
-            self._weights = [self._weights[0][cut:]]
-            del self._batch_weight[:faded], self._batch_rows[:faded]
-        indptr = self._indptr[0]
-        mat = sparse.csr_matrix((self._data[0], self._indices[0], indptr), shape=(len(indptr) - 1, self._size))
-        return mat, self._weights[0] * self._scale
+            self._first += int(sum(self._batch_rows[:faded]))
+            del self._batch_weight[:faded], self._batch_rows[:faded], self._batch_diag[:faded]
+        lo, hi = self._first, self._n_stored
+        start, stop = int(self._indptr[lo]), int(self._indptr[hi])
+        indptr = self._indptr[lo : hi + 1] - start
+        mat = sparse.csr_matrix(
+            (self._data[start:stop], self._indices[start:stop], indptr), shape=(hi - lo, self._size), copy=False
+        )
+        return mat, self._weights[lo:hi] * self._scale
 
     # ------------------------------------------------------------------ fit
     def fit(self, exact: bool = False) -> None:
@@ -200,9 +229,8 @@ class AdditiveSurrogate:
         rows, w = self._rows()
         rows_t = rows.T  # CSC of the transpose: no copy
         b = self._b * self._scale
-        row_of = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
-        diag = np.bincount(rows.indices, weights=rows.data**2 * w[row_of], minlength=self._size)
-        lam = self.ridge * (float(diag.mean()) if diag.size and diag.mean() > 0 else 1.0)
+        diag_mean = sum(self._batch_diag) * self._scale / self._size
+        lam = self.ridge * (diag_mean if diag_mean > 0 else 1.0)
 
         def matvec(v: np.ndarray) -> np.ndarray:
             return np.asarray(rows_t @ (w * (rows @ v)), dtype=float) + lam * v
@@ -211,16 +239,18 @@ class AdditiveSurrogate:
             a = np.asarray((rows_t @ sparse.diags(w) @ rows).toarray())
             self._coef = np.asarray(np.linalg.solve(a + lam * np.eye(self._size), b), dtype=float)
             return
-        self._coef = _conjugate_gradients(matvec, b, self._coef, 20 * self.iterations if exact else self.iterations)
+        self._coef = _conjugate_gradients(matvec, b, self._coef, _EXACT_ITERATIONS if exact else self.iterations)
 
     # ------------------------------------------------------------ predictions
     def predict(self, levels: np.ndarray) -> np.ndarray:
         """Predicted values up to a common constant (only differences are meaningful)."""
         lv = np.atleast_2d(np.asarray(levels, dtype=np.int64))
-        out = self._coef[: self.n_params][self._offset[None, :] + lv].sum(axis=1)
-        if self.prior is not None:
-            out = out + self._coef[-1] * self._prior_sum(lv)
-        return np.asarray(out, dtype=float)
+        # each row as the first plus its changes: offspring differ from their parent in a few units
+        table = self.unit_table()
+        r, u = np.nonzero(lv != lv[0][None, :])
+        first = float(table[self._units, lv[0]].sum())
+        change = np.bincount(r, weights=table[u, lv[r, u]] - table[u, lv[0, u]], minlength=lv.shape[0])
+        return np.asarray(first + change, dtype=float)
 
     def unit_table(self) -> np.ndarray:
         """``(n_units, max_levels)`` predicted per-unit, per-level values (``inf`` past a unit's levels)."""
