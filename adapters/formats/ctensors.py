@@ -53,7 +53,7 @@ import torch
 from levelsearch.ties import member_levels
 
 from ..kernels.grid import unpack_codes
-from ..model.experts import refuse_experts
+from ..model.experts import ExpertUnit
 from ..model.models import save_model
 from .common import (
     config_without_quantization,
@@ -64,6 +64,7 @@ from .common import (
     write_meta,
     write_quantization_config,
 )
+from .experts import checkpoint_layout, from_checkpoint, mixed_experts, to_checkpoint, unit_pieces
 
 __all__ = [
     "PACK_QUANTIZED_FILE",
@@ -116,11 +117,12 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
 
     if "bits" not in problem.spec:
         raise ValueError("the pack-quantized format holds bit-widths; this run's levels have none")
-    refuse_experts(problem.modules, "pack-quantized")
     lv = member_levels(problem.space, levels)
     problem.apply(None)
     dtype = next(problem.model.parameters()).dtype
-    state = dict(problem.model.state_dict())
+    layout = checkpoint_layout(problem.model, "pack-quantized")  # experts as the per-expert modules engines read
+    state = to_checkpoint(layout, dict(problem.model.state_dict()))
+    targets = unit_pieces(layout, problem.model, list(problem.unit_names), list(problem.modules))
     gs = problem.spec.get("group_size", 128)
     groups: dict[tuple[int, int | None], list[str]] = {}
     per_unit: dict[str, Any] = {}
@@ -136,15 +138,19 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
             idx = torch.arange(cols // group) * group // int(gs)
             scales, zeros = scales[:, idx], zeros[:, idx]
         off = 1 << (bits - 1)
-        state.pop(f"{name}.weight")  # codes are out × in, as compressed-tensors packs a linear (Conv1D too)
-        state[f"{name}.weight_packed"] = pack_to_int32((codes.to(torch.int16) - off).to(torch.int8), bits)
-        state[f"{name}.weight_scale"] = scales.to(dtype).contiguous()
-        zp = (zeros.to(torch.int16) - off).to(torch.int8)
-        state[f"{name}.weight_zero_point"] = pack_to_int32(zp, bits, packed_dim=0)
-        state[f"{name}.weight_shape"] = torch.tensor([rows, cols])
-        groups.setdefault((bits, group), []).append(name)
+        for module, part in targets[name]:  # one module, or an expert's per-expert modules (rows of its slice)
+            state.pop(f"{module}.weight", None)  # codes are out × in, as compressed-tensors packs a linear
+            c = codes[part]
+            state[f"{module}.weight_packed"] = pack_to_int32((c.to(torch.int16) - off).to(torch.int8), bits)
+            state[f"{module}.weight_scale"] = scales[part].to(dtype).contiguous()
+            zp = (zeros[part].to(torch.int16) - off).to(torch.int8)
+            state[f"{module}.weight_zero_point"] = pack_to_int32(zp, bits, packed_dim=0)
+            state[f"{module}.weight_shape"] = torch.tensor([int(c.shape[0]), cols])
+            groups.setdefault((bits, group), []).append(module)
         entry = problem.db.codec.export_entry(problem.spec, problem.db.values(name)[level], rows * cols)
         per_unit[name] = {"level": level, **entry, "bits": bits, "stored_group_size": group}
+        if isinstance(problem.modules[u], ExpertUnit):
+            per_unit[name]["modules"] = [m for m, _ in targets[name]]
     config_groups = {
         f"group_{k}": {"targets": names, **_scheme(bits, group)}
         for k, ((bits, group), names) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)))
@@ -161,7 +167,11 @@ def write_pack_quantized(problem: Any, levels: np.ndarray, out: str | Path, info
     qcfg["version"] = getattr(ct, "__version__", None)
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
     write_quantization_config(path, qcfg)
-    not_linear = [n for n in problem.unit_names if not isinstance(problem.model.get_submodule(n), torch.nn.Linear)]
+    not_linear = [
+        n
+        for n, m in zip(problem.unit_names, problem.modules)
+        if not isinstance(m, (torch.nn.Linear, ExpertUnit))  # an expert is written as per-expert linears
+    ]
     if not_linear:  # transformers would leave these modules dense and initialise their weights at random
         (path / "model.safetensors").rename(path / PACK_QUANTIZED_FILE)
     warnings = vllm_warnings(per_unit)
@@ -195,6 +205,9 @@ def vllm_warnings(units: dict[str, dict[str, Any]]) -> list[str]:
                 f"{'/'.join(fused)} of {len(mixed)} layers (first: {mixed[0]}) differ in bits or groups; vLLM "
                 "fuses them into one layer with one scheme and refuses this"
             )
+    moe = mixed_experts({n: (u["bits"], u["stored_group_size"]) for n, u in units.items()})
+    if moe:
+        out.append(moe)
     return out
 
 
@@ -203,38 +216,52 @@ def write_sparse_bitmask(problem: Any, levels: np.ndarray, out: str | Path, info
     """Write a weight problem's model at ``levels`` in compressed-tensors' sparse-bitmask layout (meant for
     sparsity; any unit's weights are written exactly, the file shrinks with their zeros)."""
 
-    refuse_experts(problem.modules, "sparse-bitmask")
     lv = member_levels(problem.space, levels)
+    layout = checkpoint_layout(problem.model, "sparse-bitmask")  # experts as the per-expert modules engines read
     problem.apply(lv)
     try:
-        state = {k: v.detach().clone() for k, v in problem.model.state_dict().items()}
+        model_state = {k: v.detach().clone() for k, v in problem.model.state_dict().items()}
+        pairs = zip(problem.unit_names, problem.modules)
+        # an expert's slice of its fused parameter, which the checkpoint writes as its own modules
+        weights = {n: m.weight.detach().clone() for n, m in pairs if isinstance(m, ExpertUnit)}
     finally:
         problem.apply(None)
+    state = to_checkpoint(layout, model_state)
+    targets = unit_pieces(layout, problem.model, list(problem.unit_names), list(problem.modules))
     per_unit: dict[str, Any] = {}
     zeros_total = numel_total = 0
+    modules: list[str] = []
     for u, name in enumerate(problem.unit_names):
-        w = state.pop(f"{name}.weight")
-        mask = w != 0
-        state[f"{name}.weight.shape"] = torch.tensor(list(w.shape))
-        values = w[mask]
-        half = values.to(torch.float16)  # a database stores nonzeros in fp16: then fp16 loses nothing
-        state[f"{name}.weight.compressed"] = half if bool((half.to(values.dtype) == values).all()) else values
-        bits = np.packbits(mask.cpu().numpy(), axis=-1, bitorder="little")
-        state[f"{name}.weight.bitmask"] = torch.from_numpy(bits)
-        counts = mask.sum(dim=1)
-        state[f"{name}.weight.row_offsets"] = torch.cumsum(counts, 0).sub(counts).to(torch.int32)
-        nz = int(mask.sum())
+        expert = isinstance(problem.modules[u], ExpertUnit)
+        numel = 0
+        for module, part in targets[name]:
+            # the state dict's tensor as the module stores it (in × out for a Conv1D); an expert's rows out × in
+            w = weights[name][part] if expert else state[f"{module}.weight"]
+            state.pop(f"{module}.weight", None)
+            mask = w != 0
+            state[f"{module}.weight.shape"] = torch.tensor(list(w.shape))
+            values = w[mask]
+            half = values.to(torch.float16)  # a database stores nonzeros in fp16: then fp16 loses nothing
+            state[f"{module}.weight.compressed"] = half if bool((half.to(values.dtype) == values).all()) else values
+            bits = np.packbits(mask.cpu().numpy(), axis=-1, bitorder="little")
+            state[f"{module}.weight.bitmask"] = torch.from_numpy(bits)
+            counts = mask.sum(dim=1)
+            state[f"{module}.weight.row_offsets"] = torch.cumsum(counts, 0).sub(counts).to(torch.int32)
+            zeros_total += w.numel() - int(mask.sum())
+            numel_total += w.numel()
+            numel += w.numel()
+            modules.append(module)
         value = problem.db.values(name)[int(lv[u])]
-        per_unit[name] = {"level": int(lv[u]), **problem.db.codec.export_entry(problem.spec, value, w.numel())}
-        zeros_total += w.numel() - nz
-        numel_total += w.numel()
+        per_unit[name] = {"level": int(lv[u]), **problem.db.codec.export_entry(problem.spec, value, numel)}
+        if expert:
+            per_unit[name]["modules"] = [m for m, _ in targets[name]]
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
     (path / "model.safetensors").rename(path / SPARSE_BITMASK_FILE)  # so that stock loaders refuse it
     sparsity = {
         "format": "sparse-bitmask",
         "global_sparsity": zeros_total / max(1, numel_total),
         "sparsity_structure": "unstructured",
-        "targets": list(problem.unit_names),
+        "targets": modules,
         "ignore": [],
     }
     write_quantization_config(path, {"quant_method": "compressed-tensors", "sparsity_config": sparsity})
@@ -258,7 +285,17 @@ def load_sparse_bitmask(path: Path, dtype: torch.dtype | None) -> Any:
         w = torch.zeros(shape, dtype=values.dtype)
         w[mask.reshape(shape)] = values
         state[base] = w
-    return load_strict(path, config_without_quantization(path), state, dtype)
+    config = config_without_quantization(path)
+    state, _ = from_checkpoint(checkpoint_layout(_skeleton(config), "sparse-bitmask"), state)
+    return load_strict(path, config, state, dtype)
+
+
+def _skeleton(config: Any) -> Any:
+    """The stock architecture of ``config`` on the meta device (its names and shapes, no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
 
 
 def load_pack_quantized(path: Path, dtype: torch.dtype | None) -> Any:
@@ -278,4 +315,6 @@ def load_pack_quantized(path: Path, dtype: torch.dtype | None) -> Any:
             parts = {p: state.pop(f"{name}.{p}") for p in ("weight_packed", "weight_scale", "weight_zero_point")}
             parts["weight_shape"] = state.pop(f"{name}.weight_shape")
             units[name] = PackedQuantizationCompressor.decompress(parts, scheme)["weight"]  # out × in
-    return load_strict(path, config_without_quantization(path), state, dtype, units)
+    config = config_without_quantization(path)
+    state, units = from_checkpoint(checkpoint_layout(_skeleton(config), "pack-quantized"), state, units)
+    return load_strict(path, config, state, dtype, units)

@@ -57,11 +57,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoModelForCausalLM
 
 from levelsearch.ties import member_levels
 
 from ..kernels.grid import unpack_codes
-from ..model.experts import refuse_experts
+from ..model.experts import ExpertUnit
 from ..model.models import save_model
 from ..model.units import is_unit
 from .common import (
@@ -73,6 +74,7 @@ from .common import (
     write_meta,
     write_quantization_config,
 )
+from .experts import checkpoint_layout, from_checkpoint, mixed_experts, to_checkpoint, unit_pieces
 from .layout import model_layout
 
 __all__ = [
@@ -172,12 +174,13 @@ def write_gptq(
         raise ValueError("the gptq format holds bit-widths; this run's levels have none")
     if checkpoint_format not in (None, "gptq", "gptq_v2"):
         raise ValueError(f"checkpoint_format must be gptq or gptq_v2, not {checkpoint_format}")
-    refuse_experts(problem.modules, "gptq")
     lv = member_levels(problem.space, levels)
     problem.apply(None)
     dtype = next(problem.model.parameters()).dtype
     scale_dtype = torch.float32 if dtype == torch.float32 else torch.float16
-    state = dict(problem.model.state_dict())
+    layout = checkpoint_layout(problem.model, "gptq")  # experts as the per-expert modules engines read
+    state = to_checkpoint(layout, dict(problem.model.state_dict()))
+    targets = unit_pieces(layout, problem.model, list(problem.unit_names), list(problem.modules))
     gs = problem.spec.get("group_size", 128)
     grids, bits_of = _search_grids(problem, lv, gs)
     fmt, has_zero = _checkpoint_format(grids, bits_of, checkpoint_format)
@@ -189,9 +192,18 @@ def write_gptq(
     if widen_fused:
         width = _widen_fused(width)
     per_unit: dict[str, Any] = {}
+    per_module: dict[str, Any] = {}  # what the checkpoint holds: a unit's module, or an expert's per-expert modules
     for u, name in enumerate(problem.unit_names):
         level, bits, sb = int(lv[u]), bits_of[name], width[name]
-        rows, cols, group, shifted = _write_unit(state, name, grids.pop(name), sb, v1=fmt == "gptq", dtype=scale_dtype)
+        codes, scales, zeros, group = grids.pop(name)
+        cols, shifted, rows = int(codes.shape[1]), 0, 0
+        for module, part in targets[name]:
+            grid = (codes[part], scales[part], zeros[part], group)
+            r, _, _, s = _write_unit(state, module, grid, sb, v1=fmt == "gptq", dtype=scale_dtype)
+            rows, shifted = rows + r, shifted + s
+            per_module[module] = {"bits": bits, "stored_bits": sb, "stored_group_size": -1 if gs is None else group}
+            if s:
+                per_module[module]["groups_shifted"] = s
         entry = problem.db.codec.export_entry(problem.spec, problem.db.values(name)[level], rows * cols)
         per_unit[name] = {
             "level": level,
@@ -202,9 +214,11 @@ def write_gptq(
         }
         if shifted:
             per_unit[name]["groups_shifted"] = shifted
+        if isinstance(problem.modules[u], ExpertUnit):
+            per_unit[name]["modules"] = [m for m, _ in targets[name]]
     path = save_model(problem.model, problem.tokenizer, out, state_dict=state)
-    write_quantization_config(path, _quantization_config(problem.model, per_unit, fmt))
-    notes = gptq_vllm_warnings(per_unit, fmt)
+    write_quantization_config(path, _quantization_config(problem.model, per_module, fmt, layout.renamed))
+    notes = gptq_vllm_warnings(per_module, fmt)
     vllm = [f"serve: {VLLM_COMMAND} (GPTQLinearMethod: gptq_gemm kernel)", *notes]
     return write_meta(path, "gptq", problem, lv, per_unit, {"vllm": vllm, **(info or {})})
 
@@ -267,7 +281,7 @@ def _write_unit(
         shifted = int(flat.sum())
         codes = codes + flat[:, g_idx].to(torch.int64)
         zeros = zeros + flat.to(torch.int64) - 1  # v1 stores zero − 1
-    state.pop(f"{name}.weight")
+    state.pop(f"{name}.weight", None)  # an expert's per-expert module has none: its fused parameter is left out
     state[f"{name}.qweight"] = pack_along_rows(codes.T, sb)
     state[f"{name}.qzeros"] = pack_along_rows(zeros, sb).T.contiguous()
     state[f"{name}.scales"] = scales.T.to(dtype).contiguous()
@@ -275,9 +289,13 @@ def _write_unit(
     return rows, cols, group, shifted
 
 
-def _quantization_config(model: Any, per_unit: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """The ``quantization_config``: the most common scheme as the default, every unit's (and each fused module
-    vLLM builds, when its shards agree) in ``dynamic``, and the decoder's other linears left out (``-:``)."""
+def _quantization_config(
+    model: Any, per_unit: dict[str, Any], fmt: str, renamed: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``quantization_config``: the most common scheme as the default, every written module's (and each fused
+    module vLLM builds, when its shards agree) in ``dynamic``, and the decoder's other linears left out (``-:``),
+    in checkpoint names (``renamed``: model state key → checkpoint key)."""
+    renamed = renamed or {}
     schemes = {n: (u["stored_bits"], u["stored_group_size"]) for n, u in per_unit.items()}
     base_bits, base_group = Counter(schemes.values()).most_common(1)[0][0]
     dynamic: dict[str, dict[str, Any]] = {}
@@ -288,6 +306,7 @@ def _quantization_config(model: Any, per_unit: dict[str, Any], fmt: str) -> dict
             b, g = next(iter(shards))
             dynamic[f"+:{_module_regex(fused)}"] = {"bits": b, "group_size": g}
     for name in _decoder_linears(model):
+        name = renamed.get(f"{name}.weight", f"{name}.weight").removesuffix(".weight")
         if name not in schemes:
             dynamic[f"-:{_module_regex(name)}"] = {}
     return {
@@ -365,6 +384,9 @@ def gptq_vllm_warnings(units: dict[str, dict[str, Any]], checkpoint_format: str 
             )
         if partial:
             out.append(f"only some of {'/'.join(shards)} are quantized in {sorted(partial)[0]}; vLLM refuses that")
+    moe = mixed_experts(schemes)
+    if moe:
+        out.append(moe)
     if checkpoint_format == "gptq_v2":
         out.append(
             "checkpoint_format gptq_v2 (zero points stored as they are): needs a vLLM with vllm-project/vllm#26092; "
@@ -423,4 +445,8 @@ def load_gptq(path: str | Path, dtype: torch.dtype | None = None) -> Any:
             zeros = zeros + 1
         w = scales.to(torch.float32)[g_idx] * (codes - zeros[g_idx]).to(torch.float32)  # (in, out)
         units[name] = w.T.contiguous()  # out × in
-    return load_strict(path, config_without_quantization(path), state, dtype, units)
+    config = config_without_quantization(path)
+    with torch.device("meta"):  # the stock architecture's names and shapes, no memory
+        skeleton = AutoModelForCausalLM.from_config(config)
+    state, units = from_checkpoint(checkpoint_layout(skeleton, "gptq"), state, units)
+    return load_strict(path, config, state, dtype, units)

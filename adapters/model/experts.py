@@ -270,13 +270,3 @@ def capture_expert_inputs(
     finally:
         for k, c in configs.items():
             c._experts_implementation = saved[k]
-
-
-def refuse_experts(modules: list[Any], fmt: str) -> None:
-    """``ValueError`` (one line) when a format that writes one tensor per module is asked to hold expert units."""
-    fused = sorted({m.param_name for m in modules if isinstance(m, ExpertUnit)})
-    if fused:
-        raise ValueError(
-            f"the {fmt} format writes one tensor per module and cannot hold the experts of fused parameters "
-            f"({fused[0]} ...); write this mixture-of-experts run as --format dense"
-        )

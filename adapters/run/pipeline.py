@@ -31,9 +31,9 @@ from levelsearch.runner import DirectoryLock
 from levelsearch.schema import validate
 
 from ..formats import check_format
+from ..formats.experts import refuse_experts
 from ..formats.run import export_and_check
 from ..formats.verify import ExportCheckFailed
-from ..model.experts import refuse_experts
 from ..model.integrity import json_checksum, say_rebuild
 from ..model.models import resolve_device, resolve_dtype
 from ..scoring.fitness import Teacher
@@ -259,16 +259,18 @@ def evopress_entry(result: Any, opt: Any, seconds: float, start_name: str) -> di
     }
 
 
-#: formats that write one tensor per module: they cannot hold the experts of fused parameters
+#: formats that write one tensor per module: a mixture of experts' fused experts as per-expert modules, where the
+#: architecture's checkpoints have them
 PER_MODULE_FORMATS = ("pack-quantized", "sparse-bitmask", "gptq")
 
 
 def check_format_holds(codec: Any, problem: Any, cfg: dict[str, Any]) -> None:
     """One line, before the search, when the run's export format cannot hold its units (a mixture of experts'
-    fused experts in a per-module format), instead of after it."""
+    fused experts in a per-module format, for an architecture whose checkpoints keep them fused), instead of
+    after it."""
     fmt = cfg.get("format") or codec.formats[0]
     if cfg.get("export", True) and fmt in PER_MODULE_FORMATS and hasattr(problem, "modules"):
-        refuse_experts(problem.modules, fmt)
+        refuse_experts(problem.model, problem.modules, fmt)
 
 
 def peak_memory() -> dict[str, float]:
