@@ -139,3 +139,17 @@ def test_the_teacher_pass_counts_its_forward_tokens(data_file, tmp_path):
     assert p.n_forward_tokens - before == p.heldout.n_tokens
     p.teacher("heldout")  # computed once
     assert p.n_forward_tokens - before == p.heldout.n_tokens
+
+
+def test_chunk_statistics_are_the_heldout_statistics_of_the_positions_asked(topk):
+    lv = _levels(topk)
+    kl, top = topk.heldout_tokens([lv])[0]
+    first = topk.heldout.seq_len // 2
+    before = topk.n_forward_tokens
+    got = topk.chunk_statistics(lv, topk.heldout.tokens.numpy(), first)
+    want = kl_statistics(kl[:, first:-1], top[:, first:-1])
+    assert got == pytest.approx({**want, "positions": kl[:, first:-1].size})
+    assert topk.n_forward_tokens - before == 2 * topk.heldout.n_tokens  # the dense pass and the candidate's
+    assert topk.token_set("heldout") is topk.heldout and not topk.has_teacher("chunks")
+    with pytest.raises(ValueError, match="first < seq_len - 1"):
+        topk.chunk_statistics(lv, topk.heldout.tokens.numpy(), topk.heldout.seq_len - 1)

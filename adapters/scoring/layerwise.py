@@ -156,6 +156,7 @@ class LayerwiseProblem(Problem, abc.ABC):
         self._memo: dict[bytes, float] = {}  # levels -> full-pool KL
         self._seq_kl: dict[tuple[Any, int], float] = {}  # (layer keys, sequence) -> KL summed over its tokens
         self._heldout: dict[tuple[Any, ...], dict[str, float]] = {}  # layer keys -> held-out report entry
+        self._other_sets: dict[str, TokenSet] = {}  # a token set measured once (chunk_statistics)
         self._unit_errors: np.ndarray | None = None
         self.n_forward_tokens = 0  # tokens that went through at least one layer, per distinct candidate
 
@@ -185,7 +186,10 @@ class LayerwiseProblem(Problem, abc.ABC):
         """The candidate that stands for the uncompressed model in ``score`` and ``heldout_report``."""
 
     def token_set(self, which: str) -> TokenSet:
-        """The tokens of ``"calibration"`` (the search pool fitness draws from) or ``"heldout"``."""
+        """The tokens of ``"calibration"`` (the search pool fitness draws from), ``"heldout"``, or another set
+        being measured (:meth:`chunk_statistics`)."""
+        if which in getattr(self, "_other_sets", {}):
+            return self._other_sets[which]
         return self.search_pool if which == "calibration" else self.heldout
 
     # ------------------------------------------------------------------ shared
@@ -400,6 +404,30 @@ class LayerwiseProblem(Problem, abc.ABC):
                 for i in ii:
                     out[i] = dict(self._heldout[k])
         return out
+
+    def chunk_statistics(self, candidate: Any, tokens: Any, first: int = 0) -> dict[str, float]:
+        """The held-out KL statistics of ``candidate`` (as :meth:`heldout_report` computes them: the dense model's
+        top-``k`` teacher plus one tail bin) on other token sequences ``tokens`` (``[n_seq, seq_len]``), over the
+        positions ``first .. seq_len-2`` of each: e.g. llama-perplexity's chunks, whose second half it scores
+        (``first = seq_len // 2``), to set our figures beside its ``--kl-divergence`` ones on the same tokens.
+
+        Returns ``kl`` (the mean), ``kl_median``, ``kl_p99``, ``kl_p99_9``, ``top1`` and ``positions``. The dense
+        pass and the candidate's count in :attr:`n_forward_tokens`; nothing is remembered.
+        """
+        ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
+        if ids.ndim != 2 or not 0 <= int(first) < ids.shape[1] - 1:
+            raise ValueError(
+                f"give tokens [n_seq, seq_len] and 0 <= first < seq_len - 1, got {tuple(ids.shape)}, {first}"
+            )
+        which = "chunks"
+        self._other_sets = {which: TokenSet(tokens=ids, name="chunks")}
+        try:
+            kl, top = self._score_sums([candidate], which, None, per_token=True).token_arrays(0)
+        finally:
+            self._other_sets = {}
+            self._teachers.pop(which, None)
+        kl, top = kl[:, int(first) : -1], top[:, int(first) : -1]
+        return {**kl_statistics(kl, top), "positions": int(kl.size)}
 
     def heldout_tokens(self, candidates: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per candidate, the per-token KL to the dense model (``[n_seq, seq_len]``, nats, as
