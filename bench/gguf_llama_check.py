@@ -1,49 +1,141 @@
-"""llama.cpp's own held-out perplexity of a finished ``--method gguf`` run's ``model.gguf``, beside ours.
+"""llama.cpp's own KL statistics of a finished ``--method gguf`` run's GGUF file beside ours, on the same tokens.
 
-    .venv/bin/python bench/gguf_llama_check.py RUN_DIR [--threads 2]
+    .venv/bin/python bench/gguf_llama_check.py RUN_DIR [--gguf FILE] [--name NAME] [--threads 2]
 
-Rebuilds the run's held-out set (the default corpus, its ``calibration_tokens`` / ``heldout_tokens``, 256-token
-sequences, seed 0) and runs it through llama.cpp (``make llama-cpp``); exits 1 when the two differ by more than
-the export check's 1%. ``compress`` does the same check itself when llama-cpp-python is installed.
+Rebuilds the run's problem from its journal (as ``levelsearch export`` does: the same weights, data and settings
+as the search), writes its held-out text and runs llama.cpp's ``llama-perplexity`` (``make llama-tools``) on the
+source file (``--kl-divergence-base``: its log-probabilities and the tokens, in chunks of the run's sequence length)
+and on the run's GGUF file (``--kl-divergence``; default ``RUN_DIR/model.gguf``, else what ``levelsearch export
+RUN_DIR`` wrote). Ours come from the very tokens llama-perplexity saved (BOS first in each chunk where the file
+adds one, as llama.cpp does) at the positions it scores (the second half of each chunk): the KL statistics by the
+search's own held-out code (:meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem.chunk_statistics`: the
+source's top-``k`` tokens plus one tail bin), perplexity by
+:func:`~levelsearch.adapters.codecs.gguf.llamacpp.perplexity_on_chunks`. Writes
+``bench/results/kl-check/<NAME>.json`` (with provenance); exits 1 when the mean KL or the top-1 agreement differ
+by more than :data:`TOL` (2%).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from levelsearch.adapters.codecs.gguf.export import LLAMA_CPP_PPL_TOL, llama_cpp_perplexity
-from levelsearch.adapters.model.data import calibration_and_heldout
-from levelsearch.adapters.model.models import load_model
+import numpy as np
+from levelsearch.adapters.cli.export import run_settings
+from levelsearch.adapters.codecs import get_codec
+from levelsearch.adapters.codecs.gguf import llamacpp as lc
+from provenance import provenance
+
+ROOT = Path(__file__).resolve().parent.parent
+#: our mean KL and top-1 agreement against llama-perplexity's, relative difference allowed
+TOL = 0.02
+STATS = ("kl_mean", "kl_median", "kl_p99", "kl_p99_9", "top1", "ppl")
+
+
+def with_bos(problem: Any, tokens: np.ndarray) -> np.ndarray:
+    """``tokens`` (``[n_chunk, n_ctx]``) with each chunk's first token the file's BOS where it adds one, as
+    llama-perplexity runs them (its saved tokens are the text's, BOS only at the very start)."""
+    fields = problem.source.reader.fields
+
+    def get(key: str) -> Any:
+        f = fields.get(key)
+        return None if f is None else f.contents()
+
+    out = np.array(tokens, dtype=np.int64)
+    if get("tokenizer.ggml.add_bos_token") and get("tokenizer.ggml.bos_token_id") is not None:
+        out[:, 0] = int(get("tokenizer.ggml.bos_token_id"))
+    return out
+
+
+def compare(problem: Any, levels: Any, gguf: Path, work: Path, threads: int) -> dict[str, Any]:
+    """llama-perplexity's KL statistics of ``gguf`` against the problem's source file and ours of ``levels`` on the
+    same chunks of the problem's held-out text; the scratch files go to ``work`` (the saved log-probabilities are
+    removed after)."""
+    tools = lc.find_tools()
+    if tools is None:
+        raise SystemExit(lc.missing_line())
+    exe = tools["llama-perplexity"]
+    work.mkdir(parents=True, exist_ok=True)
+    text, base = work / "heldout.txt", work / "source.kld"
+    text.write_text(lc.heldout_text(problem))
+    n_ctx = int(problem.heldout.seq_len)
+    t0 = time.perf_counter()
+    try:
+        source = lc.kl_base(exe, problem.source.path, text, base, n_ctx=n_ctx, threads=threads)
+        tokens = lc.read_kl_base_tokens(base)
+        theirs = lc.kl_divergence(exe, gguf, base, n_ctx=n_ctx, threads=threads)
+    finally:
+        base.unlink(missing_ok=True)
+    llama_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    first = n_ctx // 2
+    stats = problem.chunk_statistics(levels, with_bos(problem, tokens), first)
+    ours = {"kl_mean": stats.pop("kl"), **stats, "ppl": lc.perplexity_on_chunks(problem, levels, tokens)}
+    ours_seconds = time.perf_counter() - t0
+    gap = {k: ours[k] / theirs[k] - 1.0 if theirs[k] else float("nan") for k in STATS}
+    return {
+        "file": gguf.name,
+        "file_bytes": gguf.stat().st_size,
+        "n_ctx": n_ctx,
+        "chunks": int(tokens.shape[0]),
+        "scored_positions": int(ours["positions"]),
+        "top_k": int(problem.top_k),
+        "source_ppl": source["ppl"],
+        "llama_perplexity": theirs,
+        "ours": ours,
+        "relative_gap": gap,
+        "tol": TOL,
+        "within_tol": {k: bool(abs(gap[k]) <= TOL) for k in ("kl_mean", "top1")},
+        "seconds": {"llama_perplexity": llama_seconds, "ours": ours_seconds},
+        "llama_cpp_python": lc.LLAMA_TOOLS_VERSION,
+        "threads": threads,
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
+    ap.add_argument("--gguf", type=Path, default=None, help="the GGUF file (default: the run's export)")
+    ap.add_argument("--name", default=None, help="results file name (default: the run directory's name)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    res = json.loads((args.run / "results.json").read_text())
-    _, tok = load_model(res["model"])  # the tokenizer of the run's model (a GGUF file or a name)
-    _, held = calibration_and_heldout(
-        tok,
-        None,
-        seq_len=256,
-        calibration_tokens=int(res["calibration_tokens"]),
-        heldout_tokens=int(res["heldout_tokens"]),
-        seed=0,
+    gguf = args.gguf or next(
+        (p for p in (args.run / "model.gguf", args.run / "model-gguf" / "model.gguf") if p.is_file()), None
     )
-    t0 = time.perf_counter()
-    theirs = llama_cpp_perplexity(args.run / "model.gguf", held.tokens.cpu().numpy(), threads=args.threads)
-    ours = float(res["methods"]["evopress"]["heldout_ppl"])
-    gap = theirs / ours - 1.0
+    if gguf is None:
+        raise SystemExit(f"{args.run} holds no model.gguf; run levelsearch export {args.run} first, or give --gguf")
+    res, settings = run_settings(args.run)
+    settings["threads"] = args.threads
+    problem = get_codec(str(res["method"])).make_problem(settings)
+    levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)
+    work = ROOT / "runs" / "kl-check"
+    record = compare(problem, levels, gguf, work, args.threads)
+    ev = res["methods"]["evopress"]
+    record = {
+        "model": res["model"],
+        "run": str(args.run),
+        "target": res.get("target"),
+        "bits_per_weight": ev.get("bits_per_weight"),
+        **record,
+        "ours_on_the_heldout_set": {k: ev.get(k) for k in ev if k.startswith("heldout_")},
+        "provenance": provenance(),
+    }
+    dest = ROOT / "bench" / "results" / "kl-check" / f"{args.name or args.run.name}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(record, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    g = record["relative_gap"]
     print(
-        f"llama.cpp {theirs:.4f}, ours {ours:.4f}: {gap:+.2%} ({held.tokens.numel():,} tokens, "
-        f"{time.perf_counter() - t0:.0f} s)"
+        f"{dest}: mean KL ours {record['ours']['kl_mean']:.5f} vs llama.cpp "
+        f"{record['llama_perplexity']['kl_mean']:.5f} ({g['kl_mean']:+.2%}); top-1 {record['ours']['top1']:.4f} vs "
+        f"{record['llama_perplexity']['top1']:.4f} ({g['top1']:+.2%}); {record['scored_positions']:,} positions"
     )
-    return 0 if abs(gap) <= LLAMA_CPP_PPL_TOL else 1
+    return 0 if all(record["within_tol"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ def curve_table(name: str) -> str:
     """Per target: EvoPress's held-out KL statistics and perplexity, the best baseline's KL, the forward tokens."""
     curve = _load(name)
     rows = [
-        "| target | EvoPress KL | KL median | KL p99 | KL p99.9 | top-1 | ppl | best baseline (KL) | forward tokens |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| target | size (bpw) | EvoPress KL | KL median | KL p99 | KL p99.9 | top-1 | ppl | best baseline (KL) "
+        "| EvoPress ≤ best | forward tokens |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|:-:|---:|",
     ]
     for p in curve["points"]:
         ms = p["methods"]
@@ -26,10 +27,12 @@ def curve_table(name: str) -> str:
         base = [n for n in ms if n != "evopress" and ms[n].get("feasible", True)]
         best = min(base, key=lambda n: ms[n]["heldout_kl"]) if base else None
         best_cell = f"{best} ({ms[best]['heldout_kl']:.4f})" if best else "–"
+        at_most = "yes" if best is None or ev["heldout_kl"] <= ms[best]["heldout_kl"] else "no"
+        bpw = f"{ev['bits_per_weight']:.3f}" if "bits_per_weight" in ev else "–"
         rows.append(
-            f"| {p['name'].split('-', 1)[1]} | {ev['heldout_kl']:.4f} | {ev['heldout_kl_median']:.4f} | "
+            f"| {p['name'].split('-', 1)[1]} | {bpw} | {ev['heldout_kl']:.4f} | {ev['heldout_kl_median']:.4f} | "
             f"{ev['heldout_kl_p99']:.3f} | {ev['heldout_kl_p99_9']:.3f} | {100 * ev['heldout_top1']:.1f}% | "
-            f"{ev['heldout_ppl']:.2f} | {best_cell} | {p['forward_tokens']:,} |"
+            f"{ev['heldout_ppl']:.2f} | {best_cell} | {at_most} | {p['forward_tokens']:,} |"
         )
     ref = curve.get("reference", {})
     rows.append("")
@@ -43,9 +46,42 @@ def curve_table(name: str) -> str:
     return "\n".join(rows)
 
 
+def kl_check_table(name: str) -> str:
+    """Our held-out KL statistics of one GGUF file against llama-perplexity's on the same tokens
+    (``bench/gguf_llama_check.py``)."""
+    r = dict(json.loads((RESULTS / "kl-check" / f"{name}.json").read_text()))
+    ours, theirs, gap = r["ours"], r["llama_perplexity"], r["relative_gap"]
+    rows = ["| statistic | ours | llama-perplexity | ours / llama.cpp − 1 |", "|---|---:|---:|---:|"]
+    labels = {
+        "kl_mean": "mean KL",
+        "kl_median": "median KL",
+        "kl_p99": "KL 99%",
+        "kl_p99_9": "KL 99.9%",
+        "top1": "same top token",
+        "ppl": "perplexity",
+    }
+    for key, label in labels.items():
+        fmt = "{:.2%}" if key == "top1" else "{:.4f}" if key == "ppl" else "{:.5f}"
+        rows.append(f"| {label} | {fmt.format(ours[key])} | {fmt.format(theirs[key])} | {gap[key]:+.2%} |")
+    rows.append("")
+    rows.append(
+        f"`{r['file']}` of the run at {r['target']:g} bits per weight ({r['model']}): {r['chunks']} chunks of "
+        f"{r['n_ctx']} tokens, {r['scored_positions']:,} scored positions (the second half of each chunk); ours from "
+        f"the source's top-{r['top_k']} tokens plus a tail bin. Within {r['tol']:.0%}: mean KL "
+        f"{'yes' if r['within_tol']['kl_mean'] else 'no'}, top-1 {'yes' if r['within_tol']['top1'] else 'no'}."
+    )
+    return "\n".join(rows)
+
+
 #: a table per committed curve (``bench/curve.py`` writes them; none is published before its file is committed)
 TABLES = {
     name: (lambda name=name: curve_table(name))
     for name in ("curve-smollm2-quant", "curve-smollm2-gguf")
     if (RESULTS / name / "curve.json").is_file()
 }
+TABLES.update(
+    {
+        f"kl-check-{path.stem}": (lambda stem=path.stem: kl_check_table(stem))
+        for path in sorted((RESULTS / "kl-check").glob("*.json"))
+    }
+)
