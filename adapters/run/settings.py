@@ -95,6 +95,19 @@ SHARED_SETTINGS: tuple[Setting, ...] = (
         Field("number", min=0, max=1e6, exclusive_min=True, nullable=True),
         "also stop the search after this many minutes",
     ),
+    Setting(
+        "patience",
+        20,
+        Field("int", min=0, max=10**6),
+        "the stopping rule: stop once this many generations in a row gained less than --min-improvement "
+        "(default 20; 0 turns it off: the search runs all --generations)",
+    ),
+    Setting(
+        "min_improvement",
+        1e-3,
+        Field("number", min=0, max=0.999999),
+        "the relative gain on its final step's data a generation must make to count for --patience (default 0.001)",
+    ),
     Setting("start", "best-heuristic", _OPT_STR, "best-heuristic (default), random, or a heuristic name"),
     _tokens("calibration_tokens", 4096, "calibration pool size (default 4096)"),
     _tokens("heldout_tokens", 4096, "held-out set size (default 4096)"),
