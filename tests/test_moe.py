@@ -154,6 +154,13 @@ def test_the_finder_reads_orientation_and_leaves_the_router_dense():
         assert not any(n.startswith(found.router.rsplit(".", 1)[0] + ".") or n == found.router for n in names)
 
 
+def test_a_shared_experts_scalar_gate_stays_dense_like_the_router():
+    layer = tiny_moe("qwen2_moe").model.layers[0]
+    names = [n for n, _ in layer_units(layer)]
+    assert "mlp.shared_expert_gate" not in names and "mlp.gate" not in names
+    assert {"mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj"} <= set(names)
+
+
 def test_an_unmappable_mixture_of_experts_is_one_line():
     # JetMoE's mixture of attention heads: fused 4×16×32 and 4×32×16 read both ways, no is_transposed declared
     cfg = transformers.JetMoeConfig(

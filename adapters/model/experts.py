@@ -190,8 +190,17 @@ def expert_units(layer: nn.Module) -> list[tuple[str, ExpertUnit]]:
 
 
 def router_modules(layer: nn.Module) -> set[str]:
-    """Paths within ``layer`` of the modules holding its routers' weights (they stay dense)."""
-    return {entry.router.rsplit(".", 1)[0] for entry in find_experts(layer) if "." in entry.router}
+    """Paths within ``layer`` of the modules holding its routers' weights (they stay dense): each fused experts'
+    router, and in a layer with experts every scalar gate ``1 × H`` on the hidden states (Qwen2-MoE's
+    ``shared_expert_gate``, which weighs the shared expert's output per token as the router weighs the experts')."""
+    found = find_experts(layer)
+    out = {entry.router.rsplit(".", 1)[0] for entry in found if "." in entry.router}
+    if found:
+        params = dict(layer.named_parameters())
+        hidden = {int(params[entry.router].shape[1]) for entry in found}
+        gates = [n for n, p in params.items() if p.dim() == 2 and p.shape[0] == 1 and int(p.shape[1]) in hidden]
+        out |= {n.rsplit(".", 1)[0] for n in gates if n.endswith(".weight") and "." in n}
+    return out
 
 
 def _index(idx: Any) -> int | None:
