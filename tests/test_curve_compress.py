@@ -155,6 +155,7 @@ def test_a_run_stopped_during_a_target_resumes_to_the_uninterrupted_curve(model_
     assert (out / "target-2.5" / "results.json").is_file() and not (out / "target-3" / "results.json").exists()
     monkeypatch.setattr(LayerwiseProblem, "evaluate_many", real)
     resumed = _run(model_dir, out, [2.5, 3, 3.5])
+    assert resumed["shared_forward_tokens"] == full["shared_forward_tokens"] > 0  # the teacher, read back, still counts
     for a, b in zip(full["points"], resumed["points"], strict=True):
         assert np.array_equal(_levels(full_out / a["name"]), _levels(out / b["name"]))
         for name in a["methods"]:
