@@ -14,7 +14,9 @@ Runs (each resumes from its journal under ``--work`` when run again):
   generations, its journal read for the best calibration KL after each token count.
 
 ``results.json`` holds, for each, the best calibration KL against the forward tokens its search spent.
-``--collect --only NAME`` reads a run's journal as it stands (an unfinished run says so: ``finished`` false).
+``--collect --only NAME`` reads a run's journal as it stands (an unfinished run says so: ``finished`` false;
+compress's needs its ``results.json``). ``compress`` also records its best calibration KL after at most the tokens
+``run-evopress`` spent, and how many leading journal records (requests and values) the two runs share.
 """
 
 from __future__ import annotations
@@ -88,16 +90,21 @@ def _curve(journal: Path) -> list[tuple[float, float]]:
     return out
 
 
-def _compress(work: Path, generations: int) -> dict[str, Any]:
+def _compress(work: Path, generations: int, collect: bool = False) -> dict[str, Any]:
     out = work / "compress"
     cmd = _levelsearch(
         "compress", "--method", "drop", "--model", "smollm2", "--target", "0.25", "--calibration-tokens", "4096",
         "--seed", "0", "--generations", str(generations), "--threads", "1", "--no-export", "--quiet", "--out", str(out),
     )  # fmt: skip
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    if not collect:
+        subprocess.run(cmd, check=True)
     res = json.loads((out / "results.json").read_text())
     evo = res["methods"]["evopress"]
+    curve = _curve(out / "journal.db")
+    run_journal = work / "run-evopress" / "journal.db"
+    same = _same_records(run_journal, out / "journal.db") if run_journal.is_file() else None
+    run_tokens = _spent(run_journal) if run_journal.is_file() else None
     return {
         "command": " ".join(["levelsearch", *cmd[1:]]),
         "start": evo.get("start"),
@@ -105,9 +112,26 @@ def _compress(work: Path, generations: int) -> dict[str, Any]:
         if str(evo.get("start", "")).split(":")[-1] in res["methods"]
         else None,
         "summary": {k: evo.get(k) for k in ("calibration_kl", "evaluations", "tokens", "generations", "stop_reason")},
-        "curve": _curve(out / "journal.db"),
-        "wall_seconds": time.perf_counter() - t0,
+        "curve": curve,
+        # the run door's tokens, and compress's best after at most as many
+        "run_evopress_tokens": run_tokens,
+        "best_at_run_evopress_tokens": min((v for t, v in curve if run_tokens and t <= run_tokens), default=None),
+        # leading journal records (fidelity, data sample, assignment, value) that equal run-evopress's
+        "records_equal_to_run_evopress": same,
+        "wall_seconds": None if collect else time.perf_counter() - t0,
     }
+
+
+def _same_records(a: Path, b: Path) -> dict[str, int]:
+    from levelsearch.journal import Journal
+
+    ra, rb = list(Journal(a, readonly=True).records()), list(Journal(b, readonly=True).records())
+    same = 0
+    for x, y in zip(ra, rb):
+        if (x.fidelity, x.sample, x.levels.tolist(), x.value) != (y.fidelity, y.sample, y.levels.tolist(), y.value):
+            break
+        same += 1
+    return {"equal_leading_records": same, "run_evopress_records": len(ra), "compress_records": len(rb)}
 
 
 def main() -> None:
@@ -130,7 +154,7 @@ def main() -> None:
             opt = {"name": "evopress-ref", "steps": CPU_STEPS, "offspring": 16}
             results[name] = _run_config(work, name, opt, 240_000, args.collect)
         elif name == "compress":
-            results[name] = _compress(work, args.compress_generations)
+            results[name] = _compress(work, args.compress_generations, args.collect)
         else:
             raise SystemExit(f"unknown run {name!r}")
         from provenance import provenance  # bench/ is this script's directory

@@ -88,12 +88,13 @@ def stopping_rule() -> str:
 
 def run_defaults() -> str:
     """``levelsearch run`` with ``optimizer: {name: evopress}`` and nothing else (``bench/search_defaults.py``):
-    what it used, and its best calibration KL on the whole pool after the tokens its search spent."""
+    what it used, and its best calibration KL on the whole pool after the tokens its search spent, beside
+    ``compress`` at the same tokens and at the end of its run."""
     res = _read("search-defaults/results.json")
     header = ["run", "schedule from", "start from", "search tokens", "best calibration KL", "finished"]
     rows = []
     for name, run in res.items():
-        if name == "provenance":
+        if name in ("provenance", "compress"):
             continue
         d = run["summary"].get("defaults") or {}
         curve = run["curve"]
@@ -107,24 +108,63 @@ def run_defaults() -> str:
                 "yes" if run.get("finished") else "no (stopped before its budget)",
             ]
         )
-    # beside it, compress on the same problem (its committed demo run: same CPU schedule, 16 offspring then)
+    note = ""
+    comp = res.get("compress")
+    if comp is not None:
+        if comp.get("best_at_run_evopress_tokens") is not None:
+            at = f"≤ {int(comp['run_evopress_tokens']):,}"
+            rows.append(["compress, same tokens", "compress (cpu)", comp["start"], at, _kl(comp, "at"), "yes"])
+        done = comp["summary"]
+        rows.append(["compress", "compress (cpu)", comp["start"], f"{int(done['tokens']):,}", _kl(comp, "end"), "yes"])
+        same = comp.get("records_equal_to_run_evopress")
+        if same:
+            note = (
+                f"\n\ncompress and run-evopress: their first {same['equal_leading_records']} journal records (of "
+                f"{same['run_evopress_records']} and {same['compress_records']}) are the same requests (fidelity, data "
+                "sample, assignment) with the same values."
+            )
+    # compress's committed demo run on the same problem (an older schedule: 16 offspring, no screening)
     demo = _read("smollm2-drop-0.25/results.json")
     evo = demo["methods"]["evopress"]
-    start = str(evo["start"]).split(":")[-1]
     rows.append(
-        [
-            "compress (its start)",
-            "compress (cpu)",
-            evo["start"],
-            "0",
-            f"{demo['methods'][start]['calibration_kl']:.4f}",
-            "",
-        ]
+        ["compress demo (16 offspring)", "compress (cpu)", evo["start"], f"{int(evo['tokens']):,}",
+         f"{evo['calibration_kl']:.4f}", "yes"]
+    )  # fmt: skip
+    return _markdown(header, rows) + note
+
+
+def _kl(comp: dict[str, Any], which: str) -> str:
+    value = comp["best_at_run_evopress_tokens"] if which == "at" else comp["summary"]["calibration_kl"]
+    return f"{float(value):.4f}"
+
+
+def stopping_gguf() -> str:
+    """The stopping rule on a GGUF compress run (``bench/stopping_rule.py --gguf``): the same command with the rule
+    off (``--patience 0``) and on (compress's default), what each spent and where it ended."""
+    res = _read("stopping-gguf/results.json")
+    header = ["run", "generations", "search tokens", "calibration KL", "held-out ppl", "tokens saved", "why it stopped"]
+    rows = []
+    for name, run in res["runs"].items():
+        evo = run["evopress"]
+        rows.append(
+            [
+                name,
+                evo["generations"],
+                f"{int(evo['tokens']):,}",
+                f"{evo['calibration_kl']:.5f}",
+                f"{evo['heldout_ppl']:.3f}",
+                f"{int(evo.get('tokens_saved') or 0):,}",
+                evo.get("stop_reason", ""),
+            ]
+        )
+    first = next(iter(res["runs"].values()))
+    prior = first["dp-fisher"]
+    note = (
+        f"\n\nSmolLM2-135M at {res['target_bits_per_weight']} bits per weight of the searched tensors (llama.cpp "
+        f"Q3_K_M's size), at most {res['generations']} generations; both start from dp-fisher (calibration KL "
+        f"{prior['calibration_kl']:.5f}, held-out ppl {prior['heldout_ppl']:.3f})."
     )
-    rows.append(
-        ["compress", "compress (cpu)", evo["start"], f"{int(evo['tokens']):,}", f"{evo['calibration_kl']:.4f}", "yes"]
-    )
-    return _markdown(header, rows)
+    return _markdown(header, rows) + note
 
 
 #: (label, results.json under bench/results/, the prior's baseline in it, what the budget is)
@@ -196,4 +236,5 @@ TABLES: dict[str, Callable[[], str]] = {
     "stopping-rule": stopping_rule,
     "run-defaults": run_defaults,
     "where-search-pays": where_search_pays,
+    "stopping-gguf": stopping_gguf,
 }
