@@ -1,7 +1,13 @@
-"""The stopping rule's effect at fixed work on synthetic problems (the smallest configuration that shows it;
-the GGUF compress run is too long for a shared 2-core machine)::
+"""The stopping rule's effect at fixed work on synthetic problems, and on a GGUF compress run::
 
     python bench/stopping_rule.py --out bench/results/stopping-rule
+    python bench/stopping_rule.py --gguf --work /tmp/stopping-gguf --out bench/results/stopping-gguf
+
+``--gguf``: ``levelsearch compress --method gguf`` on SmolLM2 at llama.cpp's Q3_K_M size (4.634375 bits per
+weight of the searched tensors, 2,048 calibration tokens, seed 0) twice, for ``--generations`` (default 30): with
+``--patience 0`` (the rule off: every generation runs) and with compress's own rule (patience 20, 1e-3). Each
+run's ``results.json`` summary (EvoPress and the dp-fisher start it begins from) goes to ``results.json``; a run
+whose ``results.json`` is already under ``--work`` is read, not run again.
 
 Two problems, each with the same budget with the rule off and on at two patiences (5 and 20 generations in a
 row under 1e-3 relative gain), five seeds: ``interacting`` (64 units, exact values, 5,000 evaluations) and
@@ -13,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +56,52 @@ def run(config: dict[str, Any], budget: dict[str, float], seed: int, options: di
     }
 
 
+#: the GGUF run: SmolLM2 at llama.cpp's Q3_K_M size (bits per weight of the searched tensors)
+GGUF_TARGET = 4.634375
+GGUF_KEYS = ("calibration_kl", "heldout_ppl", "heldout_kl", "evaluations", "tokens", "generations", "stop_reason",
+             "tokens_saved", "start", "seconds")  # fmt: skip
+
+
+def gguf(work: Path, out: Path, generations: int) -> None:
+    """Two compress runs, the rule off and on, and their summaries in ``out/results.json``."""
+    results: dict[str, Any] = {"target_bits_per_weight": GGUF_TARGET, "generations": generations, "runs": {}}
+    for name, extra in (("rule off", ["--patience", "0"]), ("rule on (compress default)", [])):
+        run_dir = work / name.split(" (")[0].replace(" ", "-")
+        cmd = [
+            "levelsearch", "compress", "--method", "gguf", "--model", "smollm2", "--target", str(GGUF_TARGET),
+            "--calibration-tokens", "2048", "--seed", "0", "--generations", str(generations), "--threads", "1",
+            "--no-export", "--quiet", "--out", str(run_dir), *extra,
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        if not (run_dir / "results.json").is_file():
+            subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], check=True)
+        res = json.loads((run_dir / "results.json").read_text())
+        evo, prior = res["methods"]["evopress"], res["methods"]["dp-fisher"]
+        results["runs"][name] = {
+            "command": " ".join(cmd),
+            "evopress": {k: evo.get(k) for k in GGUF_KEYS},
+            "dp-fisher": {k: prior.get(k) for k in ("calibration_kl", "heldout_ppl")},
+            "wall_seconds": time.perf_counter() - t0,
+        }
+        print(name, results["runs"][name]["evopress"])
+    from provenance import provenance  # bench/ is this script's directory
+
+    results["provenance"] = provenance()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--gguf", action="store_true", help="the two GGUF compress runs instead (see above)")
+    ap.add_argument("--work", default="/tmp/stopping-gguf", help="--gguf: where the runs go")
+    ap.add_argument("--generations", type=int, default=30, help="--gguf: generations of each run")
     args = ap.parse_args()
+    if args.gguf:
+        gguf(Path(args.work), Path(args.out), args.generations)
+        return
     results: dict[str, Any] = {"min_improvement": 1e-3, "patiences": list(PATIENCES), "problems": {}}
     for name, (config, budget) in PROBLEMS.items():
         rows = []
