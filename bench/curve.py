@@ -8,6 +8,11 @@ once with the ``--reference`` target alone, both with the same generations per t
 never wall time), and writes ``bench/results/curve-smollm2-<method>/curve.json`` (the run's curve, the
 reference's forward tokens and the ratio, wall times beside them, provenance) and ``curve.png``.
 The runs themselves go to ``--work`` (default ``runs/curve-<method>``), outside the repository's results.
+``--parallel`` runs the reference target in a second process meanwhile (the forward tokens are the same; the wall
+times then share the machine); ``--no-llama-tools`` leaves llama-quantize's own files out of a gguf run's baselines.
+
+    python bench/curve.py --method gguf --targets 4.634375,5,5.534375,5.8,6.035 --reference 5.534375 \
+        --generations 3 --heldout-tokens 1024 --parallel --no-llama-tools
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +80,12 @@ def notes(curve: dict[str, Any], single: dict[str, Any], args: argparse.Namespac
         f"(the bound asked: 2x). Both count the teachers' passes, the estimates, the baselines, the searches and "
         "the held-out reports; the variant database came from the cache in both (its build is counted in neither)."
     ]
+    if getattr(args, "no_llama_tools", False) and args.method == "gguf":
+        out.append(
+            "llama-quantize's own files were left out as baselines here (--no-llama-tools: their llama-imatrix pass "
+            "and three quantizations per target, on a shared 2-core machine); our reproduction of its Q3_K_M and "
+            "Q4_K_M rules is among the baselines."
+        )
     if ratio > 2.0:
         out.append(
             f"2x does not hold at equal generations per target: each target runs its own search, and the "
@@ -107,6 +120,15 @@ def notes(curve: dict[str, Any], single: dict[str, Any], args: argparse.Namespac
     return out
 
 
+def single_run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The ``--reference`` target alone: its results and wall time (also kept in ``WORK/single.json``)."""
+    t0 = time.perf_counter()
+    res = run(settings(args.method, work / f"single-{args.reference:g}", args.reference, args))
+    out = {"results": res, "seconds": time.perf_counter() - t0}
+    (work / "single.json").write_text(json.dumps(out, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", default="quant")
@@ -119,15 +141,39 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None)
     ap.add_argument("--patience", type=int, default=None, help="compress's stopping rule (default: its own)")
+    ap.add_argument(
+        "--parallel", action="store_true", help="run the reference target alone in a second process meanwhile"
+    )
+    ap.add_argument(
+        "--no-llama-tools",
+        action="store_true",
+        help="gguf: leave out llama-quantize's own files as baselines (our reproduction of its mix rules stays)",
+    )
+    ap.add_argument("--part", choices=("all", "single"), default="all", help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.work or f"runs/curve-{args.method}")
+    work.mkdir(parents=True, exist_ok=True)
+    if args.no_llama_tools:
+        from levelsearch.adapters.codecs.gguf import codec as gguf_codec
+
+        gguf_codec.find_tools = lambda *a, **k: None  # type: ignore[assignment]
+    if args.part == "single":
+        single_run(args, work)
+        return
     targets = [float(t) for t in args.targets.split(",")]
+    child = None
+    if args.parallel:
+        child = subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--part", "single"])
     t0 = time.perf_counter()
     curve = run(settings(args.method, work / "curve", targets, args))
     curve_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    single = run(settings(args.method, work / f"single-{args.reference:g}", args.reference, args))
-    single_seconds = time.perf_counter() - t0
+    if child is not None:
+        if child.wait() != 0:
+            raise SystemExit(f"the reference run failed (exit {child.returncode})")
+        done = json.loads((work / "single.json").read_text())
+    else:
+        done = single_run(args, work)
+    single, single_seconds = done["results"], float(done["seconds"])
     curve["reference"] = {
         "target": args.reference,
         "forward_tokens": int(single["forward_tokens"]),
@@ -137,7 +183,7 @@ def main() -> None:
     curve["token_ratio"] = curve["forward_tokens"] / max(1, int(single["forward_tokens"]))
     curve["seconds"] = curve_seconds
     curve["notes"] = notes(curve, single, args)
-    curve["settings"] = {k: v for k, v in vars(args).items() if k != "work"}
+    curve["settings"] = {k: v for k, v in vars(args).items() if k not in ("work", "part")}
     curve["provenance"] = provenance()
     dest = ROOT / "bench" / "results" / f"curve-smollm2-{args.method}"
     dest.mkdir(parents=True, exist_ok=True)
