@@ -2,17 +2,17 @@
 
     .venv/bin/python bench/gguf_llama_check.py RUN_DIR [--gguf FILE] [--name NAME] [--threads 2]
 
-Rebuilds the run's problem from its journal (as ``levelsearch export`` does: the same weights, data and settings
-as the search), writes its held-out text and runs llama.cpp's ``llama-perplexity`` (``make llama-tools``) on the
-source file (``--kl-divergence-base``: its log-probabilities and the tokens, in chunks of the run's sequence length)
-and on the run's GGUF file (``--kl-divergence``; default ``RUN_DIR/model.gguf``, else what ``levelsearch export
-RUN_DIR`` wrote). Ours come from the very tokens llama-perplexity saved (BOS first in each chunk where the file
-adds one, as llama.cpp does) at the positions it scores (the second half of each chunk): the KL statistics by the
-search's own held-out code (:meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem.chunk_statistics`: the
-source's top-``k`` tokens plus one tail bin), perplexity by
-:func:`~levelsearch.adapters.codecs.gguf.llamacpp.perplexity_on_chunks`. Writes
-``bench/results/kl-check/<NAME>.json`` (with provenance); exits 1 when the mean KL or the top-1 agreement differ
-by more than :data:`TOL` (2%).
+Rebuilds the run's problem from its journal (as ``levelsearch export`` does: the same weights, data and settings as
+the search), writes its held-out text and runs llama.cpp's ``llama-perplexity`` (``make llama-tools``) on the source
+file (``--kl-divergence-base``: its log-probabilities and the tokens, in chunks of the run's sequence length) and on
+the run's GGUF file (``--kl-divergence``; default ``RUN_DIR/model.gguf``, else what ``levelsearch export RUN_DIR``
+wrote; a run without an export gets the file written by the export's writer, ``write_gguf``). Ours come from the
+very tokens llama-perplexity saved (BOS first in each chunk where the file adds one, as llama.cpp does) at the
+positions it scores (the second half of each chunk): the KL statistics by the search's own held-out code
+(:meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem.chunk_statistics`: the source's top-``k`` tokens
+plus one tail bin), perplexity by :func:`~levelsearch.adapters.codecs.gguf.llamacpp.perplexity_on_chunks`. Writes
+``bench/results/kl-check/<NAME>.json`` (with provenance); exits 1 when the mean KL or the top-1 agreement differ by
+more than :data:`TOL` (2%).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from levelsearch.adapters.cli.export import run_settings
 from levelsearch.adapters.codecs import get_codec
 from levelsearch.adapters.codecs.gguf import llamacpp as lc
+from levelsearch.adapters.codecs.gguf.export import write_gguf
 from provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,13 +108,15 @@ def main() -> int:
     gguf = args.gguf or next(
         (p for p in (args.run / "model.gguf", args.run / "model-gguf" / "model.gguf") if p.is_file()), None
     )
-    if gguf is None:
-        raise SystemExit(f"{args.run} holds no model.gguf; run levelsearch export {args.run} first, or give --gguf")
     res, settings = run_settings(args.run)
     settings["threads"] = args.threads
     problem = get_codec(str(res["method"])).make_problem(settings)
     levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)
     work = ROOT / "runs" / "kl-check"
+    work.mkdir(parents=True, exist_ok=True)
+    written = gguf is None
+    if gguf is None:  # a run without its export: the file the export writes, by the export's own writer
+        gguf = write_gguf(problem, levels, work / "model.gguf")
     record = compare(problem, levels, gguf, work, args.threads)
     ev = res["methods"]["evopress"]
     record = {
@@ -122,6 +125,7 @@ def main() -> int:
         "target": res.get("target"),
         "bits_per_weight": ev.get("bits_per_weight"),
         **record,
+        "file_written_by": "write_gguf (the run has no export)" if written else "the run's export",
         "ours_on_the_heldout_set": {k: ev.get(k) for k in ev if k.startswith("heldout_")},
         "provenance": provenance(),
     }
