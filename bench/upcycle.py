@@ -39,11 +39,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "moe-smollm2-quant-3"
-#: the fixed-work measure: 20 generations of 16 offspring, 8192 calibration and 4096 held-out tokens
+#: the fixed-work measure: 10 generations of 16 offspring, 1024 calibration and 2048 held-out tokens
 MEASURE = [
     "compress", "--model", "smollm2-moe", "--method", "quant", "--target", "3", "--format", "dense", "--no-export",
-    "--generations", "20", "--calibration-tokens", "8192", "--heldout-tokens", "4096", "--threads", "2",
-    "--seed", "0", "--quiet",
+    "--generations", "10", "--calibration-tokens", "1024", "--heuristic-tokens", "1024", "--heldout-tokens", "2048",
+    "--threads", "2", "--seed", "0", "--quiet",
 ]  # fmt: skip
 
 
@@ -119,6 +119,7 @@ def build(args: argparse.Namespace) -> Path:
         "router_std": args.router_std, "seed": args.seed,
         "heldout_ppl": {"smollm2": heldout_ppl(dense, tok), "smollm2-moe": heldout_ppl(moe, tok)},
         "heldout_tokens": 4096,
+        "parameters": sum(p.numel() for p in moe.parameters()),  # tied embedding and head counted once
     }  # fmt: skip
     (out / "build-info.json").write_text(json.dumps(info, indent=1))
     print(out)
