@@ -727,8 +727,9 @@ class _Mutator:
 
     def __init__(self, space: LevelSpace, rng: np.random.Generator) -> None:
         self.space, self.rng = space, rng
-        groups = space._groups  # the same package's space: its groups' budgets decide the fast path
-        self.fast = all(g.hi is not None and g.uniform_steps and not g.band_moves for g in groups)
+        # the same package's space: its groups' budgets decide the fast path
+        groups = list(getattr(space, "_groups", None) or [])
+        self.fast = bool(groups) and all(g.hi is not None and g.uniform_steps and not g.band_moves for g in groups)
         self._members = [g.units.tolist() for g in groups]
         self._group_of = space.group_of.tolist()
         self._max = space.max_level
