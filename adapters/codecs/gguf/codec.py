@@ -33,7 +33,7 @@ from ..base import Setting, Settings, WeightCodec, problem_settings, target_in
 from .export import plot_types, verify_gguf, write_gguf, write_imatrix
 from .heuristics import gguf_baselines, llama_quantize_baselines
 from .llamacpp import ALLOCATOR, compare_files, find_tools, missing_line
-from .source import STOCK_MIXES, check_extra_tensors, gguf_tensor_name, resolve_source
+from .source import STOCK_MIXES, check_extra_tensors, gguf_unit_parts, resolve_source
 from .types import bits_per_weight, check_types, dequantize_fast, effective_type, quantize, row_bytes
 
 __all__ = ["GGUFCodec", "GGUFVariant", "parse_bytes", "parse_tol"]
@@ -83,6 +83,14 @@ def parse_bytes(value: Any) -> int:
     return int(n)
 
 
+def _has_experts(path: Path) -> bool:
+    """Whether the GGUF file ``path`` is a mixture of experts (its metadata's ``ARCH.expert_count`` above 1)."""
+    from ...model.gguf_config import gguf_metadata
+
+    meta, _names = gguf_metadata(path)
+    return int(meta.get(f"{meta.get('general.architecture')}.expert_count", 0) or 0) > 1
+
+
 @dataclass
 class GGUFVariant:
     """A tensor in ggml type ``qtype``: ``data`` is ``rows × row bytes`` uint8, ``imatrix`` what weighted it."""
@@ -122,6 +130,8 @@ class GGUFCodec(WeightCodec):
         "types": ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"],
     }
     budget_defaults: ClassVar[dict[str, Any]] = {"tol": 0.005}
+    #: llama.cpp stores a layer's experts of one projection in one tensor of one type: a MoE run ties them
+    default_ties = "engine"
     target_help = "bits per weight of the searched tensors (4.6; or --target-bytes)"
     default_target = 4.6
     compress_settings: ClassVar[tuple[Setting, ...]] = (
@@ -168,9 +178,22 @@ class GGUFCodec(WeightCodec):
         self._compare: dict[str, Any] = {}  # levels of the run's own methods to put beside llama.cpp's files
 
     def tensor_name(self, hf_name: str) -> str:
-        """The GGUF tensor a unit is written to (checked against the source file when there is one)."""
+        """The GGUF tensor a unit is written to (its first, for the two halves of fused experts' ``gate_up_proj``)."""
 
-        return self.source.tensor_name(hf_name) if self.source is not None else gguf_tensor_name(hf_name)
+        return gguf_unit_parts(hf_name, 2)[0][0]
+
+    def unit_parts(self, hf_name: str, shape: tuple[int, int]) -> list[tuple[str, int | None, slice]]:
+        """``(GGUF tensor, expert, rows)`` a unit of ``shape`` is written to
+        (:func:`~levelsearch.adapters.codecs.gguf.source.gguf_unit_parts`), checked against the source file's
+        tensors and shapes when there is one."""
+        if self.source is not None:
+            return self.source.unit_parts(hf_name, int(shape[0]), int(shape[1]))
+        return gguf_unit_parts(hf_name, int(shape[0]))
+
+    def units(self, model: Any) -> list[tuple[str, int, Any]]:
+        """The weight codecs' units but a shared expert's gate (one row: llama.cpp's ``ffn_gate_inp_shexp`` is a
+        vector it never quantizes), as a router stays dense."""
+        return [u for u in super().units(model) if not u[0].endswith("shared_expert_gate")]
 
     def make_spec(
         self,
@@ -192,12 +215,8 @@ class GGUFCodec(WeightCodec):
         spec["types"] = check_types(spec["types"])
         units = self.units(model)
         for name, _layer, mod in units:
-            g = self.tensor_name(name)
-            if self.source is not None:
-                shape = [int(x) for x in self.source.tensors[g].shape][::-1]
-                have = list(unit_weight(mod).shape)
-                if shape != have:
-                    raise ValueError(f"{g} is {shape} in the source file but {have} in the model")
+            rows, cols = unit_weight(mod).shape
+            self.unit_parts(name, (int(rows), int(cols)))  # a tensor the file lacks or of another shape: one line
         check_target_range(units + list(extra_units or []), spec["types"], float(target), target_bytes=target_bytes)
         return spec
 
@@ -303,7 +322,12 @@ class GGUFCodec(WeightCodec):
         if settings.get("types") is not None:
             check_types(settings["types"])
         check_extra_tensors(settings.get("extra_tensors"))
-        resolve_source(settings["model"])  # a Hugging Face directory: one line with the conversion command
+        path = resolve_source(settings["model"])  # a Hugging Face directory: one line with the conversion command
+        if settings.get("ties") == "none" and _has_experts(path):
+            raise ValueError(
+                f"--ties none cannot be written as GGUF: {path.name} is a mixture of experts and llama.cpp stores a "
+                "layer's experts of one projection as one 3-D tensor of one type; use --ties engine (the gguf default)"
+            )
 
     def budget(self, settings: Settings) -> dict[str, Any]:
         """``GGUFProblem``'s budget arguments from the settings: ``target`` (bits per weight) or ``target_bytes``,
@@ -388,7 +412,7 @@ class GGUFCodec(WeightCodec):
             "target": problem.target,
             "target_bytes": problem.target_bytes,
             "units": problem.unit_names,
-            "gguf_tensors": [problem.gguf_names[u] for u in problem.unit_names],
+            "gguf_tensors": list(problem.tensor_parts),  # the order of every method's "types"
             "extra_tensors": problem.extra_tensors,
             "tied_embeddings": problem.tied,
             "database": {**info, "build_seconds": db.manifest["build_seconds"]},
@@ -417,7 +441,7 @@ class GGUFCodec(WeightCodec):
             "bits_per_weight": problem.average_bits(levels),
             "searched_bytes": problem.bytes_of(levels),
             "file_bytes": problem.file_bytes(levels),
-            "types": problem.types_of(levels),
+            "types": list(problem.tensor_types(levels).values()),
         }
 
     def plot(self, problem: Any, assignments: dict[str, np.ndarray], path: Any, methods: dict[str, Any]) -> Any:

@@ -30,10 +30,12 @@ import numpy as np
 
 __all__ = [
     "add_recipe_parser",
+    "chosen_tensors",
     "llama_cpp_perplexity",
     "plot_types",
     "recipe",
     "recipe_overrides",
+    "tensor_data",
     "tensor_kind",
     "verify_gguf",
     "write_gguf",
@@ -44,12 +46,24 @@ LOGIT_TOL = 1e-3  # transformers' reload runs the same fp32 weights: only summat
 LLAMA_CPP_PPL_TOL = 0.01
 
 
-def _chosen(problem: Any, levels: np.ndarray) -> dict[str, tuple[int, int, str]]:
-    """GGUF tensor name → ``(unit, level, type)`` of ``levels``."""
-    return {
-        problem.gguf_names[name]: (u, int(levels[u]), problem.unit_types[u][int(levels[u])])
-        for u, name in enumerate(problem.unit_names)
-    }
+def chosen_tensors(problem: Any, levels: np.ndarray) -> dict[str, tuple[list[tuple[int, int, slice]], str]]:
+    """GGUF tensor name → ``([(unit, level, rows of the unit) ...], type)`` of ``levels`` (a search assignment)."""
+    lv = problem.member_levels(levels)
+    out = {}
+    for g, parts in problem.tensor_parts.items():
+        first = parts[0][0]
+        out[g] = ([(u, int(lv[u]), rows) for u, rows in parts], problem.unit_types[first][int(lv[first])])
+    return out
+
+
+def tensor_data(problem: Any, name: str, parts: list[tuple[int, int, slice]]) -> np.ndarray:
+    """The ggml bytes of the searched tensor ``name`` made of ``parts`` (:func:`chosen_tensors`), as the file
+    stores them: ``rows × row bytes`` (q/k rows permuted to the file's order), or ``experts × rows × row bytes``."""
+    chunks = [problem.variant_bytes(u, k)[rows] for u, k, rows in parts]
+    if len(parts) > 1:  # a 3-D expert tensor: expert e's rows are parts[e]
+        return np.ascontiguousarray(np.stack(chunks))
+    order = problem.source.row_order(name, chunks[0].shape[0])
+    return chunks[0] if order is None else chunks[0][order]
 
 
 def tensor_kind(gguf_name: str) -> str:
@@ -75,7 +89,7 @@ def write_gguf(problem: Any, levels: np.ndarray, path: str | Path) -> Path:
             f"{problem.model_name} is not a GGUF file: convert it with llama.cpp first (python convert_hf_to_gguf.py "
             "MODEL_DIR --outtype f16 --outfile model-f16.gguf) and pass --model model-f16.gguf"
         )
-    chosen = _chosen(problem, lv)
+    chosen = chosen_tensors(problem, lv)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
@@ -91,10 +105,8 @@ def write_gguf(problem: Any, levels: np.ndarray, path: str | Path) -> Path:
         writer.add_key_value(key, field.contents(), main, sub_type=sub)
     for t in src.reader.tensors:
         if t.name in chosen:
-            u, k, qtype = chosen[t.name]
-            data = problem.variant_bytes(u, k)
-            order = src.row_order(t.name, data.shape[0])
-            writer.add_tensor(t.name, data if order is None else data[order], raw_dtype=GGMLQuantizationType[qtype])
+            parts, qtype = chosen[t.name]
+            writer.add_tensor(t.name, tensor_data(problem, t.name, parts), raw_dtype=GGMLQuantizationType[qtype])
         else:
             writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
     writer.write_header_to_file()
@@ -118,7 +130,11 @@ def write_imatrix(problem: Any, path: str | Path) -> dict[str, Any]:
     collects none for them, and the search quantized them without one.
     """
 
-    found = {problem.gguf_names[n]: problem.imatrix_of(u) for u, n in enumerate(problem.unit_names[: problem.n_linear])}
+    found: dict[str, Any] = {}
+    for g, parts in problem.tensor_parts.items():  # a 3-D expert tensor: one matrix per expert, expert 0 first
+        if parts[0][0] < problem.n_linear:
+            ims = [problem.imatrix_of(u) for u, _rows in parts]
+            found[g] = None if any(im is None for im in ims) else np.concatenate(ims)
     entries = {g: np.ascontiguousarray(im, dtype="<f4") for g, im in found.items() if im is not None}
     if len(entries) < len(found):  # all or nothing: llama-quantize would quantize a missing one without
         if problem.spec["method"] != "ggml-imatrix":
@@ -159,10 +175,10 @@ def _check_file(problem: Any, levels: np.ndarray, path: Path) -> dict[str, Any]:
     from gguf import GGUFReader
 
     from ...model.units import unit_weight
-    from .types import dequantize
+    from .types import dequantize, row_bytes
 
     src = problem.source
-    chosen = _chosen(problem, levels)
+    chosen = chosen_tensors(problem, levels)
     reader = GGUFReader(str(path))
     bad = f"the exported {path} does not match the search:"
     for key, field in src.reader.fields.items():
@@ -182,16 +198,17 @@ def _check_file(problem: Any, levels: np.ndarray, path: Path) -> dict[str, Any]:
                 if t.tensor_type != s.tensor_type or not np.array_equal(np.asarray(t.data), np.asarray(s.data)):
                     raise ValueError(f"{bad} {t.name} is not the source's tensor")
                 continue
-            u, _k, qtype = chosen[t.name]
+            parts, qtype = chosen[t.name]
             if t.tensor_type.name != qtype:
                 raise ValueError(f"{bad} {t.name} is {t.tensor_type.name}, the search chose {qtype}")
-            raw = np.asarray(t.data)
-            raw = raw.view(np.uint8).reshape(raw.shape[0], -1)
+            n_per_row = int(t.shape[0])
+            raw = np.asarray(t.data).view(np.uint8).reshape(-1, row_bytes(qtype, n_per_row))
             w = dequantize(raw, qtype)
             order = src.row_order(t.name, w.shape[0])
             if order is not None:
                 w = w[np.argsort(order)]
-            live = unit_weight(problem.modules[u]).detach().to("cpu", torch.float32).numpy()
+            weights = [unit_weight(problem.modules[u]).detach().to("cpu", torch.float32) for u, _k, _r in parts]
+            live = np.concatenate([w_u.numpy()[rows] for w_u, (_u, _k, rows) in zip(weights, parts)])
             if w.shape != live.shape or not np.array_equal(w, live):
                 diff = float(np.abs(w - live).max()) if w.shape == live.shape else math.inf
                 raise ValueError(f"{bad} {t.name} dequantizes (gguf-py) to other weights (max |diff| {diff:.3g})")
@@ -206,8 +223,14 @@ def _transformers_logits(problem: Any, levels: np.ndarray, path: Path, n_seq: in
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from ...model.gguf_config import gguf_model_config
+
     hf_logging.disable_progress_bar()
-    loaded: Any = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    config = gguf_model_config(path)  # llama.cpp's reading where transformers' defaults differ (expert widths ...)
+    extra = {} if config is None else {"config": config}
+    loaded: Any = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, **extra
+    )
     return float(problem.logit_diff(levels, loaded, n_seq))
 
 
@@ -290,7 +313,7 @@ def verify_gguf(
     report: dict[str, Any] = {"file": str(p), **_check_file(problem, lv, p)}
     report["bits_per_weight"] = problem.average_bits(lv)
     report["searched_bytes"] = problem.bytes_of(lv)
-    report["types"] = dict(zip((problem.gguf_names[u] for u in problem.unit_names), problem.types_of(lv)))
+    report["types"] = problem.tensor_types(lv)
     diff = _transformers_logits(problem, lv, p)
     report["transformers_max_abs_logit_diff"] = diff
     if not diff <= LOGIT_TOL:

@@ -27,13 +27,15 @@ _GOLDEN = 0.6180339887498949
 
 
 def interpolate_levels(problem: Any, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """``low`` with units raised to ``high`` in golden-ratio order while the bytes stay within the budget."""
+    """``low`` with units raised to ``high`` in golden-ratio order while the bytes stay within the budget (units of
+    the search: a tensor of experts is raised whole)."""
     total = float(problem.space.total)
+    costs = problem.space.costs
     lv = low.copy()
     spent = problem.bytes_of(lv)
     order = np.argsort((np.arange(len(lv)) * _GOLDEN) % 1.0, kind="stable")
     for u in order:
-        extra = problem.level_bytes[u][int(high[u])] - problem.level_bytes[u][int(low[u])]
+        extra = int(costs[u, int(high[u])]) - int(costs[u, int(low[u])])
         if spent + extra <= total:
             lv[u] = high[u]
             spent += extra
@@ -90,32 +92,35 @@ def _pins(problem: Any) -> list[str]:
 
 
 def _levels_of_types(problem: Any, types: dict[str, str]) -> np.ndarray | None:
-    """The problem's levels giving each searched tensor its type in ``types`` (tensor name → type); ``None``
-    when a tensor is missing or its type is not among its levels."""
-    asked = [types.get(problem.gguf_names[u]) for u in problem.unit_names]
-    if any(t is None for t in asked):
-        return None
+    """The search's levels giving each searched tensor its type in ``types`` (tensor name → type); ``None``
+    when a tensor is missing, its type is not among its levels, or two tensors of one unit (a fused expert's
+    ``ffn_gate_exps`` and ``ffn_up_exps``) have different types."""
+    asked: dict[int, set[str | None]] = {}
+    for g, parts in problem.tensor_parts.items():
+        for u, _rows in parts:
+            asked.setdefault(u, set()).add(types.get(g))
     out = []
-    for u, t in enumerate(asked):
-        if t not in problem.unit_types[u]:
+    for u in range(len(problem.unit_names)):
+        got = asked.get(u, {None})
+        t = next(iter(got))
+        if len(got) != 1 or t is None or t not in problem.unit_types[u]:
             return None
         out.append(problem.unit_types[u].index(t))
-    return np.array(out, dtype=np.int64)
+    return problem.search_levels(np.array(out, dtype=np.int64))
 
 
 def _bytes_differ(problem: Any, levels: np.ndarray, path: Any) -> list[str]:
     """The searched tensors whose bytes in the GGUF file ``path`` are not the variant the search holds for them."""
     from gguf import GGUFReader
 
+    from .export import chosen_tensors, tensor_data
+
     tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
     differ = []
-    for u, name in enumerate(problem.unit_names):
-        g = problem.gguf_names[name]
-        raw = np.asarray(tensors[g].data)
-        raw = raw.view(np.uint8).reshape(raw.shape[0], -1)
-        ours = problem.variant_bytes(u, int(levels[u]))
-        order = problem.source.row_order(g, ours.shape[0])
-        if not np.array_equal(raw, ours if order is None else ours[order]):
+    for g, (parts, _qtype) in chosen_tensors(problem, levels).items():
+        ours = tensor_data(problem, g, parts)
+        raw = np.asarray(tensors[g].data).view(np.uint8)
+        if raw.size != ours.size or not np.array_equal(raw.reshape(ours.shape), ours):
             differ.append(g)
     return differ
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from levelsearch import LevelSpace
+from levelsearch.ties import TiedSpace
 
 from ...model.models import DEFAULT_MODEL
 from ...model.units import unit_weight
@@ -141,9 +142,70 @@ class GGUFProblem(WeightLevelProblem):
         total = (
             float(self.target_bytes) if self.target_bytes is not None else self.target * float(self.numel.sum()) / 8.0
         )
+        #: GGUF tensor → ``(unit, rows of the unit)`` written to it, in the file's order (a 3-D expert tensor: one
+        #: entry per expert, expert 0 first); tensors in the order of their first unit
+        self.tensor_parts: dict[str, list[tuple[int, slice]]] = self._tensor_parts()
         # a level's cost is its tensor's bytes, which depend on the row length: the codec cannot make this space
-        space = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
-        LayerwiseProblem.__init__(self, space)
+        space: LevelSpace = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
+        LayerwiseProblem.__init__(self, self._tie_tensors(space))
+
+    # ------------------------------------------------------------------ the tensors of the file, experts tied
+    def _tensor_parts(self) -> dict[str, list[tuple[int, slice]]]:
+        """:attr:`tensor_parts` (see there); a 3-D tensor must get every expert of the source file's."""
+        found: dict[str, list[tuple[int, int, slice]]] = {}
+        for u, name in enumerate(self.unit_names):
+            if u >= self.n_linear:  # token_embd, output (a tied model's one unit once)
+                found.setdefault(self.gguf_names[name], [(-1, u, slice(None))])
+                continue
+            for g, e, rows in self.codec.unit_parts(name, self.unit_shapes[u]):
+                found.setdefault(g, []).append((-1 if e is None else int(e), u, rows))
+        out: dict[str, list[tuple[int, slice]]] = {}
+        for g, parts in found.items():
+            experts = sorted(e for e, _u, _r in parts)
+            n = int(self.source.tensors[g].shape[-1]) if self.source is not None and experts[0] >= 0 else len(parts)
+            if experts[0] >= 0 and experts != list(range(n)):
+                raise ValueError(f"{g} holds {n} experts but the model has units for experts {experts}")
+            out[g] = [(u, rows) for _e, u, rows in sorted(parts, key=lambda p: p[0])]
+        return out
+
+    def _tie_tensors(self, space: LevelSpace) -> LevelSpace:
+        """``space``, its units tied where llama.cpp stores them in one tensor of one type (a layer's experts of one
+        projection; the two halves of fused ``gate_up_proj`` experts, ``ffn_gate_exps`` and ``ffn_up_exps``,
+        together): a :class:`~levelsearch.ties.TiedSpace` over those groups, so every optimizer and baseline
+        proposes one type per tensor and nothing is widened after the search. A dense model: ``space`` itself.
+
+        Raises:
+            ValueError: ``ties="none"`` for a model with such tensors (GGUF cannot store it).
+        """
+        label: dict[int, set[str]] = {}
+        for g, parts in self.tensor_parts.items():
+            if len(parts) > 1:
+                for u, _rows in parts:
+                    label.setdefault(u, set()).add(g)
+        if not label:
+            return space
+        if self.ties == "none":
+            raise ValueError(
+                "--ties none cannot be written as GGUF: llama.cpp stores a layer's experts of one projection as one "
+                "3-D tensor of one type; use --ties engine (the gguf default)"
+            )
+        labels = ["+".join(sorted(label[u])) if u in label else name for u, name in enumerate(self.unit_names)]
+        return TiedSpace(space, labels)
+
+    def search_levels(self, member: np.ndarray) -> np.ndarray | None:
+        """The search's assignment giving every unit its level in ``member`` (one per unit); ``None`` when it
+        breaks a tie (units of one tensor at different levels)."""
+        if not isinstance(self.space, TiedSpace):
+            return np.asarray(member, dtype=np.int64)
+        try:
+            return self.space.reduce(member)
+        except ValueError:
+            return None
+
+    def tensor_types(self, levels: np.ndarray) -> dict[str, str]:
+        """The ggml type of every searched GGUF tensor under ``levels`` (in :attr:`tensor_parts`' order)."""
+        lv = self.member_levels(self.space.validate(levels))
+        return {g: self.unit_types[parts[0][0]][int(lv[parts[0][0]])] for g, parts in self.tensor_parts.items()}
 
     # ------------------------------------------------------------------ the tensors outside the decoder layers
     def _find_extras(self, model: Any, wanted: list[str]) -> list[tuple[str, int, Any, str]]:
@@ -341,7 +403,7 @@ class GGUFProblem(WeightLevelProblem):
         """Type of every 2-D tensor of the source file that is not searched (copied unchanged)."""
         if self.source is None:
             return {}
-        searched = set(self.gguf_names.values())
+        searched = set(self.tensor_parts)
         return {n: t.tensor_type.name for n, t in self.source.tensors.items() if len(t.shape) > 1 and n not in searched}
 
     def _put(self, unit: int, level: int | None) -> None:
@@ -359,23 +421,24 @@ class GGUFProblem(WeightLevelProblem):
     # ------------------------------------------------------------------ what an assignment is
     def types_of(self, levels: np.ndarray) -> list[str]:
         """The ggml type of each unit under ``levels``."""
-        return [self.unit_types[u][int(lv)] for u, lv in enumerate(levels)]
+        return [self.unit_types[u][int(lv)] for u, lv in enumerate(self.member_levels(levels))]
 
     def bytes_of(self, levels: np.ndarray) -> int:
         """Bytes of the searched tensors under ``levels``."""
-        return int(sum(self.level_bytes[u][int(lv)] for u, lv in enumerate(levels)))
+        return int(sum(self.level_bytes[u][int(lv)] for u, lv in enumerate(self.member_levels(levels))))
 
     def file_bytes(self, levels: np.ndarray) -> int | None:
         """The exported file's size at ``levels``: the source file's, its searched tensors replaced (within the
         tensors' alignment padding, 31 bytes each at most); ``None`` without a source file."""
         if self.source is None:
             return None
-        src = sum(int(self.source.tensors[g].n_bytes) for g in self.gguf_names.values())
+        src = sum(int(self.source.tensors[g].n_bytes) for g in self.tensor_parts)
         return int(self.source.path.stat().st_size) - src + self.bytes_of(levels)
 
     def profile(self, levels: np.ndarray) -> np.ndarray:
         """Bits per weight of each unit under ``levels``."""
-        return np.array([8.0 * self.level_bytes[u][int(lv)] / self.numel[u] for u, lv in enumerate(levels)])
+        lv = self.member_levels(levels)
+        return np.array([8.0 * self.level_bytes[u][int(k)] / self.numel[u] for u, k in enumerate(lv)])
 
     def average_bits(self, levels: np.ndarray) -> float:
         """Bits per weight of the searched tensors: ``8 · bytes / weights``."""
@@ -386,14 +449,15 @@ class GGUFProblem(WeightLevelProblem):
         return self.average_bits(levels)
 
     def levels_for(self, requested: Sequence[str]) -> np.ndarray | None:
-        """Levels giving unit ``u`` what llama.cpp writes for ``requested[u]``; ``None`` if a unit lacks that type."""
+        """The search's levels giving unit ``u`` what llama.cpp writes for ``requested[u]``; ``None`` if a unit lacks
+        that type, or units of one tensor are asked for different types."""
         out = []
         for u, t in enumerate(requested):
             eff = effective_type(t, self.unit_shapes[u][1])
             if eff not in self.unit_types[u]:
                 return None
             out.append(self.unit_types[u].index(eff))
-        return np.array(out, dtype=np.int64)
+        return self.search_levels(np.array(out, dtype=np.int64))
 
     def uniform_levels(self) -> np.ndarray | None:
         """One requested type everywhere, the largest whose assignment meets the band, if any."""
@@ -407,8 +471,11 @@ class GGUFProblem(WeightLevelProblem):
         """llama.cpp's ``mix`` (``Q3_K_M``/``Q4_K_M``) on the searched tensors, with its fallbacks; ``None`` if a
         type it asks for is not among the levels."""
         n = self.map.n_layers
+        experts = self.source.n_expert if self.source is not None else 0
         asked = [
-            llama_cpp_mix(mix, self.gguf_names[u], n, tied=self.tied, n_per_row=self.unit_shapes[i][1])
+            llama_cpp_mix(
+                mix, self.gguf_names[u], n, tied=self.tied, n_per_row=self.unit_shapes[i][1], n_expert=experts
+            )
             for i, u in enumerate(self.unit_names)
         ]
         return self.levels_for(asked)
@@ -427,7 +494,7 @@ class GGUFProblem(WeightLevelProblem):
                 out[u, lv] = by_db[k]
         for u, errs in self._extra_errors.items():
             out[u, : len(errs)] = errs
-        return out
+        return self._per_search_unit(out)
 
     def variant_weight(self, unit: int, level: int) -> torch.Tensor:
         """The fp32 ``out × in`` weight of ``unit`` at ``level`` (an extra tensor's from its own variants)."""

@@ -27,6 +27,7 @@ __all__ = [
     "check_extra_tensors",
     "gguf_name",
     "gguf_tensor_name",
+    "gguf_unit_parts",
     "hf_tensor_name",
     "llama_cpp_mix",
     "resolve_source",
@@ -55,6 +56,10 @@ _KINDS = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
+# a mixture-of-experts layer: transformers' fused experts (``mlp.experts.{e}.gate_up_proj``: gate rows, then up
+# rows; ``mlp.experts.{e}.down_proj``) are expert e of llama.cpp's 3-D tensors, a shared expert is ``*_shexp``
+_EXPERTS = {"gate_up_proj": ("ffn_gate_exps", "ffn_up_exps"), "down_proj": ("ffn_down_exps",)}
+_SHARED = {"gate_proj": "ffn_gate_shexp", "up_proj": "ffn_up_shexp", "down_proj": "ffn_down_shexp"}
 _LLAMA_LAYER = {**_KINDS, "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 # Gemma 2/3 normalize each branch's input and output: four norms per layer (and Gemma 3 the queries and keys)
 _GEMMA_LAYER = {
@@ -105,6 +110,8 @@ class GGUFSource:
     n_head: int
     n_head_kv: int
     tensors: dict[str, Any] = field(repr=False)
+    #: ``ARCH.expert_count`` (0: a dense model): what llama.cpp's mixes ask of a mixture of experts
+    n_expert: int = 0
 
     @classmethod
     def open(cls, path: str | Path) -> GGUFSource:
@@ -129,6 +136,7 @@ class GGUFSource:
         arch = str(get("general.architecture"))
         n_head = int(get(f"{arch}.attention.head_count"))
         kv = reader.fields.get(f"{arch}.attention.head_count_kv")
+        experts = reader.fields.get(f"{arch}.expert_count")
         return cls(
             Path(path),
             reader,
@@ -137,6 +145,7 @@ class GGUFSource:
             n_head,
             int(kv.contents()) if kv is not None else n_head,
             {t.name: t for t in reader.tensors},
+            int(experts.contents()) if experts is not None else 0,
         )
 
     # ------------------------------------------------------------------ names and rows
@@ -150,6 +159,25 @@ class GGUFSource:
         if name not in self.tensors:
             raise ValueError(f"{self.path} holds no tensor {name} (for {hf_name})")
         return name
+
+    def unit_parts(self, hf_name: str, n_rows: int, n_per_row: int) -> list[tuple[str, int | None, slice]]:
+        """:func:`gguf_unit_parts`, each part checked to be a tensor of this file of the unit's shape (an expert
+        part: expert ``e`` of a 3-D tensor whose experts have the part's rows).
+
+        Raises:
+            ValueError: a name outside the layouts known, a tensor the file does not hold, or another shape.
+        """
+        parts = gguf_unit_parts(hf_name, n_rows)
+        for g, e, rows in parts:
+            if g not in self.tensors:
+                raise ValueError(f"{self.path} holds no tensor {g} (for {hf_name})")
+            shape = [int(x) for x in self.tensors[g].shape][::-1]
+            part = [len(range(*rows.indices(n_rows))), n_per_row]
+            ok = shape == part if e is None else (len(shape) == 3 and shape[0] > e and shape[1:] == part)
+            if not ok:
+                want = part if e is None else [f"> {e}", *part]
+                raise ValueError(f"{g} is {shape} in the source file but {hf_name} makes it {want}")
+        return parts
 
     def hf_names(self) -> dict[str, str]:
         """Every tensor of the file by the Hugging Face parameter it loads into (:func:`hf_tensor_name`).
@@ -190,6 +218,31 @@ def gguf_tensor_name(hf_name: str) -> str:
     if m is None:
         raise ValueError(f"cannot map {hf_name} to a GGUF tensor: --method gguf knows Llama-style layer names only")
     return f"blk.{int(m.group(1))}.{_KINDS[m.group(2)]}.weight"
+
+
+def gguf_unit_parts(hf_name: str, n_rows: int) -> list[tuple[str, int | None, slice]]:
+    """The GGUF tensors a unit of ``n_rows`` rows is written to, as ``(tensor, expert, rows of the unit)``:
+    a dense linear is one whole 2-D tensor (expert ``None``); expert ``e`` of transformers' fused ``gate_up_proj``
+    is expert ``e`` of ``blk.N.ffn_gate_exps`` (its first half of rows) and of ``blk.N.ffn_up_exps`` (the second),
+    of ``down_proj`` expert ``e`` of ``blk.N.ffn_down_exps``; a shared expert's projections are ``ffn_*_shexp``.
+
+    Raises:
+        ValueError: a name outside these layouts (one line).
+    """
+    m = re.search(r"layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_up_proj|down_proj)$", hf_name)
+    if m is not None:
+        layer, e, kinds = int(m.group(1)), int(m.group(2)), _EXPERTS[m.group(3)]
+        step = n_rows // len(kinds)
+        return [(f"blk.{layer}.{k}.weight", e, slice(i * step, (i + 1) * step)) for i, k in enumerate(kinds)]
+    m = re.search(r"layers\.(\d+)\.mlp\.shared_expert\.(gate_proj|up_proj|down_proj)$", hf_name)
+    if m is not None:
+        return [(f"blk.{int(m.group(1))}.{_SHARED[m.group(2)]}.weight", None, slice(None))]
+    if re.search(r"\.experts\.\d+\.", hf_name):
+        raise ValueError(
+            f"cannot map the expert {hf_name} to a GGUF tensor: --method gguf knows fused gate_up_proj/down_proj "
+            "experts (Qwen2-MoE, Qwen3-MoE)"
+        )
+    return [(gguf_tensor_name(hf_name), None, slice(None))]
 
 
 def gguf_name(hf_name: str, arch: str = "llama") -> str:
@@ -260,11 +313,16 @@ def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-def llama_cpp_mix(mix: str, gguf_name: str, n_layers: int, *, tied: bool = False, n_per_row: int = 0) -> str:
-    """The type llama.cpp's stock ``mix`` (``Q3_K_M`` or ``Q4_K_M``) asks for a tensor of a dense (non-MoE,
-    non-Falcon) model, before its fallback for row lengths (rules of :data:`LLAMA_CPP_RULES_AT`).
+def llama_cpp_mix(
+    mix: str, gguf_name: str, n_layers: int, *, tied: bool = False, n_per_row: int = 0, n_expert: int = 0
+) -> str:
+    """The type llama.cpp's stock ``mix`` (``Q3_K_M`` or ``Q4_K_M``) asks for a tensor of a (non-Falcon) model of
+    ``n_expert`` experts (0 or 1: dense), before its fallback for row lengths (rules of :data:`LLAMA_CPP_RULES_AT`).
 
-    For attn_v llama.cpp counts the attn_v tensors seen so far; with one per layer that is the layer index.
+    For attn_v llama.cpp counts the attn_v tensors seen so far; with one per layer that is the layer index. Its
+    ``ffn_down`` rules match every tensor whose name holds ``ffn_down`` (a mixture's ``ffn_down_exps`` and
+    ``ffn_down_shexp`` too), at the layer its name gives; ``ffn_gate*``/``ffn_up*`` get the base type. A model of
+    exactly 8 experts (Mixtral's rule) gets Q8_0 attn_v and attn_k and a Q5_K attn_output in both mixes.
     ``output.weight``, and ``token_embd.weight`` when the model is ``tied`` (no ``output.weight``: llama.cpp
     computes the logits with ``token_embd``), get Q6_K, or Q8_0 when the mix's base type (Q3_K, Q4_K) cannot
     hold their rows of ``n_per_row`` weights; an untied ``token_embd.weight`` gets the base type.
@@ -279,6 +337,11 @@ def llama_cpp_mix(mix: str, gguf_name: str, n_layers: int, *, tied: bool = False
         return _MIX_BASE[mix]
     layer = int(gguf_name.split(".")[1])
     kind = gguf_name.split(".")[2]
+    if n_expert == 8 and kind in ("attn_v", "attn_k"):
+        return "Q8_0"
+    if n_expert == 8 and kind == "attn_output":
+        return "Q5_K"
+    kind = "ffn_down" if kind.startswith("ffn_down") else kind
     if mix == "Q3_K_M":
         if kind == "attn_v":
             return "Q5_K" if layer < 2 else "Q4_K"
