@@ -19,7 +19,11 @@ from levelsearch.adapters.formats import export  # noqa: E402
 from levelsearch.adapters.formats.common import read_state_dict  # noqa: E402
 from levelsearch.adapters.formats.drop import META_FILE  # noqa: E402
 from levelsearch.adapters.formats.verify import check_export  # noqa: E402
-from test_moe import make  # noqa: E402
+from levelsearch.adapters.model.models import save_model  # noqa: E402
+from test_adapters_drop import byte_tokenizer  # noqa: E402
+from test_moe import SMALL, make, tiny_moe  # noqa: E402
+
+from levelsearch.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.llm
 
@@ -95,3 +99,16 @@ def test_experts_a_checkpoint_keeps_fused_are_refused_in_one_line(fmt, problem, 
     msg = str(err.value)
     assert "\n" not in msg and fmt in msg and "--format dense" in msg and "fused" in msg
     assert not (tmp_path / "out").exists()
+
+
+def test_compress_writes_a_moe_as_pack_quantized_that_reloads_to_the_searched_logits(data_file, tmp_path):
+    model_dir = tmp_path / "mixtral"
+    save_model(tiny_moe("mixtral"), byte_tokenizer(), model_dir)
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--data", data_file]
+    argv += ["--out", str(out), "--format", "pack-quantized", "--estimates", "layer", "--schedule", "cpu", *SMALL]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["searched_fraction"] >= 0.95
+    assert res["export"]["max_abs_logit_diff"] <= 1e-4
+    assert "model.layers.0.block_sparse_moe.experts.0.w1.weight_packed" in read_state_dict(out / "model")
