@@ -145,6 +145,7 @@ class GGUFProblem(WeightLevelProblem):
         #: GGUF tensor → ``(unit, rows of the unit)`` written to it, in the file's order (a 3-D expert tensor: one
         #: entry per expert, expert 0 first); tensors in the order of their first unit
         self.tensor_parts: dict[str, list[tuple[int, slice]]] = self._tensor_parts()
+        self._find_source_levels()
         # a level's cost is its tensor's bytes, which depend on the row length: the codec cannot make this space
         space: LevelSpace = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
         LayerwiseProblem.__init__(self, self._tie_tensors(space))
@@ -153,11 +154,12 @@ class GGUFProblem(WeightLevelProblem):
     def _tensor_parts(self) -> dict[str, list[tuple[int, slice]]]:
         """:attr:`tensor_parts` (see there); a 3-D tensor must get every expert of the source file's."""
         found: dict[str, list[tuple[int, int, slice]]] = {}
+        codec: Any = self.codec  # the gguf codec (its unit_parts)
         for u, name in enumerate(self.unit_names):
             if u >= self.n_linear:  # token_embd, output (a tied model's one unit once)
                 found.setdefault(self.gguf_names[name], [(-1, u, slice(None))])
                 continue
-            for g, e, rows in self.codec.unit_parts(name, self.unit_shapes[u]):
+            for g, e, rows in codec.unit_parts(name, self.unit_shapes[u]):
                 found.setdefault(g, []).append((-1 if e is None else int(e), u, rows))
         out: dict[str, list[tuple[int, slice]]] = {}
         for g, parts in found.items():
@@ -167,6 +169,41 @@ class GGUFProblem(WeightLevelProblem):
                 raise ValueError(f"{g} holds {n} experts but the model has units for experts {experts}")
             out[g] = [(u, rows) for _e, u, rows in sorted(parts, key=lambda p: p[0])]
         return out
+
+    def _find_source_levels(self) -> None:
+        """:attr:`source_levels` (see there)."""
+        #: decoder linear → its level of the source tensors' own type: that level's variant is the source file's
+        #: bytes (they dequantize to the dense weights), as llama-quantize copies a tensor asked for in its own type
+        self.source_levels: dict[int, int] = {}
+        if self.source is None:
+            return
+        types: dict[int, set[str]] = {}
+        for g, parts in self.tensor_parts.items():
+            for u, _rows in parts:
+                types.setdefault(u, set()).add(self.source.type_of(g))
+        for u in range(self.n_linear):
+            (t, *more) = types[u]
+            if not more and t in self.unit_types[u]:
+                self.source_levels[u] = self.unit_types[u].index(t)
+
+    def _source_bytes(self, unit: int) -> np.ndarray:
+        """The source file's bytes of ``unit`` (``rows × row bytes``, Hugging Face row order)."""
+        assert self.source is not None
+        chunks = []
+        for g, parts in self.tensor_parts.items():
+            for e, (u, _rows) in enumerate(parts):  # a 3-D tensor's parts are its experts in order
+                if u != unit:
+                    continue
+                t = self.source.tensors[g]
+                n_rows = int(t.shape[1])  # of one expert, or of the 2-D tensor
+                row = int(t.n_bytes) // int(np.prod([int(x) for x in t.shape[1:]]))
+                data = np.asarray(t.data).view(np.uint8).reshape(-1, n_rows, row)[e]
+                order = self.source.row_order(g, n_rows)
+                chunks.append(data if order is None else data[np.argsort(order)])
+        return np.concatenate(chunks)
+
+    def _is_source_level(self, unit: int, level: int | None) -> bool:
+        return level is not None and unit < self.n_linear and self.source_levels.get(unit) == int(level)
 
     def _tie_tensors(self, space: LevelSpace) -> LevelSpace:
         """``space``, its units tied where llama.cpp stores them in one tensor of one type (a layer's experts of one
@@ -299,8 +336,13 @@ class GGUFProblem(WeightLevelProblem):
                 )
             norm = float((w.astype(np.float64) ** 2).sum())
             self._extra_data[u], self._extra_errors[u] = [], []
+            g = self.gguf_names[self.unit_names[u]]
+            src = self.source.tensors[g] if self.source is not None else None
             for t in self.unit_types[u]:
-                data = quantize(w, t, None)
+                if src is not None and src.tensor_type.name == t:  # the source's own bytes, as llama-quantize
+                    data = np.asarray(src.data).view(np.uint8).reshape(w.shape[0], -1)
+                else:
+                    data = quantize(w, t, None)
                 err = float(((dequantize_fast(data, t) - w).astype(np.float64) ** 2).sum())
                 self._extra_data[u].append(data)
                 self._extra_errors[u].append(err / norm if norm > 0 else 0.0)
@@ -343,9 +385,17 @@ class GGUFProblem(WeightLevelProblem):
             self._put(self._head_unit, None if key is None else key[-1])
 
     def variant_bytes(self, unit: int, level: int) -> np.ndarray:
-        """The ggml bytes (``rows × row bytes``, Hugging Face row order) of ``unit`` at problem level ``level``."""
+        """The ggml bytes (``rows × row bytes``, Hugging Face row order) of ``unit`` at problem level ``level``: at
+        the source file's own type, the source's bytes (:attr:`source_levels`)."""
         if unit >= self.n_linear:
             return self._extra_data[unit][int(level)]
+        if self._is_source_level(unit, level):
+            return self._source_bytes(unit)
+        return self.database_bytes(unit, level)
+
+    def database_bytes(self, unit: int, level: int) -> np.ndarray:
+        """The variant database's ggml bytes of decoder linear ``unit`` at problem level ``level`` (quantized from the
+        dense weights, imatrix-weighted), Hugging Face row order."""
         from safetensors import safe_open
 
         name = self.unit_names[unit]
@@ -409,6 +459,9 @@ class GGUFProblem(WeightLevelProblem):
     def _put(self, unit: int, level: int | None) -> None:
         if unit >= self.n_linear:
             self._put_extra(unit, None if level is None else int(level))
+            return
+        if self._is_source_level(unit, level):  # the source's bytes: the dense weights themselves
+            super()._put(unit, None)
             return
         super()._put(unit, None if level is None else self._db_level[unit][int(level)])
 
@@ -494,12 +547,16 @@ class GGUFProblem(WeightLevelProblem):
                 out[u, lv] = by_db[k]
         for u, errs in self._extra_errors.items():
             out[u, : len(errs)] = errs
+        for u, lv in self.source_levels.items():
+            out[u, lv] = 0.0  # the source's bytes: no error against the reference
         return self._per_search_unit(out)
 
     def variant_weight(self, unit: int, level: int) -> torch.Tensor:
         """The fp32 ``out × in`` weight of ``unit`` at ``level`` (an extra tensor's from its own variants)."""
         if unit >= self.n_linear:
             return self._extra_weight(unit, int(level))
+        if self._is_source_level(unit, level):
+            return self._dense[unit].to(torch.float32).clone()
         return self.db.weight(self.unit_names[unit], self._db_level[unit][int(level)])
 
     def dp_levels(self, errors: np.ndarray | None = None) -> np.ndarray:
