@@ -6,8 +6,9 @@
 ``--gguf``: ``levelsearch compress --method gguf`` on SmolLM2 at llama.cpp's Q3_K_M size (4.634375 bits per
 weight of the searched tensors, 2,048 calibration tokens, seed 0) twice, for ``--generations`` (default 30): with
 ``--patience 0`` (the rule off: every generation runs) and with compress's own rule (patience 20, 1e-3). Each
-run's ``results.json`` summary (EvoPress and the dp-fisher start it begins from) goes to ``results.json``; a run
-whose ``results.json`` is already under ``--work`` is read, not run again.
+run's ``results.json`` summary (EvoPress and the dp-fisher start it begins from) goes to ``results.json``, the whole
+file to ``OUT/rule-off/`` and ``OUT/rule-on/``; a run whose ``results.json`` is already under ``--work`` is read,
+not run again.
 
 Two problems, each with the same budget with the rule off and on at two patiences (5 and 20 generations in a
 row under 1e-3 relative gain), five seeds: ``interacting`` (64 units, exact values, 5,000 evaluations) and
@@ -62,10 +63,17 @@ GGUF_KEYS = ("calibration_kl", "heldout_ppl", "heldout_kl", "evaluations", "toke
              "tokens_saved", "start", "seconds")  # fmt: skip
 
 
-def gguf(work: Path, out: Path, generations: int) -> None:
-    """Two compress runs, the rule off and on, and their summaries in ``out/results.json``."""
+def gguf(work: Path, out: Path, generations: int, patience: int | None) -> None:
+    """Two compress runs, the rule off and on (compress's patience, or ``patience``), and their summaries in
+    ``out/results.json``."""
     results: dict[str, Any] = {"target_bits_per_weight": GGUF_TARGET, "generations": generations, "runs": {}}
-    for name, extra in (("rule off", ["--patience", "0"]), ("rule on (compress default)", [])):
+    out.mkdir(parents=True, exist_ok=True)
+    rule_on = (
+        ("rule on (compress default)", [])
+        if patience is None
+        else (f"rule on (patience {patience})", ["--patience", str(patience)])
+    )
+    for name, extra in (("rule off", ["--patience", "0"]), rule_on):
         run_dir = work / name.split(" (")[0].replace(" ", "-")
         cmd = [
             "levelsearch", "compress", "--method", "gguf", "--model", "smollm2", "--target", str(GGUF_TARGET),
@@ -76,6 +84,8 @@ def gguf(work: Path, out: Path, generations: int) -> None:
         if not (run_dir / "results.json").is_file():
             subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], check=True)
         res = json.loads((run_dir / "results.json").read_text())
+        (out / run_dir.name).mkdir(parents=True, exist_ok=True)  # the whole results.json too
+        (out / run_dir.name / "results.json").write_text(json.dumps(res, indent=1) + "\n")
         evo, prior = res["methods"]["evopress"], res["methods"]["dp-fisher"]
         results["runs"][name] = {
             "command": " ".join(cmd),
@@ -87,8 +97,9 @@ def gguf(work: Path, out: Path, generations: int) -> None:
     from provenance import provenance  # bench/ is this script's directory
 
     results["provenance"] = provenance()
-    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    # the runs' own results.json files carry none: this sidecar says where they came from
+    (out / "provenance.json").write_text(json.dumps(results["provenance"], indent=1) + "\n")
 
 
 def main() -> None:
@@ -98,9 +109,10 @@ def main() -> None:
     ap.add_argument("--gguf", action="store_true", help="the two GGUF compress runs instead (see above)")
     ap.add_argument("--work", default="/tmp/stopping-gguf", help="--gguf: where the runs go")
     ap.add_argument("--generations", type=int, default=30, help="--gguf: generations of each run")
+    ap.add_argument("--patience", type=int, default=None, help="--gguf: the rule-on run's (default: compress's)")
     args = ap.parse_args()
     if args.gguf:
-        gguf(Path(args.work), Path(args.out), args.generations)
+        gguf(Path(args.work), Path(args.out), args.generations, args.patience)
         return
     results: dict[str, Any] = {"min_improvement": 1e-3, "patiences": list(PATIENCES), "problems": {}}
     for name, (config, budget) in PROBLEMS.items():
