@@ -265,6 +265,8 @@ def test_compress_gguf_on_a_moe_file_searches_the_experts_and_exports_a_checked_
     assert main(["gguf-recipe", str(out)]) == 0
     said = capsys.readouterr().out
     assert "ffn_up_exps" in said and "ffn_down_exps" in said
+    assert main(["export", str(out)]) == 0  # the run's problem rebuilt from its journal: the same file
+    assert (out / "model-gguf" / "model.gguf").read_bytes() == (out / "model.gguf").read_bytes()
 
 
 @pytest.mark.skipif(TOOLS is None, reason="llama.cpp's tools are not built (make llama-tools)")

@@ -11,6 +11,16 @@ The cost of a level is the tensor's exact size in bytes in that type; the budget
 ``[target_bytes − tol·target_bytes, target_bytes]`` bytes of the searched tensors (the same band: bits per
 weight are ``8 · bytes / weights``).
 
+A mixture-of-experts source (``qwen3moe``, ``qwen2moe``: :mod:`.convert` writes tiny ones) stores a layer's
+experts of one projection in one 3-D tensor of one type (``ffn_gate_exps``, ``ffn_up_exps``,
+``ffn_down_exps``). Each expert of transformers' fused parameters is a unit (its own importance matrix, from
+the tokens routed to it) and the units of one tensor are tied (:class:`~levelsearch.ties.TiedSpace`): the
+search's unit is the tensor, its cost the tensor's exact bytes, so every assignment any optimizer or
+baseline proposes has one type per tensor (the halves of a fused ``gate_up_proj`` make ``ffn_gate_exps`` and
+``ffn_up_exps`` share one). A shared expert's ``ffn_*_shexp`` are units of their own; the routers
+(``ffn_gate_inp``, ``ffn_gate_inp_shexp``) are kept as the source has them. A tensor given the source file's own
+type is the source's bytes (:attr:`GGUFProblem.source_levels`), as llama-quantize copies it.
+
 Variants are quantized by ggml's reference code (libgguf) with an importance matrix from the
 calibration set (per input channel, the mean squared activation: llama.cpp's imatrix), and the
 search evaluates their gguf-py dequantization: the values any reader of the exported file gets.
