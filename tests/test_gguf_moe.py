@@ -187,6 +187,16 @@ def test_every_baseline_and_proposal_keeps_one_type_per_expert_tensor(moe):
         assert problem.space.is_feasible(base[name][0]), name
 
 
+def test_the_space_at_another_budget_keeps_the_ties(moe):
+    from levelsearch.ties import TiedSpace
+
+    problem, _ = moe
+    other = problem.space_for(0.9 * problem.space.total)
+    assert isinstance(other, TiedSpace) and other.n_units == problem.space.n_units
+    assert np.array_equal(other.tie_of, problem.space.tie_of)
+    assert other.total == pytest.approx(0.9 * problem.space.total)
+
+
 def test_the_stock_mixes_are_llama_cpps_rules_for_expert_tensors(moe):
     from levelsearch.adapters.codecs.gguf.source import llama_cpp_mix
 

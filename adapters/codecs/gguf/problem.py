@@ -157,8 +157,7 @@ class GGUFProblem(WeightLevelProblem):
         self.tensor_parts: dict[str, list[tuple[int, slice]]] = self._tensor_parts()
         self._find_source_levels()
         # a level's cost is its tensor's bytes, which depend on the row length: the codec cannot make this space
-        space: LevelSpace = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=self.tol * total)
-        LayerwiseProblem.__init__(self, self._tie_tensors(space))
+        LayerwiseProblem.__init__(self, self.space_for(total))
 
     # ------------------------------------------------------------------ the tensors of the file, experts tied
     def _tensor_parts(self) -> dict[str, list[tuple[int, slice]]]:
@@ -238,6 +237,13 @@ class GGUFProblem(WeightLevelProblem):
             )
         labels = ["+".join(sorted(label[u])) if u in label else name for u, name in enumerate(self.unit_names)]
         return TiedSpace(space, labels)
+
+    def space_for(self, total: float) -> LevelSpace:
+        """The problem's level space with the budget band ``[total − tol·total, total]`` bytes of the searched
+        tensors, tied as :attr:`space` is (what a run at another budget over the same variants searches)."""
+        costs = self.level_bytes
+        space = LevelSpace([len(c) for c in costs], costs=costs, total=float(total), tol=self.tol * float(total))
+        return self._tie_tensors(space)
 
     def search_levels(self, member: np.ndarray) -> np.ndarray | None:
         """The search's assignment giving every unit its level in ``member`` (one per unit); ``None`` when it
