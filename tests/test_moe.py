@@ -208,14 +208,18 @@ def test_compress_on_an_unmappable_moe_is_one_line_exit_2_and_writes_nothing(dat
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
 
 
-def test_compress_with_a_per_module_format_on_a_moe_is_one_line_before_the_search(data_file, tmp_path, capsys):
-    model_dir = tmp_path / "qwen3_moe"
-    save_model(tiny_moe("qwen3_moe"), byte_tokenizer(), model_dir)
+def test_compress_with_a_per_module_format_on_fused_only_experts_is_one_line_before_the_search(
+    data_file, tmp_path, capsys
+):
+    # gpt-oss's checkpoints keep its experts fused: there are no per-expert modules to write them as
+    model_dir = tmp_path / "gpt_oss"
+    save_model(tiny_moe("gpt_oss"), byte_tokenizer(), model_dir)
     out = tmp_path / "run"
     argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--data", data_file]
     assert main([*argv, "--out", str(out), "--estimates", "layer", "--database", str(tmp_path / "db"), *SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pack-quantized format" in err and "--format dense" in err
+    assert "fused" in err
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
 
 
