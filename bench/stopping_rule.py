@@ -80,9 +80,10 @@ def gguf(work: Path, out: Path, generations: int, patience: int | None) -> None:
             "--calibration-tokens", "2048", "--seed", "0", "--generations", str(generations), "--threads", "1",
             "--no-export", "--quiet", "--out", str(run_dir), *extra,
         ]  # fmt: skip
-        t0 = time.perf_counter()
+        t0, ran = time.perf_counter(), False
         if not (run_dir / "results.json").is_file():
             subprocess.run([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], check=True)
+            ran = True
         res = json.loads((run_dir / "results.json").read_text())
         (out / run_dir.name).mkdir(parents=True, exist_ok=True)  # the whole results.json too
         (out / run_dir.name / "results.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -91,7 +92,8 @@ def gguf(work: Path, out: Path, generations: int, patience: int | None) -> None:
             "command": " ".join(cmd),
             "evopress": {k: evo.get(k) for k in GGUF_KEYS},
             "dp-fisher": {k: prior.get(k) for k in ("calibration_kl", "heldout_ppl")},
-            "wall_seconds": time.perf_counter() - t0,
+            # a run read from --work, not run here: its search's seconds are in "evopress"
+            "wall_seconds": time.perf_counter() - t0 if ran else None,
         }
         print(name, results["runs"][name]["evopress"])
     from provenance import provenance  # bench/ is this script's directory
