@@ -171,6 +171,7 @@ def stopping_gguf() -> str:
 PAYS = [
     ("gguf", "gguf-smollm2/fisher-t4.634375/results.json", "dp-fisher", "4.63 bpw (llama.cpp Q3_K_M's size)"),
     ("gguf", "gguf-smollm2/fisher-t5.534375/results.json", "dp-fisher", "5.53 bpw (llama.cpp Q4_K_M's size)"),
+    ("gguf", "stopping-gguf/rule-off/results.json", "dp-fisher", "4.63 bpw (llama.cpp Q3_K_M's size)"),
     ("gguf", "gguf-smollm2/t4.634375/results.json", "dp", "4.63 bpw (llama.cpp Q3_K_M's size)"),
     ("quant (GPTQ)", "smollm2-quant-2.5/results.json", "dp", "2.5 bits"),
     ("quant (GPTQ)", "smollm2-quant-3/results.json", "dp", "3 bits"),
