@@ -104,12 +104,15 @@ def main() -> int:
     ap.add_argument("--gguf", type=Path, default=None, help="the GGUF file (default: the run's export)")
     ap.add_argument("--name", default=None, help="results file name (default: the run directory's name)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--top-k", type=int, default=None, help="teacher tokens kept per position (default: the run's)")
     args = ap.parse_args()
     gguf = args.gguf or next(
         (p for p in (args.run / "model.gguf", args.run / "model-gguf" / "model.gguf") if p.is_file()), None
     )
     res, settings = run_settings(args.run)
     settings["threads"] = args.threads
+    if args.top_k is not None:  # e.g. the whole vocabulary: our KL without the tail bin's lower bound
+        settings["top_k"] = args.top_k
     problem = get_codec(str(res["method"])).make_problem(settings)
     levels = np.asarray(res["methods"]["evopress"]["levels"], dtype=np.int64)
     work = ROOT / "runs" / "kl-check"
