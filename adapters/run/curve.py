@@ -142,8 +142,12 @@ def moved(problem: Any, codec: Any, cfg: dict[str, Any]) -> Any | None:
             new.target_bytes, new.target = None, float(b["target"])
             total = new.target * numel / 8.0
         new.budget_options = opts
-        costs = problem.level_bytes
-        new.space = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=problem.tol * total)
+        space_for = getattr(problem, "space_for", None)  # tied as the problem's (a mixture's expert tensors)
+        if callable(space_for):
+            new.space = space_for(total)
+        else:
+            costs = problem.level_bytes
+            new.space = LevelSpace([len(c) for c in costs], costs=costs, total=total, tol=problem.tol * total)
         return new
     if hasattr(problem, "spec") and hasattr(problem, "costs") and hasattr(codec, "make_space"):
         target = float(codec.check_target(cfg))
