@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+
+def _user_databases() -> Path:
+    """The variant databases' default home in the user's cache (``levelsearch.adapters.model.cache.cache_root``)."""
+    env = os.environ.get("LEVELSEARCH_CACHE")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "levelsearch") / "databases"
+
+
+def _test_databases() -> set[str]:
+    root = _user_databases()
+    return {n for n in os.listdir(root) if "pytest" in n} if root.is_dir() else set()
+
+
+def pytest_sessionstart(session):
+    session.config._databases_before = _test_databases()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # a test's run must give --database under its tmp_path: the user's cache is not the tests' to fill
+    new = sorted(_test_databases() - getattr(session.config, "_databases_before", set()))
+    if new:
+        print(f"\ntests wrote variant databases into {_user_databases()}: {', '.join(new)} (give --database)")
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")

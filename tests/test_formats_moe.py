@@ -107,6 +107,7 @@ def test_compress_writes_a_moe_as_pack_quantized_that_reloads_to_the_searched_lo
     out = tmp_path / "run"
     argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--data", data_file]
     argv += ["--out", str(out), "--format", "pack-quantized", "--estimates", "layer", "--schedule", "cpu", *SMALL]
+    argv += ["--database", str(tmp_path / "db")]  # not the user's cache
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["searched_fraction"] >= 0.95

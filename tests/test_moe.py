@@ -184,6 +184,7 @@ def test_compress_quant_on_a_moe_reports_the_searched_fraction_and_peak_memory(d
     out = tmp_path / "run"
     argv = ["compress", "--model", str(model_dir), "--method", "quant", "--target", "3", "--data", data_file]
     argv += ["--out", str(out), "--format", "dense", "--estimates", "layer", "--schedule", "cpu", *SMALL]
+    argv += ["--database", str(tmp_path / "db")]  # not the user's cache
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["searched_fraction"] >= 0.95
