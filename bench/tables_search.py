@@ -173,6 +173,8 @@ PAYS = [
     ("gguf", "gguf-smollm2/fisher-t5.534375/results.json", "dp-fisher", "5.53 bpw (llama.cpp Q4_K_M's size)"),
     ("gguf", "stopping-gguf/rule-off/results.json", "dp-fisher", "4.63 bpw (llama.cpp Q3_K_M's size)"),
     ("gguf", "gguf-smollm2/t4.634375/results.json", "dp", "4.63 bpw (llama.cpp Q3_K_M's size)"),
+    ("quant (GPTQ)", "search-pays/quant-2.5/results.json", "dp-fisher", "2.5 bits"),
+    ("quant (GPTQ)", "search-pays/quant-3/results.json", "dp-fisher", "3 bits"),
     ("quant (GPTQ)", "smollm2-quant-2.5/results.json", "dp", "2.5 bits"),
     ("quant (GPTQ)", "smollm2-quant-3/results.json", "dp", "3 bits"),
     ("sparsity", "smollm2-sparsity-0.7/results.json", "dp", "70%"),
