@@ -123,6 +123,14 @@ def run_defaults() -> str:
                 f"{same['run_evopress_records']} and {same['compress_records']}) are the same requests (fidelity, data "
                 "sample, assignment) with the same values."
             )
+    # evopress-ref with the cpu schedule on the same problem, from the same start (bench/search_efficiency.py):
+    # its best calibration KL within 240,000 forward tokens
+    for seed in (0, 1, 2):
+        trace = _read(f"efficiency/drop/evopress-ref-s{seed}.json")["trace"]
+        start = _read(f"efficiency/drop/evopress-ref-s{seed}.summary.json")["start"]
+        within = [t for t in trace if t["tokens"] <= 240_000]
+        best = min(t["kl"] for t in within)
+        rows.append([f"evopress-ref, seed {seed}", "compress (cpu)", start, "≤ 240,000", f"{best:.4f}", "yes"])
     # compress's committed demo run on the same problem (an older schedule: 16 offspring, no screening)
     demo = _read("smollm2-drop-0.25/results.json")
     evo = demo["methods"]["evopress"]
