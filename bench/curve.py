@@ -164,12 +164,15 @@ def main() -> None:
     child = None
     if args.parallel:
         child = subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--part", "single"])
+    resumed = (work / "curve").is_dir()  # a run stopped before: the same command goes on from its journals
     t0 = time.perf_counter()
     curve = run(settings(args.method, work / "curve", targets, args))
     curve_seconds = time.perf_counter() - t0
     if child is not None:
         if child.wait() != 0:
             raise SystemExit(f"the reference run failed (exit {child.returncode})")
+        done = json.loads((work / "single.json").read_text())
+    elif (work / "single.json").is_file():  # the reference finished in an earlier, stopped, invocation
         done = json.loads((work / "single.json").read_text())
     else:
         done = single_run(args, work)
@@ -182,6 +185,8 @@ def main() -> None:
     }
     curve["token_ratio"] = curve["forward_tokens"] / max(1, int(single["forward_tokens"]))
     curve["seconds"] = curve_seconds
+    if resumed:
+        curve["seconds_note"] = "the curve run was stopped and resumed: seconds is the wall time of its last part only"
     curve["notes"] = notes(curve, single, args)
     curve["settings"] = {k: v for k, v in vars(args).items() if k not in ("work", "part")}
     curve["provenance"] = provenance()
