@@ -26,11 +26,11 @@ def curve_table(name: str) -> str:
         ev = ms["evopress"]
         base = [n for n in ms if n != "evopress" and ms[n].get("feasible", True)]
         best = min(base, key=lambda n: ms[n]["heldout_kl"]) if base else None
-        best_cell = f"{best} ({ms[best]['heldout_kl']:.4f})" if best else "–"
+        best_cell = f"{best} ({ms[best]['heldout_kl']:.5f})" if best else "–"
         at_most = "yes" if best is None or ev["heldout_kl"] <= ms[best]["heldout_kl"] else "no"
         bpw = f"{ev['bits_per_weight']:.3f}" if "bits_per_weight" in ev else "–"
         rows.append(
-            f"| {p['name'].split('-', 1)[1]} | {bpw} | {ev['heldout_kl']:.4f} | {ev['heldout_kl_median']:.4f} | "
+            f"| {p['name'].split('-', 1)[1]} | {bpw} | {ev['heldout_kl']:.5f} | {ev['heldout_kl_median']:.4f} | "
             f"{ev['heldout_kl_p99']:.3f} | {ev['heldout_kl_p99_9']:.3f} | {100 * ev['heldout_top1']:.1f}% | "
             f"{ev['heldout_ppl']:.2f} | {best_cell} | {at_most} | {p['forward_tokens']:,} |"
         )
@@ -40,8 +40,13 @@ def curve_table(name: str) -> str:
         f"Dense held-out perplexity {curve['dense']['heldout_ppl']:.2f}. The whole run: {curve['forward_tokens']:,} "
         f"forward tokens, {curve.get('token_ratio', float('nan')):.2f}x the {ref.get('forward_tokens', 0):,} of the "
         f"target-{ref.get('target', float('nan')):g} run alone, with {curve['generations']} generations per target; "
-        f"wall time {curve.get('seconds', float('nan')) / 60:.0f} min vs {ref.get('seconds', float('nan')) / 60:.0f} "
-        "min (a shared 2-core machine)."
+        + (
+            "the curve run was stopped and resumed, so its wall time is not comparable; the run alone took "
+            f"{ref.get('seconds', float('nan')) / 60:.0f} min (a shared 2-core machine)."
+            if curve.get("seconds_note")
+            else f"wall time {curve.get('seconds', float('nan')) / 60:.0f} min vs "
+            f"{ref.get('seconds', float('nan')) / 60:.0f} min (a shared 2-core machine)."
+        )
     )
     return "\n".join(rows)
 
