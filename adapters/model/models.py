@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .cache import cache_root, smollm2_cache_dir
+from .gguf_moe import gguf_moe_model
 from .integrity import check_safetensors, file_sha256, json_checksum, say_rebuild
 from .packaged import PACKAGED_MODELS, is_packaged, packaged_gguf
 
@@ -185,7 +186,11 @@ def load_model(
     try:
         with _no_gguf_bar(bool(kwargs)):
             tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, **kwargs, **_gguf_config(path, kwargs))
+            model = gguf_moe_model(path, kwargs, dt)  # a llama GGUF file with experts: transformers cannot load it
+            if model is None:
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(path), dtype=dt, **kwargs, **_gguf_config(path, kwargs)
+                )
     except OSError as exc:
         raise FileNotFoundError(f"cannot load model {text}: {str(exc).splitlines()[0]}") from None
     except ValueError as exc:

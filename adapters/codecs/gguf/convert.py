@@ -1,14 +1,22 @@
 """A Hugging Face mixture-of-experts model written as a GGUF file in llama.cpp's layout (no network, no llama.cpp).
 
-:func:`write_moe_gguf` writes a transformers Qwen3-MoE (GGUF architecture ``qwen3moe``) or Qwen2-MoE
-(``qwen2moe``, with its shared expert) model as llama.cpp's ``convert_hf_to_gguf.py`` would: each layer's
+:func:`write_moe_gguf` writes a transformers Qwen3-MoE (GGUF architecture ``qwen3moe``), Qwen2-MoE
+(``qwen2moe``, with its shared expert) or Mixtral model (``llama`` with experts: llama.cpp has no architecture of
+its own for Mixtral) as llama.cpp's ``convert_hf_to_gguf.py`` would: each layer's
 experts as three 3-D tensors ``blk.N.ffn_gate_exps``, ``ffn_up_exps`` (the halves of transformers' fused
 ``gate_up_proj``) and ``ffn_down_exps`` (``E × rows × row`` in numpy order), the router ``ffn_gate_inp``, a shared
 expert's ``ffn_{gate,up,down}_shexp`` and its gate ``ffn_gate_inp_shexp``; matrices in F16 (or F32), norms,
 biases and routers in F32, as the converter keeps them. It is our own small writer (gguf-py's ``GGUFWriter``), not
 llama.cpp's converter: that script imports the model's own tokenizer files and needs a checkout of llama.cpp's
-``gguf-py`` matching it, where a test builds its model from a config in memory. Neither architecture permutes the
-q/k rows (only ``llama`` does), so no row order is undone here.
+``gguf-py`` matching it, where a test builds its model from a config in memory.
+
+A ``llama`` file stores ``attn_q`` and ``attn_k`` with their rows permuted per head for llama.cpp's rope
+(the converter's ``LlamaModel.permute``, :func:`~levelsearch.adapters.model.gguf_moe.permute_rows`: within each
+head, the rows of the two rotated halves interleaved; ``attn_k`` by the key-value heads), and records
+``llama.expert_count``, ``llama.expert_used_count`` and the experts' width as ``llama.feed_forward_length``;
+llama.cpp runs its experts with softmax routing, the top-k weights renormalised to sum to one, as Mixtral does.
+``qwen3moe`` and ``qwen2moe`` permute nothing. transformers cannot load a ``llama`` file with experts;
+:mod:`levelsearch.adapters.model.gguf_moe` does.
 
 The tokenizer is a byte-level BPE (``gpt2``) of 256 byte tokens and an end-of-text token, or the ``tokenizer.*``
 metadata of another GGUF file (``tokenizer_from``: a model with that file's vocabulary, e.g. an upcycled SmolLM2
@@ -23,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from ...model.gguf_moe import permute_rows
+
 __all__ = ["BYTE_VOCAB", "MOE_ARCHS", "write_moe_gguf"]
 
 #: transformers' ``model_type`` → GGUF architecture this writer knows
-MOE_ARCHS = {"qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe"}
+MOE_ARCHS = {"qwen3_moe": "qwen3moe", "qwen2_moe": "qwen2moe", "mixtral": "llama"}
 _MERGES = ["Ġ t", "h e", "Ġ a"]
 _ATTN = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
 _SHARED = {"gate_proj": "ffn_gate_shexp", "up_proj": "ffn_up_shexp", "down_proj": "ffn_down_shexp"}
@@ -82,8 +92,8 @@ def _np(t: Any, dtype: Any) -> np.ndarray:
 def write_moe_gguf(
     model: Any, path: str | Path, *, tokenizer_from: str | Path | None = None, dtype: str = "F16"
 ) -> Path:
-    """Write ``model`` (a transformers Qwen3-MoE or Qwen2-MoE causal LM) to ``path`` in llama.cpp's layout (module
-    docstring), atomically; returns ``path``.
+    """Write ``model`` (a transformers Qwen3-MoE, Qwen2-MoE or Mixtral causal LM) to ``path`` in llama.cpp's layout
+    (module docstring), atomically; returns ``path``.
 
     Raises:
         ValueError: another architecture (the message names the ones known), a layer without experts, or a
@@ -107,7 +117,7 @@ def write_moe_gguf(
     w = GGUFWriter(str(tmp), arch)
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    w.add_name(f"tiny {arch}")
+    w.add_name(f"tiny {arch}" if arch != "llama" else "tiny mixtral")
     w.add_block_count(int(cfg.num_hidden_layers))
     w.add_context_length(int(cfg.max_position_embeddings))
     w.add_embedding_length(int(cfg.hidden_size))
@@ -119,9 +129,13 @@ def write_moe_gguf(
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_expert_count(int(cfg.num_experts))
+    w.add_expert_count(int(cfg.num_experts if arch != "llama" else cfg.num_local_experts))
     w.add_expert_used_count(int(cfg.num_experts_per_tok))
-    w.add_expert_feed_forward_length(int(cfg.moe_intermediate_size))
+    if arch == "llama":  # llama.cpp's llama reads the experts' width from feed_forward_length
+        w.add_vocab_size(int(cfg.vocab_size))
+        w.add_rope_dimension_count(head_dim)
+    else:
+        w.add_expert_feed_forward_length(int(cfg.moe_intermediate_size))
     if arch == "qwen2moe":
         w.add_expert_shared_feed_forward_length(int(cfg.shared_expert_intermediate_size))
     w.add_file_type(1 if dtype == "F16" else 0)
@@ -144,6 +158,8 @@ def _tensors(model: Any, arch: str, mat: Any) -> list[tuple[str, np.ndarray]]:
     """``(GGUF name, array)`` of every tensor of ``model`` in llama.cpp's order and layout."""
     f32 = np.float32
     base = model.model
+    cfg = model.config
+    heads = {"q_proj": int(cfg.num_attention_heads), "k_proj": int(cfg.num_key_value_heads)}
     out = [("token_embd.weight", _np(base.embed_tokens.weight, mat))]
     for i, layer in enumerate(base.layers):
         b = f"blk.{i}"
@@ -151,9 +167,13 @@ def _tensors(model: Any, arch: str, mat: Any) -> list[tuple[str, np.ndarray]]:
         out.append((f"{b}.attn_norm.weight", _np(layer.input_layernorm.weight, f32)))
         for hf, g in _ATTN.items():
             lin = getattr(attn, hf)
-            out.append((f"{b}.{g}.weight", _np(lin.weight, mat)))
-            if lin.bias is not None:
-                out.append((f"{b}.{g}.bias", _np(lin.bias, f32)))
+            weight, bias = _np(lin.weight, mat), None if lin.bias is None else _np(lin.bias, f32)
+            if arch == "llama" and hf in heads:
+                weight = np.ascontiguousarray(permute_rows(weight, heads[hf]))
+                bias = None if bias is None else np.ascontiguousarray(permute_rows(bias, heads[hf]))
+            out.append((f"{b}.{g}.weight", weight))
+            if bias is not None:
+                out.append((f"{b}.{g}.bias", bias))
         for hf, g in (("q_norm", "attn_q_norm"), ("k_norm", "attn_k_norm")):
             if hasattr(attn, hf):
                 out.append((f"{b}.{g}.weight", _np(getattr(attn, hf).weight, f32)))

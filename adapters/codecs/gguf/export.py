@@ -5,7 +5,8 @@ bytes and types unchanged) and puts each searched tensor in its chosen type, as 
 search's variant database holds (q/k rows permuted back to the file's order). :func:`verify_gguf`
 reloads the file with gguf-py and stops the run (``ValueError``) unless every searched tensor
 dequantizes to exactly the weights the search evaluated, every other tensor and every metadata
-value is the source's, and transformers' GGUF loader (a second reader) gives the search's logits;
+value is the source's, and transformers' GGUF loader (a second reader; for a ``llama`` file with experts,
+which it cannot load, :mod:`levelsearch.adapters.model.gguf_moe` on gguf-py) gives the search's logits;
 where ``llama-cpp-python`` is installed, llama.cpp's own held-out perplexity must agree with ours
 within 1%. What was checked goes into ``OUT/gguf_export.json``.
 """
@@ -224,13 +225,16 @@ def _transformers_logits(problem: Any, levels: np.ndarray, path: Path, n_seq: in
     from transformers.utils import logging as hf_logging
 
     from ...model.gguf_config import gguf_model_config
+    from ...model.gguf_moe import gguf_moe_model
 
     hf_logging.disable_progress_bar()
-    config = gguf_model_config(path)  # llama.cpp's reading where transformers' defaults differ (expert widths ...)
-    extra = {} if config is None else {"config": config}
-    loaded: Any = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32, **extra
-    )
+    loaded: Any = gguf_moe_model(path.parent, {"gguf_file": path.name}, torch.float32)  # Mixtral: transformers can't
+    if loaded is None:
+        config = gguf_model_config(path)  # llama.cpp's reading where transformers' defaults differ (expert widths ...)
+        extra = {} if config is None else {"config": config}
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, **extra
+        )
     return float(problem.logit_diff(levels, loaded, n_seq))
 
 
