@@ -1,5 +1,6 @@
-"""Published tables of the upcycled SmolLM2 mixture of experts (``python bench/upcycle.py --measure``), built from
-``bench/results/moe-smollm2-quant-3/results.json`` by ``bench/tables.py``."""
+"""Published tables of the upcycled SmolLM2 mixture of experts (``python bench/upcycle.py --measure`` and
+``--measure-gguf``), built from ``bench/results/moe-smollm2-quant-3/results.json`` and
+``bench/results/moe-smollm2-gguf/results.json`` by ``bench/tables.py``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tables_smollm2 import markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUN = "moe-smollm2-quant-3/results.json"
+GGUF_RUN = "moe-smollm2-gguf/results.json"
 
 NAMES = {
     "evopress": "**EvoPress**",
@@ -73,4 +75,62 @@ def moe_memory() -> str:
     return markdown(["model", "parameters", "peak RSS", "bytes per parameter"], rows)
 
 
-TABLES = {"moe-quant-3": moe_quant3, "moe-memory": moe_memory}
+GGUF_NAMES = {
+    "evopress": "**EvoPress**",
+    "dp": "dp on the imatrix-weighted errors",
+    "dp-fisher": "dp on Fisher-weighted KL estimates",
+    "llama.cpp-Q3_K_M": "llama.cpp Q3_K_M rules (our reproduction)",
+    "llama.cpp-Q4_K_M": "llama.cpp Q4_K_M rules (our reproduction)",
+    "llama-quantize-Q3_K_M": "llama-quantize Q3_K_M (llama.cpp's tool)",
+    "llama-quantize-Q4_K_M": "llama-quantize Q4_K_M (llama.cpp's tool)",
+}
+
+
+def _gguf_label(name: str) -> str:
+    return GGUF_NAMES.get(name, name.replace("uniform-", "uniform ").replace("mix-", "mix of "))
+
+
+def moe_gguf_q3km() -> str:
+    """Held-out perplexity and KL of EvoPress and the baselines at llama.cpp's Q3_K_M size on the upcycled SmolLM2
+    MoE as a GGUF file; baselines outside the run's size band are listed apart, after the ones in it."""
+    if not (RESULTS / GGUF_RUN).is_file():
+        return (
+            f"Not measured yet: `bench/results/{GGUF_RUN}` is made by "
+            "`nice -n 5 python bench/upcycle.py --measure-gguf`."
+        )
+    res = _read(GGUF_RUN)
+    src = res["source_gguf"]
+    rows: list[list[object]] = [
+        [f"upcycled MoE, the source file ({src['dtype']})", "16.00", f"{res['dense']['heldout_ppl']:.2f}", "0", "", ""]
+    ]
+    methods = res["methods"]
+    at_size = sorted((m["heldout_ppl"], n) for n, m in methods.items() if m.get("feasible"))
+    above = sorted((m["heldout_ppl"], n) for n, m in methods.items() if not m.get("feasible"))
+    for group, note in ((at_size, ""), (above, " — outside the size band")):
+        for _ppl, name in group:
+            m = methods[name]
+            label = _gguf_label(name)
+            if m.get("generations"):
+                label += f" ({m['generations']} generations, {m['evaluations']} evaluations)"
+            rows.append(
+                [label + note, f"{m['bits_per_weight']:.4f}", f"{m['heldout_ppl']:.2f}", f"{m['heldout_kl']:.4f}",
+                 f"{m['calibration_kl']:.4f}", f"{100 * m['heldout_top1']:.1f}%"]
+            )  # fmt: skip
+    table = markdown(
+        ["method", "bits per weight", "held-out ppl", "held-out KL", "calibration KL", "held-out top-1"], rows
+    )
+    evo = methods["evopress"]["heldout_ppl"]
+    best_name = min((n for _p, n in at_size if n != "evopress"), key=lambda n: methods[n]["heldout_ppl"])
+    best = methods[best_name]["heldout_ppl"]
+    verdict = "below" if evo < best else "not below"
+    mem = res["memory"]["peak_rss_mib"] / 1024
+    seconds = float(res["timings"]["total"])
+    return (
+        f"{table}\n\nAt {src['target_bytes']:,} bytes of searched tensors (llama.cpp's {src['target_mix']} mix on "
+        f"them), EvoPress's held-out perplexity {evo:.2f} is {verdict} every baseline in the size band (the best "
+        f"of them: {_gguf_label(best_name)}, {best:.2f}). {res['forward_tokens']:,} forward tokens; peak RSS "
+        f"{mem:.2f} GiB; about {seconds / 60:.0f} minutes on the 2-core machine the file's provenance names."
+    )
+
+
+TABLES = {"moe-quant-3": moe_quant3, "moe-memory": moe_memory, "moe-gguf-q3km": moe_gguf_q3km}

@@ -19,9 +19,22 @@ Usage::
 
     python bench/upcycle.py                       # build (about a minute), print the path and both perplexities
     nice -n 5 python bench/upcycle.py --measure   # the fixed-work 3-bit run of bench/results/moe-smollm2-quant-3/
+    python bench/upcycle.py --gguf                # the model as a GGUF source file (F16), beside it in the cache
+    nice -n 5 python bench/upcycle.py --measure-gguf  # the fixed-work run at llama.cpp's Q3_K_M size
 
 ``--measure`` runs ``levelsearch compress --model smollm2-moe --method quant --target 3`` (EvoPress, uniform,
 dp and dp-fisher at equal size; :data:`MEASURE`) and adds the provenance record to its ``results.json``.
+
+``--gguf`` writes the upcycled model as llama.cpp stores a Mixtral (GGUF architecture ``llama`` with experts,
+:func:`~levelsearch.adapters.codecs.gguf.convert.write_moe_gguf`, F16, SmolLM2's GGUF tokenizer) to
+``$LEVELSEARCH_CACHE/smollm2-moe-f16.gguf`` (:func:`upcycled_gguf`); it is rewritten when the model directory is
+newer. ``--measure-gguf`` (which writes it first if needed) runs ``levelsearch compress --method gguf`` on that
+file at the size of llama.cpp's Q3_K_M mix on its searched tensors (``--target-bytes``, the exact bytes of the
+mix's types: :func:`q3km_bytes`), 8 generations with the stopping rule off (:data:`MEASURE_GGUF`): EvoPress
+against uniform, the mix of two neighbouring types, llama.cpp's stock mixes (our reproduction of their rules and,
+where llama.cpp's tools are built, llama-quantize's own files), dp and dp-fisher. Its ``results.json`` goes to
+``bench/results/moe-smollm2-gguf/`` with the source file's sha256 and the provenance record. Both measures resume
+a stopped run from its journal in ``bench/results/<name>.run/`` when started again with the same command.
 """
 
 from __future__ import annotations
@@ -35,16 +48,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "moe-smollm2-quant-3"
-#: the fixed-work measure: 10 generations of 16 offspring, 1024 calibration and 2048 held-out tokens
+#: the fixed-work measure: 10 generations, compress's default 4096 calibration tokens (GPTQ's Hessians and the
+#: fitness: with 1024, about 512 routed tokens an expert, the database fits them and the search follows), 2048 held out
 MEASURE = [
     "compress", "--model", "smollm2-moe", "--method", "quant", "--target", "3", "--format", "dense", "--no-export",
-    "--generations", "10", "--calibration-tokens", "1024", "--heuristic-tokens", "1024", "--heldout-tokens", "2048",
+    "--generations", "10", "--calibration-tokens", "4096", "--heuristic-tokens", "2048", "--heldout-tokens", "2048",
     "--threads", "2", "--seed", "0", "--quiet",
 ]  # fmt: skip
+
+
+OUT_GGUF = ROOT / "bench" / "results" / "moe-smollm2-gguf"
+#: the fixed-work GGUF measure: 8 generations (stopping rule off), 1024 calibration and 2048 held-out tokens; the
+#: model file and ``--target-bytes`` are added by :func:`measure_gguf`
+MEASURE_GGUF = [
+    "compress", "--method", "gguf", "--generations", "8", "--patience", "0", "--calibration-tokens", "1024",
+    "--heuristic-tokens", "1024", "--heldout-tokens", "2048", "--threads", "2", "--seed", "0", "--quiet",
+]  # fmt: skip
+#: llama.cpp's mix whose size the GGUF measure searches at
+GGUF_MIX = "Q3_K_M"
 
 
 def upcycle(
@@ -152,6 +178,84 @@ def measure(out: Path) -> None:
     print(out / "results.json")
 
 
+def upcycled_gguf() -> Path:
+    """The upcycled model as a GGUF file, ``$LEVELSEARCH_CACHE/smollm2-moe-f16.gguf``, beside its directory."""
+    from levelsearch.adapters.model.models import upcycled_moe_dir
+
+    d = upcycled_moe_dir()
+    return d.with_name(d.name + "-f16.gguf")
+
+
+def write_gguf() -> Path:
+    """Write :func:`upcycled_gguf` from the built model directory (F16, SmolLM2's GGUF tokenizer); returns it."""
+    from levelsearch.adapters.codecs.gguf.convert import write_moe_gguf
+    from levelsearch.adapters.model.models import load_model, smollm2_gguf
+
+    model, _tok = load_model("smollm2-moe", device="cpu", dtype="float32")
+    path = write_moe_gguf(model, upcycled_gguf(), tokenizer_from=smollm2_gguf(), dtype="F16")
+    print(path)
+    return path
+
+
+def q3km_bytes(path: Path, mix: str = GGUF_MIX) -> int:
+    """Bytes of llama.cpp's stock ``mix`` on the tensors ``--method gguf`` searches in ``path`` (the decoder's
+    attention and expert matrices; routers and norms are kept): each tensor in the type the mix's rules ask for
+    after llama.cpp's fallback for its row length, rows × that type's row bytes."""
+    from levelsearch.adapters.codecs.gguf.source import GGUFSource, llama_cpp_mix
+    from levelsearch.adapters.codecs.gguf.types import effective_type, row_bytes
+
+    src = GGUFSource.open(path)
+    searched = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+    total = 0
+    for name, t in src.tensors.items():
+        parts = name.split(".")
+        if len(parts) != 4 or parts[0] != "blk" or parts[2] not in searched:
+            continue
+        shape = [int(x) for x in t.shape][::-1]
+        n_per_row, rows = shape[-1], int(np.prod(shape[:-1]))
+        asked = llama_cpp_mix(mix, name, src.n_layers, n_per_row=n_per_row, n_expert=src.n_expert)
+        total += rows * row_bytes(effective_type(asked, n_per_row), n_per_row)
+    return total
+
+
+def measure_gguf(out: Path) -> None:
+    """The fixed-work GGUF run (:data:`MEASURE_GGUF`) at llama.cpp's Q3_K_M size; its ``results.json`` with the
+    source file's sha256, the upcycled model's build record and the provenance record into ``out``."""
+    from levelsearch.adapters.model.integrity import file_sha256
+    from levelsearch.adapters.model.models import upcycled_moe_dir
+    from provenance import provenance
+
+    from levelsearch.cli import main
+
+    src = upcycled_gguf()
+    target = q3km_bytes(src)
+    scratch = out.with_name(out.name + ".run")  # a stopped measure resumes from its journal here
+    cmd = [*MEASURE_GGUF, "--model", str(src), "--target-bytes", str(target), "--out", str(scratch)]
+    print("levelsearch " + " ".join(cmd), flush=True)
+    rc = main(cmd)
+    if rc != 0:
+        raise SystemExit(rc)
+    res = json.loads((scratch / "results.json").read_text())
+    stock = res["methods"].get(f"llama.cpp-{GGUF_MIX}", {})
+    if stock.get("searched_bytes") != target:
+        raise SystemExit(f"llama.cpp-{GGUF_MIX} is {stock.get('searched_bytes')} bytes in the run, not {target}")
+    res["upcycled"] = json.loads((upcycled_moe_dir() / "build-info.json").read_text())
+    res["source_gguf"] = {
+        "file": src.name, "dtype": "F16", "bytes": src.stat().st_size, "sha256": file_sha256(src),
+        "written_by": "python bench/upcycle.py --gguf", "target_mix": GGUF_MIX, "target_bytes": target,
+    }  # fmt: skip
+    shown = [f"$LEVELSEARCH_CACHE/{src.name}" if c == str(src) else c for c in cmd[:-1]]
+    res["command"] = "levelsearch " + " ".join([*shown, "OUT"])
+    res["provenance"] = provenance()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    for f in ("profile.png", "gguf_export.json"):
+        if (scratch / f).exists():
+            shutil.copy(scratch / f, out / f)
+    shutil.rmtree(scratch)
+    print(out / "results.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--experts", type=int, default=4)
@@ -160,13 +264,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--measure", action="store_true", help="run the fixed-work 3-bit measure (builds first if needed)")
+    p.add_argument("--gguf", action="store_true", help="write the model as a GGUF source file (F16) beside it")
+    p.add_argument(
+        "--measure-gguf", action="store_true", help="run the fixed-work gguf measure at llama.cpp's Q3_K_M size"
+    )
     a = p.parse_args(argv)
     from levelsearch.adapters.model.models import upcycled_moe_dir
 
-    if not a.measure or not (upcycled_moe_dir() / "build-info.json").is_file():
+    built = (upcycled_moe_dir() / "build-info.json").is_file()
+    if not built or not (a.measure or a.gguf or a.measure_gguf):
         build(a)
     if a.measure:
         measure(OUT)
+    if a.gguf or a.measure_gguf:
+        weights, gguf = upcycled_moe_dir() / "model.safetensors", upcycled_gguf()
+        if a.gguf or not gguf.is_file() or gguf.stat().st_mtime < weights.stat().st_mtime:
+            write_gguf()
+    if a.measure_gguf:
+        measure_gguf(OUT_GGUF)
     return 0
 
 
