@@ -99,7 +99,7 @@ def test_the_writer_names_the_architectures_it_knows():
             vocab_size=260, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64
         )
     )
-    with pytest.raises(ValueError, match="this writer knows qwen2_moe, qwen3_moe"):
+    with pytest.raises(ValueError, match="this writer knows mixtral, qwen2_moe, qwen3_moe"):
         write_moe_gguf(llama, "unused.gguf")
 
 
