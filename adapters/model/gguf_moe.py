@@ -203,7 +203,7 @@ def llama_moe_model(path: str | Path, *, dtype: torch.dtype = torch.float32) -> 
     config = llama_moe_config(meta, names)
     sd = _state_dict(reader, config)
     with no_init_weights():
-        model = MixtralForCausalLM(config)
+        model: Any = MixtralForCausalLM(config)
     if config.tie_word_embeddings:
         sd.setdefault("lm_head.weight", sd["model.embed_tokens.weight"])
     keys = set(model.state_dict())
