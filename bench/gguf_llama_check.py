@@ -10,14 +10,16 @@ wrote; a run without an export gets the file written by the export's writer, ``w
 very tokens llama-perplexity saved (BOS first in each chunk where the file adds one, as llama.cpp does) at the
 positions it scores (the second half of each chunk): the KL statistics by the search's own held-out code
 (:meth:`~levelsearch.adapters.scoring.layerwise.LayerwiseProblem.chunk_statistics`: the source's top-``k`` tokens
-plus one tail bin), perplexity by :func:`~levelsearch.adapters.codecs.gguf.llamacpp.perplexity_on_chunks`. Writes
-``bench/results/kl-check/<NAME>.json`` (with provenance); exits 1 when the mean KL or the top-1 agreement differ by
-more than :data:`TOL` (2%).
+plus one tail bin), perplexity by :func:`~levelsearch.adapters.codecs.gguf.llamacpp.perplexity_on_chunks`. Both
+ways of :data:`WAYS`: as each tool computes by default, and like for like (llama.cpp without flash attention, ours
+with llama.cpp's CPU rounding of activations). Writes ``bench/results/kl-check/<NAME>.json`` (with provenance);
+exits 1 when, like for like, the mean KL or the top-1 agreement differ by more than :data:`TOL` (2%).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -53,10 +55,21 @@ def with_bos(problem: Any, tokens: np.ndarray) -> np.ndarray:
     return out
 
 
-def compare(problem: Any, levels: Any, gguf: Path, work: Path, threads: int) -> dict[str, Any]:
-    """llama-perplexity's KL statistics of ``gguf`` against the problem's source file and ours of ``levels`` on the
-    same chunks of the problem's held-out text; the scratch files go to ``work`` (the saved log-probabilities are
-    removed after)."""
+#: the two ways the figures are set side by side: ``default`` as each tool computes them by default (llama.cpp's
+#: flash attention, its 8-bit activations; our fp32), ``matched`` like for like (llama.cpp ``-fa off``: fp32
+#: attention; ours with llama.cpp's CPU activation rounding, :mod:`~levelsearch.adapters.codecs.gguf.emulate`). The
+#: check is on ``matched``.
+WAYS = {"default": (None, False), "matched": ("off", True)}
+
+
+def compare_one(
+    problem: Any, levels: Any, gguf: Path, work: Path, threads: int, flash_attn: str | None, rounding: bool
+) -> dict[str, Any]:
+    """llama-perplexity's KL statistics of ``gguf`` against the problem's source file (``-fa flash_attn``) and ours
+    of ``levels`` (with llama.cpp's CPU activation rounding when ``rounding``) on the same chunks of the problem's
+    held-out text; the scratch files go to ``work`` (the saved log-probabilities are removed after)."""
+    from levelsearch.adapters.codecs.gguf.emulate import llama_cpu_rounding
+
     tools = lc.find_tools()
     if tools is None:
         raise SystemExit(lc.missing_line())
@@ -67,32 +80,46 @@ def compare(problem: Any, levels: Any, gguf: Path, work: Path, threads: int) -> 
     n_ctx = int(problem.heldout.seq_len)
     t0 = time.perf_counter()
     try:
-        source = lc.kl_base(exe, problem.source.path, text, base, n_ctx=n_ctx, threads=threads)
+        source = lc.kl_base(exe, problem.source.path, text, base, n_ctx=n_ctx, threads=threads, flash_attn=flash_attn)
         tokens = lc.read_kl_base_tokens(base)
-        theirs = lc.kl_divergence(exe, gguf, base, n_ctx=n_ctx, threads=threads)
+        theirs = lc.kl_divergence(exe, gguf, base, n_ctx=n_ctx, threads=threads, flash_attn=flash_attn)
     finally:
         base.unlink(missing_ok=True)
     llama_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     first = n_ctx // 2
-    stats = problem.chunk_statistics(levels, with_bos(problem, tokens), first)
-    ours = {"kl_mean": stats.pop("kl"), **stats, "ppl": lc.perplexity_on_chunks(problem, levels, tokens)}
+    with llama_cpu_rounding(problem) if rounding else contextlib.nullcontext():
+        stats = problem.chunk_statistics(levels, with_bos(problem, tokens), first)
+        ours = {"kl_mean": stats.pop("kl"), **stats, "ppl": lc.perplexity_on_chunks(problem, levels, tokens)}
     ours_seconds = time.perf_counter() - t0
     gap = {k: ours[k] / theirs[k] - 1.0 if theirs[k] else float("nan") for k in STATS}
     return {
-        "file": gguf.name,
-        "file_bytes": gguf.stat().st_size,
-        "n_ctx": n_ctx,
+        "llama_flash_attn": flash_attn or "default",
+        "ours_llama_cpu_rounding": rounding,
         "chunks": int(tokens.shape[0]),
         "scored_positions": int(ours["positions"]),
-        "top_k": int(problem.top_k),
         "source_ppl": source["ppl"],
         "llama_perplexity": theirs,
         "ours": ours,
         "relative_gap": gap,
-        "tol": TOL,
         "within_tol": {k: bool(abs(gap[k]) <= TOL) for k in ("kl_mean", "top1")},
         "seconds": {"llama_perplexity": llama_seconds, "ours": ours_seconds},
+    }
+
+
+def compare(problem: Any, levels: Any, gguf: Path, work: Path, threads: int) -> dict[str, Any]:
+    """Both ways of :data:`WAYS` (:func:`compare_one`); ``within_tol`` is the ``matched`` way's."""
+    ways = {name: compare_one(problem, levels, gguf, work, threads, fa, r) for name, (fa, r) in WAYS.items()}
+    return {
+        "file": gguf.name,
+        "file_bytes": gguf.stat().st_size,
+        "n_ctx": int(problem.heldout.seq_len),
+        "chunks": ways["matched"]["chunks"],
+        "scored_positions": ways["matched"]["scored_positions"],
+        "top_k": int(problem.top_k),
+        "ways": ways,
+        "tol": TOL,
+        "within_tol": ways["matched"]["within_tol"],
         "llama_cpp_python": lc.LLAMA_TOOLS_VERSION,
         "threads": threads,
     }
@@ -136,12 +163,13 @@ def main() -> int:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(record, indent=1))
     shutil.rmtree(work, ignore_errors=True)
-    g = record["relative_gap"]
-    print(
-        f"{dest}: mean KL ours {record['ours']['kl_mean']:.5f} vs llama.cpp "
-        f"{record['llama_perplexity']['kl_mean']:.5f} ({g['kl_mean']:+.2%}); top-1 {record['ours']['top1']:.4f} vs "
-        f"{record['llama_perplexity']['top1']:.4f} ({g['top1']:+.2%}); {record['scored_positions']:,} positions"
-    )
+    for name, way in record["ways"].items():
+        g, ours, theirs = way["relative_gap"], way["ours"], way["llama_perplexity"]
+        print(
+            f"{dest} ({name}): mean KL ours {ours['kl_mean']:.5f} vs llama.cpp {theirs['kl_mean']:.5f} "
+            f"({g['kl_mean']:+.2%}); top-1 {ours['top1']:.4f} vs {theirs['top1']:.4f} ({g['top1']:+.2%}); "
+            f"{way['scored_positions']:,} positions"
+        )
     return 0 if all(record["within_tol"].values()) else 1
 
 

@@ -52,11 +52,15 @@ def curve_table(name: str) -> str:
 
 
 def kl_check_table(name: str) -> str:
-    """Our held-out KL statistics of one GGUF file against llama-perplexity's on the same tokens
-    (``bench/gguf_llama_check.py``)."""
+    """Our held-out KL statistics of one GGUF file against llama-perplexity's on the same tokens, both ways
+    (``bench/gguf_llama_check.py``: as each tool computes by default, and like for like)."""
     r = dict(json.loads((RESULTS / "kl-check" / f"{name}.json").read_text()))
-    ours, theirs, gap = r["ours"], r["llama_perplexity"], r["relative_gap"]
-    rows = ["| statistic | ours | llama-perplexity | ours / llama.cpp − 1 |", "|---|---:|---:|---:|"]
+    d, m = r["ways"]["default"], r["ways"]["matched"]
+    rows = [
+        "| statistic | ours | llama-perplexity | ours / llama.cpp − 1 | ours, llama.cpp's rounding | llama-perplexity "
+        "-fa off | ours / llama.cpp − 1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     labels = {
         "kl_mean": "mean KL",
         "kl_median": "median KL",
@@ -67,13 +71,18 @@ def kl_check_table(name: str) -> str:
     }
     for key, label in labels.items():
         fmt = "{:.2%}" if key == "top1" else "{:.4f}" if key == "ppl" else "{:.5f}"
-        rows.append(f"| {label} | {fmt.format(ours[key])} | {fmt.format(theirs[key])} | {gap[key]:+.2%} |")
+        cells = [
+            f"{fmt.format(w['ours'][key])} | {fmt.format(w['llama_perplexity'][key])} | {w['relative_gap'][key]:+.2%}"
+            for w in (d, m)
+        ]
+        rows.append(f"| {label} | {cells[0]} | {cells[1]} |")
     rows.append("")
     rows.append(
         f"`{r['file']}` of the run at {r['target']:g} bits per weight ({r['model']}): {r['chunks']} chunks of "
         f"{r['n_ctx']} tokens, {r['scored_positions']:,} scored positions (the second half of each chunk); ours from "
-        f"the source's top-{r['top_k']} tokens plus a tail bin. Within {r['tol']:.0%}: mean KL "
-        f"{'yes' if r['within_tol']['kl_mean'] else 'no'}, top-1 {'yes' if r['within_tol']['top1'] else 'no'}."
+        f"the source's top-{r['top_k']} tokens plus a tail bin. Left: each tool as it computes by default; right: like "
+        f"for like. Within {r['tol']:.0%} like for like: mean KL {'yes' if r['within_tol']['kl_mean'] else 'no'}, "
+        f"top-1 {'yes' if r['within_tol']['top1'] else 'no'}."
     )
     return "\n".join(rows)
 

@@ -212,17 +212,27 @@ def gguf_tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
 
 
-def _perplexity_args(model: Path, n_ctx: int, threads: int) -> list[str]:
-    return ["-m", str(model), "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(int(threads)), "--no-warmup"]
+def _perplexity_args(model: Path, n_ctx: int, threads: int, flash_attn: str | None = None) -> list[str]:
+    fa = [] if flash_attn is None else ["-fa", flash_attn]
+    return ["-m", str(model), "-c", str(n_ctx), "-b", str(n_ctx), "-t", str(int(threads)), "--no-warmup", *fa]
 
 
 def kl_base(
-    exe: Path, model: Path, text: Path, base: Path, *, n_ctx: int, threads: int = 1, timeout: float = DEFAULT_TIMEOUT
+    exe: Path,
+    model: Path,
+    text: Path,
+    base: Path,
+    *,
+    n_ctx: int,
+    threads: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+    flash_attn: str | None = None,
 ) -> dict[str, Any]:
     """``llama-perplexity --kl-divergence-base BASE -f TEXT`` on the source ``model``: its log-probabilities over
     ``TEXT`` in chunks of ``n_ctx`` tokens (the second half of each chunk scored) saved to ``base``; returns its
-    perplexity (``ppl``) and the chunk count (``chunks``)."""
-    args = [*_perplexity_args(model, n_ctx, threads), "-f", str(text), "--kl-divergence-base", str(base)]
+    perplexity (``ppl``) and the chunk count (``chunks``). ``flash_attn``: llama.cpp's ``-fa`` (``on``, ``off``,
+    ``auto``; default: its own default)."""
+    args = [*_perplexity_args(model, n_ctx, threads, flash_attn), "-f", str(text), "--kl-divergence-base", str(base)]
 
     def final(out: str) -> float | None:
         m = re.search(r"Final estimate: PPL = ([0-9.]+)", out)
@@ -264,11 +274,19 @@ def parse_kl_statistics(output: str) -> dict[str, float]:
 
 
 def kl_divergence(
-    exe: Path, model: Path, base: Path, *, n_ctx: int, threads: int = 1, timeout: float = DEFAULT_TIMEOUT
+    exe: Path,
+    model: Path,
+    base: Path,
+    *,
+    n_ctx: int,
+    threads: int = 1,
+    timeout: float = DEFAULT_TIMEOUT,
+    flash_attn: str | None = None,
 ) -> dict[str, float]:
     """``llama-perplexity --kl-divergence --kl-divergence-base BASE`` on ``model``: its statistics against the
-    base model's log-probabilities (:func:`parse_kl_statistics`), on the tokens ``base`` holds."""
-    args = [*_perplexity_args(model, n_ctx, threads), "--kl-divergence-base", str(base), "--kl-divergence"]
+    base model's log-probabilities (:func:`parse_kl_statistics`), on the tokens ``base`` holds (``flash_attn``: as
+    :func:`kl_base`'s)."""
+    args = [*_perplexity_args(model, n_ctx, threads, flash_attn), "--kl-divergence-base", str(base), "--kl-divergence"]
 
     def stats(out: str) -> dict[str, float] | None:
         try:

@@ -184,6 +184,8 @@ class GGUFProblem(WeightLevelProblem):
         #: decoder linear → its level of the source tensors' own type: that level's variant is the source file's
         #: bytes (they dequantize to the dense weights), as llama-quantize copies a tensor asked for in its own type
         self.source_levels: dict[int, int] = {}
+        #: unit → the ggml type its weight holds now (what :meth:`live_type` reads)
+        self._live_types: dict[int, str | None] = {}
         if self.source is None:
             return
         types: dict[int, set[str]] = {}
@@ -473,6 +475,7 @@ class GGUFProblem(WeightLevelProblem):
         return {n: t.tensor_type.name for n, t in self.source.tensors.items() if len(t.shape) > 1 and n not in searched}
 
     def _put(self, unit: int, level: int | None) -> None:
+        self._live_types[unit] = self.source_type(unit) if level is None else self.unit_types[unit][int(level)]
         if unit >= self.n_linear:
             self._put_extra(unit, None if level is None else int(level))
             return
@@ -480,6 +483,21 @@ class GGUFProblem(WeightLevelProblem):
             super()._put(unit, None)
             return
         super()._put(unit, None if level is None else self._db_level[unit][int(level)])
+
+    def live_type(self, unit: int) -> str | None:
+        """The ggml type whose values ``unit``'s weight holds now (the source's until a level is put; ``None``
+        without a source file)."""
+        return self._live_types.get(unit, self.source_type(unit))
+
+    def source_type(self, unit: int) -> str | None:
+        """The ggml type of ``unit``'s tensor in the source file (its first part's, for a unit split over
+        several; ``None`` without a source file)."""
+        if self.source is None:
+            return None
+        for g, parts in self.tensor_parts.items():
+            if any(u == unit for u, _rows in parts):
+                return self.source.type_of(g)
+        return None
 
     def db_level(self, unit: int, level: int) -> int:
         """The database level of problem level ``level`` of a decoder linear ``unit``."""
