@@ -51,6 +51,8 @@ def settings(method: str, out: Path, target: Any, args: argparse.Namespace) -> d
     cfg["target"] = target
     if args.patience is not None:
         cfg["patience"] = args.patience
+    if args.accept_p is not None:
+        cfg["accept_p"] = args.accept_p
     return cfg
 
 
@@ -141,6 +143,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=None)
     ap.add_argument("--patience", type=int, default=None, help="compress's stopping rule (default: its own)")
+    ap.add_argument(
+        "--accept-p", type=float, default=None, help="compress's --accept-p: a result kept over its start beyond chance"
+    )
     ap.add_argument(
         "--parallel", action="store_true", help="run the reference target alone in a second process meanwhile"
     )

@@ -517,6 +517,9 @@ def run_target(
         raise KeyboardInterrupt
     say(cfg, f"search from {start_name}: {opt.generation} generations in {timings['search']:.1f} s")
     best = np.asarray(result.best_levels, dtype=np.int64)
+    best, accepted = accept_or_start(problem, best, options["start"], cfg.get("accept_p"))
+    if accepted.get("kept") == "start":
+        say(cfg, f"kept the start {start_name}: the search's result beat it by chance only (p {accepted['p']:.3g})")
     names = list(base)
     t0 = time.perf_counter()
     cands = [problem.dense_candidate(), best, *[base[n]["levels"] for n in names]]
@@ -524,6 +527,10 @@ def run_target(
     timings["heldout"] = time.perf_counter() - t0
     teachers.save_pending(problem)
     base["evopress"] = evopress_entry(result, opt, timings["search"], start_name)
+    if accepted:
+        base["evopress"]["acceptance"] = accepted
+        if accepted["kept"] == "start":
+            base["evopress"]["calibration_kl"] = accepted["start_kl"]
     methods = _methods(codec, problem, cands, report, ["evopress", *names], base)
     results: dict[str, Any] = {
         "model": cfg["model"],
@@ -543,6 +550,42 @@ def run_target(
     record_results(out, results)
     codec.plot(problem, {n: np.asarray(m["levels"]) for n, m in methods.items()}, out / "profile.png", methods)
     return export_and_write(codec, problem, best, results, timings, t_all, cfg)
+
+
+def accept_or_start(
+    problem: Any, best: np.ndarray, start: Any, p_max: float | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The search's result ``best``, or its ``start`` when ``best`` beats it on the calibration pool by chance only.
+
+    With ``p_max`` (``--accept-p``) and a start that is an assignment (not ``random``), the two are compared
+    sequence by sequence on the search pool (:meth:`~..scoring.layerwise.LayerwiseProblem.sequence_kls`: what the
+    search ran is remembered): a one-sided paired t-test of "the result's KL is lower". The result is kept when its
+    p-value is at most ``p_max``; else the start is, the same levels whose held-out numbers the baselines report.
+    A result picked as the best of many on these very sequences is favoured by them, so this only ever errs
+    towards keeping it. Returns the levels and what ``results.json`` records (``{}`` when there was no test).
+    """
+    if p_max is None or isinstance(start, str) or start is None or not hasattr(problem, "sequence_kls"):
+        return best, {}
+    start = np.asarray(start, dtype=np.int64)
+    if np.array_equal(best, problem.space.validate(start)):
+        return best, {}
+    kl = np.asarray(problem.sequence_kls([best, start]), dtype=np.float64)
+    diff = kl[0] - kl[1]
+    if diff.size < 2:  # one sequence: nothing to test against; the result stands
+        p = 0.0 if diff.mean() < 0 else 1.0
+    elif np.ptp(diff) == 0:  # the same difference on every sequence (none: no gain)
+        p = 0.0 if diff[0] < 0 else 1.0
+    else:
+        from scipy import stats
+
+        p = float(stats.ttest_rel(kl[0], kl[1], alternative="less").pvalue)
+    kept = "result" if p <= float(p_max) else "start"
+    info = {
+        "accept_p": float(p_max), "p": p, "kept": kept, "sequences": int(diff.size),
+        "result_kl": float(kl[0].mean()), "start_kl": float(kl[1].mean()),
+        "sequences_better": int((diff < 0).sum()),
+    }  # fmt: skip
+    return (best if kept == "result" else start), info
 
 
 def _neighbour_start(

@@ -108,6 +108,13 @@ SHARED_SETTINGS: tuple[Setting, ...] = (
         Field("number", min=0, max=0.999999),
         "the relative gain on its final step's data a generation must make to count for --patience (default 0.001)",
     ),
+    Setting(
+        "accept_p",
+        None,
+        Field("number", min=0, max=1, exclusive_min=True, nullable=True),
+        "keep the search's result over its start only when it beats it on the calibration pool's sequences beyond "
+        "chance, a one-sided paired t-test at this p (e.g. 0.05); default: the result is always kept",
+    ),
     Setting("start", "best-heuristic", _OPT_STR, "best-heuristic (default), random, or a heuristic name"),
     _tokens("calibration_tokens", 4096, "calibration pool size (default 4096)"),
     _tokens("heldout_tokens", 4096, "held-out set size (default 4096)"),

@@ -429,6 +429,15 @@ class LayerwiseProblem(Problem, abc.ABC):
         kl, top = kl[:, int(first) : -1], top[:, int(first) : -1]
         return {**kl_statistics(kl, top), "positions": int(kl.size)}
 
+    def sequence_kls(self, candidates: Sequence[Any]) -> np.ndarray:
+        """Per candidate, the mean KL per token of each sequence of the calibration pool (``[c, n_seq]``): what
+        :meth:`score` averages over the whole pool. Sequences the search already ran are remembered, not run."""
+        n = self.search_pool.n_seq
+        out = np.empty((len(candidates), n))
+        for i in range(n):
+            out[:, i] = self.score(candidates, "calibration", np.array([i]))[0]
+        return out
+
     def heldout_tokens(self, candidates: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per candidate, the per-token KL to the dense model (``[n_seq, seq_len]``, nats, as
         :func:`~levelsearch.adapters.scoring.fitness.kl_topk`) and whether each position's likeliest token is
