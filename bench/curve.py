@@ -162,6 +162,7 @@ def main() -> None:
         from levelsearch.adapters.codecs.gguf import codec as gguf_codec
 
         gguf_codec.find_tools = lambda *a, **k: None  # type: ignore[assignment]
+        gguf_codec.missing_line = lambda: "llama-quantize's own files are left out (--no-llama-tools)"  # type: ignore[assignment]
     if args.part == "single":
         single_run(args, work)
         return
