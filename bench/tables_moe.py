@@ -125,11 +125,41 @@ def moe_gguf_q3km() -> str:
     verdict = "below" if evo < best else "not below"
     mem = res["memory"]["peak_rss_mib"] / 1024
     seconds = float(res["timings"]["total"])
+    theirs = _llama_cpp_lines(res)
     return (
         f"{table}\n\nAt {src['target_bytes']:,} bytes of searched tensors (llama.cpp's {src['target_mix']} mix on "
         f"them), EvoPress's held-out perplexity {evo:.2f} is {verdict} every baseline in the size band (the best "
         f"of them: {_gguf_label(best_name)}, {best:.2f}). {res['forward_tokens']:,} forward tokens; peak RSS "
         f"{mem:.2f} GiB; about {seconds / 60:.0f} minutes on the 2-core machine the file's provenance names."
+        f"{theirs}"
+    )
+
+
+def _llama_cpp_lines(res: dict[str, Any]) -> str:
+    """llama.cpp's own measure of the written files (``llama-perplexity --kl-divergence`` against the source file,
+    on its chunks of the held-out text), as a second table; empty when the run had no llama.cpp tools."""
+    tools = (res.get("export") or {}).get("llama_tools") or {}
+    files = tools.get("files") or {}
+    if not files:
+        return ""
+    rows = [
+        [_gguf_label(name) if name != "source" else "the source file", f"{f['file_bytes']:,}", f"{f['ppl']:.3f}",
+         f"{f['kl_mean']:.4f}", f"{100 * f['top1']:.1f}%"]
+        for name, f in sorted(files.items(), key=lambda kv: kv[1]["ppl"])
+    ]  # fmt: skip
+    table = markdown(["file (llama.cpp)", "bytes", "llama-perplexity", "mean KL", "top-1"], rows)
+    evo = files.get("evopress", {}).get("ppl")
+    others = {n: f["ppl"] for n, f in files.items() if n not in ("evopress", "source")}
+    lower = [n for n, v in others.items() if evo is not None and v < evo]
+    said = (
+        "EvoPress's file is below every other file here"
+        if not lower
+        else f"EvoPress's file is not below {', '.join(_gguf_label(n) for n in sorted(lower))} here"
+    )
+    return (
+        f"\n\nllama.cpp's own reading of the written files ({tools['scored_tokens']:,} scored tokens: "
+        f"llama-perplexity at n_ctx {tools['n_ctx']} scores the second half of each chunk of the held-out text; "
+        f"KL against the source file): {said}.\n\n{table}"
     )
 
 
