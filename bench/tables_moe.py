@@ -29,19 +29,28 @@ def _read(rel: str) -> Any:
     return json.loads((RESULTS / rel).read_text())
 
 
-def _missing() -> str | None:
+CAL1024_RUN = "moe-smollm2-quant-3-cal1024/results.json"
+#: the committed MoE runs whose peak memory the memory table sets side by side
+MEMORY_RUNS = {
+    RUN: "3 bits, GPTQ, 4,096 calibration tokens",
+    CAL1024_RUN: "3 bits, GPTQ, 1,024 calibration tokens",
+    GGUF_RUN: "GGUF at the Q3_K_M size, F16 source",
+}
+
+
+def _missing(rel: str = RUN) -> str | None:
     """A line saying how to make the run when its results file is not committed yet (checked without opening it)."""
-    if (RESULTS / RUN).is_file():
+    if (RESULTS / rel).is_file():
         return None
-    return f"Not measured yet: `bench/results/{RUN}` is made by `nice -n 5 python bench/upcycle.py --measure`."
+    return f"Not measured yet: `bench/results/{rel}` is made by `nice -n 5 python bench/upcycle.py --measure`."
 
 
-def moe_quant3() -> str:
+def moe_quant3(rel: str = RUN) -> str:
     """Held-out perplexity and KL of EvoPress and the baselines at 3 bits on the upcycled SmolLM2 MoE."""
-    missing = _missing()
+    missing = _missing(rel)
     if missing:
         return missing
-    res = _read(RUN)
+    res = _read(rel)
     up = res["upcycled"]["heldout_ppl"]
     rows: list[list[object]] = [
         ["SmolLM2-135M, dense (before upcycling)", f"{up['smollm2']:.2f}", "", "", ""],
@@ -55,24 +64,35 @@ def moe_quant3() -> str:
             [label, f"{m['heldout_ppl']:.2f}", f"{m['heldout_kl']:.3f}", f"{m['calibration_kl']:.3f}",
              f"{m['average']:.2f}"]
         )  # fmt: skip
-    return markdown(["method", "held-out ppl", "held-out KL", "calibration KL", "bits per weight"], rows)
+    table = markdown(["method", "held-out ppl", "held-out KL", "calibration KL", "bits per weight"], rows)
+    return (
+        f"{table}\n\n{res['calibration_tokens']:,} calibration tokens (GPTQ's statistics and the fitness), "
+        f"{res['heldout_tokens']:,} held out; {res['forward_tokens']:,} forward tokens; about "
+        f"{float(res['timings']['total']) / 60:.0f} minutes of search, baselines and held-out reports (the variant "
+        f"database's build, {float(res['database']['build_seconds']) / 60:.0f} minutes, apart)."
+    )
 
 
 def moe_memory() -> str:
-    """The run's measured peak RSS and its extrapolation to a 30B mixture of experts."""
-    missing = _missing()
-    if missing:
-        return missing
-    res = _read(RUN)
-    rss = float(res["memory"]["peak_rss_mib"])
-    n = float(res["upcycled"]["parameters"])
-    per_param = rss * 2**20 / n
-    rows = [
-        ["upcycled SmolLM2 MoE (measured)", f"{n / 1e6:.0f} M", f"{rss / 1024:.2f} GiB", f"{per_param:.1f}"],
-        ["30B MoE, same run on CPU in fp32 (extrapolated)", f"{B30 / 1e9:.1f} B", f"{per_param * B30 / 2**30:,.0f} GiB",
-         f"{per_param:.1f}"],
-    ]  # fmt: skip
-    return markdown(["model", "parameters", "peak RSS", "bytes per parameter"], rows)
+    """Each committed MoE run's measured peak RSS per parameter, and the largest extrapolated to a 30B MoE."""
+    runs = {rel: what for rel, what in MEMORY_RUNS.items() if (RESULTS / rel).is_file()}
+    if not runs:
+        return _missing() or ""
+    rows: list[list[object]] = []
+    worst = 0.0
+    for rel, what in runs.items():
+        res = _read(rel)
+        rss = float(res["memory"]["peak_rss_mib"])
+        n = float(res["upcycled"]["parameters"])
+        per_param = rss * 2**20 / n
+        worst = max(worst, per_param)
+        label = f"upcycled SmolLM2 MoE, {what} (measured)"
+        rows.append([label, f"{n / 1e6:.0f} M", f"{rss / 1024:.2f} GiB", f"{per_param:.1f}"])
+    rows.append(
+        ["30B MoE, the most of these per parameter, on CPU in fp32 (extrapolated)", f"{B30 / 1e9:.1f} B",
+         f"{worst * B30 / 2**30:,.0f} GiB", f"{worst:.1f}"]
+    )  # fmt: skip
+    return markdown(["model and run", "parameters", "peak RSS", "bytes per parameter"], rows)
 
 
 GGUF_NAMES = {
@@ -163,4 +183,9 @@ def _llama_cpp_lines(res: dict[str, Any]) -> str:
     )
 
 
-TABLES = {"moe-quant-3": moe_quant3, "moe-memory": moe_memory, "moe-gguf-q3km": moe_gguf_q3km}
+TABLES = {
+    "moe-quant-3": moe_quant3,
+    "moe-quant-3-cal1024": lambda: moe_quant3(CAL1024_RUN),
+    "moe-memory": moe_memory,
+    "moe-gguf-q3km": moe_gguf_q3km,
+}

@@ -158,9 +158,7 @@ def measure(out: Path) -> None:
 
     from levelsearch.cli import main
 
-    scratch = out.with_name(out.name + ".run")
-    if scratch.exists():
-        shutil.rmtree(scratch)
+    scratch = out.with_name(out.name + ".run")  # a stopped measure resumes from its journal here
     rc = main([*MEASURE, "--out", str(scratch)])
     if rc != 0:
         raise SystemExit(rc)
