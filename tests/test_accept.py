@@ -77,8 +77,9 @@ def test_a_kept_start_is_what_results_json_reports_and_says_why(tmp_path, monkey
     path = tmp_path / "llama"
     save_model(tiny_llama(n_layers=2), byte_tokenizer(), path)
     out = tmp_path / "run"
-    _run(path, out, 2.5, accept_p=1e-12, generations=3, start="dp")
-    res = json.loads((out / "results.json").read_text())
+    curve = _run(path, out, [2.5, 3], accept_p=1e-12, generations=3, start="dp")
+    res = json.loads((out / "target-2.5" / "results.json").read_text())
+    assert curve["points"][0]["methods"]["evopress"]["acceptance"] == res["methods"]["evopress"]["acceptance"]
     ev = res["methods"]["evopress"]
     acc = ev["acceptance"]
     assert acc["kept"] == "start" and acc["accept_p"] == 1e-12 and acc["sequences"] == 4

@@ -272,6 +272,7 @@ _KEEP = (
     "evaluations",
     "tokens",
     "stop_reason",
+    "acceptance",
 )
 
 
