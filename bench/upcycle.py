@@ -53,11 +53,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "results" / "moe-smollm2-quant-3"
-#: the fixed-work measure: 10 generations, compress's default 4096 calibration tokens (GPTQ's Hessians and the
-#: fitness: with 1024, about 512 routed tokens an expert, the database fits them and the search follows), 2048 held out
+#: the fixed-work measure: 10 generations; 8192 calibration tokens for GPTQ's statistics, about 4096 routed to each
+#: expert (top 2 of 4), well above the 1536 inputs of its down_proj (with 1024, GPTQ fits its ~512 tokens and a search
+#: scored on them follows), the fitness on 4096 of them; 2048 held out
 MEASURE = [
     "compress", "--model", "smollm2-moe", "--method", "quant", "--target", "3", "--format", "dense", "--no-export",
-    "--generations", "10", "--calibration-tokens", "4096", "--heuristic-tokens", "2048", "--heldout-tokens", "2048",
+    "--generations", "10", "--calibration-tokens", "8192", "--search-tokens", "4096", "--heuristic-tokens", "2048",
+    "--heldout-tokens", "2048",
     "--threads", "2", "--seed", "0", "--quiet",
 ]  # fmt: skip
 
