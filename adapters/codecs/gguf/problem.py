@@ -184,8 +184,13 @@ class GGUFProblem(WeightLevelProblem):
         #: decoder linear → its level of the source tensors' own type: that level's variant is the source file's
         #: bytes (they dequantize to the dense weights), as llama-quantize copies a tensor asked for in its own type
         self.source_levels: dict[int, int] = {}
-        #: unit → the ggml type its weight holds now (what :meth:`live_type` reads)
+        #: unit → the ggml type its weight holds now (what :meth:`live_type` reads), and in the source file
         self._live_types: dict[int, str | None] = {}
+        self._source_types: dict[int, str] = {}
+        if self.source is not None:
+            for g, parts in self.tensor_parts.items():
+                for u, _rows in parts:
+                    self._source_types.setdefault(u, self.source.type_of(g))
         if self.source is None:
             return
         types: dict[int, set[str]] = {}
@@ -492,12 +497,7 @@ class GGUFProblem(WeightLevelProblem):
     def source_type(self, unit: int) -> str | None:
         """The ggml type of ``unit``'s tensor in the source file (its first part's, for a unit split over
         several; ``None`` without a source file)."""
-        if self.source is None:
-            return None
-        for g, parts in self.tensor_parts.items():
-            if any(u == unit for u, _rows in parts):
-                return self.source.type_of(g)
-        return None
+        return self._source_types.get(unit)
 
     def db_level(self, unit: int, level: int) -> int:
         """The database level of problem level ``level`` of a decoder linear ``unit``."""
