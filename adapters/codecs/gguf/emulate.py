@@ -65,8 +65,8 @@ def round_activations(x: torch.Tensor, kind: str | None) -> torch.Tensor:
     if kind == "Q8_K":  # quantize_row_q8_K_ref: iscale = -127/max of the signed largest value; d = 1/iscale (fp32)
         big = v.gather(-1, v.abs().argmax(-1, keepdim=True))
         iscale = torch.where(big != 0, -127.0 / big, torch.zeros_like(big))
-        q = torch.round(iscale * v).clamp(max=127.0)
-        out = torch.where(big != 0, q / torch.where(big != 0, iscale, torch.ones_like(iscale)), torch.zeros_like(v))
+        q = torch.round(iscale * v).clamp(max=127.0)  # all 0 in a block of zeros
+        out = q / torch.where(big != 0, iscale, torch.ones_like(iscale))
     else:  # quantize_row_q8_0/1: d = amax/127 (stored as fp16), q = round(x/d)
         d = v.abs().amax(-1, keepdim=True) / 127.0
         q = torch.round(v * torch.where(d > 0, 1.0 / d, torch.zeros_like(d)))
