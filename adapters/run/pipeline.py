@@ -571,10 +571,8 @@ def accept_or_start(
         return best, {}
     kl = np.asarray(problem.sequence_kls([best, start]), dtype=np.float64)
     diff = kl[0] - kl[1]
-    if diff.size < 2:  # one sequence: nothing to test against; the result stands
+    if diff.size < 2 or np.ptp(diff) == 0:  # one sequence, or one difference on all: no spread to test against
         p = 0.0 if diff.mean() < 0 else 1.0
-    elif np.ptp(diff) == 0:  # the same difference on every sequence (none: no gain)
-        p = 0.0 if diff[0] < 0 else 1.0
     else:
         from scipy import stats
 
